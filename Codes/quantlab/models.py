@@ -1,0 +1,212 @@
+"""Load MobileNetV2 (fp32 or int8) the way the labs do, and saved model files.
+
+Default path for students: torchvision's weights API (downloads once, then
+cached). Offline: ``--weights PATH`` (a state dict) or ``--model PATH`` (a
+TorchScript or ONNX file made by ``quantize_model.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from quantlab.assets import ASSETS_ENV, FLOAT_WEIGHTS, INT8_WEIGHTS, asset_path
+from quantlab.engines import set_engine
+from quantlab.errors import KitError
+
+ONNX_SUFFIXES = (".onnx", ".ort")
+
+
+def pretrained_state_dict(weights: torchvision.models.WeightsEnum, offline_asset: str) -> tuple[dict, str]:
+    """torchvision's pretrained weights through its weights API (downloaded once, then cached).
+
+    Without internet, fall back to the offline copy under $QUANTLAB_ASSETS when it
+    exists (CI and offline classrooms); otherwise one clear error.
+    """
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True), f"torchvision {weights}"
+    except Exception as error:  # URLError, socket errors, hash mismatch, ...
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no details'}"
+    offline = asset_path(offline_asset)
+    if offline is not None:
+        print(f"note: could not download {weights} ({reason[:80]}); using the offline copy {offline}")
+        return load_state_dict_file(offline), str(offline)
+    raise KitError(
+        f"could not download torchvision's pretrained weights {weights} ({reason[:120]}); connect to the "
+        f"internet once (they are cached afterwards), pass --weights PATH to a state dict, or set "
+        f"{ASSETS_ENV} to a folder holding {offline_asset}"
+    )
+
+
+def load_state_dict_file(path: str | Path) -> dict:
+    """Load a state dict safely (``weights_only=True``: no code runs from the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"weights file {path} does not exist; pass the path of a saved state dict")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise KitError(
+            f"{path} is not a PyTorch state dict ({type(error).__name__}); save one with "
+            "torch.save(model.state_dict(), PATH)"
+        ) from None
+    if isinstance(state_dict, dict) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]  # a training checkpoint
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise KitError(f"{path} holds a {type(state_dict).__name__}, not a state dict of tensors")
+    return state_dict
+
+
+def _is_int8_state_dict(state_dict: dict) -> bool:
+    return any(key.endswith(("zero_point", "_packed_params")) for key in state_dict)
+
+
+def _load_into(model: nn.Module, state_dict: dict, source: str, want_int8: bool) -> nn.Module:
+    what = "int8 MobileNetV2" if want_int8 else "fp32 MobileNetV2"
+    if _is_int8_state_dict(state_dict) != want_int8:
+        hint = "drop --quantize (these are fp32 weights)" if want_int8 else "add --quantize (these are int8 weights)"
+        raise KitError(f"{source} does not fit {what}; {hint}")
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, KeyError, ValueError) as error:
+        first = str(error).splitlines()[0][:120]
+        raise KitError(f"{source} does not fit {what} ({first}); pass MobileNetV2 weights") from None
+    return model.eval()
+
+
+def mobilenet_v2_fp32(weights_path: str | Path | None = None) -> nn.Module:
+    """Float MobileNetV2: torchvision's IMAGENET1K_V1 weights, or a state dict file."""
+    model = torchvision.models.mobilenet_v2(weights=None)
+    if weights_path is None:
+        state_dict, source = pretrained_state_dict(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1, FLOAT_WEIGHTS)
+    else:
+        state_dict, source = load_state_dict_file(weights_path), str(weights_path)
+    return _load_into(model, state_dict, source, want_int8=False)
+
+
+def mobilenet_v2_int8(engine: str, weights_path: str | Path | None = None) -> nn.Module:
+    """Pretrained int8 MobileNetV2 (torchvision's QNNPACK weights), packed for ``engine``.
+
+    torchvision builds the quantized architecture, then the weights are loaded
+    with ``engine`` active: loading is what packs the int8 weights for an engine.
+    """
+    from torchvision.models.quantization import MobileNet_V2_QuantizedWeights, mobilenet_v2
+
+    if weights_path is None:
+        state_dict, source = pretrained_state_dict(MobileNet_V2_QuantizedWeights.IMAGENET1K_QNNPACK_V1, INT8_WEIGHTS)
+    else:
+        state_dict, source = load_state_dict_file(weights_path), str(weights_path)
+    model = mobilenet_v2(weights=None, quantize=True)  # builds with qnnpack, as the weights were made
+    set_engine(engine)
+    return _load_into(model, state_dict, source, want_int8=True)
+
+
+def script(model: nn.Module) -> torch.jit.ScriptModule:
+    """TorchScript + freeze: removes Python overhead and folds constants."""
+    scripted = torch.jit.script(model.eval())
+    return torch.jit.freeze(scripted)
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """The JSON written beside a model file by quantize_model.py."""
+    return Path(model_path).with_suffix(".json")
+
+
+def read_sidecar(model_path: str | Path) -> dict:
+    """The model's sidecar JSON, or {} when there is none or it is unreadable."""
+    path = sidecar_path(model_path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+class OnnxModel:
+    """An ONNX Runtime session that takes and returns torch tensors, like a module."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise KitError("onnxruntime is not installed; pip install onnxruntime") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:
+            raise KitError(
+                f"{path} is not an ONNX model ONNX Runtime can load ({type(error).__name__}); "
+                "export one with quantize_model.py --format onnx"
+            ) from None
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.input_shape = list(model_input.shape)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        expected = self.input_shape
+        if len(expected) != batch.dim() or any(
+            isinstance(want, int) and want != got for want, got in zip(expected, batch.shape)
+        ):
+            raise KitError(
+                f"the ONNX model expects input {expected} but got {list(batch.shape)}; "
+                "match --size to the size it was exported with"
+            )
+        (logits,) = self.session.run(None, {self.input_name: batch.numpy()})[:1]
+        return torch.from_numpy(logits)
+
+
+def load_model_file(path: str | Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Load a TorchScript (``.pt``/``.pth``) or ONNX (``.onnx``) model file for inference.
+
+    Set the quantized engine first: TorchScript int8 weights are packed for the
+    engine that is active while they load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"model file {path} does not exist; make one with quantize_model.py or check the path")
+    if path.suffix.lower() in ONNX_SUFFIXES:
+        return OnnxModel(path, threads)
+    if not zipfile.is_zipfile(path):
+        raise KitError(
+            f"{path} is not a TorchScript model (not a zip archive); pass a file saved with "
+            "torch.jit.save, or use --weights for a state dict"
+        )
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:
+        kind = "a state dict (use --weights)" if _looks_like_state_dict(path) else "not a TorchScript model"
+        raise KitError(
+            f"{path} is {kind}: torch.jit.load failed ({type(error).__name__}); "
+            "make a model file with quantize_model.py"
+        ) from None
+    return model.eval()
+
+
+def _looks_like_state_dict(path: Path) -> bool:
+    try:
+        return isinstance(torch.load(path, map_location="cpu", weights_only=True), dict)
+    except Exception:
+        return False
+
+
+def file_size_mb(path: str | Path) -> float:
+    """Size of a file in MB (10^6 bytes)."""
+    return os.path.getsize(path) / 1e6
+
+
+def serialized_size_mb(model: nn.Module) -> float:
+    """Size of a model's state dict when saved, in MB: what it costs on disk."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pth"
+        torch.save(model.state_dict(), path)
+        return file_size_mb(path)

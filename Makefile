@@ -1,0 +1,26 @@
+# Quick start (x86_64 Linux, Python 3.11):
+#   make demo   set up .venv and run the webcam demo on the sample photos (no camera needed)
+#   make test   set up .venv and run the whole test suite (CI runs this)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test clean
+
+$(VENV)/.installed: pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) Codes/mobile_net.py --source samples --frames 50
+	$(PY) Codes/mobile_net.py --source samples --frames 50 --quantize
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,189 @@
+"""End-to-end tests of Codes/mobile_net.py, run as a student runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+FPS_LINE = re.compile(r"^FPS\s+[\d.]+", re.M)
+RANK_LINE = re.compile(r"^\s+(\d+)\.\s+(\d+) (.+?)\s+([\d.]+)%$", re.M)
+SUMMARY = re.compile(r"^summary: (\d+) frames \((\d+) inferences\) in ([\d.]+) s, mean ([\d.]+) FPS", re.M)
+
+
+def last_top(stdout: str, k: int) -> list[tuple[int, int]]:
+    """(rank, class index) of the last top-k block printed."""
+    ranks = [(int(r), int(i)) for r, i, _, _ in RANK_LINE.findall(stdout)]
+    return ranks[-k:]
+
+
+def assert_clean_error(result, message: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert message in result.stderr, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "int8"])
+def test_samples_prints_fps_top10_and_a_consistent_summary(run, tmp_path, quantized, float_weights, int8_weights):
+    weights = int8_weights if quantized else float_weights
+    summary_path = tmp_path / "out" / "summary.json"
+    result = run("mobile_net.py", "--source", "samples", "--frames", "12", "--weights", weights,
+                 "--quantize" if quantized else "--no-quantize", "--json", summary_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert FPS_LINE.search(out)
+    assert [rank for rank, _ in last_top(out, 10)] == list(range(1, 11))
+    assert ("engine: x86" in out or "engine: qnnpack" in out) if quantized else "fp32 model" in out
+
+    frames, inferences, seconds, mean_fps = SUMMARY.search(out).groups()
+    assert int(frames) == 12 and int(inferences) == 12
+    summary = json.loads(summary_path.read_text())
+    assert summary["frames"] == 12 and summary["inferences"] == 12
+    assert summary["mean_fps"] == pytest.approx(float(mean_fps), abs=0.051)
+    assert summary["mean_fps"] == pytest.approx(12 / summary["seconds"], rel=0.01)
+    assert summary["quantize"] is quantized
+    for stage in ("capture", "preprocess", "inference", "total"):
+        p50, p95 = summary["stages_ms"][stage]["p50_ms"], summary["stages_ms"][stage]["p95_ms"]
+        assert 0 <= p50 <= p95
+        assert re.search(rf"^\s+{stage}\s+{p50:.2f}\s+{p95:.2f}$", out, re.M), stage
+    assert not list(summary_path.parent.glob("*.partial"))
+
+
+@pytest.mark.parametrize(("frames", "expected"), [(1, range(281, 286)), (2, (967, 968))], ids=["cat", "coffee"])
+def test_int8_model_recognises_the_sample_photos(run, int8_weights, frames, expected):
+    # frame 1 of the samples source is scikit-image's cat, frame 2 its coffee cup
+    result = run("mobile_net.py", "--source", "samples", "--frames", frames, "--quantize",
+                 "--weights", int8_weights, "--top", "3")
+    assert result.returncode == 0, result.stderr
+    (rank, index), *_ = last_top(result.stdout, 3)
+    assert rank == 1 and index in expected, result.stdout
+
+
+def test_folder_skips_and_counts_unreadable_images(run, tmp_path, sample_photos, float_weights):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in sorted(sample_photos.iterdir())[:3]:
+        shutil.copy(photo, folder / photo.name)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    summary_path = tmp_path / "folder.json"
+    result = run("mobile_net.py", "--source", folder, "--weights", float_weights, "--no-jit", "--top", "5",
+                 "--json", summary_path)
+    assert result.returncode == 0, result.stderr
+    assert "skipped unreadable image broken.jpg" in result.stdout
+    summary = json.loads(summary_path.read_text())
+    assert summary["frames"] == 3 and summary["skipped_unreadable"] == 1
+    assert [rank for rank, _ in last_top(result.stdout, 5)] == [1, 2, 3, 4, 5]
+
+
+def test_video_file_ends_with_a_summary_and_skip_reuses_predictions(run, tmp_path, float_weights):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    rng = np.random.default_rng(0)
+    for _ in range(9):
+        writer.write(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    writer.release()
+    summary_path = tmp_path / "video.json"
+    result = run("mobile_net.py", "--source", video, "--weights", float_weights, "--skip", "3", "--size", "160",
+                 "--json", summary_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["frames"] == 9 and summary["inferences"] == 3 and summary["size"] == 160
+
+
+def test_torchscript_model_file_runs(run, tmp_path, int8_weights):
+    import torch
+
+    from quantlab import models
+
+    path = tmp_path / "mobilenet_v2_int8.pt"
+    torch.jit.save(models.script(models.mobilenet_v2_int8("qnnpack", int8_weights)), str(path))
+    (tmp_path / "mobilenet_v2_int8.json").write_text(json.dumps({"engine": "qnnpack"}))
+    result = run("mobile_net.py", "--source", "samples", "--frames", "1", "--model", path, "--top", "1")
+    assert result.returncode == 0, result.stderr
+    assert "engine: qnnpack (from mobilenet_v2_int8.json" in result.stdout
+    assert last_top(result.stdout, 1)[0][1] in range(281, 286)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--source", "no/such/thing.mp4"], "is not a camera index, 'picamera2', 'samples'"),
+        (["--source", "7"], "could not open camera 7"),
+        (["--source", "picamera2"], "picamera2 is not installed"),
+        (["--model", "{garbage}"], "is not a TorchScript model"),
+        (["--model", "missing.pt"], "does not exist"),
+        (["--model", "bad.onnx"], "does not exist"),
+        (["--weights", "{garbage}"], "is not a PyTorch state dict"),
+    ],
+    ids=["missing-source", "no-camera", "no-picamera2", "not-a-model", "missing-model", "missing-onnx", "bad-weights"],
+)
+def test_bad_input_exits_2_with_one_line(run, tmp_path, arguments, message):
+    garbage = tmp_path / "model.pt"
+    garbage.write_text("this is a text file, not a model")
+    arguments = [argument.replace("{garbage}", str(garbage)) for argument in arguments]
+    assert_clean_error(run("mobile_net.py", "--frames", "1", *arguments), message)
+
+
+def test_wrong_weights_for_the_model_kind(run, float_weights, int8_weights):
+    assert_clean_error(run("mobile_net.py", "--source", "samples", "--frames", "1", "--quantize",
+                           "--weights", float_weights), "drop --quantize")
+    assert_clean_error(run("mobile_net.py", "--source", "samples", "--frames", "1",
+                           "--weights", int8_weights), "add --quantize")
+
+
+def test_state_dict_passed_as_model_says_use_weights(run, float_weights):
+    assert_clean_error(run("mobile_net.py", "--frames", "1", "--model", float_weights), "use --weights")
+
+
+def test_empty_folder_and_unreadable_video(run, tmp_path, float_weights):
+    (tmp_path / "empty").mkdir()
+    assert_clean_error(run("mobile_net.py", "--source", tmp_path / "empty", "--weights", float_weights), "holds no images")
+    fake_video = tmp_path / "fake.mp4"
+    fake_video.write_bytes(b"\0" * 100)
+    assert_clean_error(run("mobile_net.py", "--source", fake_video, "--weights", float_weights), "could not read video")
+
+
+def test_weights_that_cannot_be_downloaded(run, tmp_path):
+    # no internet (a dead proxy), an empty torch cache and no offline copy
+    env = {"TORCH_HOME": str(tmp_path / "torch"), "QUANTLAB_ASSETS": str(tmp_path / "none"),
+           "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    result = run("mobile_net.py", "--source", "samples", "--frames", "1", "--quantize", env=env)
+    assert_clean_error(result, "could not download torchvision's pretrained weights")
+    assert "--weights PATH" in result.stderr
+
+
+def test_camera_that_returns_no_frame(monkeypatch):
+    from quantlab import sources
+    from quantlab.errors import KitError
+
+    class SilentCamera:
+        def __init__(self, index):
+            pass
+
+        def isOpened(self):
+            return True
+
+        def set(self, prop, value):
+            return True
+
+        def read(self):
+            return False, None
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(sources.cv2, "VideoCapture", SilentCamera)
+    with pytest.raises(KitError, match="opened but returned no frame"):
+        sources.open_source("0")
+
+
+def test_bad_flags_exit_2(run):
+    result = run("mobile_net.py", "--frames", "0")
+    assert result.returncode == 2 and "--frames must be at least 1" in result.stderr

@@ -1,0 +1,124 @@
+"""Raspberry Pi support, checked in emulation (issue #4): tools/pi_check/pi_check.py.
+
+The slow tests build (once, then cached under ``$QUANTLAB_CACHE/pi``) a Debian
+Bookworm arm64 root, install requirements-pi.txt's aarch64 wheels and run the
+kit under qemu with the Pi 4's and Pi 5's CPUs. First run: about 2.5 minutes
+plus downloads; cached: about 1.5 minutes. Set QUANTLAB_SKIP_PI=1 to skip them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PI_CHECK = REPO / "tools" / "pi_check" / "pi_check.py"
+WEIGHTS = "weights/mobilenet_v2_qnnpack_int8.pth"
+
+
+def _assets() -> Path:
+    configured = os.environ.get("QUANTLAB_ASSETS")
+    return Path(configured).expanduser() if configured else REPO.parent / "shared" / "assets"
+
+
+def _skip_reason() -> str | None:
+    if os.environ.get("QUANTLAB_SKIP_PI") == "1":
+        return "QUANTLAB_SKIP_PI=1"
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return f"the Pi emulation check needs x86_64 Linux, this is {platform.system()} {platform.machine()}"
+    if not (_assets() / WEIGHTS).is_file():
+        return f"offline weights {_assets() / WEIGHTS} not found (set QUANTLAB_ASSETS)"
+    return None
+
+
+emulation = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+def pi_check(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(PI_CHECK), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def explain(done: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {done.returncode}\n--- stdout ---\n{done.stdout[-6000:]}\n--- stderr ---\n{done.stderr[-3000:]}"
+
+
+def test_bad_command_line_exits_2_with_one_line() -> None:
+    for args in (["--cpu", "pentium"], ["--torch", "latest"], ["--frames", "0"], ["--no-such-option"]):
+        done = pi_check(*args, timeout=60)
+        assert done.returncode == 2, explain(done)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pi_check: error: "), explain(done)
+
+
+def load_pi_check() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("pi_check", PI_CHECK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pi_check"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_output_parsing_and_sigill_message(tmp_path: Path) -> None:
+    """The parts of pi_check that read the emulated programs' output (no emulation needed)."""
+    check = load_pi_check()
+    ranked = ["Top-10:"] + [f"{rank:2d}. class {rank}  0.0{rank}" for rank in range(1, 11)]
+    percent = [f"class {rank:<12} {10 - rank / 10:.1f} %" for rank in range(1, 11)]
+    assert check.has_top10(ranked) and check.has_top10(percent)
+    assert not check.has_top10(ranked[:6])
+    assert check.FPS_LINE.search("FPS 12.3 (int8, qnnpack)") and check.FPS_LINE.search("0.8 FPS")
+    assert not check.FPS_LINE.search("frames 3")
+    assert check.torchvision_for("2.10.0") == "0.25.0" and check.torchvision_for("2.9.1") == "0.24.1"
+    assert check.pins(REPO / "requirements-pi.txt")["torch"]
+    crash = check.Outcome(
+        -signal.SIGILL,
+        [
+            "PI_CHECK STEP import-torch",
+            "Fatal Python error: Illegal instruction",
+            '  File "/x/torch/__init__.py", line 3',
+        ],
+        1.0,
+        tmp_path / "log",
+    )
+    message = check.describe_crash("cortex-a72", crash, check.Step("import-torch"), {"torch": "2.10.0"})
+    assert message.startswith("torch 2.10.0 dies with Illegal instruction (SIGILL) on cortex-a72: `import torch`")
+    assert "torch/__init__.py line 3" in message
+
+
+@emulation
+def test_pinned_requirements_work_on_pi4_and_pi5() -> None:
+    """requirements-pi.txt on cortex-a72 (Pi 4) and cortex-a76 (Pi 5): imports, int8 model, mobile_net.py."""
+    done = pi_check("--cpu", "cortex-a72", "--cpu", "cortex-a76", timeout=1200)
+    assert done.returncode == 0, explain(done)
+    for cpu in ("cortex-a72", "cortex-a76"):
+        for step in ("import-torch", "dependencies", "onnxruntime", "pretrained-int8", "x86-model", "mobile-net"):
+            assert f"[{cpu}] ok   {step}:" in done.stdout, f"{cpu} {step} missing\n" + explain(done)
+    assert "PASS on cortex-a72, cortex-a76" in done.stdout, explain(done)
+
+
+@emulation
+def test_torch_2_10_is_reported_as_sigill_on_pi4() -> None:
+    """The known-bad pin: torch 2.10.0 dies at import on the Pi 4's CPU, and the check says so."""
+    done = pi_check("--torch", "2.10.0", "--cpu", "cortex-a72", timeout=900)
+    assert done.returncode == 1, explain(done)
+    assert "torch 2.10.0 dies with Illegal instruction (SIGILL) on cortex-a72: `import torch`" in done.stdout, explain(
+        done
+    )
+    expected = pi_check("--torch", "2.10.0", "--cpu", "cortex-a72", "--expect-fail", "--no-x86-model", timeout=900)
+    assert expected.returncode == 0, explain(expected)
+    assert "expected failure observed" in expected.stdout, explain(expected)

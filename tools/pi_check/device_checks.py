@@ -1,0 +1,358 @@
+"""The checks that run inside the emulated Raspberry Pi (and the x86 reference they compare with).
+
+``pi_check.py`` starts this file in two roles:
+
+* ``pi``: under ``qemu-aarch64-static -cpu cortex-a72`` (or ``-a76``) with the
+  aarch64 Python 3.11 of a Debian Bookworm root and the wheels of
+  ``requirements-pi.txt``. It imports the kit's libraries, checks that the
+  installed wheels bring every dependency they declare, runs ONNX Runtime, and
+  classifies ``skimage.data.chelsea()`` with the pretrained int8 MobileNetV2
+  (qnnpack, TorchScript). Given ``--x86-dir`` it also loads the TorchScript
+  file that ``Codes/quantize_model.py`` wrote on x86 and compares top-1.
+* ``x86-reference``: on the x86 host, next to that model file: save the input
+  tensors and the x86 top-1 the Pi side must reproduce.
+
+Every step prints ``PI_CHECK STEP <name>`` before it starts (flushed), so that
+when the emulated CPU kills the process (SIGILL) the caller knows which step
+died, then ``PI_CHECK OK <name> | <detail>`` or ``PI_CHECK FAIL <name> | <detail>``.
+The exit status is 0 when every step passed, 1 otherwise.
+
+Only the standard library is imported at module level: ``import torch`` is a
+step of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+IMPORTS = ("torchvision", "numpy", "cv2", "skimage", "scipy", "PIL", "tqdm", "yaml", "onnxruntime")
+
+
+def say(kind: str, name: str, detail: str = "") -> None:
+    """One protocol line for pi_check.py; flushed so it survives a crash right after."""
+    line = f"PI_CHECK {kind} {name}"
+    if detail:
+        line += f" | {detail}"
+    print(line, flush=True)
+
+
+class Steps:
+    """Runs named steps, reporting each; later steps still run after a failure."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def run(self, name: str, step: Callable[[], str]) -> bool:
+        say("STEP", name)
+        start = time.monotonic()
+        try:
+            detail = step()
+        except Exception as error:  # report and go on to the next step
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            say("FAIL", name, f"{type(error).__name__}: {error} (at {Path(where.filename).name}:{where.lineno})")
+            self.failed.append(name)
+            return False
+        say("OK", name, f"{detail} ({time.monotonic() - start:.1f} s)")
+        return True
+
+
+# ----------------------------------------------------------------- inputs --
+
+
+def preprocess(image: Any) -> Any:
+    """An HxWx3 uint8 array -> a 1x3x224x224 float tensor, as torchvision's ImageNet weights expect."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
+    tensor: torch.Tensor = pipeline(Image.fromarray(image).convert("RGB"))
+    return tensor.unsqueeze(0)
+
+
+def categories() -> list[str]:
+    from torchvision.models.quantization import MobileNet_V2_QuantizedWeights
+
+    return list(MobileNet_V2_QuantizedWeights.IMAGENET1K_QNNPACK_V1.meta["categories"])
+
+
+# ------------------------------------------------------------- onnx model --
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes | int | str) -> bytes:
+    """One protobuf field: varint for int, length-delimited for bytes/str."""
+    if isinstance(payload, int):
+        return _varint(number << 3) + _varint(payload)
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _varint((number << 3) | 2) + _varint(len(data)) + data
+
+
+def tiny_onnx_model(weight: list[list[float]], bias: list[float]) -> bytes:
+    """ONNX bytes for y = Relu(x @ weight + bias), written without the onnx package.
+
+    Field numbers are those of onnx.proto (ModelProto, GraphProto, NodeProto,
+    TensorProto, ValueInfoProto); FLOAT is element type 1.
+    """
+    rows, cols = len(weight), len(weight[0])
+
+    def tensor(name: str, dims: list[int], values: list[float]) -> bytes:
+        raw = struct.pack(f"<{len(values)}f", *values)
+        return b"".join(_field(1, d) for d in dims) + _field(2, 1) + _field(8, name) + _field(9, raw)
+
+    def value_info(name: str, dims: list[int | str]) -> bytes:
+        shape = b"".join(_field(1, _field(1, d) if isinstance(d, int) else _field(2, d)) for d in dims)
+        tensor_type = _field(1, 1) + _field(2, shape)
+        return _field(1, name) + _field(2, _field(1, tensor_type))
+
+    def node(op: str, inputs: list[str], output: str) -> bytes:
+        return b"".join(_field(1, i) for i in inputs) + _field(2, output) + _field(3, op.lower()) + _field(4, op)
+
+    graph = (
+        _field(1, node("MatMul", ["x", "w"], "xw"))
+        + _field(1, node("Add", ["xw", "b"], "z"))
+        + _field(1, node("Relu", ["z"], "y"))
+        + _field(2, "pi_check_tiny")
+        + _field(5, tensor("w", [rows, cols], [v for row in weight for v in row]))
+        + _field(5, tensor("b", [cols], bias))
+        + _field(11, value_info("x", ["batch", rows]))
+        + _field(12, value_info("y", ["batch", cols]))
+    )
+    opset = _field(1, "") + _field(2, 13)
+    return _field(1, 8) + _field(2, "pi_check") + _field(7, graph) + _field(8, opset)
+
+
+# --------------------------------------------------------------- pi steps --
+
+
+def step_import_torch() -> str:
+    import torch
+
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    if "qnnpack" not in engines:
+        raise RuntimeError(f"qnnpack is not among the quantized engines {engines}")
+    return f"torch {torch.__version__}, quantized engines {', '.join(engines)}"
+
+
+def step_import(name: str) -> str:
+    import importlib
+
+    module = importlib.import_module(name)
+    detail = f"{name} {getattr(module, '__version__', '?')}"
+    if name == "numpy":
+        import torch
+
+        array = module.arange(6, dtype=module.float32).reshape(2, 3)
+        if float(torch.from_numpy(array).sum()) != 15.0 or torch.ones(2).numpy().dtype != module.float32:
+            raise RuntimeError("torch <-> numpy conversion gave wrong values")
+        detail += ", torch <-> numpy conversion works"
+    return detail
+
+
+def step_dependencies() -> str:
+    """Every installed distribution's declared requirements are installed, in range."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    active: dict[str, metadata.Distribution] = {}
+    for dist in metadata.distributions():  # in sys.path order: the first one of a name is the one imported
+        name = dist.metadata["Name"]
+        if name:
+            active.setdefault(canonicalize_name(name), dist)
+    installed = {name: dist.version for name, dist in active.items()}
+    problems = []
+    for dist in active.values():
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            have = installed.get(canonicalize_name(requirement.name))
+            owner = f"{dist.metadata['Name']} {dist.version}"
+            if have is None:
+                problems.append(f"{owner} needs {requirement}, not installed")
+            elif requirement.specifier and not requirement.specifier.contains(have, prereleases=True):
+                problems.append(f"{owner} needs {requirement}, have {have}")
+    if problems:
+        raise RuntimeError("; ".join(sorted(set(problems))) + " -- pin them in requirements-pi.txt")
+    return f"{len(installed)} distributions, every declared dependency present"
+
+
+def step_onnxruntime() -> str:
+    import numpy
+    import onnxruntime
+
+    weight = [[1.0, -1.0], [2.0, 0.5], [-1.0, 1.0]]
+    bias = [0.5, -4.0]
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(tiny_onnx_model(weight, bias), options, providers=["CPUExecutionProvider"])
+    x = numpy.array([[1.0, 2.0, 3.0], [0.0, -1.0, 1.0]], dtype=numpy.float32)
+    (y,) = session.run(None, {"x": x})
+    expected = numpy.maximum(x @ numpy.array(weight, dtype=numpy.float32) + numpy.array(bias, dtype=numpy.float32), 0)
+    if not numpy.allclose(y, expected, atol=1e-5):
+        raise RuntimeError(f"onnxruntime computed {y.tolist()}, expected {expected.tolist()}")
+    return f"onnxruntime {onnxruntime.__version__} ran an ONNX graph on CPUExecutionProvider, output correct"
+
+
+def step_pretrained_int8(weights: Path) -> str:
+    import skimage.data
+    import torch
+    from torchvision.models.quantization import mobilenet_v2
+
+    torch.backends.quantized.engine = "qnnpack"
+    model = mobilenet_v2(weights=None, quantize=True)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    scripted = torch.jit.script(model.eval())
+    batch = preprocess(skimage.data.chelsea())
+    with torch.inference_mode():
+        scripted(batch)  # first call: TorchScript optimises the graph
+        start = time.monotonic()
+        logits = scripted(batch)
+        seconds = time.monotonic() - start
+    probabilities = logits.softmax(dim=1)[0]
+    top = int(probabilities.argmax())
+    label = categories()[top]
+    if top not in CAT_CLASSES:
+        raise RuntimeError(f"chelsea() classified as {top} '{label}', expected a cat class (281-285)")
+    return (
+        f"jit-scripted int8 MobileNetV2 (qnnpack): chelsea() -> {top} '{label}' "
+        f"p={float(probabilities[top]):.3f}, {seconds:.2f} s per frame emulated"
+    )
+
+
+def _run_model_file(model_file: Path, inputs: Any) -> Any:
+    import torch
+
+    torch.backends.quantized.engine = "qnnpack"
+    model = torch.jit.load(str(model_file), map_location="cpu")
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(inputs[i : i + 1]) for i in range(inputs.shape[0])])
+
+
+def step_x86_model(x86_dir: Path) -> str:
+    import numpy
+    import torch
+
+    reference = json.loads((x86_dir / "reference.json").read_text(encoding="utf-8"))
+    inputs = torch.from_numpy(numpy.load(x86_dir / "inputs.npy"))
+    logits = _run_model_file(x86_dir / reference["model_file"], inputs)
+    top1 = [int(i) for i in logits.argmax(dim=1)]
+    x86_logits = torch.from_numpy(numpy.load(x86_dir / "logits.npy"))
+    max_diff = float((logits - x86_logits).abs().max())
+    names = reference["names"]
+    mismatches = [
+        f"{name}: pi {pi} vs x86 {x86}"
+        for name, pi, x86 in zip(names, top1, reference["top1"], strict=False)
+        if pi != x86
+    ]
+    if mismatches:
+        raise RuntimeError(f"top-1 differs from x86 ({'; '.join(mismatches)}); max |logit diff| {max_diff:.4f}")
+    return (
+        f"{reference['model_file']} from x86 (torch {reference['torch']}) loads with torch.jit.load; "
+        f"top-1 equal on {len(top1)} images ({', '.join(f'{n}={t}' for n, t in zip(names, top1, strict=False))}), "
+        f"max |logit diff| {max_diff:.4f}"
+    )
+
+
+def run_pi(weights: Path | None, x86_dir: Path | None) -> int:
+    steps = Steps()
+    if not steps.run("import-torch", step_import_torch):
+        return 1  # nothing else can run without torch
+    for name in IMPORTS:
+        steps.run(f"import-{name}", lambda name=name: step_import(name))  # type: ignore[misc]
+    steps.run("dependencies", step_dependencies)
+    steps.run("onnxruntime", step_onnxruntime)
+    if weights is not None:
+        steps.run("pretrained-int8", lambda: step_pretrained_int8(weights))
+    if x86_dir is not None:
+        steps.run("x86-model", lambda: step_x86_model(x86_dir))
+    return 1 if steps.failed else 0
+
+
+# ---------------------------------------------------------- x86 reference --
+
+
+def reference_images(sample_dir: Path | None, count: int) -> list[tuple[str, Any]]:
+    """chelsea() and coffee() from scikit-image, then ``count`` photos spread over the sample set."""
+    import numpy
+    import skimage.data
+    from PIL import Image
+
+    images: list[tuple[str, Any]] = [("chelsea", skimage.data.chelsea()), ("coffee", skimage.data.coffee())]
+    if sample_dir is not None and sample_dir.is_dir():
+        files = sorted(sample_dir.glob("*.JPEG"))
+        for path in files[:: max(1, len(files) // count)][:count]:
+            with Image.open(path) as image:
+                images.append((path.stem, numpy.asarray(image.convert("RGB"))))
+    return images
+
+
+def run_x86_reference(x86_dir: Path, model_file: str, sample_dir: Path | None, count: int) -> int:
+    import numpy
+    import torch
+
+    images = reference_images(sample_dir, count)
+    inputs = torch.cat([preprocess(image) for _, image in images])
+    logits = _run_model_file(x86_dir / model_file, inputs)
+    numpy.save(x86_dir / "inputs.npy", inputs.numpy())
+    numpy.save(x86_dir / "logits.npy", logits.numpy())
+    reference = {
+        "model_file": model_file,
+        "torch": torch.__version__,
+        "names": [name for name, _ in images],
+        "top1": [int(i) for i in logits.argmax(dim=1)],
+    }
+    (x86_dir / "reference.json").write_text(json.dumps(reference, indent=1), encoding="utf-8")
+    say("OK", "x86-reference", f"top-1 on x86: {dict(zip(reference['names'], reference['top1'], strict=False))}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    roles = parser.add_subparsers(dest="role", required=True)
+    pi = roles.add_parser("pi", help="checks to run inside the emulated Pi")
+    pi.add_argument("--weights", type=Path, help="mobilenet_v2_qnnpack_int8.pth (state dict)")
+    pi.add_argument("--x86-dir", type=Path, help="folder written by the x86-reference role")
+    ref = roles.add_parser("x86-reference", help="x86 side: inputs and top-1 for a TorchScript model")
+    ref.add_argument("--x86-dir", type=Path, required=True)
+    ref.add_argument("--model-file", required=True, help="file name inside --x86-dir")
+    ref.add_argument("--samples", type=Path, help="the imagenet-sample folder")
+    ref.add_argument("--count", type=int, default=4, help="sample photos to add to chelsea and coffee")
+    args = parser.parse_args(argv)
+    if args.role == "pi":
+        return run_pi(args.weights, args.x86_dir)
+    return run_x86_reference(args.x86_dir, args.model_file, args.samples, args.count)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
