@@ -98,10 +98,15 @@ def load(args: argparse.Namespace, threads: int):
 def main() -> int:
     args = parse_args()
     threads = engines.set_threads(args.threads)
-    model, description = load(args, threads)
-    print(f"model: {description}; threads: {threads}")
+    # open the source first: a missing camera is reported before any weights download
     frames = sources.open_source(args.source, args.size, camera_fps)
     print(f"source: {frames.description}")
+    try:
+        model, description = load(args, threads)
+    except BaseException:
+        frames.close()
+        raise
+    print(f"model: {description}; threads: {threads}")
     preprocess = Preprocessor(args.size)
     timer = FrameTimer()
     logits = None

@@ -117,10 +117,10 @@ def test_torchscript_model_file_runs(run, tmp_path, int8_weights):
         (["--source", "no/such/thing.mp4"], "is not a camera index, 'picamera2', 'samples'"),
         (["--source", "7"], "could not open camera 7"),
         (["--source", "picamera2"], "picamera2 is not installed"),
-        (["--model", "{garbage}"], "is not a TorchScript model"),
-        (["--model", "missing.pt"], "does not exist"),
-        (["--model", "bad.onnx"], "does not exist"),
-        (["--weights", "{garbage}"], "is not a PyTorch state dict"),
+        (["--source", "samples", "--model", "{garbage}"], "is not a TorchScript model"),
+        (["--source", "samples", "--model", "missing.pt"], "does not exist"),
+        (["--source", "samples", "--model", "bad.onnx"], "does not exist"),
+        (["--source", "samples", "--weights", "{garbage}"], "is not a PyTorch state dict"),
     ],
     ids=["missing-source", "no-camera", "no-picamera2", "not-a-model", "missing-model", "missing-onnx", "bad-weights"],
 )
@@ -139,7 +139,8 @@ def test_wrong_weights_for_the_model_kind(run, float_weights, int8_weights):
 
 
 def test_state_dict_passed_as_model_says_use_weights(run, float_weights):
-    assert_clean_error(run("mobile_net.py", "--frames", "1", "--model", float_weights), "use --weights")
+    assert_clean_error(run("mobile_net.py", "--source", "samples", "--frames", "1", "--model", float_weights),
+                       "use --weights")
 
 
 def test_empty_folder_and_unreadable_video(run, tmp_path, float_weights):
