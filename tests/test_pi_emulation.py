@@ -19,14 +19,10 @@ from types import ModuleType
 
 import pytest
 
+from quantlab.assets import ASSETS_ENV, INT8_WEIGHTS, assets_dir
+
 REPO = Path(__file__).resolve().parents[1]
 PI_CHECK = REPO / "tools" / "pi_check" / "pi_check.py"
-WEIGHTS = "weights/mobilenet_v2_qnnpack_int8.pth"
-
-
-def _assets() -> Path:
-    configured = os.environ.get("QUANTLAB_ASSETS")
-    return Path(configured).expanduser() if configured else REPO.parent / "shared" / "assets"
 
 
 def _skip_reason() -> str | None:
@@ -34,8 +30,8 @@ def _skip_reason() -> str | None:
         return "QUANTLAB_SKIP_PI=1"
     if platform.system() != "Linux" or platform.machine() != "x86_64":
         return f"the Pi emulation check needs x86_64 Linux, this is {platform.system()} {platform.machine()}"
-    if not (_assets() / WEIGHTS).is_file():
-        return f"offline weights {_assets() / WEIGHTS} not found (set QUANTLAB_ASSETS)"
+    if not (assets_dir() / INT8_WEIGHTS).is_file():
+        return f"offline weights {assets_dir() / INT8_WEIGHTS} not found (set {ASSETS_ENV})"
     return None
 
 
