@@ -1,11 +1,12 @@
 # Quick start (x86_64 Linux, Python 3.11):
 #   make demo   set up .venv and run the webcam demo on the sample photos (no camera needed)
 #   make test   set up .venv and run the whole test suite (CI runs this)
+#   make figures-quantize   the quantization toolkit's figures (offline assets, a few minutes)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test figures-quantize clean
 
 $(VENV)/.installed: pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+figures-quantize: setup
+	PY=$(PY) bash tools/quantize_figures.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

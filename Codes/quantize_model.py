@@ -1,124 +1,348 @@
-"""Quantize MobileNetV2 to int8 and save it as a TorchScript file that runs without the kit.
+"""Quantize a model to int8 and save it as a file that runs without the kit.
 
-Static (post-training) quantization calibrates activation ranges on a few
-photos; dynamic quantization converts only nn.Linear layers. The output loads
-with ``torch.jit.load`` alone; a JSON sidecar beside it records how it was made
-(``Codes/mobile_net.py --model`` reads the engine from it).
+Three methods, as in the notebooks:
+  static   post-training: calibrate activation ranges on a few photos, convert (CNNs: the one to use)
+  dynamic  nn.Linear/nn.LSTM only, activations quantized at run time (MobileNetV2 barely changes)
+  qat      quantization-aware training: fine-tune with fake quantization, then convert
+
+The output is a TorchScript file (``torch.jit.load`` alone runs it, e.g. on the
+Pi) or, with ``--format onnx``, an ONNX file for ONNX Runtime. A JSON sidecar
+beside it records how it was made; ``Codes/mobile_net.py --model`` reads the
+engine from it. ``--config FILE.yaml`` takes the same settings in sections
+modelled on the STM32 model zoo (see configs/); flags override the file.
 
 Examples:
     python Codes/quantize_model.py --output mnv2_int8.pt --calib-data imagenet-sample
     python Codes/quantize_model.py --output mnv2_qnnpack.pt --engine qnnpack --calib-data photos/   # for the Pi
     python Codes/quantize_model.py --output mnv2_pt.pt --granularity per_tensor --observer minmax --calib-data photos/
     python Codes/quantize_model.py --output mnv2_dynamic.pt --method dynamic
-    python Codes/quantize_model.py --model my_finetuned.pth --output mine_int8.pt --calib-data photos/
+    python Codes/quantize_model.py --output mnv2_qat.pt --method qat --train-data photos/ --epochs 1 --lr 1e-5
+    python Codes/quantize_model.py --output mnv2_int8.onnx --format onnx --calib-data photos/
+    python Codes/quantize_model.py --model my_finetuned.pth --arch resnet18 --output mine_int8.pt --calib-data photos/
+    python Codes/quantize_model.py --config configs/quantize_chain_eqeb.yaml
     python Codes/mobile_net.py --model mnv2_int8.pt --source samples --frames 50
 """
 
 import argparse
-import hashlib
 import json
 import os
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torchvision
+from torch.utils.data import Dataset
 
-from quantlab import data, engines, models, quantize
+from quantlab import bench, config, data, engines, models, quantize
 from quantlab.errors import KitError, run_cli
 
-# ---- settings (command-line flags override them) -----------------------------
-method = "static"             # static (post-training) or dynamic (nn.Linear only)
-granularity = "per_channel"   # one weight scale per output channel, or per_tensor: one per layer
-observer = "histogram"        # how activation ranges are estimated: histogram or minmax
-calib_images = 100            # photos used to calibrate activation ranges
-size = 224                    # input resolution
-# -------------------------------------------------------------------------------
+# ---- settings (a --config file overrides them, command-line flags override both) ----
+SETTINGS = {
+    "model": "mobilenet_v2",        # a torchvision name or the path of a fp32 state dict
+    "arch": "mobilenet_v2",         # the architecture of a state dict
+    "method": "static",             # static (post-training), dynamic (nn.Linear/LSTM only), qat
+    "granularity": "per_channel",   # one weight scale per output channel, or per_tensor: one per layer
+    "observer": "histogram",        # how activation ranges are estimated: histogram or minmax
+    "engine": "auto",               # qnnpack for the Pi; auto picks the fast one for this CPU
+    "format": None,                 # torchscript or onnx (default: from the --output suffix)
+    "operation_mode": "quantization",  # or chain_eqe, chain_qb, chain_eqeb (evaluate/quantize/benchmark)
+    "calib_data": None, "calib_images": 100, "calib_split": None,  # calibration photos: how many, or a fraction
+    "eval_data": None, "eval_images": None,                        # evaluation photos (chains), default: the rest
+    "train_data": None, "epochs": 1, "lr": 1e-5,                   # QAT fine-tuning
+    "freeze_bn_epoch": 0, "freeze_observers_epoch": None,
+    "seed": 0, "threads": None, "runs": 50, "warmup": 10,
+    "output": None, "export_dir": None,
+    "rescale_scale": None, "rescale_offset": None, "color_mode": "rgb",
+    "interpolation": "bilinear", "aspect_ratio": "crop",
+}
+size = 224  # input resolution
+# -------------------------------------------------------------------------------------
 
 METHOD_ALIASES = {"static": "static", "post_training": "static", "dynamic": "dynamic",
                   "qat": "qat", "quantization_aware": "qat"}
-MODEL_NAMES = ("mobilenet_v2",)
+FORMATS = ("torchscript", "onnx")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="mobilenet_v2",
-                        help="a torchvision model name (mobilenet_v2) or the path of a fp32 state dict")
-    parser.add_argument("--output", type=Path, required=True, help="the TorchScript file to write (FILE.pt)")
-    parser.add_argument("--method", default=method, help="static (= post_training), dynamic, or qat (= quantization_aware)")
-    parser.add_argument("--granularity", choices=quantize.GRANULARITIES, default=granularity, help="weight scales")
-    parser.add_argument("--observer", choices=quantize.OBSERVERS, default=observer, help="activation range estimate")
-    parser.add_argument("--engine", choices=engines.ENGINE_CHOICES, default="auto",
-                        help="int8 engine to quantize for: qnnpack for the Pi, x86 for PCs")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=None)  # None = "not given": the config or SETTINGS decide
+    parser.add_argument("--config", type=Path, help="a YAML file with the settings below (see configs/)")
+    parser.add_argument("--model", help="a torchvision name (mobilenet_v2, resnet18, ...) or a fp32 state dict file")
+    parser.add_argument("--arch", help="the architecture of a state dict (default mobilenet_v2)")
+    parser.add_argument("--output", type=Path, help="the file to write: FILE.pt (TorchScript) or FILE.onnx")
+    parser.add_argument("--format", choices=FORMATS, help="torchscript or onnx (default: from --output's suffix)")
+    parser.add_argument("--method", help="static (= post_training), dynamic, or qat (= quantization_aware)")
+    parser.add_argument("--granularity", choices=quantize.GRANULARITIES, help="weight scales per channel or per tensor")
+    parser.add_argument("--observer", choices=quantize.OBSERVERS, help="activation range estimate")
+    parser.add_argument("--engine", choices=engines.ENGINE_CHOICES, help="int8 engine: qnnpack for the Pi")
+    parser.add_argument("--operation-mode", choices=tuple(config.OPERATION_MODES),
+                        help="quantization, or a chain: chain_eqe (evaluate, quantize, evaluate), chain_qb "
+                             "(quantize, benchmark), chain_eqeb (all)")
     parser.add_argument("--calib-data", type=Path, help="a folder of photos (flat, or one folder per class)")
-    parser.add_argument("--calib-images", type=int, default=calib_images, help="how many photos to calibrate on")
-    parser.add_argument("--seed", type=int, default=0, help="picks the calibration photos and random inputs")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    parser.add_argument("--calib-images", type=int, help="how many photos to calibrate on (default 100)")
+    parser.add_argument("--calib-split", type=float, help="or: the fraction of --calib-data to calibrate on")
+    parser.add_argument("--eval-data", type=Path, help="evaluation photos for the chains (default: the photos "
+                                                       "of --calib-data not used for calibration)")
+    parser.add_argument("--eval-images", type=int, help="evaluate on at most this many photos")
+    parser.add_argument("--train-data", type=Path, help="QAT: labelled photos (default: the calibration subset)")
+    parser.add_argument("--epochs", type=int, help="QAT: passes over the training photos")
+    parser.add_argument("--lr", type=float, help="QAT: learning rate (SGD with momentum)")
+    parser.add_argument("--freeze-bn-epoch", type=int, help="QAT: freeze BatchNorm statistics from this epoch")
+    parser.add_argument("--freeze-observers-epoch", type=int, help="QAT: freeze int8 ranges from this epoch")
+    parser.add_argument("--seed", type=int, help="picks the calibration photos and random inputs")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    parser.add_argument("--runs", type=int, help="chains with benchmarking: timed runs per model")
+    parser.add_argument("--warmup", type=int, help="chains with benchmarking: untimed runs first")
     return parser.parse_args()
 
 
-def check_args(args: argparse.Namespace) -> str:
-    """The canonical method name; a KitError for what argparse cannot check."""
-    chosen = METHOD_ALIASES.get(args.method)
-    if chosen is None:
-        raise KitError(f"unknown --method '{args.method}'; use one of {', '.join(METHOD_ALIASES)}")
-    if chosen == "qat":
-        raise KitError("--method qat (quantization-aware training) is not in the kit yet: it needs a fine-tuning "
-                       "loop (prepare_qat, labelled training data, epochs) that quantlab.quantize lacks; "
-                       "use --method static")
-    if args.calib_images < 1:
-        raise KitError(f"--calib-images must be at least 1, got {args.calib_images}")
-    if args.output.suffix.lower() == ".json":
-        raise KitError(f"--output {args.output} ends in .json, the sidecar's suffix; name the model FILE.pt")
-    existing = next((p for p in args.output.absolute().parents if p.exists()), None)
+def resolve_settings(args: argparse.Namespace) -> dict:
+    """SETTINGS, then the config file, then the flags given on the command line."""
+    from_file = config.load_config(args.config) if args.config is not None else {}
+    given = {key: value for key, value in vars(args).items() if value is not None and key != "config"}
+    settings = {**SETTINGS, **from_file, **given}
+    # the calibration subset is a count or a fraction: the most specific source decides which
+    size_keys = ("calib_images", "calib_split")
+    chosen = [k for k in size_keys if k in given] or [k for k in size_keys if k in from_file] or ["calib_images"]
+    if len(chosen) == 2:
+        raise KitError("give the calibration subset once: --calib-images N or --calib-split FRACTION, not both")
+    settings["calib_split" if chosen == ["calib_images"] else "calib_images"] = None
+    return settings
+
+
+def check_settings(settings: dict) -> None:
+    """What argparse and the config reader cannot check; fills in the method, format and output."""
+    method = METHOD_ALIASES.get(str(settings["method"]))
+    if method is None:
+        raise KitError(f"unknown --method '{settings['method']}'; use one of {', '.join(METHOD_ALIASES)}")
+    settings["method"] = method
+    for key in ("granularity", "observer"):
+        allowed = quantize.GRANULARITIES if key == "granularity" else quantize.OBSERVERS
+        if settings[key] not in allowed:
+            raise KitError(f"unknown {key} '{settings[key]}'; use one of {', '.join(allowed)}")
+    if settings["engine"] not in engines.ENGINE_CHOICES:
+        raise KitError(f"unknown engine '{settings['engine']}'; use one of {', '.join(engines.ENGINE_CHOICES)}")
+    if settings["calib_images"] is not None and settings["calib_images"] < 1:
+        raise KitError(f"--calib-images must be at least 1, got {settings['calib_images']}")
+    if settings["calib_split"] is not None and not 0 < settings["calib_split"] <= 1:
+        raise KitError(f"--calib-split must be a fraction in (0, 1], got {settings['calib_split']}")
+    if settings["calib_split"] is not None and settings["calib_data"] is None:
+        raise KitError("--calib-split needs --calib-data (the folder to split)")
+    for key in ("epochs", "runs"):
+        if settings[key] < 1:
+            raise KitError(f"--{key} must be at least 1, got {settings[key]}")
+    config.check_preprocessing(settings)
+    output = settings["output"]
+    if output is None:
+        if settings["export_dir"] is None:
+            raise KitError("name the file to write: --output FILE.pt (or quantization.export_dir in --config)")
+        suffix = ".onnx" if settings["format"] == "onnx" else ".pt"
+        name = Path(str(settings["model"])).stem
+        output = Path(settings["export_dir"]) / f"{name}_{method}{'_' + settings['granularity'] if method != 'dynamic' else ''}{suffix}"
+    output = Path(output)
+    suffix_format = "onnx" if output.suffix.lower() in models.ONNX_SUFFIXES else "torchscript"
+    settings["format"] = settings["format"] or suffix_format
+    if settings["format"] != suffix_format:
+        raise KitError(f"--output {output} does not fit --format {settings['format']}; "
+                       f"name it FILE{'.onnx' if settings['format'] == 'onnx' else '.pt'}")
+    if settings["format"] == "onnx" and method == "qat":
+        raise KitError("--format onnx takes static or dynamic quantization; for QAT write TorchScript (FILE.pt)")
+    if output.suffix.lower() == ".json":
+        raise KitError(f"--output {output} ends in .json, the sidecar's suffix; name the model FILE.pt")
+    if output.is_dir():
+        raise KitError(f"--output {output} is a folder; name the model file, e.g. {output / 'model.pt'}")
+    existing = next((p for p in output.absolute().parents if p.exists()), None)
     if existing is not None and not os.access(existing, os.W_OK):  # fail now, not after calibrating
         raise KitError(f"cannot write into {existing}; pick a writable --output")
-    if args.output.is_dir():
-        raise KitError(f"--output {args.output} is a folder; name the model file, e.g. {args.output / 'model.pt'}")
-    return chosen
+    settings["output"] = output
 
 
-def load_fp32(name_or_path: str) -> torch.nn.Module:
-    """The float model: a torchvision name (pretrained weights) or a state dict file."""
-    if name_or_path in MODEL_NAMES:
+# ---- the float model -------------------------------------------------------------------
+
+def torchvision_fp32(name: str) -> torch.nn.Module:
+    """A torchvision classifier with its default pretrained weights (weights API; offline copy for MobileNetV2)."""
+    if name == "mobilenet_v2":
         return models.mobilenet_v2_fp32()
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    state_dict, _ = models.pretrained_state_dict(weights, offline_asset=None)
+    return build_fp32(name, state_dict, f"torchvision {weights}")
+
+
+def build_fp32(arch: str, state_dict: dict, source: str) -> torch.nn.Module:
+    """torchvision's float ``arch`` holding ``state_dict``."""
+    if models.is_int8_state_dict(state_dict):
+        raise KitError(f"{source} holds int8 weights: it is already quantized; pass fp32 weights")
+    extra = {"aux_logits": False, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
+    model = torchvision.models.get_model(arch, weights=None, **extra)
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise KitError(f"{source} does not fit {arch} ({str(error).splitlines()[0][:100]}); "
+                       "pass --arch with the model's architecture") from None
+    return model.eval()
+
+
+def load_fp32(name_or_path: str, arch: str) -> torch.nn.Module:
+    """The float model: a torchvision name (pretrained weights) or a state dict file for ``arch``."""
+    known = set(torchvision.models.list_models(module=torchvision.models))
+    for name in (name_or_path, arch):
+        if name in known and name not in quantize.QUANTIZABLE_ARCHS:
+            raise KitError(
+                f"{name} has no eager-mode quantizable version (torchvision.models.quantization provides "
+                f"{', '.join(quantize.QUANTIZABLE_ARCHS)}): eager mode needs QuantStub/DeQuantStub, fusable "
+                "modules and quantized adds written into the model. FX graph mode could trace it, but it is "
+                "deprecated with the rest of torch.ao.quantization; the labs stay in eager mode")
+    if arch not in quantize.QUANTIZABLE_ARCHS:
+        raise KitError(f"--arch '{arch}' is not one of {', '.join(quantize.QUANTIZABLE_ARCHS)}")
+    if name_or_path in known:
+        return torchvision_fp32(name_or_path)
     path = Path(name_or_path)
-    if not path.exists() and path.suffix == "":
-        raise KitError(f"--model '{name_or_path}' is neither a model the kit knows ({', '.join(MODEL_NAMES)}) "
-                       "nor an existing file; pass mobilenet_v2 or the path of a fp32 state dict")
-    return models.mobilenet_v2_fp32(path)
+    if not path.exists() and (path.suffix or len(path.parts) > 1):
+        raise KitError(f"model file {path} does not exist; check the path, or pass a torchvision name such as mobilenet_v2")
+    if not path.exists():
+        raise KitError(f"--model '{name_or_path}' is neither a torchvision model name nor an existing file; "
+                       f"pass one of {', '.join(quantize.QUANTIZABLE_ARCHS)} or the path of a fp32 state dict")
+    if path.suffix.lower() in models.ONNX_SUFFIXES:
+        raise KitError(f"{path} is an ONNX file; quantize_model.py starts from PyTorch fp32 weights "
+                       "(it exports to ONNX itself with --format onnx)")
+    if path.is_file() and zipfile.is_zipfile(path) and _is_torchscript(path):
+        raise KitError(f"{path} is a TorchScript file: it cannot be quantized again in eager mode; "
+                       "pass the fp32 state dict it came from (torch.save(model.state_dict(), PATH))")
+    if arch == "mobilenet_v2":
+        return models.mobilenet_v2_fp32(path)
+    return build_fp32(arch, models.load_state_dict_file(path), str(path))
 
 
-def calibration_batches(args: argparse.Namespace) -> tuple[list | torch.utils.data.DataLoader, str, object]:
-    """Batches to calibrate on, a description of their source, and the data set (to count skipped files)."""
-    if args.calib_data is None:
+def _is_torchscript(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith(("/code/", ".py")) or "/code/" in name for name in archive.namelist())
+
+
+# ---- data -----------------------------------------------------------------------------
+
+def with_preprocessing(dataset: Dataset, settings: dict) -> Dataset:
+    """The config's rescaling / colour order, when it differs from the kit's ImageNet normalisation."""
+    if settings["rescale_scale"] is None and settings["rescale_offset"] is None and settings["color_mode"] == "rgb":
+        return dataset
+    scale, offset = config.default_rescaling()
+    return config.Rescaled(dataset, settings["rescale_scale"] or scale, settings["rescale_offset"] or offset,
+                           settings["color_mode"])
+
+
+def data_subsets(settings: dict) -> tuple[Dataset | None, Dataset | None]:
+    """(calibration subset, evaluation set): the evaluation photos never include calibration photos."""
+    calibration = evaluation = None
+    if settings["calib_data"] is not None:
+        dataset = data.image_dataset(settings["calib_data"], size)
+        if settings["calib_split"] is not None:
+            calibration, evaluation = data.split(dataset, fraction=settings["calib_split"], seed=settings["seed"])
+        else:
+            calibration, evaluation = data.split(dataset, first_n=settings["calib_images"], seed=settings["seed"])
+    if settings["eval_data"] is not None:
+        evaluation = data.image_dataset(settings["eval_data"], size)
+    if evaluation is not None and settings["eval_images"] is not None:
+        evaluation = torch.utils.data.Subset(evaluation, range(min(settings["eval_images"], len(evaluation))))
+    return calibration, evaluation
+
+
+def calibration_batches(settings: dict, calibration: Dataset | None) -> tuple[list | torch.utils.data.DataLoader, str]:
+    """Batches to calibrate on and a description of their source."""
+    if calibration is None:
         print("WARNING: no --calib-data: calibrating on random noise. The file size and speed are real, "
               "but the accuracy of this model is meaningless; pass --calib-data FOLDER of photos",
               file=sys.stderr)
-        generator = torch.Generator().manual_seed(args.seed)
-        noise = torch.randn(args.calib_images, 3, size, size, generator=generator)
-        return list(noise.split(16)), "random noise", None
-    dataset = data.image_dataset(args.calib_data, size)
-    calibration, _ = data.split(dataset, first_n=args.calib_images, seed=args.seed)
-    return data.loader(calibration, batch_size=16), str(args.calib_data), calibration
+        generator = torch.Generator().manual_seed(settings["seed"])
+        noise = torch.randn(settings["calib_images"] or 16, 3, size, size, generator=generator)
+        return list(noise.split(16)), "random noise"
+    return data.loader(with_preprocessing(calibration, settings), batch_size=16), str(settings["calib_data"])
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def training_set(settings: dict, calibration: Dataset | None) -> tuple[Dataset, str]:
+    """QAT's labelled photos: --train-data, else the calibration subset (never the evaluation photos)."""
+    if settings["train_data"] is not None:
+        return data.image_dataset(settings["train_data"], size), str(settings["train_data"])
+    if calibration is None:
+        raise KitError("--method qat needs labelled photos: pass --train-data DIR (or --calib-data DIR)")
+    print(f"note: no --train-data: fine-tuning on the {len(calibration)} calibration photos of {settings['calib_data']}")
+    return calibration, f"{settings['calib_data']} (calibration subset)"
 
 
-def save(model: torch.nn.Module, output: Path, sidecar: dict) -> dict:
-    """Write the TorchScript file and its sidecar atomically: partial files never stay behind."""
+# ---- quantize, evaluate, benchmark, save -----------------------------------------------
+
+def quantize_torch(fp32: torch.nn.Module, settings: dict, engine: str, calibration: Dataset | None) -> tuple[torch.nn.Module, dict]:
+    """The int8 PyTorch model and what the sidecar says about how it was made."""
+    method = settings["method"]
+    if method == "dynamic":
+        engines.set_engine(engine)
+        print("dynamic quantization: nn.Linear/nn.LSTM layers only (int8 weights, activations quantized at run time)")
+        return quantize.quantize_dynamic(fp32), {"granularity": None, "observer": None, "calibration": None}
+    if method == "qat":
+        train, source = training_set(settings, calibration)
+        int8 = quantize.quantize_qat(fp32, data.loader(with_preprocessing(train, settings), batch_size=16), engine,
+                                     epochs=settings["epochs"], lr=settings["lr"],
+                                     granularity=settings["granularity"], freeze_bn_epoch=settings["freeze_bn_epoch"],
+                                     freeze_observers_epoch=settings["freeze_observers_epoch"], arch=settings["arch"])
+        skipped = data.skipped_count(train)
+        training = {"source": source, "images": len(train) - skipped, "skipped_unreadable": skipped,
+                    "epochs": settings["epochs"], "lr": settings["lr"], "freeze_bn_epoch": settings["freeze_bn_epoch"],
+                    "freeze_observers_epoch": settings["freeze_observers_epoch"]}
+        print(f"QAT: {settings['granularity']} weights, {settings['epochs']} epoch(s) on {training['images']} "
+              f"photos from {source}, lr {settings['lr']}")
+        return int8, {"granularity": settings["granularity"], "observer": "histogram (fake quantization)",
+                      "calibration": None, "training": training}
+    batches, source = calibration_batches(settings, calibration)
+    int8 = quantize.quantize_static(fp32, batches, engine, settings["granularity"], settings["observer"],
+                                    arch=settings["arch"])
+    skipped = data.skipped_count(calibration) if calibration is not None else 0
+    used = (len(calibration) if calibration is not None else settings["calib_images"] or 16) - skipped
+    print(f"static quantization: {settings['granularity']} weights, {settings['observer']} observer, "
+          f"calibrated on {used} images from {source}" + (f" ({skipped} unreadable skipped)" if skipped else ""))
+    return int8, {"granularity": settings["granularity"], "observer": settings["observer"],
+                  "calibration": {"source": source, "images": used, "skipped_unreadable": skipped}}
+
+
+def write_onnx(fp32: torch.nn.Module, settings: dict, calibration: Dataset | None, partial: Path) -> dict:
+    """Export to ONNX and quantize it with ONNX Runtime into ``partial``; the sidecar's facts."""
+    from quantlab import onnx_tools
+
+    with tempfile.TemporaryDirectory(prefix="quantlab-") as folder:
+        fp32_onnx = onnx_tools.export_onnx(fp32, Path(folder) / "fp32.onnx", size)
+        if settings["method"] == "dynamic":
+            print("ONNX Runtime dynamic quantization: int8 weights, activations quantized at run time")
+            onnx_tools.quantize_onnx_dynamic(fp32_onnx, partial)
+            return {"granularity": None, "observer": None, "calibration": None, "opset": onnx_tools.OPSET}
+        batches, source = calibration_batches(settings, calibration)
+        # ONNX Runtime's histogram-based calibrator that matches PyTorch's HistogramObserver best
+        method = "minmax" if settings["observer"] == "minmax" else "percentile"
+        onnx_tools.quantize_onnx_static(fp32_onnx, partial, batches, per_channel=settings["granularity"] == "per_channel",
+                                        calibrate_method=method)
+    used = int(onnx_tools.read_metadata(partial).get("calibration_images", 0))
+    print(f"ONNX Runtime static quantization (QDQ): {settings['granularity']} weights, {method} calibration "
+          f"on {used} images from {source}")
+    return {"granularity": settings["granularity"], "observer": method, "opset": onnx_tools.OPSET,
+            "calibration": {"source": source, "images": used,
+                            "skipped_unreadable": data.skipped_count(calibration) if calibration is not None else 0}}
+
+
+def write_torchscript(int8: torch.nn.Module, partial: Path) -> dict:
+    """TorchScript, frozen: loads with torch.jit.load alone, no kit code needed."""
+    torch.jit.save(models.script(int8), str(partial))
+    return {}
+
+
+def save(output: Path, write_model: Callable[[Path], dict], sidecar: dict) -> dict:
+    """Write the model and its sidecar atomically: partial files never stay behind."""
     json_path = models.sidecar_path(output)
     partial_model = output.with_name(output.name + ".partial")
     partial_json = json_path.with_name(json_path.name + ".partial")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        torch.jit.save(models.script(model), str(partial_model))
-        sidecar.update(sha256=sha256_of(partial_model), size_bytes=partial_model.stat().st_size)
+        sidecar.update(write_model(partial_model))
+        sidecar.update(sha256=bench.sha256_of(partial_model), size_bytes=partial_model.stat().st_size)
         partial_json.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
         os.replace(partial_model, output)
         os.replace(partial_json, json_path)
@@ -132,45 +356,75 @@ def save(model: torch.nn.Module, output: Path, sidecar: dict) -> dict:
     return sidecar
 
 
+def evaluate(name: str, model: Callable, evaluation: Dataset, settings: dict) -> dict:
+    result = bench.evaluate(model, data.loader(with_preprocessing(evaluation, settings), batch_size=32))
+    print(f"{name}: top-1 {result['top1']:.1f} %, top-5 {result['top5']:.1f} % on {result['images']} images")
+    return result
+
+
 def main() -> int:
     args = parse_args()
-    chosen_method = check_args(args)
-    threads = engines.set_threads(args.threads)
-    torch.manual_seed(args.seed)
-    engine, why = engines.resolve_engine(args.engine)
+    settings = resolve_settings(args)
+    check_settings(settings)
+    steps = config.OPERATION_MODES[settings["operation_mode"]]
+    output, method = settings["output"], settings["method"]
+    threads = engines.set_threads(settings["threads"])
+    torch.manual_seed(settings["seed"])
+    engine, why = engines.resolve_engine(settings["engine"])
     print(f"engine: {engine} ({why}); threads: {threads}")
-    fp32 = load_fp32(args.model)
-    fp32_mb = models.serialized_size_mb(fp32)
+    if settings["format"] == "onnx":
+        print("note: ONNX Runtime runs the ONNX file with its own int8 kernels; --engine applies to PyTorch only")
+    fp32 = load_fp32(str(settings["model"]), settings["arch"])
+    calibration, evaluation = data_subsets(settings)
+    if "evaluate" in steps and (evaluation is None or len(evaluation) == 0):
+        raise KitError(f"operation mode {settings['operation_mode']} evaluates: pass --eval-data DIR "
+                       "(dataset.test_path), or --calib-data with photos left over after calibration")
+    accuracy = {}
+    if "evaluate" in steps:
+        accuracy["fp32"] = evaluate("fp32", fp32, evaluation, settings)
 
-    sidecar = {"method": chosen_method, "engine": engine, "model": args.model, "seed": args.seed,
-               "input_size": [1, 3, size, size], "torch": torch.__version__}
-    if chosen_method == "dynamic":
-        engines.set_engine(engine)
-        int8 = quantize.quantize_dynamic(fp32)
-        sidecar.update(granularity=None, observer=None, calibration=None)
-        print("dynamic quantization: nn.Linear layers only (int8 weights, activations quantized at run time)")
+    sidecar = {"method": method, "format": settings["format"], "engine": engine, "model": str(settings["model"]),
+               "arch": settings["arch"], "seed": settings["seed"], "input_size": [1, 3, size, size],
+               "torch": torch.__version__}
+    if settings["rescale_scale"] or settings["rescale_offset"] or settings["color_mode"] != "rgb":
+        sidecar["preprocessing"] = {"scale": settings["rescale_scale"], "offset": settings["rescale_offset"],
+                                    "color_mode": settings["color_mode"]}
+    if settings["format"] == "onnx":
+        del sidecar["engine"]  # ONNX Runtime has its own int8 kernels: no PyTorch engine to pick
+        sidecar["runtime"] = "onnxruntime"
+        sidecar = save(output, lambda partial: write_onnx(fp32, settings, calibration, partial), sidecar)
+        int8_model = models.OnnxModel(output, threads)
     else:
-        batches, source, calibration = calibration_batches(args)
-        int8 = quantize.quantize_static(fp32, batches, engine, args.granularity, args.observer)
-        skipped = data.skipped_count(calibration) if calibration is not None else 0
-        used = (len(calibration) if calibration is not None else args.calib_images) - skipped
-        sidecar.update(granularity=args.granularity, observer=args.observer,
-                       calibration={"source": source, "images": used, "skipped_unreadable": skipped})
-        print(f"static quantization: {args.granularity} weights, {args.observer} observer, "
-              f"calibrated on {used} images from {source}" + (f" ({skipped} unreadable skipped)" if skipped else ""))
-    int8_mb = models.serialized_size_mb(int8)
+        int8, facts = quantize_torch(fp32, settings, engine, calibration)
+        sidecar.update(facts)
+        sidecar = save(output, lambda partial: write_torchscript(int8, partial), sidecar)
+        int8_model = models.load_model_file(output, threads)
 
-    sidecar = save(int8, args.output, sidecar)
-    print(f"size: fp32 state dict {fp32_mb:.2f} MB -> int8 state dict {int8_mb:.2f} MB "
-          f"({fp32_mb / int8_mb:.1f}x smaller)")
-    if chosen_method == "dynamic":
-        linear = sum(p.numel() for m in fp32.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters())
+    fp32_mb = models.serialized_size_mb(fp32)
+    int8_mb = sidecar["size_bytes"] / 1e6
+    print(f"size: fp32 {fp32_mb:.2f} MB (state dict) -> int8 {int8_mb:.2f} MB ({settings['format']} file), "
+          f"{fp32_mb / int8_mb:.1f}x smaller")
+    if method == "dynamic":
+        linear = sum(p.numel() for m in fp32.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LSTM))
+                     for p in m.parameters())
         total = sum(p.numel() for p in fp32.parameters())
-        print(f"note: only the classifier's Linear layer is quantized ({100 * linear / total:.0f}% of the "
-              "parameters); the convolutions stay fp32, so the model shrinks little and runs at fp32 speed; "
+        print(f"note: only the Linear/LSTM layers are quantized ({100 * linear / total:.0f}% of the parameters); "
+              "the convolutions stay fp32, so a CNN shrinks little and runs at fp32 speed; "
               "--method static quantizes them too")
-    print(f"wrote {args.output} (TorchScript, {sidecar['size_bytes'] / 1e6:.2f} MB) and "
-          f"{models.sidecar_path(args.output)}")
+    print(f"wrote {output} ({settings['format']}, {int8_mb:.2f} MB) and {models.sidecar_path(output)}")
+
+    if "evaluate" in steps:
+        accuracy["int8"] = evaluate("int8", int8_model, evaluation, settings)
+        drop = accuracy["fp32"]["top1"] - accuracy["int8"]["top1"]
+        print(f"top-1 change: {-drop:+.1f} points (fp32 {accuracy['fp32']['top1']:.1f} % -> "
+              f"int8 {accuracy['int8']['top1']:.1f} %)")
+    if "benchmark" in steps:
+        fp32_latency = bench.measure_latency(models.script(fp32), size, settings["runs"], settings["warmup"])
+        engines.set_engine(engine)
+        int8_latency = bench.measure_latency(int8_model, size, settings["runs"], settings["warmup"])
+        print(f"latency (batch 1, {threads} threads, median of {settings['runs']}): fp32 TorchScript "
+              f"{fp32_latency['median_ms']:.2f} ms, int8 {int8_latency['median_ms']:.2f} ms "
+              f"({int8_latency['median_ms'] / fp32_latency['median_ms']:.2f}x the fp32 time)")
     return 0
 
 

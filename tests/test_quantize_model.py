@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import run_script
 
@@ -70,6 +72,7 @@ def made(tmp_path_factory, float_weights, sample_photos) -> dict[str, Path]:
         "per_channel_again": (*common, "--method", "post_training", "--seed", "3"),
         "per_tensor": (*common, "--granularity", "per_tensor", "--observer", "minmax", "--engine", "qnnpack"),
         "dynamic": ("--model", str(float_weights), "--method", "dynamic"),
+        "qat": (*common, "--method", "quantization_aware", "--epochs", "1", "--lr", "1e-5"),
     }
     outputs = {}
     for name, args in runs.items():
@@ -84,7 +87,7 @@ def made(tmp_path_factory, float_weights, sample_photos) -> dict[str, Path]:
 
 def test_static_models_load_without_the_kit_and_classify(made, sample_photos):
     photos, labels = labelled_photos(sample_photos)
-    names = ("per_channel", "per_channel_again", "per_tensor", "dynamic")
+    names = ("per_channel", "per_channel_again", "per_tensor", "dynamic", "qat")
     results = classify(photos, *(made[n] for n in names))
     for name in names:
         assert results[str(made[name])]["top1"] == labels, name
@@ -104,6 +107,7 @@ def test_sidecar_describes_the_file(made, sample_photos, name, granularity, obse
     assert sidecar["sha256"] == hashlib.sha256(data).hexdigest()
     assert sidecar["size_bytes"] == len(data)
     assert sidecar["method"] == ("dynamic" if name == "dynamic" else "static")
+    assert sidecar["format"] == "torchscript"
     assert (sidecar["granularity"], sidecar["observer"]) == (granularity, observer)
     assert sidecar["engine"] == engine if engine else sidecar["engine"] in ("x86", "fbgemm", "qnnpack")
     assert sidecar["input_size"] == [1, 3, 224, 224]
@@ -117,8 +121,8 @@ def test_sizes_are_printed_and_dynamic_shrinks_less(made):
     static_size = made["per_channel"].stat().st_size
     dynamic_size = made["dynamic"].stat().st_size
     assert static_size < 0.5 * dynamic_size  # static quantizes the convolutions too
-    assert "fp32 state dict" in made["per_channel.stdout"] and "int8 state dict" in made["per_channel.stdout"]
-    assert "only the classifier's Linear layer is quantized" in made["dynamic.stdout"]
+    assert re.search(r"size: fp32 14\.\d\d MB \(state dict\) -> int8 3\.\d\d MB", made["per_channel.stdout"])
+    assert "only the Linear/LSTM layers are quantized (37% of the parameters)" in made["dynamic.stdout"]
 
 
 def test_random_calibration_warns_loudly(tmp_path, float_weights):
@@ -154,16 +158,33 @@ def _bad_inputs(tmp_path: Path, float_weights: Path) -> dict:
     not_a_model.write_text("these are not weights")
     empty = tmp_path / "empty"
     empty.mkdir()
+    torchscript = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(torchscript))
+
+    def yaml_with(text: str) -> Path:
+        path = tmp_path / f"config{len(list(tmp_path.glob('config*.yaml')))}.yaml"
+        path.write_text(text)
+        return path
+
     return {
         "missing model": (("--model", tmp_path / "missing.pth"), "does not exist"),
         "not a model": (("--model", not_a_model), "not a PyTorch state dict"),
         "empty calibration folder": (("--model", float_weights, "--calib-data", empty), "holds no images"),
         "unknown method": (("--model", float_weights, "--method", "magic"), "unknown --method 'magic'"),
-        "qat": (("--model", float_weights, "--method", "qat"), "quantization-aware training"),
+        "qat without photos": (("--model", float_weights, "--method", "qat"), "needs labelled photos"),
+        "qat to onnx": (("--model", float_weights, "--method", "qat", "--format", "onnx"), "--format onnx"),
+        "no fx": (("--model", "resnet34"), "no eager-mode quantizable version"),
+        "torchscript input": (("--model", torchscript), "cannot be quantized again"),
+        "wrong arch": (("--model", float_weights, "--arch", "resnet18"), "does not fit resnet18"),
+        "split and count": (("--calib-data", empty, "--calib-split", "0.5", "--calib-images", "3"), "not both"),
+        "bad yaml key": (("--config", yaml_with("quantization:\n  granularty: per_tensor\n")), "'quantization.granularty'"),
+        "chain without photos": (("--model", float_weights, "--operation-mode", "chain_eqe"), "evaluates"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing model", "not a model", "empty calibration folder", "unknown method", "qat"])
+@pytest.mark.parametrize("case", ["missing model", "not a model", "empty calibration folder", "unknown method",
+                                  "qat without photos", "qat to onnx", "no fx", "torchscript input", "wrong arch",
+                                  "split and count", "bad yaml key", "chain without photos"])
 def test_bad_input_is_one_error_line_and_leaves_no_file(tmp_path, float_weights, case):
     args, message = _bad_inputs(tmp_path, float_weights)[case]
     output = tmp_path / "out" / "model.pt"
@@ -174,3 +195,85 @@ def test_bad_input_is_one_error_line_and_leaves_no_file(tmp_path, float_weights,
     assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1, result.stderr
     assert not output.exists() and not output.with_suffix(".json").exists()
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_qat_sidecar_records_the_fine_tune(made):
+    sidecar = json.loads(made["qat"].with_suffix(".json").read_text())
+    assert sidecar["method"] == "qat" and sidecar["calibration"] is None
+    assert sidecar["training"]["images"] == int(CALIB_IMAGES) and sidecar["training"]["epochs"] == 1
+    assert "QAT epoch 1/1" in made["qat.stdout"] or "QAT:" in made["qat.stdout"]
+
+
+def test_yaml_chain_evaluates_quantizes_and_benchmarks(tmp_path, float_weights, sample_photos):
+    """operation_mode chain_eqeb from a config file; a flag (--eval-images) overrides nothing in it but adds."""
+    config = tmp_path / "chain.yaml"
+    config.write_text(f"""
+general: {{model_path: {float_weights}}}
+operation_mode: chain_eqeb
+dataset: {{quantization_path: {sample_photos}, quantization_split: 0.008, seed: 1}}
+preprocessing: {{rescaling: {{scale: 1/255, offset: 0}}, resizing: {{interpolation: bilinear, aspect_ratio: crop}}, color_mode: rgb}}
+quantization: {{granularity: per_tensor, export_dir: {tmp_path / 'exported'}}}
+benchmarking: {{runs: 2, warmup: 1}}
+""")
+    result = run_script("quantize_model.py", "--config", config, "--eval-images", "8", "--granularity", "per_channel")
+    assert result.returncode == 0, result.stderr
+    output = tmp_path / "exported" / f"{float_weights.stem}_static_per_channel.pt"  # the flag beat the file
+    sidecar = json.loads(output.with_suffix(".json").read_text())
+    assert sidecar["granularity"] == "per_channel" and sidecar["seed"] == 1
+    assert sidecar["calibration"]["images"] == 8  # 0.008 of 1000 photos
+    assert sidecar["preprocessing"]["scale"] == [1 / 255]
+    for expected in ("fp32: top-1", "int8: top-1", "top-1 change", "latency (batch 1"):
+        assert expected in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("quantization:\n  granularty: per_tensor\n", "unknown key 'quantization.granularty'"),
+    ("dataset:\n  seed: one\n", "'dataset.seed' must be an integer"),
+    ("operation_mode: chain_x\n", "operation_mode 'chain_x' is unknown"),
+    ("preprocessing:\n  resizing: {aspect_ratio: fit}\n", "aspect_ratio 'fit' is not supported"),
+    ("preprocessing:\n  rescaling: {scale: [1, 2]}\n", "'rescaling.scale' must be a number or 3 numbers"),
+    ("- a list\n", "must hold sections"),
+    ("general: {model_path: [unclosed\n", "not a readable YAML file"),
+])
+def test_config_errors_name_the_key(tmp_path, text, message):
+    from quantlab import config
+    from quantlab.errors import KitError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(KitError, match=re.escape(message)):
+        config.load_config(path)
+
+
+def test_example_configs_are_valid():
+    from quantlab import config
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "configs").glob("quantize_*.yaml"))
+    assert len(examples) >= 3
+    for example in examples:
+        settings = config.load_config(example)
+        assert settings["model"] and settings["operation_mode"] in config.OPERATION_MODES, example
+
+
+def test_onnx_format_and_another_architecture(tmp_path, sample_photos, float_weights):
+    """--format onnx runs through ONNX Runtime; a resnet18 state dict (random weights) quantizes with --arch."""
+    import torchvision
+
+    from quantlab import models
+
+    onnx_file = tmp_path / "mnv2.onnx"
+    result = quantize(onnx_file, "--calib-data", sample_photos, "--calib-images", "4", "--model", float_weights)
+    assert result.returncode == 0, result.stderr
+    sidecar = json.loads(onnx_file.with_suffix(".json").read_text())
+    assert (sidecar["format"], sidecar["runtime"], sidecar["calibration"]["images"]) == ("onnx", "onnxruntime", 4)
+    logits = models.OnnxModel(onnx_file, threads=1)(torch.zeros(1, 3, 224, 224))
+    assert logits.shape == (1, 1000)
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=10).state_dict(), weights)
+    result = quantize(tmp_path / "r18.pt", "--model", weights, "--arch", "resnet18", "--calib-images", "2")
+    assert result.returncode == 2 and "does not fit resnet18" in result.stderr  # 10 classes, not ImageNet's 1000
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    result = quantize(tmp_path / "r18.pt", "--model", weights, "--arch", "resnet18", "--calib-images", "2")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "r18.json").read_text())["arch"] == "resnet18"

@@ -5,7 +5,7 @@ stay short and read top to bottom: model loading, engines, frame sources,
 pre-processing, ImageNet labels, timing and data sets live in this package.
 """
 
-from quantlab._quiet import silence_deprecations
+from quantlab._quiet import quiet_native_warnings, silence_deprecations
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,11 @@
 """Keep PyTorch's deprecation noise out of student output."""
 
+import contextlib
+import os
+import sys
+import tempfile
 import warnings
+from typing import Iterator
 
 # Messages PyTorch >= 2.10 prints for eager-mode quantization and TorchScript.
 # They are explained once in labs/02_quantization.md (successors: torchao's
@@ -22,3 +27,29 @@ def silence_deprecations() -> None:
     """Hide the known deprecation warnings of torch.ao.quantization and TorchScript."""
     for message in _NOISY_MESSAGES:
         warnings.filterwarnings("ignore", message=message)
+
+
+@contextlib.contextmanager
+def quiet_native_warnings() -> Iterator[None]:
+    """Drop PyTorch's C++ deprecation warnings (written straight to stderr) inside the block.
+
+    ``torch.jit.load`` of an int8 model warns from C++ that quantized tensors are
+    deprecated, bypassing Python's warnings filters; other stderr lines pass through.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (some notebook front ends): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", errors="replace").splitlines():
+                if "deprecated" not in line:
+                    print(line, file=sys.stderr)

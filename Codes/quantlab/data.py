@@ -7,6 +7,10 @@ Two layouts are accepted:
 - an ImageFolder tree (``root/<class>/<image>``), label = index of the class
   folder in sorted order (torchvision's ImageFolder convention).
 
+On Colab the notebooks use Imagenette (10 ImageNet classes, downloaded by
+torchvision once) with its labels mapped to ImageNet-1k indices, so the
+pretrained 1000-class model is scored without retraining: ``course_dataset``.
+
 Example:
     from quantlab import data
     dataset = data.image_dataset("imagenet-sample")
@@ -24,6 +28,7 @@ import cv2
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from quantlab.assets import IMAGENET_SAMPLE, asset_path
 from quantlab.errors import KitError
 from quantlab.preprocess import to_tensor
 from quantlab.sources import IMAGE_SUFFIXES
@@ -109,7 +114,42 @@ def loader(dataset: Dataset, batch_size: int = 16, num_workers: int = 0) -> Data
 
 
 def skipped_count(dataset: Dataset) -> int:
-    """Unreadable images met so far in ``dataset`` (an ImageFiles or a Subset of one)."""
-    while isinstance(dataset, Subset):
+    """Unreadable images met so far in ``dataset`` (an ImageFiles, or a Subset or wrapper of one)."""
+    while not isinstance(dataset, ImageFiles) and hasattr(dataset, "dataset"):
         dataset = dataset.dataset
     return getattr(dataset, "skipped", 0)
+
+
+# Imagenette's 10 WordNet ids and their ImageNet-1k class indices (torchvision's order)
+IMAGENETTE_TO_IMAGENET = {
+    "n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
+    "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888257": 701,
+}
+
+
+def imagenette(root: str | Path = "data", split: str = "val", size: int = 224, download: bool = True) -> ImageFiles:
+    """torchvision's Imagenette (320px version, about 330 MB once) with ImageNet-1k labels."""
+    from torchvision.datasets import Imagenette
+
+    try:
+        source = Imagenette(str(root), split=split, size="320px", download=download)
+    except Exception as error:  # no internet, a half-downloaded archive, a full disk
+        raise KitError(f"could not get Imagenette into {root} ({type(error).__name__}: "
+                       f"{str(error).splitlines()[0][:100] if str(error) else 'no details'})") from None
+    index_to_wnid = {index: wnid for wnid, index in source.wnid_to_idx.items()}
+    items = [(Path(path), IMAGENETTE_TO_IMAGENET[index_to_wnid[label]]) for path, label in source._samples]
+    return ImageFiles(items, size)
+
+
+def course_dataset(size: int = 224, root: str | Path = "data") -> tuple[ImageFiles, str]:
+    """The photos the notebooks calibrate and evaluate on, and where they come from.
+
+    The offline ImageNet sample (1000 photos, one per class) when ``$QUANTLAB_ASSETS``
+    holds it (CI, offline classrooms); otherwise Imagenette's validation split,
+    downloaded to ``root`` on first use (Colab).
+    """
+    offline = asset_path(IMAGENET_SAMPLE)
+    if offline is not None:
+        return image_dataset(offline, size), f"offline ImageNet sample ({offline})"
+    dataset = imagenette(root, "val", size)
+    return dataset, f"Imagenette val ({len(dataset)} photos, 10 ImageNet classes, in {root})"

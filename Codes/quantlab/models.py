@@ -18,6 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
+from quantlab._quiet import quiet_native_warnings
 from quantlab.assets import ASSETS_ENV, FLOAT_WEIGHTS, INT8_WEIGHTS, asset_path
 from quantlab.engines import set_engine
 from quantlab.errors import KitError
@@ -25,7 +26,7 @@ from quantlab.errors import KitError
 ONNX_SUFFIXES = (".onnx", ".ort")
 
 
-def pretrained_state_dict(weights: torchvision.models.WeightsEnum, offline_asset: str) -> tuple[dict, str]:
+def pretrained_state_dict(weights: torchvision.models.WeightsEnum, offline_asset: str | None) -> tuple[dict, str]:
     """torchvision's pretrained weights through its weights API (downloaded once, then cached).
 
     Without internet, fall back to the offline copy under $QUANTLAB_ASSETS when it
@@ -35,14 +36,14 @@ def pretrained_state_dict(weights: torchvision.models.WeightsEnum, offline_asset
         return weights.get_state_dict(progress=False, check_hash=True), f"torchvision {weights}"
     except Exception as error:  # URLError, socket errors, hash mismatch, ...
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no details'}"
-    offline = asset_path(offline_asset)
+    offline = asset_path(offline_asset) if offline_asset else None
     if offline is not None:
         print(f"note: could not download {weights} ({reason[:80]}); using the offline copy {offline}")
         return load_state_dict_file(offline), str(offline)
     raise KitError(
         f"could not download torchvision's pretrained weights {weights} ({reason[:120]}); connect to the "
-        f"internet once (they are cached afterwards), pass --weights PATH to a state dict, or set "
-        f"{ASSETS_ENV} to a folder holding {offline_asset}"
+        f"internet once (they are cached afterwards) or pass the path of a saved state dict"
+        + (f", or set {ASSETS_ENV} to a folder holding {offline_asset}" if offline_asset else "")
     )
 
 
@@ -65,13 +66,13 @@ def load_state_dict_file(path: str | Path) -> dict:
     return state_dict
 
 
-def _is_int8_state_dict(state_dict: dict) -> bool:
+def is_int8_state_dict(state_dict: dict) -> bool:
     return any(key.endswith(("zero_point", "_packed_params")) for key in state_dict)
 
 
 def _load_into(model: nn.Module, state_dict: dict, source: str, want_int8: bool) -> nn.Module:
     what = "int8 MobileNetV2" if want_int8 else "fp32 MobileNetV2"
-    if _is_int8_state_dict(state_dict) != want_int8:
+    if is_int8_state_dict(state_dict) != want_int8:
         hint = "drop --quantize (these are fp32 weights)" if want_int8 else "add --quantize (these are int8 weights)"
         raise KitError(f"{source} does not fit {what}; {hint}")
     try:
@@ -182,7 +183,8 @@ def load_model_file(path: str | Path, threads: int) -> Callable[[torch.Tensor], 
             "torch.jit.save, or use --weights for a state dict"
         )
     try:
-        model = torch.jit.load(str(path), map_location="cpu")
+        with quiet_native_warnings():
+            model = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:
         kind = "a state dict (use --weights)" if _looks_like_state_dict(path) else "not a TorchScript model"
         raise KitError(

@@ -6,16 +6,23 @@ Example (what the notebooks do):
     calibration, _ = data.split(data.image_dataset("imagenet-sample"), first_n=100, seed=0)
     int8 = quantize.quantize_static(fp32, data.loader(calibration), engine="x86")
     dynamic = quantize.quantize_dynamic(fp32)   # only nn.Linear: MobileNetV2 barely shrinks
+    qat = quantize.quantize_qat(fp32, data.loader(calibration), engine="x86", epochs=1)
+
+Eager mode needs a model written for it (QuantStub/DeQuantStub around the
+network, a ``fuse_model`` method, quantized adds): torchvision ships such
+versions of the architectures in ``QUANTIZABLE_ARCHS``.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Iterable
 
 import torch
 from torch import nn
 from torch.ao import quantization as tq
+from torch.ao.nn.intrinsic import qat as intrinsic_qat
 from tqdm import tqdm
 
 from quantlab.engines import set_engine
@@ -23,18 +30,29 @@ from quantlab.errors import KitError
 
 GRANULARITIES = ("per_channel", "per_tensor")
 OBSERVERS = ("histogram", "minmax")
+# the architectures torchvision.models.quantization provides in an eager-mode quantizable form
+QUANTIZABLE_ARCHS = ("mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50", "resnext101_32x8d",
+                     "resnext101_64x4d", "googlenet", "inception_v3", "shufflenet_v2_x0_5",
+                     "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0")
 
 
-def qconfig_for(engine: str, granularity: str = "per_channel", observer: str = "histogram") -> tq.QConfig:
-    """Observers for activations (uint8) and weights (int8, symmetric) that ``engine`` can run."""
+def _activation_quant_max(engine: str) -> int:
+    # x86/fbgemm kernels can overflow with full 8-bit activations: PyTorch's defaults use 7 bits there
+    return 127 if engine in ("x86", "fbgemm") else 255
+
+
+def _check_choice(granularity: str, observer: str = "histogram") -> None:
     if granularity not in GRANULARITIES:
         raise KitError(f"unknown granularity '{granularity}'; use one of {', '.join(GRANULARITIES)}")
     if observer not in OBSERVERS:
         raise KitError(f"unknown observer '{observer}'; use one of {', '.join(OBSERVERS)}")
-    # x86/fbgemm kernels can overflow with full 8-bit activations: PyTorch's defaults use 7 bits there
-    quant_max = 127 if engine in ("x86", "fbgemm") else 255
+
+
+def qconfig_for(engine: str, granularity: str = "per_channel", observer: str = "histogram") -> tq.QConfig:
+    """Observers for activations (uint8) and weights (int8, symmetric) that ``engine`` can run."""
+    _check_choice(granularity, observer)
     activation_class = tq.HistogramObserver if observer == "histogram" else tq.MinMaxObserver
-    activation = activation_class.with_args(dtype=torch.quint8, quant_min=0, quant_max=quant_max)
+    activation = activation_class.with_args(dtype=torch.quint8, quant_min=0, quant_max=_activation_quant_max(engine))
     if granularity == "per_channel":  # one scale per output channel: depthwise convs need this
         weight = tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     else:
@@ -42,16 +60,42 @@ def qconfig_for(engine: str, granularity: str = "per_channel", observer: str = "
     return tq.QConfig(activation=activation, weight=weight)
 
 
-def quantizable_mobilenet_v2(model_fp32: nn.Module) -> nn.Module:
-    """torchvision's quantizable MobileNetV2 (quant/dequant stubs, fuse_model) holding ``model_fp32``'s weights."""
-    from torchvision.models.quantization import mobilenet_v2
+def qat_qconfig_for(engine: str, granularity: str = "per_channel") -> tq.QConfig:
+    """Fake quantizers for QAT: round to the int8 grid in the forward pass, let gradients through."""
+    _check_choice(granularity)
+    # activation ranges from histograms, as in static PTQ: a fine-tune this short cannot undo
+    # the coarser ranges a min/max observer would give
+    activation = tq.FakeQuantize.with_args(observer=tq.HistogramObserver, dtype=torch.quint8,
+                                           quant_min=0, quant_max=_activation_quant_max(engine),
+                                           qscheme=torch.per_tensor_affine)
+    weight = tq.default_per_channel_weight_fake_quant if granularity == "per_channel" else tq.default_weight_fake_quant
+    return tq.QConfig(activation=activation, weight=weight)
 
-    model = mobilenet_v2(weights=None, quantize=False)
+
+def quantizable_model(model_fp32: nn.Module, arch: str = "mobilenet_v2") -> nn.Module:
+    """torchvision's quantizable ``arch`` (quant/dequant stubs, fuse_model) holding ``model_fp32``'s weights."""
+    if hasattr(model_fp32, "fuse_model"):
+        return copy.deepcopy(model_fp32)
+    if arch not in QUANTIZABLE_ARCHS:
+        raise KitError(f"'{arch}' has no eager-mode quantizable version in torchvision.models.quantization; "
+                       f"use one of {', '.join(QUANTIZABLE_ARCHS)}")
+    from torchvision.models import quantization
+
+    builder = getattr(quantization, arch)
+    extra = {"aux_logits": False, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
+    model = builder(weights=None, quantize=False, **extra)
+    state_dict = {k: v for k, v in model_fp32.state_dict().items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}
     try:
-        model.load_state_dict(model_fp32.state_dict())
+        model.load_state_dict(state_dict)
     except RuntimeError as error:
-        raise KitError(f"the fp32 model is not a MobileNetV2 ({str(error).splitlines()[0][:120]})") from None
+        raise KitError(f"the fp32 model is not a {arch} ({str(error).splitlines()[0][:120]}); "
+                       "pass --arch to name its architecture") from None
     return model.eval()
+
+
+def quantizable_mobilenet_v2(model_fp32: nn.Module) -> nn.Module:
+    """torchvision's quantizable MobileNetV2 holding ``model_fp32``'s weights."""
+    return quantizable_model(model_fp32, "mobilenet_v2")
 
 
 def _images(batch) -> torch.Tensor | None:
@@ -63,17 +107,17 @@ def _images(batch) -> torch.Tensor | None:
 
 def quantize_static(model_fp32: nn.Module, calibration_batches: Iterable, engine: str,
                     granularity: str = "per_channel", observer: str = "histogram",
-                    progress: bool = True) -> nn.Module:
+                    progress: bool = True, arch: str = "mobilenet_v2") -> nn.Module:
     """Post-training static quantization: fuse, observe activations on calibration data, convert to int8.
 
     ``model_fp32`` is left untouched. ``calibration_batches`` yields image tensors
     (Nx3xSxS) or (images, labels) pairs.
     """
+    qconfig = qconfig_for(engine, granularity, observer)
     set_engine(engine)  # prepare/convert pack weights for the active engine
-    model = quantizable_mobilenet_v2(model_fp32) if not hasattr(model_fp32, "fuse_model") else copy.deepcopy(model_fp32)
-    model.eval()
+    model = quantizable_model(model_fp32, arch).eval()
     model.fuse_model()  # conv + BN + ReLU become one op: fewer rounding steps, faster
-    model.qconfig = qconfig_for(engine, granularity, observer)
+    model.qconfig = qconfig
     tq.prepare(model, inplace=True)
     seen = 0
     with torch.inference_mode():
@@ -90,5 +134,60 @@ def quantize_static(model_fp32: nn.Module, calibration_batches: Iterable, engine
 
 
 def quantize_dynamic(model_fp32: nn.Module) -> nn.Module:
-    """Dynamic quantization of the nn.Linear layers (weights int8, activations quantized on the fly)."""
-    return tq.quantize_dynamic(copy.deepcopy(model_fp32).eval(), {nn.Linear}, dtype=torch.qint8)
+    """Dynamic quantization of the nn.Linear and nn.LSTM layers (weights int8, activations quantized on the fly)."""
+    return tq.quantize_dynamic(copy.deepcopy(model_fp32).eval(), {nn.Linear, nn.LSTM}, dtype=torch.qint8)
+
+
+def quantize_qat(model_fp32: nn.Module, train_batches: Iterable, engine: str, epochs: int = 1,
+                 lr: float = 1e-4, granularity: str = "per_channel", freeze_bn_epoch: int = 0,
+                 freeze_observers_epoch: int | None = None, max_batches_per_epoch: int | None = None,
+                 progress: bool = True, arch: str = "mobilenet_v2") -> nn.Module:
+    """Quantization-aware training: fine-tune with fake quantization, then convert to int8.
+
+    ``train_batches`` yields (images, labels) pairs (labels: ImageNet-1k indices);
+    it is iterated once per epoch. BatchNorm statistics are frozen from epoch
+    ``freeze_bn_epoch`` (0 = from the start: small fine-tuning batches give noisy
+    statistics), observers from ``freeze_observers_epoch`` (default: the last
+    epoch, so the final weights are trained against fixed int8 ranges).
+    ``model_fp32`` is left untouched.
+    """
+    if epochs < 1:
+        raise KitError(f"QAT needs at least 1 epoch, got {epochs}")
+    if lr <= 0:
+        raise KitError(f"the learning rate must be positive, got {lr}")
+    if freeze_observers_epoch is None:
+        freeze_observers_epoch = epochs - 1 if epochs > 1 else epochs
+    qconfig = qat_qconfig_for(engine, granularity)
+    set_engine(engine)
+    model = quantizable_model(model_fp32, arch).train()
+    model.fuse_model(is_qat=True)  # conv+BN stay separate inside a QAT module, so BN keeps training
+    model.qconfig = qconfig
+    tq.prepare_qat(model, inplace=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    loss_function = nn.CrossEntropyLoss()
+    seen = 0
+    for epoch in range(epochs):
+        model.train()
+        if epoch >= freeze_bn_epoch:
+            model.apply(intrinsic_qat.freeze_bn_stats)
+        if epoch >= freeze_observers_epoch:
+            model.apply(tq.disable_observer)
+        batches = itertools.islice(train_batches, max_batches_per_epoch)
+        bar = tqdm(batches, desc=f"QAT epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress,
+                   total=max_batches_per_epoch)
+        for batch in bar:
+            if batch is None:
+                continue
+            if isinstance(batch, torch.Tensor):
+                raise KitError("QAT needs labelled images: pass (images, labels) batches, e.g. from data.loader")
+            images, labels = batch[0], batch[1]
+            optimizer.zero_grad()
+            loss = loss_function(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            seen += images.shape[0]
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    if seen == 0:
+        raise KitError("no training image could be read; pass a folder of readable, labelled photos")
+    model.eval()
+    return tq.convert(model, inplace=False).eval()

@@ -1,0 +1,134 @@
+"""Benchmark models side by side: size on disk, parameters, batch-1 latency, FPS, top-1/top-5.
+
+Every model runs on this machine under the same settings; the first model is
+the baseline that the others are compared with (x faster, x smaller, top-1
+points lost). ``--json`` writes the report students hand in (schema:
+docs/benchmark_schema.md), with the machine recorded so that results from
+different machines are never mixed up.
+
+Examples:
+    python Codes/benchmark.py --model mobilenet_v2 --model mnv2_int8.pt
+    python Codes/benchmark.py --model mobilenet_v2 --model mnv2_int8.pt --data imagenet-sample --holdout 100
+    python Codes/benchmark.py --model mobilenet_v2 --model mnv2.onnx --data photos/ --json report.json --csv report.csv --plot report.png
+    python Codes/benchmark.py --model my_finetuned.pth --arch resnet18 --runs 100 --threads 4
+    python Codes/benchmark.py --model mnv2_qnnpack.pt --engine x86   # force another engine (prints a note)
+
+A model is a torchvision name (mobilenet_v2, mobilenet_v2_int8), a state dict
+(.pth, --arch tells the architecture), a TorchScript file (.pt; it runs on the
+engine named in its JSON sidecar) or an ONNX file (.onnx, run with ONNX Runtime).
+--holdout N evaluates on the images left after the first N that
+``quantize_model.py --calib-images N --seed S`` calibrated on (same --seed).
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+from quantlab import bench, data, engines
+from quantlab.errors import KitError, run_cli
+
+# ---- settings (command-line flags override them) -----------------------------
+runs = 50          # timed batch-1 runs per model: the median is what the table leads with
+warmup = 10        # untimed runs first: the first calls allocate memory and pick kernels
+size = 224         # input resolution
+eval_batch = 16    # images per batch while measuring accuracy (latency is always batch 1)
+# -------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", required=True,
+                        help="repeatable: a torchvision name, a state dict, a TorchScript or an ONNX file")
+    parser.add_argument("--arch", default="mobilenet_v2", help="torchvision architecture of state dict files")
+    parser.add_argument("--data", type=Path, help="photos to measure accuracy on (ImageNet-sample or ImageFolder), "
+                        "or imagenette (torchvision downloads it to ./data on first use; for Colab)")
+    parser.add_argument("--holdout", type=int, help="skip the first N images of the seeded shuffle (calibration)")
+    parser.add_argument("--images", type=int, help="evaluate on at most N images")
+    parser.add_argument("--seed", type=int, default=0, help="the shuffle that --holdout and --images pick from")
+    parser.add_argument("--runs", type=int, default=runs, help="timed batch-1 runs per model")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    parser.add_argument("--engine", choices=engines.ENGINE_CHOICES, default="auto",
+                        help="int8 engine; auto: a TorchScript file's sidecar engine, else the CPU's fast one")
+    parser.add_argument("--size", type=int, default=size, help="input resolution")
+    parser.add_argument("--json", type=Path, help="write the report (schema quantlab.benchmark/1) here")
+    parser.add_argument("--csv", type=Path, help="write one row per model here")
+    parser.add_argument("--plot", type=Path, help="write a PNG of top-1 against latency here (needs --data)")
+    return parser.parse_args()
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad settings before any model loads: a KitError names the flag and the fix."""
+    for flag, value, least in (("runs", args.runs, 1), ("warmup", args.warmup, 0), ("size", args.size, 32),
+                               ("holdout", args.holdout, 1), ("images", args.images, 1)):
+        if value is not None and value < least:
+            raise KitError(f"--{flag} must be at least {least}, got {value}")
+    if args.data is None:
+        for flag in ("holdout", "images", "plot"):
+            if getattr(args, flag) is not None:
+                raise KitError(f"--{flag} needs --data FOLDER (it is about accuracy)")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise KitError(f"--plot {args.plot} must end in .png")
+    outputs = [path for path in (args.json, args.csv, args.plot) if path is not None]
+    if len({p.resolve() for p in outputs}) < len(outputs):
+        raise KitError("--json, --csv and --plot must name different files")
+    for flag, path in (("json", args.json), ("csv", args.csv), ("plot", args.plot)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise KitError(f"--{flag} {path} is a folder; name a file in it, e.g. {path / ('report.' + flag)}")
+        existing = next((p for p in path.absolute().parents if p.exists()), None)
+        if existing is not None and not os.access(existing, os.W_OK):  # fail now, not after measuring
+            raise KitError(f"cannot write into {existing}; pick a writable --{flag}")
+
+
+def evaluation_batches(args: argparse.Namespace):
+    """Batches of (images, labels) to measure accuracy on, or None without --data."""
+    if args.data is None:
+        return None
+    dataset = bench.evaluation_dataset(args.data, args.size, args.holdout, args.images, args.seed)
+    return data.loader(dataset, batch_size=eval_batch)
+
+
+def main() -> int:
+    args = parse_args()
+    check_args(args)
+    threads = engines.set_threads(args.threads)
+    engine, why = engines.resolve_engine(args.engine)
+    print(f"threads: {threads}; int8 engine: {engine} ({why})")
+    batches = evaluation_batches(args)
+
+    # load every model before measuring any: a bad file stops the run at once
+    loaded = [bench.load_any(spec, args.engine, threads, args.arch, args.size) for spec in args.model]
+    names = [model.name for model in loaded]
+    for model in loaded:
+        if names.count(model.name) > 1:  # two files called int8.pt in different folders
+            model.name = model.path or model.name
+        for note in model.notes:
+            print(note)
+
+    results = []
+    for model in loaded:
+        print(f"measuring {model.name} ({model.format}, {model.method}"
+              + (f", engine {model.engine}" if model.engine else "") + f"): {args.warmup} warm-up + {args.runs} runs")
+        results.append(bench.benchmark_model(model, batches, args.runs, args.warmup, args.size))
+
+    settings = {"runs": args.runs, "warmup": args.warmup, "batch_size": 1, "input_size": args.size,
+                "data": str(args.data) if args.data else None, "holdout": args.holdout, "seed": args.seed,
+                "threads": threads, "engine": engine}
+    report = bench.make_report(results, settings, bench.machine_info(threads, engine))
+    print(bench.format_table(report))
+    if args.plot:
+        bench.write_plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    if args.csv:
+        bench.write_csv(report, args.csv)
+        print(f"wrote {args.csv}")
+    if args.json:
+        bench.write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,123 @@
+"""Grade the quantization homework: check every submission, score it by a rubric, write a leaderboard.
+
+SUBMISSIONS_DIR holds one folder per student (the folder's name is the
+student's name on the leaderboard), laid out as labs/homework.md asks:
+benchmark.json, the model files it lists with their sidecar JSONs, pi_run.json.
+
+For each folder the grader validates benchmark.json, checks each model file's
+sha256 against it, loads the model (TorchScript, ONNX or a state dict; pickled
+Python objects are refused), re-measures its size and, with --remeasure, its
+accuracy and latency on this machine, so that everyone is compared on the same
+hardware against fp32 MobileNetV2 measured here. Claims that disagree with the
+files or the re-measured numbers beyond the rubric's tolerance are flagged.
+A bad submission gets its reasons in the leaderboard and never stops the run.
+labs/instructor_guide.md explains the rubric and the tolerances.
+
+Examples:
+    python Codes/grade.py submissions/                                   # quick: checks + the students' claims
+    python Codes/grade.py submissions/ --data test_photos/ --remeasure   # the numbers to publish
+    python Codes/grade.py submissions/ --data imagenet-sample --holdout 100 --remeasure --images 300
+    python Codes/grade.py submissions/ --rubric my_rubric.yaml --output results/
+"""
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from quantlab import bench, data, engines, grading
+from quantlab.errors import KitError, run_cli
+
+# ---- settings (command-line flags override them) -----------------------------
+runs = 50        # timed batch-1 runs per model (with --remeasure)
+warmup = 10      # untimed runs first
+batch_size = 16  # images per batch when measuring accuracy
+# -------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR", help="one folder per student")
+    parser.add_argument("--data", type=Path, help="photos to measure accuracy on (flat ImageNet-sample layout or "
+                        "one folder per class); needed with --remeasure")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure accuracy and latency of every model here instead of trusting the claims")
+    parser.add_argument("--rubric", type=Path, help="a YAML rubric; its keys override configs/rubric.yaml")
+    parser.add_argument("--output", type=Path, help="where the leaderboard files go (default: SUBMISSIONS_DIR)")
+    parser.add_argument("--holdout", type=int, default=None,
+                        help="evaluate on the images after the first N of a seeded shuffle of --data (the N "
+                             "the homework calibrated on; leave out for a private test folder)")
+    parser.add_argument("--seed", type=int, default=0, help="the shuffle --holdout uses (as benchmark.py's)")
+    parser.add_argument("--images", type=int, default=None, help="evaluate on at most N images")
+    parser.add_argument("--runs", type=int, default=runs, help="timed runs per model")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    return parser.parse_args()
+
+
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """The student folders; a KitError for what argparse cannot check."""
+    if not args.submissions.is_dir():
+        raise KitError(f"submissions folder {args.submissions} does not exist; pass the folder holding one "
+                       "folder per student")
+    if args.remeasure and args.data is None:
+        raise KitError("--remeasure needs --data FOLDER: the photos every model is measured on")
+    for name in ("images", "runs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise KitError(f"--{name} must be at least 1, got {value}")
+    if args.holdout is not None and args.holdout < 1:
+        raise KitError(f"--holdout must be at least 1, got {args.holdout}")
+    if args.warmup < 0:
+        raise KitError(f"--warmup must be 0 or more, got {args.warmup}")
+    folders = sorted(p for p in args.submissions.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if not folders:
+        raise KitError(f"{args.submissions} holds no student folders; each student's files go in a folder "
+                       "named after them (labs/homework.md)")
+    return folders
+
+
+def main() -> int:
+    args = parse_args()
+    folders = check_args(args)
+    rubric = grading.load_rubric(args.rubric)
+    output = args.output or args.submissions
+    threads = engines.set_threads(args.threads)
+
+    measure = None
+    if args.remeasure:
+        evaluation = bench.evaluation_dataset(args.data, 224, args.holdout, args.images, args.seed)
+        measure = grading.Measurer(lambda: data.loader(evaluation, batch_size), args.runs, args.warmup)
+        print(f"re-measuring on this machine: {len(evaluation)} images from {args.data}, {args.runs} timed runs, "
+              f"{threads} threads")
+    elif args.data is not None:
+        print("note: --data is only used with --remeasure; grading the students' claimed numbers")
+    baseline = grading.Baseline.measure(threads, measure)
+    about_baseline = "baseline fp32 MobileNetV2 " + (
+        f"top-1 {baseline.result['top1']:.1f} %, median {baseline.result['latency_ms']['median']:.2f} ms, "
+        if baseline.result else "") + f"{baseline.size_mb:.2f} MB"
+    print(about_baseline)
+
+    students = []
+    for folder in tqdm(folders, desc="grading", unit="student"):
+        try:
+            students.append(grading.grade_student(folder, rubric, baseline, threads, measure))
+        except Exception as error:  # one broken submission must not stop the others
+            first = str(error).splitlines()[0][:120] if str(error) else "no details"
+            students.append(grading.rejected(folder, rubric, f"grading failed ({type(error).__name__}: {first})"))
+
+    machine = bench.machine_info(threads, engine=None)
+    mode = (f"re-measured on {machine['cpu']} ({threads} threads, torch {machine['torch']}), "
+            f"{len(evaluation)} images of {args.data}" if measure
+            else "students' claimed numbers (run with --remeasure to measure them here)")
+    header = [f"{len(students)} submissions graded; numbers: {mode}",
+              f"rubric: {args.rubric or grading.DEFAULT_RUBRIC}; {about_baseline}"]
+    paths = grading.write_leaderboard(students, output, header)
+    print(grading.format_summary(students))
+    print("\n".join(header))
+    print(f"wrote {', '.join(map(str, paths))}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

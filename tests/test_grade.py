@@ -1,0 +1,292 @@
+"""End-to-end tests of Codes/grade.py: a class of honest students and every kind of bad submission.
+
+The models and numbers are real and made once per module: three models by
+Codes/quantize_model.py (static per-channel for x86, static per-tensor for the
+Pi's qnnpack, dynamic) calibrated on 8 photos, one Codes/benchmark.py report on
+16 held-out photos, one Codes/mobile_net.py --json run. Honest students hand in
+copies of those files and rows of that report, unchanged; the others break
+one thing each.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import run_script
+
+CALIB_IMAGES, IMAGES, RUNS = "8", "16", "2"
+MEASURE = ("--holdout", CALIB_IMAGES, "--images", IMAGES, "--seed", "0", "--runs", RUNS, "--warmup", "1",
+           "--threads", "2")
+MODELS = {"static": "mnv2_static.pt", "dynamic": "mnv2_dynamic.pt", "pi": "mnv2_qnnpack.pt"}
+# Timings on a shared CI machine are noise (tests assert behaviour, not speed): no speed points and no
+# speed-up flags here; test_claim_checks covers the speed-up check with fixed numbers.
+TEST_RUBRIC = {"weights": {"speedup": 0}, "pi": {"min_frames": 3}, "tolerance": {"speedup_factor": 1e9}}
+HONEST = ("ada", "ben", "cy")
+
+
+def check(result) -> None:
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+class RunsCodeWhenUnpickled:
+    """A pickle payload: unpickling it would create ``marker``. The grader must never unpickle it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, float_weights, sample_photos) -> Path:
+    """Real models, their benchmark report and a demo run, made once."""
+    folder = tmp_path_factory.mktemp("made")
+    common = ("--model", str(float_weights), "--threads", "2")
+    calibration = ("--calib-data", str(sample_photos), "--calib-images", CALIB_IMAGES, "--seed", "0")
+    for args in (("--output", folder / MODELS["static"], "--engine", "x86", *calibration),
+                 ("--output", folder / MODELS["pi"], "--engine", "qnnpack", "--granularity", "per_tensor",
+                  "--observer", "minmax", *calibration),
+                 ("--output", folder / MODELS["dynamic"], "--method", "dynamic")):
+        check(run_script("quantize_model.py", *common, *args))
+    models = [arg for name in ("static", "dynamic", "pi") for arg in ("--model", folder / MODELS[name])]
+    check(run_script("benchmark.py", "--model", "mobilenet_v2", *models, "--data", sample_photos, *MEASURE,
+                     "--json", folder / "benchmark.json"))
+    check(run_script("mobile_net.py", "--model", folder / MODELS["pi"], "--source", "samples", "--frames", "3",
+                     "--threads", "2", "--json", folder / "pi_run.json"))
+    return folder
+
+
+def hand_in(folder: Path, made: Path, rows: tuple[str, ...], files: tuple[str, ...], edit=None) -> dict:
+    """A student folder: the report's rows by method name (fp32, static, ...), copies of the files."""
+    report = json.loads((made / "benchmark.json").read_text())
+    by_file = {row["file"]: row for row in report["results"]}
+    report["results"] = [by_file[None] if name == "fp32" else by_file[MODELS[name]] for name in rows]
+    folder.mkdir()
+    for name in files:
+        shutil.copy(made / name, folder / name)
+        sidecar = Path(name).with_suffix(".json")
+        if (made / sidecar).exists():
+            shutil.copy(made / sidecar, folder / sidecar)
+    if edit:
+        edit(report, folder)
+    (folder / "benchmark.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def replace_model(report: dict, folder: Path, content: bytes) -> None:
+    """Put ``content`` in the static model's place, with a report that records its sha256 and size."""
+    (folder / MODELS["static"]).write_bytes(content)
+    row = report["results"][1]
+    row["sha256"], row["size_mb"] = hashlib.sha256(content).hexdigest(), len(content) / 1e6
+
+
+def tamper(report: dict, folder: Path) -> None:
+    """Better numbers typed into the report: perfect top-1, 1000x faster, 1 MB (fps kept consistent)."""
+    row = report["results"][1]
+    row["top1"] = row["top5"] = 100.0
+    row["latency_ms"] = {key: value / 1000 for key, value in row["latency_ms"].items()}
+    row["fps"] = round(1e3 / row["latency_ms"]["median"], 2)
+    row["size_mb"] = 1.0
+
+
+@pytest.fixture(scope="module")
+def submissions(made, tmp_path_factory) -> tuple[Path, Path]:
+    """A class: three honest students and one of each kind of bad submission."""
+    root = tmp_path_factory.mktemp("submissions")
+    marker = root.parent / "pickle_ran_code"
+    static, dynamic, pi = MODELS["static"], MODELS["dynamic"], MODELS["pi"]
+    hand_in(root / "ada", made, ("fp32", "static", "dynamic", "pi"), (static, dynamic, pi, "pi_run.json"))
+    hand_in(root / "ben", made, ("fp32", "static"), (static,))
+    hand_in(root / "cy", made, ("fp32", "dynamic"), (dynamic,))
+    hand_in(root / "dan_malformed", made, ("fp32", "static"), (static,))
+    (root / "dan_malformed" / "benchmark.json").write_text('{"schema": "quantlab.benchmark/1", "results": [')
+    hand_in(root / "eve_tampered", made, ("fp32", "static"), (static,), tamper)
+    hand_in(root / "fay_missing", made, ("fp32", "static"), ())
+    hand_in(root / "gus_schema", made, ("fp32", "static"), (static,),
+            lambda report, _: report.update(schema="quantlab.benchmark/2"))
+    hand_in(root / "hal_pickle", made, ("fp32", "static"), (),
+            lambda report, folder: replace_model(report, folder, pickle.dumps(RunsCodeWhenUnpickled(marker))))
+    hand_in(root / "ivy_text", made, ("fp32", "static"), (),
+            lambda report, folder: replace_model(report, folder, b"my model is in the cloud\n"))
+
+    def full_model_pickle(report: dict, folder: Path) -> None:
+        buffer = io.BytesIO()
+        torch.save({"model": RunsCodeWhenUnpickled(marker)}, buffer)  # torch.save of a Python object
+        replace_model(report, folder, buffer.getvalue())
+
+    hand_in(root / "jon_full_pickle", made, ("fp32", "static"), (), full_model_pickle)
+    truncated = (made / static).read_bytes()[:100_000]
+    hand_in(root / "kim_broken", made, ("fp32", "static"), (),
+            lambda report, folder: replace_model(report, folder, truncated))
+    hand_in(root / "lea_swapped", made, ("fp32", "static"), (),
+            lambda report, folder: shutil.copy(made / dynamic, folder / static))
+    (root / "notes.txt").write_text("files beside the student folders are not students\n")
+    rubric = root.parent / "test_rubric.yaml"
+    rubric.write_text(yaml.safe_dump(TEST_RUBRIC))
+    return root, rubric
+
+
+def leaderboard(folder: Path) -> dict[str, dict]:
+    with open(folder / "leaderboard.csv", newline="", encoding="utf-8") as file:
+        return {row["student"]: row for row in csv.DictReader(file)}
+
+
+@pytest.fixture(scope="module")
+def remeasured(submissions, sample_photos) -> tuple[dict[str, dict], Path, str]:
+    root, rubric = submissions
+    result = run_script("grade.py", root, "--data", sample_photos, "--remeasure", "--rubric", rubric, *MEASURE)
+    check(result)
+    return leaderboard(root), root, result.stdout
+
+
+EXPECTED_REASONS = {
+    "dan_malformed": ("rejected", ["benchmark.json is not valid JSON"]),
+    "eve_tampered": ("flagged", ["claimed top-1 drop", "claims 1.00 MB"]),
+    "fay_missing": ("problems", ["missing model file mnv2_static.pt"]),
+    "gus_schema": ("rejected", ["schema 'quantlab.benchmark/2' is another version"]),
+    "hal_pickle": ("problems", ["mnv2_static.pt is a raw Python pickle", "refused"]),
+    "ivy_text": ("problems", ["mnv2_static.pt is a text file"]),
+    "jon_full_pickle": ("problems", ["mnv2_static.pt does not load", "a torch.save of a Python object"]),
+    "kim_broken": ("problems", ["mnv2_static.pt does not load"]),
+    "lea_swapped": ("flagged", ["mnv2_static.pt: sha256 differs from benchmark.json"]),
+}
+
+
+def test_honest_students_are_ranked_by_the_rubric(remeasured, made):
+    board, _, stdout = remeasured
+    ranks = {name: int(board[name]["rank"]) for name in HONEST}
+    assert ranks["ada"] < ranks["ben"] < ranks["cy"], board  # more parts, then int8 convolutions shrink more
+    assert ranks["ada"] == 1
+    for name in HONEST:
+        row = board[name]
+        assert (row["status"], row["numbers"], row["reasons"]) == ("ok", "re-measured", ""), row
+    ada, ben, cy = (board[name] for name in HONEST)
+    assert (ada["best_model"], ben["best_model"], cy["best_model"]) == (MODELS["static"], MODELS["static"],
+                                                                        MODELS["dynamic"])
+    # the same file is measured once: the same numbers for everyone who handed it in
+    assert (ada["top1"], ada["speedup"]) == (ben["top1"], ben["speedup"])
+    assert float(ada["score"]) - float(ben["score"]) == pytest.approx(float(ada["points_parts"])
+                                                                      - float(ben["points_parts"]), abs=0.11)
+    assert (ada["parts"], ada["missing_parts"]) == ("baseline dynamic static pi", "qat")
+    assert (ben["parts"], cy["parts"]) == ("baseline static", "baseline dynamic")
+    assert float(ada["pi_fps"]) == pytest.approx(json.loads((made / "pi_run.json").read_text())["mean_fps"], abs=0.05)
+    assert float(ben["size_ratio"]) > 3 > float(cy["size_ratio"])
+    assert "ada" in stdout and "wrote" in stdout
+
+
+@pytest.mark.parametrize("student", sorted(EXPECTED_REASONS))
+def test_every_bad_submission_is_named_with_its_reason(remeasured, student):
+    board, root, _ = remeasured
+    row = board[student]
+    status, reasons = EXPECTED_REASONS[student]
+    assert row["status"] == status, row
+    for reason in reasons:
+        assert reason in row["reasons"], row["reasons"]
+    assert float(row["score"]) < min(float(board[name]["score"]) for name in ("ada", "ben"))
+    if status == "rejected":
+        assert (row["rank"], row["score"]) == ("-", "0.0")
+    markdown = (root / "leaderboard.md").read_text()
+    assert f"**{student}**" in markdown and reasons[0] in markdown
+
+
+def test_flags_cost_points_and_no_pickle_ever_ran(remeasured, submissions):
+    board, root, _ = remeasured
+    assert float(board["eve_tampered"]["penalty"]) == -20  # two flagged claims, 10 points each
+    assert float(board["lea_swapped"]["penalty"]) == -10
+    assert not (root.parent / "pickle_ran_code").exists()
+    assert "notes.txt" not in board
+
+
+def test_leaderboard_files_are_complete(remeasured):
+    board, root, _ = remeasured
+    assert len(board) == len(HONEST) + len(EXPECTED_REASONS)
+    assert (root / "leaderboard.png").read_bytes().startswith(b"\x89PNG")
+    assert not list(root.glob("*.partial"))
+    ranks = [row["rank"] for row in board.values()]
+    assert sorted(int(r) for r in ranks if r != "-") == list(range(1, len(board) - ranks.count("-") + 1))
+
+
+def test_without_remeasure_claims_are_scored_and_files_still_checked(submissions, tmp_path):
+    root, rubric = submissions
+    result = run_script("grade.py", root, "--rubric", rubric, "--output", tmp_path, "--threads", "2")
+    check(result)
+    board = leaderboard(tmp_path)
+    assert all(board[name]["numbers"] == "claimed" for name in HONEST)
+    assert all(board[name]["status"] == "ok" for name in HONEST)
+    assert int(board["ada"]["rank"]) < int(board["ben"]["rank"])  # same model, more parts
+    eve = board["eve_tampered"]["reasons"]
+    assert "claims 1.00 MB" in eve and "claimed speed-up" not in eve  # only the size can be checked here
+    assert "sha256 differs" in board["lea_swapped"]["reasons"]
+    assert "not valid JSON" in board["dan_malformed"]["reasons"]
+
+
+def test_rubric_overrides_and_unknown_keys(tmp_path):
+    from quantlab import grading
+    from quantlab.errors import KitError
+
+    default = grading.load_rubric(None)
+    assert set(default["parts"]) <= set(grading.KNOWN_PARTS)
+    changed = tmp_path / "rubric.yaml"
+    changed.write_text("weights:\n  parts: 0\npenalty_per_flag: 5\n")
+    rubric = grading.load_rubric(changed)
+    assert (rubric["weights"]["parts"], rubric["penalty_per_flag"]) == (0, 5)
+    assert rubric["weights"]["accuracy"] == default["weights"]["accuracy"]  # the rest keeps the defaults
+    for text, named in (("weights:\n  acuracy: 10\n", "weights.acuracy"), ("bonus: 3\n", "'bonus'"),
+                        ("parts: [static, homework]\n", "'homework'"), ("speedup:\n  full_at: 0.5\n", "speedup")):
+        changed.write_text(text)
+        with pytest.raises(KitError, match=named):
+            grading.load_rubric(changed)
+
+
+def test_claim_checks():
+    from quantlab import grading
+
+    tolerance = {"top1_points": 3.0, "speedup_factor": 2.0, "size_relative": 0.02}
+    fp32 = {"top1": 70.0, "size_mb": 14.0, "latency_ms": {"median": 20.0}}
+
+    def flags(claimed_top1: float, claimed_ms: float, measured_drop: float, measured_speedup: float) -> list[str]:
+        row = {"top1": claimed_top1, "size_mb": 3.9, "latency_ms": {"median": claimed_ms}}
+        grade = grading.ModelGrade(file="m.pt", method="static", top1_drop=measured_drop, speedup=measured_speedup)
+        found: list[str] = []
+        grading._check_claims("m.pt", row, grading._claimed(row, fp32), grade, tolerance, found)
+        return found
+
+    assert flags(69.0, 5.0, measured_drop=2.0, measured_speedup=3.0) == []  # drop 1 vs 2, 4x vs 3x: within
+    assert flags(69.0, 5.0, measured_drop=3.5, measured_speedup=1.9) == ["m.pt: claimed speed-up 4.00x, "
+                                                                          "re-measured 1.90x (tolerance x/÷ 2)"]
+    assert [f.split(":")[1].strip() for f in flags(70.0, 20.0, measured_drop=5.0, measured_speedup=4.0)] == [
+        "claimed top-1 drop +0.0 points, re-measured +5.0 (tolerance 3)", "claimed speed-up 1.00x, re-measured 4.00x "
+        "(tolerance x/÷ 2)"]
+
+
+def test_ramp_and_grade_points():
+    from quantlab import grading
+
+    assert [grading.ramp(x, 1.0, 3.0) for x in (0.5, 1.0, 2.0, 3.0, 9.0)] == [0, 0, 0.5, 1, 1]
+    assert [grading.ramp(drop, 10.0, 1.0) for drop in (-2.0, 1.0, 5.5, 10.0, 30.0)] == [1, 1, 0.5, 0, 0]
+
+
+def test_bad_command_lines_give_one_error_line(tmp_path):
+    (tmp_path / "ada").mkdir()
+    rubric = tmp_path / "rubric.yaml"
+    rubric.write_text("tolerance:\n  speed: 3\n")
+    for args, message in (((tmp_path, "--rubric", rubric), "unknown key 'tolerance.speed'"),
+                          ((tmp_path, "--remeasure"), "--remeasure needs --data")):
+        result = run_script("grade.py", *args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not (tmp_path / "leaderboard.csv").exists()
