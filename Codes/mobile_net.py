@@ -21,6 +21,7 @@ import os
 import time
 from pathlib import Path
 
+import cv2
 import torch
 
 from quantlab import engines, labels, models, sources
@@ -34,7 +35,8 @@ source = "0"          # webcam index, "picamera2", "samples", a video file or a 
 size = 224            # input resolution (the camera is asked for size x size)
 camera_fps = 36       # frame rate asked of the camera
 top = 10              # how many classes to print
-engine = "auto"       # int8 engine: qnnpack on ARM, x86 on x86 CPUs
+engine = "auto"       # int8 engine: qnnpack on ARM; on x86 the faster of x86 and onednn (measured once)
+warmup_runs = 3       # untimed model runs before the first frame
 # -------------------------------------------------------------------------------
 
 
@@ -98,6 +100,7 @@ def load(args: argparse.Namespace, threads: int):
 def main() -> int:
     args = parse_args()
     threads = engines.set_threads(args.threads)
+    cv2.setNumThreads(1)  # one small frame gains nothing from OpenCV's threads; they would compete with the model's
     # open the source first: a missing camera is reported before any weights download
     frames = sources.open_source(args.source, args.size, camera_fps)
     print(f"source: {frames.description}")
@@ -108,6 +111,9 @@ def main() -> int:
         raise
     print(f"model: {description}; threads: {threads}")
     preprocess = Preprocessor(args.size)
+    with torch.inference_mode():  # the first calls allocate memory and pick kernels: keep them out of the timing
+        for _ in range(warmup_runs):
+            model(preprocess.buffer.zero_())
     timer = FrameTimer()
     logits = None
 

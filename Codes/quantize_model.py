@@ -16,7 +16,7 @@ Examples:
     python Codes/quantize_model.py --output mnv2_qnnpack.pt --engine qnnpack --calib-data photos/   # for the Pi
     python Codes/quantize_model.py --output mnv2_pt.pt --granularity per_tensor --observer minmax --calib-data photos/
     python Codes/quantize_model.py --output mnv2_dynamic.pt --method dynamic
-    python Codes/quantize_model.py --output mnv2_qat.pt --method qat --train-data photos/ --epochs 1 --lr 1e-5
+    python Codes/quantize_model.py --output mnv2_qat.pt --method qat --train-data photos/ --epochs 1 --lr 3e-5
     python Codes/quantize_model.py --output mnv2_int8.onnx --format onnx --calib-data photos/
     python Codes/quantize_model.py --model my_finetuned.pth --arch resnet18 --output mine_int8.pt --calib-data photos/
     python Codes/quantize_model.py --config configs/quantize_chain_eqeb.yaml
@@ -24,7 +24,6 @@ Examples:
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -51,7 +50,7 @@ SETTINGS = {
     "operation_mode": "quantization",  # or chain_eqe, chain_qb, chain_eqeb (evaluate/quantize/benchmark)
     "calib_data": None, "calib_images": 100, "calib_split": None,  # calibration photos: how many, or a fraction
     "eval_data": None, "eval_images": None,                        # evaluation photos (chains), default: the rest
-    "train_data": None, "epochs": 1, "lr": 1e-5,                   # QAT fine-tuning
+    "train_data": None, "epochs": 1, "lr": 3e-5,                   # QAT fine-tuning
     "freeze_bn_epoch": 0, "freeze_observers_epoch": None,
     "seed": 0, "threads": None, "runs": 50, "warmup": 10,
     "output": None, "export_dir": None,
@@ -314,7 +313,7 @@ def write_onnx(fp32: torch.nn.Module, settings: dict, calibration: Dataset | Non
         if settings["method"] == "dynamic":
             print("ONNX Runtime dynamic quantization: int8 weights, activations quantized at run time")
             onnx_tools.quantize_onnx_dynamic(fp32_onnx, partial)
-            return {"granularity": None, "observer": None, "calibration": None, "opset": onnx_tools.OPSET}
+            return {**onnx_tools.sidecar_fields(partial), "granularity": None, "observer": None, "calibration": None}
         batches, source = calibration_batches(settings, calibration)
         # ONNX Runtime's histogram-based calibrator that matches PyTorch's HistogramObserver best
         method = "minmax" if settings["observer"] == "minmax" else "percentile"
@@ -323,37 +322,9 @@ def write_onnx(fp32: torch.nn.Module, settings: dict, calibration: Dataset | Non
     used = int(onnx_tools.read_metadata(partial).get("calibration_images", 0))
     print(f"ONNX Runtime static quantization (QDQ): {settings['granularity']} weights, {method} calibration "
           f"on {used} images from {source}")
-    return {"granularity": settings["granularity"], "observer": method, "opset": onnx_tools.OPSET,
+    return {**onnx_tools.sidecar_fields(partial), "granularity": settings["granularity"], "observer": method,
             "calibration": {"source": source, "images": used,
                             "skipped_unreadable": data.skipped_count(calibration) if calibration is not None else 0}}
-
-
-def write_torchscript(int8: torch.nn.Module, partial: Path) -> dict:
-    """TorchScript, frozen: loads with torch.jit.load alone, no kit code needed."""
-    torch.jit.save(models.script(int8), str(partial))
-    return {}
-
-
-def save(output: Path, write_model: Callable[[Path], dict], sidecar: dict) -> dict:
-    """Write the model and its sidecar atomically: partial files never stay behind."""
-    json_path = models.sidecar_path(output)
-    partial_model = output.with_name(output.name + ".partial")
-    partial_json = json_path.with_name(json_path.name + ".partial")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        sidecar.update(write_model(partial_model))
-        sidecar.update(sha256=bench.sha256_of(partial_model), size_bytes=partial_model.stat().st_size)
-        partial_json.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
-        os.replace(partial_model, output)
-        os.replace(partial_json, json_path)
-    except (OSError, RuntimeError) as error:  # torch.jit.save raises RuntimeError when it cannot write
-        output.unlink(missing_ok=True)  # a model without its sidecar would load on the wrong engine
-        reason = getattr(error, "strerror", None) or type(error).__name__
-        raise KitError(f"could not write {output} ({reason}); pick a writable --output") from None
-    finally:
-        partial_model.unlink(missing_ok=True)
-        partial_json.unlink(missing_ok=True)
-    return sidecar
 
 
 def evaluate(name: str, model: Callable, evaluation: Dataset, settings: dict) -> dict:
@@ -392,12 +363,12 @@ def main() -> int:
     if settings["format"] == "onnx":
         del sidecar["engine"]  # ONNX Runtime has its own int8 kernels: no PyTorch engine to pick
         sidecar["runtime"] = "onnxruntime"
-        sidecar = save(output, lambda partial: write_onnx(fp32, settings, calibration, partial), sidecar)
+        sidecar = models.save_with_sidecar(output, lambda partial: write_onnx(fp32, settings, calibration, partial), sidecar)
         int8_model = models.OnnxModel(output, threads)
     else:
         int8, facts = quantize_torch(fp32, settings, engine, calibration)
         sidecar.update(facts)
-        sidecar = save(output, lambda partial: write_torchscript(int8, partial), sidecar)
+        sidecar = models.save_torchscript(int8, output, sidecar)
         int8_model = models.load_model_file(output, threads)
 
     fp32_mb = models.serialized_size_mb(fp32)

@@ -97,7 +97,7 @@ def test_report_is_valid_and_covers_every_format(full_run, made, float_weights):
     assert [r["runtime"] for r in results] == ["pytorch", "pytorch", "pytorch", "onnxruntime"]
     assert [r["method"] for r in results] == ["fp32", "static", "fp32", "fp32"]
     assert results[1]["engine"] == json.loads(made["int8"].with_suffix(".json").read_text())["engine"]
-    assert results[1]["sha256"] == bench.sha256_of(made["int8"])
+    assert results[1]["sha256"] == models.sha256_of(made["int8"])
     assert results[2]["file"] is None and results[2]["sha256"] is None
     assert results[0]["size_mb"] == pytest.approx(models.file_size_mb(float_weights), abs=1e-3)
     # every format counts the same weights once BatchNorm is folded

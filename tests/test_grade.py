@@ -10,7 +10,6 @@ one thing each.
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io

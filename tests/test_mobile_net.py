@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -40,7 +39,7 @@ def test_samples_prints_fps_top10_and_a_consistent_summary(run, tmp_path, quanti
     out = result.stdout
     assert FPS_LINE.search(out)
     assert [rank for rank, _ in last_top(out, 10)] == list(range(1, 11))
-    assert ("engine: x86" in out or "engine: qnnpack" in out) if quantized else "fp32 model" in out
+    assert re.search(r"^engine: (x86|onednn|qnnpack) \(", out, re.M) if quantized else "fp32 model" in out
 
     frames, inferences, seconds, mean_fps = SUMMARY.search(out).groups()
     assert int(frames) == 12 and int(inferences) == 12
@@ -50,9 +49,16 @@ def test_samples_prints_fps_top10_and_a_consistent_summary(run, tmp_path, quanti
     assert summary["mean_fps"] == pytest.approx(12 / summary["seconds"], rel=0.01)
     assert summary["quantize"] is quantized
     for stage in ("capture", "preprocess", "inference", "total"):
-        p50, p95 = summary["stages_ms"][stage]["p50_ms"], summary["stages_ms"][stage]["p95_ms"]
-        assert 0 <= p50 <= p95
-        assert re.search(rf"^\s+{stage}\s+{p50:.2f}\s+{p95:.2f}$", out, re.M), stage
+        p50, p95, mean = (summary["stages_ms"][stage][key] for key in ("p50_ms", "p95_ms", "mean_ms"))
+        assert 0 <= p50 <= p95 and mean >= 0
+        assert re.search(rf"^\s+{stage}\s+{p50:.2f}\s+{p95:.2f}\s+{mean:.2f}$", out, re.M), stage
+    # end to end vs the model alone: the model's share of the wall-clock time
+    stages = summary["stages_ms"]
+    assert summary["model_fps"] == pytest.approx(1e3 / stages["inference"]["mean_ms"], rel=0.01)
+    assert summary["end_to_end_vs_model"] == pytest.approx(summary["mean_fps"] / summary["model_fps"], rel=0.01)
+    assert 0 < summary["end_to_end_vs_model"] <= 1
+    assert f"end to end {summary['mean_fps']:.1f} FPS = {summary['end_to_end_vs_model']:.2f} x the model-only" in out
+    assert "as 320x240 frames (what a webcam grants when asked for 224x224)" in out
     assert not list(summary_path.parent.glob("*.partial"))
 
 
@@ -64,6 +70,43 @@ def test_int8_model_recognises_the_sample_photos(run, int8_weights, frames, expe
     assert result.returncode == 0, result.stderr
     (rank, index), *_ = last_top(result.stdout, 3)
     assert rank == 1 and index in expected, result.stdout
+
+
+def test_preprocessing_matches_torchvision_eval_transform(sample_photos, float_weights):
+    # torchvision's eval transform (PIL resize 256, centre crop 224) against the demo's OpenCV version, on the
+    # photos as stored (short side 256) and scaled to a camera's 480 and 720 (the bilinear and area+bilinear paths)
+    import torch
+    import torchvision
+    from PIL import Image
+
+    from quantlab import models
+    from quantlab.preprocess import Preprocessor
+
+    reference = torchvision.transforms.Compose([
+        torchvision.transforms.Resize(256), torchvision.transforms.CenterCrop(224), torchvision.transforms.ToTensor(),
+        torchvision.transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    preprocess = Preprocessor(224)
+    photos = sorted(sample_photos.iterdir())[::50]  # 20 photos of different classes
+    model = models.mobilenet_v2_fp32(float_weights)
+    for short_side in (None, 480, 720):
+        ours, theirs = [], []
+        for photo in photos:
+            bgr = cv2.imread(str(photo), cv2.IMREAD_COLOR)
+            if short_side:
+                scale = short_side / min(bgr.shape[:2])
+                bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+            ours.append(preprocess(bgr, bgr=True)[0].clone())
+            theirs.append(reference(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))))
+        ours, theirs = torch.stack(ours), torch.stack(theirs)
+        assert (ours - theirs).abs().mean() < 0.08, short_side  # normalized units: about 1/50 of the value range
+        with torch.inference_mode():
+            agreement = (model(ours).argmax(1) == model(theirs).argmax(1)).float().mean()
+        assert agreement >= 0.9, (short_side, agreement)
+    # BGR and RGB frames give the same tensor; greyscale and 4-channel frames work
+    rgb = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    from_rgb = preprocess(rgb).clone()
+    assert torch.allclose(preprocess(np.ascontiguousarray(rgb[:, :, ::-1]), bgr=True), from_rgb, atol=1e-6)
+    assert preprocess(rgb[:, :, 0]).shape == preprocess(np.dstack([rgb, rgb[:, :, :1]])).shape == (1, 3, 224, 224)
 
 
 def test_folder_skips_and_counts_unreadable_images(run, tmp_path, sample_photos, float_weights):

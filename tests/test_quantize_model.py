@@ -109,7 +109,7 @@ def test_sidecar_describes_the_file(made, sample_photos, name, granularity, obse
     assert sidecar["method"] == ("dynamic" if name == "dynamic" else "static")
     assert sidecar["format"] == "torchscript"
     assert (sidecar["granularity"], sidecar["observer"]) == (granularity, observer)
-    assert sidecar["engine"] == engine if engine else sidecar["engine"] in ("x86", "fbgemm", "qnnpack")
+    assert sidecar["engine"] == engine if engine else sidecar["engine"] in ("x86", "onednn", "fbgemm")
     assert sidecar["input_size"] == [1, 3, 224, 224]
     assert sidecar["torch"] and "seed" in sidecar
     if name != "dynamic":

@@ -8,6 +8,7 @@ pre-processing, ImageNet labels, timing and data sets live in this package.
 from quantlab._quiet import quiet_native_warnings, silence_deprecations
 
 __version__ = "0.1.0"
+__all__ = ["quiet_native_warnings", "silence_deprecations"]
 
 # torch.ao.quantization and TorchScript print deprecation warnings on every
 # call in recent PyTorch releases. The labs explain the deprecation once

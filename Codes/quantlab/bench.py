@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import io
 import json
 import math
@@ -39,6 +38,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from quantlab import data, engines, models, onnx_tools
+from quantlab.engines import cpu_name
 from quantlab.errors import KitError
 
 SCHEMA = "quantlab.benchmark/1"
@@ -53,22 +53,6 @@ QUANTIZED_ONNX_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLine
 
 
 # ---- the machine ---------------------------------------------------------------
-
-def cpu_name() -> str:
-    """The CPU model as the OS names it (x86: 'model name'; Raspberry Pi: the board 'Model')."""
-    found: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                found.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    for key in ("model name", "Model", "Hardware"):
-        if found.get(key):
-            return found[key]
-    return platform.processor() or platform.machine() or "unknown"
-
 
 def _version(package: str) -> str | None:
     try:
@@ -192,15 +176,6 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)  # one-line remarks for the user (engine overrides, ...)
 
 
-def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file: tells a grader which exact model file was measured."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def count_parameters(model: Callable) -> int | None:
     """Weights and biases the model computes with (int8 or float), or None when they cannot be read.
 
@@ -306,7 +281,7 @@ def _load_state_dict(path: Path, state_dict: dict, engine: str, arch: str) -> Lo
     scripted = _frozen(module)
     return LoadedModel(name=path.name, model=scripted, runtime="pytorch", format="state_dict", engine=used_engine,
                        path=str(path), size_mb=round(models.file_size_mb(path), 3),
-                       parameters=count_parameters(scripted), sha256=sha256_of(path),
+                       parameters=count_parameters(scripted), sha256=models.sha256_of(path),
                        method="int8" if int8 else "fp32", notes=notes)
 
 
@@ -334,7 +309,7 @@ def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
     return LoadedModel(name=path.name, model=scripted, runtime="pytorch", format="torchscript",
                        engine=used_engine if quantized else None, path=str(path),
                        size_mb=round(models.file_size_mb(path), 3), parameters=count_parameters(scripted),
-                       sha256=sha256_of(path), method=method, sidecar=sidecar, notes=notes)
+                       sha256=models.sha256_of(path), method=method, sidecar=sidecar, notes=notes)
 
 
 def _shape_fix(shape: list) -> str:
@@ -361,7 +336,7 @@ def _load_onnx(path: Path, threads: int, input_size: int) -> LoadedModel:
     made = onnx_tools.read_metadata(path) or models.read_sidecar(path)
     return LoadedModel(name=path.name, model=onnx_model, runtime="onnxruntime", format="onnx", engine=None,
                        path=str(path), size_mb=round(models.file_size_mb(path), 3), parameters=parameters,
-                       sha256=sha256_of(path), method=made.get("method") or ("int8" if quantized else "fp32"),
+                       sha256=models.sha256_of(path), method=made.get("method") or ("int8" if quantized else "fp32"),
                        sidecar=made)
 
 

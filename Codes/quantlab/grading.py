@@ -265,7 +265,7 @@ def grade_model(folder: Path, row: dict, reference: dict | None, rubric: dict, b
     if why:
         grade.excluded = why
         return grade
-    digest = bench.sha256_of(path)
+    digest = models.sha256_of(path)
     if row["sha256"] != digest:
         grade.excluded = f"{name}: sha256 differs from {REPORT_FILE}: the file changed after it was benchmarked"
         flags.append(grade.excluded)

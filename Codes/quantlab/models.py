@@ -7,6 +7,7 @@ TorchScript or ONNX file made by ``quantize_model.py``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -42,7 +43,8 @@ def pretrained_state_dict(weights: torchvision.models.WeightsEnum, offline_asset
         return load_state_dict_file(offline), str(offline)
     raise KitError(
         f"could not download torchvision's pretrained weights {weights} ({reason[:120]}); connect to the "
-        f"internet once (they are cached afterwards) or pass the path of a saved state dict"
+        f"internet once (they are cached afterwards) or pass a saved state dict (--weights PATH in "
+        f"mobile_net.py, --model PATH in the other tools)"
         + (f", or set {ASSETS_ENV} to a folder holding {offline_asset}" if offline_asset else "")
     )
 
@@ -199,6 +201,54 @@ def _looks_like_state_dict(path: Path) -> bool:
         return isinstance(torch.load(path, map_location="cpu", weights_only=True), dict)
     except Exception:
         return False
+
+
+def sha256_of(path: str | Path) -> str:
+    """The file's SHA-256, as the sidecar and the benchmark report record it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_with_sidecar(output: Path, write_model: Callable[[Path], dict], sidecar: dict) -> dict:
+    """Write a model file and its JSON sidecar atomically: partial files never stay behind.
+
+    ``write_model(path)`` writes the model to ``path`` and returns facts to add to
+    the sidecar; the sha256 and size of the written file are added too.
+    """
+    output = Path(output)
+    json_path = sidecar_path(output)
+    partial_model = output.with_name(output.name + ".partial")
+    partial_json = json_path.with_name(json_path.name + ".partial")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        sidecar.update(write_model(partial_model))
+        sidecar.update(sha256=sha256_of(partial_model), size_bytes=partial_model.stat().st_size)
+        partial_json.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial_model, output)
+        os.replace(partial_json, json_path)
+    except (OSError, RuntimeError) as error:  # torch.jit.save raises RuntimeError when it cannot write
+        output.unlink(missing_ok=True)  # a model without its sidecar would load on the wrong engine
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise KitError(f"could not write {output} ({reason}); pick a writable --output") from None
+    finally:
+        partial_model.unlink(missing_ok=True)
+        partial_json.unlink(missing_ok=True)
+    return sidecar
+
+
+def save_torchscript(model: nn.Module, output: Path, sidecar: dict) -> dict:
+    """Save ``model`` as frozen TorchScript (loads with torch.jit.load alone) plus its sidecar; return the sidecar.
+
+    Set the engine the model was quantized for first: scripting packs int8 weights for it.
+    """
+    def write(path: Path) -> dict:
+        torch.jit.save(script(model), str(path))
+        return {}
+
+    return save_with_sidecar(output, write, sidecar)
 
 
 def file_size_mb(path: str | Path) -> float:

@@ -98,7 +98,7 @@ def quantizable_mobilenet_v2(model_fp32: nn.Module) -> nn.Module:
     return quantizable_model(model_fp32, "mobilenet_v2")
 
 
-def _images(batch) -> torch.Tensor | None:
+def batch_images(batch) -> torch.Tensor | None:
     """The image tensor of a batch: a tensor, an (images, labels) pair, or None (all unreadable)."""
     if batch is None or isinstance(batch, torch.Tensor):
         return batch
@@ -122,7 +122,7 @@ def quantize_static(model_fp32: nn.Module, calibration_batches: Iterable, engine
     seen = 0
     with torch.inference_mode():
         for batch in tqdm(calibration_batches, desc="calibrating", unit="batch", disable=not progress):
-            images = _images(batch)
+            images = batch_images(batch)
             if images is None:
                 continue
             model(images)
@@ -139,7 +139,7 @@ def quantize_dynamic(model_fp32: nn.Module) -> nn.Module:
 
 
 def quantize_qat(model_fp32: nn.Module, train_batches: Iterable, engine: str, epochs: int = 1,
-                 lr: float = 1e-4, granularity: str = "per_channel", freeze_bn_epoch: int = 0,
+                 lr: float = 3e-5, granularity: str = "per_channel", freeze_bn_epoch: int = 0,
                  freeze_observers_epoch: int | None = None, max_batches_per_epoch: int | None = None,
                  progress: bool = True, arch: str = "mobilenet_v2") -> nn.Module:
     """Quantization-aware training: fine-tune with fake quantization, then convert to int8.

@@ -18,18 +18,37 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # real photos scikit-image ships
 
 
+# capture modes nearly every USB webcam offers (width, height), smallest first
+WEBCAM_MODES = ((320, 240), (640, 480), (1280, 720))
+
+
+def webcam_mode(size: int) -> tuple[int, int]:
+    """The mode a typical webcam grants when asked for size x size: the smallest that covers it."""
+    return next(((w, h) for w, h in WEBCAM_MODES if w >= size and h >= size), WEBCAM_MODES[-1])
+
+
 class SampleSource:
-    """scikit-image's bundled photos (a cat, a coffee cup, an astronaut, a rocket), cycled like a camera."""
+    """scikit-image's bundled photos (a cat, a coffee cup, an astronaut, a rocket), cycled like a camera.
+
+    It behaves like the webcam source: asked for size x size, it delivers the
+    frames a typical USB webcam would grant (``webcam_mode``: 320x240 for the
+    demo's 224x224, 640x480 for up to 480). Each photo is scaled and
+    centre-cropped to that size once, when the source opens, so the demo's
+    pre-processing does per frame what it does on a real camera. Frames are
+    handed out as they are (no per-frame copy), like a camera driver's buffers.
+    """
 
     bgr = False
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = 224) -> None:
         try:
             from skimage import data
         except ImportError:
             raise KitError("the samples source needs scikit-image; pip install scikit-image") from None
-        self.frames = [np.ascontiguousarray(getattr(data, name)()) for name in SAMPLE_PHOTOS]
-        self.description = f"samples: {len(self.frames)} scikit-image photos ({', '.join(SAMPLE_PHOTOS)}), cycled"
+        width, height = webcam_mode(size)
+        self.frames = [camera_frame(getattr(data, name)(), width, height) for name in SAMPLE_PHOTOS]
+        self.description = (f"samples: {len(self.frames)} scikit-image photos ({', '.join(SAMPLE_PHOTOS)}) as "
+                            f"{width}x{height} frames (what a webcam grants when asked for {size}x{size}), cycled")
         self.skipped = 0
         self.count = 0
 
@@ -40,6 +59,17 @@ class SampleSource:
 
     def close(self) -> None:
         pass
+
+
+def camera_frame(photo: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``photo`` scaled to cover width x height, then centre-cropped to it (RGB uint8, contiguous)."""
+    if photo.ndim == 2:
+        photo = cv2.cvtColor(photo, cv2.COLOR_GRAY2RGB)
+    scale = max(width / photo.shape[1], height / photo.shape[0])
+    covering = (max(width, round(photo.shape[1] * scale)), max(height, round(photo.shape[0] * scale)))
+    resized = cv2.resize(np.ascontiguousarray(photo[:, :, :3]), covering, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    top, left = (covering[1] - height) // 2, (covering[0] - width) // 2
+    return np.ascontiguousarray(resized[top : top + height, left : left + width])
 
 
 class FolderSource:
@@ -168,7 +198,7 @@ def open_source(spec: str, size: int = 224, fps: float = 36.0):
     if spec.isdigit():
         return open_webcam(int(spec), size, fps)
     if spec == "samples":
-        return SampleSource()
+        return SampleSource(size)
     if spec == "picamera2":
         return PiCameraSource(size, fps)
     path = Path(spec).expanduser()

@@ -1,0 +1,276 @@
+"""The fastest honest way to run MobileNetV2 on this CPU: every path the kit knows, timed side by side.
+
+One process, one machine, batch 1, 224x224, the same settings for every path:
+  fp32 eager, fp32 channels-last, fp32 TorchScript,
+  int8 on every quantized engine this PyTorch has (x86, onednn, fbgemm, qnnpack), eager and TorchScript,
+  ONNX Runtime fp32 and ONNX Runtime static int8 (QDQ).
+Each int8 model is calibrated for the engine it runs on (a few photos), and every
+path's top-1 prediction is compared with fp32 eager's on those photos: the
+fastest path counts only if it is also correct. The table gives median and p90
+milliseconds and each path's latency as a multiple of fp32 eager's and of ONNX
+Runtime fp32's (0.20x = five times faster).
+
+Examples:
+    python Codes/speed_suite.py --json speed.json --plot speed.png
+    python Codes/speed_suite.py --runs 200 --warmup 20 --threads 1
+    python Codes/speed_suite.py --calib-data photos/ --calib-images 32
+"""
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from quantlab import bench, data, engines, models, onnx_tools, quantize
+from quantlab.assets import IMAGENET_SAMPLE, asset_path
+from quantlab.errors import KitError, run_cli
+
+# ---- settings (command-line flags override them) -----------------------------
+runs = 50              # timed batch-1 runs per path: the table leads with their median
+warmup = 10            # untimed runs first: the first calls allocate memory and pick kernels
+calib_images = 16      # photos that calibrate each int8 model and check its top-1 against fp32
+min_agreement = 0.9    # a path whose top-1 matches fp32's on fewer photos than this is not "correct"
+size = 224             # input resolution
+seed = 0               # picks the calibration photos
+# -------------------------------------------------------------------------------
+
+SCHEMA = "quantlab.speed_suite/1"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=runs, help="timed batch-1 runs per path")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    parser.add_argument("--calib-data", type=Path, help="calibration photos (default: the offline ImageNet sample "
+                        "when $QUANTLAB_ASSETS has it, else random noise)")
+    parser.add_argument("--calib-images", type=int, default=calib_images, help="how many photos to calibrate on")
+    parser.add_argument("--weights", type=Path, help="a fp32 MobileNetV2 state dict (default: torchvision's)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--plot", type=Path, help="write a PNG bar chart of the latencies here")
+    return parser.parse_args()
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """What argparse cannot check, before minutes of measuring."""
+    for name in ("runs", "calib_images"):
+        if getattr(args, name) < 1:
+            raise KitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise KitError(f"--warmup cannot be negative, got {args.warmup}")
+    check_writable(args.json, "--json")
+    check_writable(args.plot, "--plot")
+
+
+def check_writable(path: Path | None, flag: str) -> None:
+    """Fail now, not after minutes of measuring, when an output cannot be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise KitError(f"{flag} {path} is a folder; name a file")
+    existing = next((p for p in path.absolute().parents if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise KitError(f"cannot write into {existing}; pick a writable {flag}")
+
+
+def calibration_photos(folder: Path | None, count: int) -> tuple[torch.Tensor, str, bool]:
+    """count photos as one Nx3xSxS tensor, where they came from, and whether they are real photos."""
+    folder = folder if folder is not None else asset_path(IMAGENET_SAMPLE)
+    if folder is None:
+        print("WARNING: no --calib-data and no offline ImageNet sample: calibrating on random noise. The "
+              "latencies are real, but the int8 models' ranges (and the top-1 check) mean nothing.")
+        noise = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(seed))
+        return noise, "random noise", False
+    chosen, _ = data.split(data.image_dataset(folder, size), first_n=count, seed=seed)
+    batches = [batch[0] for batch in data.loader(chosen, batch_size=count) if batch is not None]
+    if not batches:
+        raise KitError(f"none of the {len(chosen)} photos picked from {folder} could be read; pass readable photos")
+    return torch.cat(batches), f"{sum(len(b) for b in batches)} photos from {folder}", True
+
+
+def top1(model, photos: torch.Tensor) -> torch.Tensor:
+    """Each photo's top-1 class, one photo at a time (some ONNX exports take batch 1 only)."""
+    with torch.inference_mode():
+        return torch.stack([model(photo.unsqueeze(0)).argmax(1)[0] for photo in photos])
+
+
+def channels_last(model: torch.nn.Module):
+    """A copy of the model with its weights, and each input, in channels-last memory order (NHWC)."""
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    return lambda image: model(image.contiguous(memory_format=torch.channels_last))
+
+
+def int8_builder(fp32: torch.nn.Module, calibration: list, engine: str, jit: bool, made: dict):
+    def build():
+        if engine not in made:  # calibrated for this engine: it decides how weights are packed and activations rounded
+            made[engine] = quantize.quantize_static(fp32, calibration, engine, progress=False)
+        return models.script(made[engine]) if jit else made[engine]
+    return build
+
+
+def onnx_builder(fp32: torch.nn.Module, calibration: list | None, folder: Path, threads: int):
+    def build():
+        fp32_file = folder / "mobilenet_v2_fp32.onnx"
+        if not fp32_file.exists():
+            onnx_tools.export_onnx(fp32, fp32_file, size)
+        if calibration is None:
+            return models.OnnxModel(fp32_file, threads)
+        int8_file = onnx_tools.quantize_onnx_static(fp32_file, folder / "mobilenet_v2_int8.onnx", calibration,
+                                                    progress=False)
+        return models.OnnxModel(int8_file, threads)
+    return build
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    return round(value / baseline, 3) if value is not None and baseline else None
+
+
+def shown(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(results: list[dict], photos_note: str) -> str:
+    header = f"{'path':<28}{'median ms':>10}{'p90 ms':>9}{'x fp32 eager':>14}{'x ORT fp32':>12}{'top-1 = fp32':>14}"
+    lines = [header, "-" * len(header)]
+    for result in results:
+        if result["error"]:
+            lines.append(f"{result['name']:<28}  failed: {result['error']}")
+            continue
+        agreement = result["top1_agreement"]
+        lines.append(f"{result['name']:<28}{result['median_ms']:>10.2f}{result['p90_ms']:>9.2f}"
+                     f"{shown(result['vs_fp32_eager'], '.2f'):>13}x{shown(result['vs_onnxruntime_fp32'], '.2f'):>11}x"
+                     f"{shown(agreement and 100 * agreement, '.0f'):>13}%")
+    lines.append(f"x fp32 eager / x ORT fp32: this path's median latency over theirs (0.20x = 5 times faster); "
+                 f"top-1 = fp32: photos whose top-1 class matches fp32 eager's ({photos_note})")
+    return "\n".join(lines)
+
+
+def write_plot(report: dict, path: Path) -> None:
+    """Horizontal bars of median latency (p90 as a whisker), int8 and fp32 in two colours; atomic PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed (CI, ssh on a Pi)
+    import matplotlib.pyplot as plt
+
+    results = [r for r in report["results"] if not r["error"]]
+    figure, axes = plt.subplots(figsize=(9, 0.35 * len(results) + 1.5))
+    names = [r["name"] for r in results]
+    medians = [r["median_ms"] for r in results]
+    whiskers = [[0] * len(results), [r["p90_ms"] - r["median_ms"] for r in results]]
+    colours = ["tab:orange" if r["precision"] == "int8" else "tab:blue" for r in results]
+    left = min(medians) / 2  # a log axis has no zero: bars start below the fastest path
+    axes.barh(names, [m - left for m in medians], left=left, xerr=whiskers, color=colours, capsize=3)
+    for index, result in enumerate(results):
+        axes.text(result["p90_ms"] * 1.05, index, f"{result['median_ms']:.2f} ms = "
+                  f"{shown(result['vs_fp32_eager'], '.2f')}x fp32 eager", va="center", fontsize=8)
+    axes.set_xscale("log")  # equal distances are equal ratios
+    axes.invert_yaxis()  # the first path on top, as in the table
+    machine, settings = report["machine"], report["settings"]
+    axes.set_xlabel("median batch-1 latency, ms, log scale (whisker: p90; lower is better). orange: int8, blue: fp32")
+    axes.set_title(f"MobileNetV2 {settings['input_size']}x{settings['input_size']} on {machine['cpu']}, "
+                   f"{settings['threads']} threads, torch {machine['torch']}", fontsize=9)
+    axes.set_xlim(left, max(r["p90_ms"] for r in results) * 6)  # room for the labels
+    axes.grid(axis="x", which="both", alpha=0.3)
+    figure.tight_layout()
+    try:
+        bench.atomic_write(Path(path), lambda partial: figure.savefig(partial, format="png", dpi=120), "--plot")
+    finally:
+        plt.close(figure)
+
+
+def main() -> int:
+    args = parse_args()
+    check_args(args)
+    threads = engines.set_threads(args.threads)
+    photos, photos_note, real_photos = calibration_photos(args.calib_data, args.calib_images)
+    calibration = list(photos.split(8))
+    fp32 = models.mobilenet_v2_fp32(args.weights)
+    auto_engine, auto_reason = engines.resolve_engine("auto")
+    print(f"threads: {threads} (of {engines.physical_cores()} physical cores); engine auto: {auto_engine} ({auto_reason})")
+
+    with tempfile.TemporaryDirectory(prefix="quantlab-speed-") as folder:
+        paths = [  # (name, precision, engine, build): build() makes the runnable model
+            ("fp32 eager", "fp32", None, lambda: fp32),
+            ("fp32 channels-last", "fp32", None, lambda: channels_last(fp32)),
+            ("fp32 TorchScript", "fp32", None, lambda: models.script(copy.deepcopy(fp32))),
+        ]
+        quantized: dict[str, torch.nn.Module] = {}  # one int8 model per engine, eager and TorchScript share it
+        for engine in (e for e in torch.backends.quantized.supported_engines if e != "none"):
+            for jit, how in ((False, "eager"), (True, "TorchScript")):
+                build = int8_builder(fp32, calibration, engine, jit, quantized)
+                paths.append((f"int8 {engine} {how}", "int8", engine, build))
+        paths.append(("ONNX Runtime fp32", "fp32", None, onnx_builder(fp32, None, Path(folder), threads)))
+        paths.append(("ONNX Runtime int8 static", "int8", None, onnx_builder(fp32, calibration, Path(folder), threads)))
+
+        results, reference = [], None
+        for name, precision, engine, build in tqdm(paths, desc="paths", unit="path"):
+            result = {"name": name, "precision": precision, "engine": engine,
+                      "runtime": "onnxruntime" if name.startswith("ONNX") else "pytorch", "error": None}
+            try:
+                model = build()
+            except Exception as error:  # a path this machine cannot take: say why, measure the others
+                first_line = str(error).splitlines()[0][:150] if str(error) else ""
+                results.append({**result, "error": f"{type(error).__name__}: {first_line}"})
+                continue
+            if engine is not None:
+                engines.set_engine(engine)  # quantized ops dispatch on the active engine too
+            predictions = top1(model, photos)
+            reference = predictions if reference is None else reference  # fp32 eager comes first
+            latency = bench.measure_latency(model, size, args.runs, args.warmup)
+            results.append({**result, "median_ms": latency["median_ms"], "p90_ms": latency["p90_ms"],
+                            "mean_ms": latency["mean_ms"], "fps": latency["fps"],
+                            "top1_agreement": round(float((predictions == reference).float().mean()), 4)})
+
+    measured = [r for r in results if not r["error"]]
+    eager = next(r["median_ms"] for r in measured if r["name"] == "fp32 eager")
+    onnx_fp32 = next((r["median_ms"] for r in measured if r["name"] == "ONNX Runtime fp32"), None)
+    for result in measured:
+        result.update(vs_fp32_eager=ratio(result["median_ms"], eager),
+                      vs_onnxruntime_fp32=ratio(result["median_ms"], onnx_fp32))
+    print(format_table(results, photos_note))
+
+    correct_int8 = [r for r in measured if r["precision"] == "int8" and r["top1_agreement"] >= min_agreement]
+    best = min(correct_int8, key=lambda r: r["median_ms"], default=None)
+    if best is None:
+        print(f"no int8 path matched fp32's top-1 on {100 * min_agreement:.0f}% of the photos")
+    else:
+        print(f"fastest correct int8 path: {best['name']}, {best['median_ms']:.2f} ms = {best['vs_fp32_eager']:.2f}x fp32 "
+              f"eager, {shown(best['vs_onnxruntime_fp32'], '.2f')}x ONNX Runtime fp32 "
+              f"(top-1 = fp32 on {100 * best['top1_agreement']:.0f}% of the photos)")
+    # auto chooses among x86 and onednn (qnnpack on ARM) for TorchScript models, the demo's default
+    choices = [r for r in correct_int8 if r["engine"] in (*engines.X86_CANDIDATES, "qnnpack") and "TorchScript" in r["name"]]
+    fastest_engine = min(choices, key=lambda r: r["median_ms"], default=None)
+    if fastest_engine is not None:
+        verdict = "agrees" if fastest_engine["engine"] == auto_engine else "differs: the machine may have been busy"
+        print(f"engine auto picks {auto_engine}; fastest engine in this run: {fastest_engine['engine']} ({verdict})")
+    if not real_photos:
+        print("WARNING: calibrated on random noise: the top-1 column means nothing; pass --calib-data PHOTOS")
+
+    report = {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": bench.machine_info(threads, auto_engine),
+        "settings": {"runs": args.runs, "warmup": args.warmup, "batch_size": 1, "input_size": size, "threads": threads,
+                     "calibration": photos_note, "calibration_is_photos": real_photos,
+                     "min_agreement": min_agreement, "auto_engine": auto_engine, "auto_engine_reason": auto_reason},
+        "results": results,
+        "best_int8": best and best["name"],
+    }
+    if args.json:
+        text = json.dumps(report, indent=2) + "\n"
+        bench.atomic_write(args.json, lambda partial: partial.write_text(text, encoding="utf-8"), "--json")
+        print(f"wrote {args.json}")
+    if args.plot:
+        write_plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,162 @@
+"""The ONNX Runtime path: export, dynamic and static ONNX quantization, and Codes/mobile_net.py running ONNX files.
+
+Small on purpose: MobileNetV2 is exported once for the module, static quantization
+calibrates on 4 photos, the demo runs 3 frames. Accuracy on 800 photos is the
+notebook's and the lab's job (notebooks/06_onnx_runtime.ipynb), not this file's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from quantlab import data, models, onnx_tools, quantize
+from quantlab.errors import KitError
+
+# two easy photos of the offline sample (label = position in the sorted folder)
+EASY_PHOTOS = ("n01443537_goldfish.JPEG", "n04146614_school_bus.JPEG")
+
+
+@pytest.fixture(scope="module")
+def fp32(float_weights: Path) -> nn.Module:
+    return models.mobilenet_v2_fp32(float_weights)
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(tmp_path_factory, fp32: nn.Module) -> Path:
+    return onnx_tools.export_onnx(fp32, tmp_path_factory.mktemp("onnx") / "mnv2.onnx")
+
+
+@pytest.fixture(scope="module")
+def photos(sample_photos: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The easy photos as a batch, and their labels."""
+    dataset = data.image_dataset(sample_photos)
+    names = [path.name for path, _ in dataset.items]
+    images, labels = data.drop_unreadable([dataset[names.index(name)] for name in EASY_PHOTOS])
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def static_onnx(fp32_onnx: Path, sample_photos: Path) -> Path:
+    calibration, _ = data.split(data.image_dataset(sample_photos), first_n=4, seed=0)
+    output = fp32_onnx.with_name("mnv2_qdq.onnx")
+    return onnx_tools.quantize_onnx_static(fp32_onnx, output, data.loader(calibration, batch_size=4), progress=False)
+
+
+def assert_close_to_fp32(int8_onnx: Path, fp32_onnx: Path, photos) -> None:
+    """int8 logits point the same way as fp32's and keep the right class near the top.
+
+    (Top-1 itself can tie on 4 calibration photos: the notebook measures accuracy on 800.)
+    """
+    images, labels = photos
+    int8_logits = models.OnnxModel(int8_onnx, threads=1)(images)
+    fp32_logits = models.OnnxModel(fp32_onnx, threads=1)(images)
+    assert torch.nn.functional.cosine_similarity(int8_logits, fp32_logits).min() > 0.98
+    assert all(label in top for label, top in zip(labels.tolist(), int8_logits.topk(5).indices.tolist()))
+
+
+def test_export_names_input_output_and_a_dynamic_batch_axis(fp32_onnx: Path) -> None:
+    graph = onnx.load(str(fp32_onnx)).graph
+    (model_input,), (model_output,) = graph.input, graph.output
+    dims = [d.dim_param or d.dim_value for d in model_input.type.tensor_type.shape.dim]
+    assert (model_input.name, model_output.name) == (onnx_tools.INPUT_NAME, onnx_tools.OUTPUT_NAME)
+    assert dims == [onnx_tools.BATCH_AXIS, 3, 224, 224], dims
+    assert onnx_tools.sidecar_fields(fp32_onnx)["opset"] == onnx_tools.OPSET
+    assert onnx_tools.sidecar_fields(fp32_onnx)["method"] == "fp32"
+    assert not list(fp32_onnx.parent.glob("*.partial")) and not list(fp32_onnx.parent.glob("*.data"))
+
+
+def test_onnx_fp32_logits_match_pytorch(fp32: nn.Module, fp32_onnx: Path, photos) -> None:
+    images, labels = photos
+    assert onnx_tools.max_abs_diff(fp32, fp32_onnx, images) < 1e-4
+    single = models.OnnxModel(fp32_onnx, threads=1)(images[:1])  # batch 1 as well as batch 2
+    assert single.shape == (1, 1000) and int(single.argmax()) == int(labels[0])
+
+
+def test_static_qdq_is_per_channel_small_and_still_right(fp32_onnx: Path, static_onnx: Path, photos) -> None:
+    graph = onnx.load(str(static_onnx)).graph
+    ops = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops
+    initializers = {init.name: init for init in graph.initializer}
+    conv_weight_scales = [initializers[node.input[1]] for node in graph.node if node.op_type == "DequantizeLinear"
+                          and node.input[0] in initializers and len(initializers[node.input[0]].dims) == 4]
+    assert conv_weight_scales and all(len(scale.dims) == 1 and scale.dims[0] > 1 for scale in conv_weight_scales)
+    assert static_onnx.stat().st_size <= 0.3 * fp32_onnx.stat().st_size
+    facts = onnx_tools.sidecar_fields(static_onnx)
+    assert facts["method"] == "static" and facts["calibration_images"] == 4 and facts["granularity"] == "per_channel"
+    assert facts["input_shape"] == [onnx_tools.BATCH_AXIS, 3, 224, 224] and facts["opset"] == onnx_tools.OPSET
+    assert_close_to_fp32(static_onnx, fp32_onnx, photos)
+
+
+def test_dynamic_quantizes_weights_without_calibration(fp32_onnx: Path, photos) -> None:
+    output = onnx_tools.quantize_onnx_dynamic(fp32_onnx, fp32_onnx.with_name("mnv2_dynamic.onnx"))
+    assert "DynamicQuantizeLinear" in {node.op_type for node in onnx.load(str(output)).graph.node}
+    assert onnx_tools.read_metadata(output)["method"] == "dynamic"
+    assert_close_to_fp32(output, fp32_onnx, photos)
+
+
+def test_static_without_readable_calibration_images_writes_nothing(fp32_onnx: Path) -> None:
+    output = fp32_onnx.with_name("never.onnx")
+    with pytest.raises(KitError, match="no calibration image could be read"):
+        onnx_tools.quantize_onnx_static(fp32_onnx, output, [None, None], progress=False)
+    assert not output.exists() and not output.with_name(output.name + ".partial").exists()
+
+
+def test_quantizing_a_file_that_is_not_onnx_is_one_clear_error(tmp_path: Path) -> None:
+    fake = tmp_path / "notes.onnx"
+    fake.write_text("not a model\n")
+    with pytest.raises(KitError, match="is not a valid ONNX model"):
+        onnx_tools.quantize_onnx_dynamic(fake, tmp_path / "out.onnx")
+
+
+class DataDependent(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.sum() > 0 else x  # the branch depends on the values: torch.export cannot trace it
+
+
+class NoOnnxOperator(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.eigvals(x[..., :4, :4]).real.flatten(1)  # no ONNX translation for eig
+
+
+@pytest.mark.parametrize("layer, message", [(DataDependent(), "torch.export failed"),
+                                            (NoOnnxOperator(), "cannot translate")])
+def test_export_failure_names_the_layer_and_leaves_no_file(tmp_path: Path, layer: nn.Module, message: str) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Sequential(nn.ReLU(), layer))
+    output = tmp_path / "broken.onnx"
+    with pytest.raises(KitError, match=message) as caught:
+        onnx_tools.export_onnx(model, output, input_size=8)
+    assert f"'1.1' ({type(layer).__name__})" in str(caught.value) and "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+    assert model.training  # export switched it to eval mode and back
+
+
+def test_export_refuses_a_pytorch_int8_model(tmp_path: Path) -> None:
+    int8 = quantize.quantize_dynamic(nn.Sequential(nn.Flatten(), nn.Linear(12, 4)))
+    with pytest.raises(KitError, match=r"layer '1' \(Linear\): it is already PyTorch int8"):
+        onnx_tools.export_onnx(int8, tmp_path / "int8.onnx", input_size=2)
+
+
+def test_mobile_net_runs_an_onnx_model_end_to_end(run, fp32_onnx: Path) -> None:
+    result = run("mobile_net.py", "--model", fp32_onnx, "--source", "samples", "--frames", "3", "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    assert f"model: {fp32_onnx}" in result.stdout and "frame 3, last" in result.stdout
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+
+
+@pytest.mark.parametrize("case", ["not-a-model", "wrong-size"])
+def test_mobile_net_bad_onnx_exits_2_with_one_line(run, tmp_path: Path, static_onnx: Path, case: str) -> None:
+    if case == "not-a-model":
+        model = tmp_path / "photo.onnx"
+        model.write_bytes(b"\xff\xd8\xff\xe0 a JPEG renamed to .onnx")
+        arguments, expected = ["--model", model], "is not an ONNX model ONNX Runtime can load"
+    else:
+        arguments, expected = ["--model", static_onnx, "--size", "160"], "expects input ['batch', 3, 224, 224]"
+    result = run("mobile_net.py", *arguments, "--source", "samples", "--frames", "2")
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr

@@ -1,0 +1,125 @@
+"""Codes/speed_suite.py end to end (tiny --runs: behaviour, not speed) and engine auto's measurement and cache."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from quantlab import engines
+from quantlab.errors import KitError
+
+ENGINES = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+EXPECTED_PATHS = ["fp32 eager", "fp32 channels-last", "fp32 TorchScript",
+                  *[f"int8 {e} {how}" for e in ENGINES for how in ("eager", "TorchScript")],
+                  "ONNX Runtime fp32", "ONNX Runtime int8 static"]
+
+
+def test_suite_measures_every_path_and_checks_int8_against_fp32(run, tmp_path, float_weights, sample_photos):
+    report_path, plot_path = tmp_path / "out" / "speed.json", tmp_path / "out" / "speed.png"
+    result = run("speed_suite.py", "--runs", "3", "--warmup", "1", "--threads", "1", "--calib-images", "2",
+                 "--calib-data", sample_photos, "--weights", float_weights, "--json", report_path, "--plot", plot_path,
+                 env={"QUANTLAB_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"^threads: 1 \(of \d+ physical cores\); engine auto: (x86|onednn|qnnpack) \(", out, re.M)
+    report = json.loads(report_path.read_text())
+    assert report["schema"] == "quantlab.speed_suite/1"
+    assert report["settings"]["threads"] == report["machine"]["threads"] == 1
+    assert report["settings"]["calibration_is_photos"] is True
+    results = {r["name"]: r for r in report["results"]}
+    assert list(results) == EXPECTED_PATHS
+    for name, r in results.items():
+        assert r["error"] is None, (name, r["error"])
+        assert 0 < r["median_ms"] <= r["p90_ms"]
+        assert r["vs_fp32_eager"] == pytest.approx(r["median_ms"] / results["fp32 eager"]["median_ms"], rel=0.01)
+        assert r["vs_onnxruntime_fp32"] == pytest.approx(r["median_ms"] / results["ONNX Runtime fp32"]["median_ms"],
+                                                         rel=0.01)
+        assert 0 <= r["top1_agreement"] <= 1
+        assert re.search(rf"^{re.escape(name)}\s+{r['median_ms']:.2f}\s+{r['p90_ms']:.2f}\s", out, re.M), name
+        if r["precision"] == "fp32":  # the same float model in another layout or runtime predicts the same
+            assert r["top1_agreement"] == 1.0, name
+    assert results["fp32 eager"]["vs_fp32_eager"] == results["ONNX Runtime fp32"]["vs_onnxruntime_fp32"] == 1.0
+    # int8 models are calibrated per engine and run on it
+    assert {r["engine"] for r in results.values() if r["precision"] == "int8"} == {*ENGINES, None}
+    best = results[report["best_int8"]]
+    assert best["precision"] == "int8" and best["top1_agreement"] >= report["settings"]["min_agreement"]
+    assert best["median_ms"] == min(r["median_ms"] for r in results.values()
+                                    if r["precision"] == "int8" and r["top1_agreement"] >= 0.9)
+    assert f"fastest correct int8 path: {best['name']}, {best['median_ms']:.2f} ms" in out
+    assert report["settings"]["auto_engine"] in ("x86", "onednn", "qnnpack")
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(report_path.parent.glob("*.partial"))
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--runs", "0"], "--runs must be at least 1"),
+    (["--calib-data", "no/such/folder"], "data folder no/such/folder does not exist"),
+    (["--json", "{tmp}"], "is a folder; name a file"),
+], ids=["runs", "calib-data", "json-folder"])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(run, tmp_path, float_weights, arguments, message):
+    arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
+    result = run("speed_suite.py", "--weights", float_weights, "--plot", tmp_path / "plot.png", *arguments,
+                 env={"QUANTLAB_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        line for line in result.stderr.splitlines() if message in line]
+    assert not (tmp_path / "plot.png").exists()
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """engine auto with an empty cache folder and nothing remembered in this process."""
+    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(engines, "_resolved", {})
+    monkeypatch.setattr(engines, "is_arm", lambda: False)
+    return tmp_path / "cache" / "engine.json"
+
+
+@pytest.mark.skipif(not {"x86", "onednn"} <= set(ENGINES), reason="needs PyTorch's x86 and onednn engines")
+def test_auto_measures_x86_and_onednn_once_then_reads_the_cache(fresh_cache):
+    previous = torch.backends.quantized.engine
+    engine, reason = engines.resolve_engine("auto")
+    assert engine in ("x86", "onednn")
+    assert torch.backends.quantized.engine == previous  # measuring leaves the active engine alone
+    assert "measured now in" in reason and f"saved to {fresh_cache}" in reason
+    assert re.search(r"ran (x86|onednn) [\d.]+ ms, (x86|onednn) [\d.]+ ms", reason)
+    entry = json.loads(fresh_cache.read_text())[f"{engines.cpu_name()} | torch {torch.__version__}"]
+    assert entry["engine"] == engine == min(entry["ms"], key=entry["ms"].get)
+    assert set(entry["ms"]) == {"x86", "onednn"} and entry["rejected"] == {}
+
+    engines._resolved.clear()  # a new process: the answer comes from the cache
+    again, cached_reason = engines.resolve_engine("auto")
+    assert again == engine and f"from the cache {fresh_cache}" in cached_reason
+    assert engines.resolve_engine("qnnpack") == ("qnnpack", "chosen with --engine")
+    with pytest.raises(KitError, match="engine 'tpu' is not available"):
+        engines.resolve_engine("tpu")
+
+
+@pytest.mark.skipif(not {"x86", "onednn"} <= set(ENGINES), reason="needs PyTorch's x86 and onednn engines")
+def test_auto_skips_engines_that_fail_and_survives_a_bad_cache(fresh_cache, monkeypatch):
+    fresh_cache.parent.mkdir(parents=True)
+    fresh_cache.write_text("{not json")
+    measured = ({"onednn": 2.5}, {"x86": "int8 output strays from fp32 (cosine 0.500)"})
+    monkeypatch.setattr(engines, "measure_engines", lambda candidates: measured)
+    engine, reason = engines.resolve_engine("auto")
+    assert engine == "onednn"
+    assert "onednn 2.50 ms" in reason and "x86 rejected: int8 output strays" in reason
+    assert json.loads(fresh_cache.read_text())[f"{engines.cpu_name()} | torch {torch.__version__}"]["engine"] == "onednn"
+
+    monkeypatch.setattr(engines, "_resolved", {})
+    monkeypatch.setenv(engines.CACHE_ENV, "/proc/no-cache-here")  # not writable: still answers, says so
+    assert "not cached" in engines.resolve_engine("auto")[1]
+
+    monkeypatch.setattr(engines, "_resolved", {})
+    monkeypatch.setattr(engines, "measure_engines", lambda candidates: ({}, {"x86": "boom", "onednn": "boom"}))
+    assert engines.resolve_engine("auto")[0] == "x86"  # nothing measurable: PyTorch's default for x86
+
+
+def test_auto_on_arm_is_qnnpack_without_measuring(monkeypatch):
+    monkeypatch.setattr(engines, "is_arm", lambda: True)
+    monkeypatch.setattr(engines, "measure_engines", lambda candidates: pytest.fail("measured on ARM"))
+    assert engines.resolve_engine("auto")[0] == "qnnpack"
