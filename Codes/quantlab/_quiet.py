@@ -20,6 +20,7 @@ _NOISY_MESSAGES = (
     r".*please use the new.*torchao.*",
     r".*_check_is_size will be removed.*",
     r".*TypedStorage is deprecated.*",
+    r".*isinstance\(treespec, LeafSpec\).*",  # torch 2.11's ONNX exporter (seen with Colab-era releases)
 )
 
 
