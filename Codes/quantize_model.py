@@ -174,15 +174,8 @@ def build_fp32(arch: str, state_dict: dict, source: str) -> torch.nn.Module:
     """torchvision's float ``arch`` holding ``state_dict``."""
     if models.is_int8_state_dict(state_dict):
         raise KitError(f"{source} holds int8 weights: it is already quantized; pass fp32 weights")
-    extra = {"aux_logits": False, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
-    model = torchvision.models.get_model(arch, weights=None, **extra)
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as error:
-        raise KitError(f"{source} does not fit {arch} ({str(error).splitlines()[0][:100]}); "
-                       "pass --arch with the model's architecture") from None
-    return model.eval()
+    return quantize.build_with_weights(lambda **kwargs: torchvision.models.get_model(arch, **kwargs), arch,
+                                       state_dict, source)
 
 
 def load_fp32(name_or_path: str, arch: str) -> torch.nn.Module:

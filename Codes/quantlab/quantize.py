@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -81,15 +81,25 @@ def quantizable_model(model_fp32: nn.Module, arch: str = "mobilenet_v2") -> nn.M
                        f"use one of {', '.join(QUANTIZABLE_ARCHS)}")
     from torchvision.models import quantization
 
-    builder = getattr(quantization, arch)
+    return build_with_weights(getattr(quantization, arch), arch, model_fp32.state_dict(), "the fp32 model",
+                              quantize=False)
+
+
+def build_with_weights(builder: Callable[..., nn.Module], arch: str, state_dict: dict, source: str,
+                       **kwargs) -> nn.Module:
+    """``builder(weights=None, **kwargs)`` (a torchvision model builder) holding ``state_dict``, in eval mode.
+
+    GoogLeNet and Inception v3 are built without their auxiliary classifiers
+    (training-only heads), and their weights are dropped from ``state_dict``.
+    """
     extra = {"aux_logits": False, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
-    model = builder(weights=None, quantize=False, **extra)
-    state_dict = {k: v for k, v in model_fp32.state_dict().items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}
+    model = builder(weights=None, **kwargs, **extra)
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:
-        raise KitError(f"the fp32 model is not a {arch} ({str(error).splitlines()[0][:120]}); "
-                       "pass --arch to name its architecture") from None
+        raise KitError(f"{source} does not fit {arch} ({str(error).splitlines()[0][:100]}); "
+                       "pass --arch with the model's architecture") from None
     return model.eval()
 
 
