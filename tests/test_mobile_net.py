@@ -46,7 +46,8 @@ def test_samples_prints_fps_top10_and_a_consistent_summary(run, tmp_path, quanti
     summary = json.loads(summary_path.read_text())
     assert summary["frames"] == 12 and summary["inferences"] == 12
     assert summary["mean_fps"] == pytest.approx(float(mean_fps), abs=0.051)
-    assert summary["mean_fps"] == pytest.approx(12 / summary["seconds"], rel=0.01)
+    # seconds is rounded to 0.1 ms: at hundreds of FPS that rounding alone moves 12 / seconds by a few tenths
+    assert 12 / (summary["seconds"] + 5e-5) - 0.01 <= summary["mean_fps"] <= 12 / (summary["seconds"] - 5e-5) + 0.01
     assert summary["quantize"] is quantized
     assert summary["arch"] and summary["cpu"] and summary["threads"] >= 1  # graders tell machines apart
     for stage in ("capture", "preprocess", "inference", "total"):

@@ -73,7 +73,7 @@ class FrameTimer:
         return {
             "frames": self.frames,
             "inferences": self.inferences,
-            "seconds": round(wall, 3),
+            "seconds": round(wall, 4),
             "mean_fps": round(end_to_end, 2),  # end to end
             "model_fps": round(model_only, 2) if model_only else None,
             "end_to_end_vs_model": round(end_to_end / model_only, 3) if model_only else None,

@@ -8,7 +8,8 @@
   installed wheels bring every dependency they declare, runs ONNX Runtime, and
   classifies ``skimage.data.chelsea()`` with the pretrained int8 MobileNetV2
   (qnnpack, TorchScript). Given ``--x86-dir`` it also loads the TorchScript
-  file that ``Codes/quantize_model.py`` wrote on x86 and compares top-1.
+  file that ``Codes/quantize_model.py`` wrote on x86 and compares top-1; the same
+  for its ``--format onnx`` static QDQ file under ONNX Runtime.
 * ``x86-reference``: on the x86 host, next to that model file: save the input
   tensors and the x86 top-1 the Pi side must reproduce.
 
@@ -259,6 +260,39 @@ def _run_model_file(model_file: Path, inputs: Any) -> Any:
         return torch.cat([model(inputs[i : i + 1]) for i in range(inputs.shape[0])])
 
 
+ONNX_MODEL = "mobilenet_v2_qdq.onnx"  # quantize_model.py --format onnx (static QDQ) on x86, when present
+
+
+def _run_onnx_file(model_file: Path, inputs: Any) -> Any:
+    import onnxruntime
+    import torch
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return torch.from_numpy(session.run(None, {name: inputs.numpy()})[0])
+
+
+def step_x86_onnx(x86_dir: Path) -> str:
+    import numpy
+    import onnxruntime
+    import torch
+
+    reference = json.loads((x86_dir / "reference.json").read_text(encoding="utf-8"))
+    inputs = torch.from_numpy(numpy.load(x86_dir / "inputs.npy"))
+    logits = _run_onnx_file(x86_dir / reference["onnx_model_file"], inputs)
+    top1 = [int(i) for i in logits.argmax(dim=1)]
+    max_diff = float((logits - torch.from_numpy(numpy.load(x86_dir / "onnx_logits.npy"))).abs().max())
+    mismatches = [f"{name}: pi {pi} vs x86 {x86}" for name, pi, x86
+                  in zip(reference["names"], top1, reference["onnx_top1"], strict=False) if pi != x86]
+    if mismatches:
+        raise RuntimeError(f"ONNX top-1 differs from x86 ({'; '.join(mismatches)}); max |logit diff| {max_diff:.4f}")
+    return (f"{reference['onnx_model_file']} (static QDQ from x86, onnxruntime {reference['onnxruntime']}) runs "
+            f"on onnxruntime {onnxruntime.__version__}; top-1 equal on {len(top1)} images, "
+            f"max |logit diff| {max_diff:.4f}")
+
+
 def step_x86_model(x86_dir: Path) -> str:
     import numpy
     import torch
@@ -296,6 +330,8 @@ def run_pi(weights: Path | None, x86_dir: Path | None) -> int:
         steps.run("pretrained-int8", lambda: step_pretrained_int8(weights))
     if x86_dir is not None:
         steps.run("x86-model", lambda: step_x86_model(x86_dir))
+        if "onnx_model_file" in json.loads((x86_dir / "reference.json").read_text(encoding="utf-8")):
+            steps.run("x86-onnx-model", lambda: step_x86_onnx(x86_dir))
     return 1 if steps.failed else 0
 
 
@@ -332,6 +368,13 @@ def run_x86_reference(x86_dir: Path, model_file: str, sample_dir: Path | None, c
         "names": [name for name, _ in images],
         "top1": [int(i) for i in logits.argmax(dim=1)],
     }
+    if (x86_dir / ONNX_MODEL).is_file():
+        import onnxruntime
+
+        onnx_logits = _run_onnx_file(x86_dir / ONNX_MODEL, inputs)
+        numpy.save(x86_dir / "onnx_logits.npy", onnx_logits.numpy())
+        reference.update(onnx_model_file=ONNX_MODEL, onnxruntime=onnxruntime.__version__,
+                         onnx_top1=[int(i) for i in onnx_logits.argmax(dim=1)])
     (x86_dir / "reference.json").write_text(json.dumps(reference, indent=1), encoding="utf-8")
     say("OK", "x86-reference", f"top-1 on x86: {dict(zip(reference['names'], reference['top1'], strict=False))}")
     return 0

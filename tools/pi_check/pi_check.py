@@ -15,7 +15,8 @@ What it does:
    ONNX Runtime, jit-scripts the pretrained int8 MobileNetV2 (offline weights,
    qnnpack) and classifies scikit-image's chelsea() cat photo as a cat, loads
    with torch.jit.load the model that ``Codes/quantize_model.py --engine qnnpack``
-   wrote on this x86 machine and requires the x86 top-1, and runs
+   wrote on this x86 machine and requires the x86 top-1 (and the same for its
+   ``--format onnx`` static QDQ file under ONNX Runtime), and runs
    ``Codes/mobile_net.py --source samples --frames 3 --quantize``.
 
 The Debian root and the installed wheels are cached under
@@ -116,6 +117,7 @@ STEP_TEXT = {
     "onnxruntime": "the ONNX Runtime check",
     "pretrained-int8": "jit-scripting and running the pretrained int8 MobileNetV2",
     "x86-model": "loading and running the x86-made TorchScript model",
+    "x86-onnx-model": "running the x86-made static QDQ ONNX model under ONNX Runtime",
     "mobile-net": "Codes/mobile_net.py",
 }
 
@@ -477,6 +479,14 @@ def build_x86_model(cache: Path, weights: Path) -> Path:
                     str(target / model_name),
                 ],
                 "Codes/quantize_model.py --engine qnnpack on x86",
+                BUILD_TIMEOUT_S,
+                env,
+            )
+            run_quiet(  # the ONNX Runtime path of labs/03: the same calibration, a static QDQ file
+                [sys.executable, str(quantize_script), "--model", "mobilenet_v2", "--format", "onnx",
+                 "--calib-data", str(assets_dir() / "imagenet-sample"), "--calib-images", "32",
+                 "--output", str(target / "mobilenet_v2_qdq.onnx")],
+                "Codes/quantize_model.py --format onnx on x86",
                 BUILD_TIMEOUT_S,
                 env,
             )
