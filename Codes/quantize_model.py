@@ -80,7 +80,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--operation-mode", choices=tuple(config.OPERATION_MODES),
                         help="quantization, or a chain: chain_eqe (evaluate, quantize, evaluate), chain_qb "
                              "(quantize, benchmark), chain_eqeb (all)")
-    parser.add_argument("--calib-data", type=Path, help="a folder of photos (flat, or one folder per class)")
+    parser.add_argument("--calib-data", type=Path,
+                        help="a folder of photos (flat, or one folder per class), or imagenette (Colab)")
     parser.add_argument("--calib-images", type=int, help="how many photos to calibrate on (default 100)")
     parser.add_argument("--calib-split", type=float, help="or: the fraction of --calib-data to calibrate on")
     parser.add_argument("--eval-data", type=Path, help="evaluation photos for the chains (default: the photos "

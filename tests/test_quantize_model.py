@@ -277,3 +277,29 @@ def test_onnx_format_and_another_architecture(tmp_path, sample_photos, float_wei
     result = quantize(tmp_path / "r18.pt", "--model", weights, "--arch", "resnet18", "--calib-images", "2")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "r18.json").read_text())["arch"] == "resnet18"
+
+
+def test_imagenette_labels_map_to_imagenet_and_download_errors_are_one_line(monkeypatch, tmp_path):
+    """Colab's data set: Imagenette's 10 classes scored as ImageNet-1k indices; no network is a KitError."""
+    import torchvision
+
+    from quantlab import data
+    from quantlab.errors import KitError
+
+    class FakeImagenette:  # what torchvision's Imagenette exposes, without the 330 MB download
+        def __init__(self, root, split, size, download):
+            self.wnid_to_idx = {wnid: index for index, wnid in enumerate(sorted(data.IMAGENETTE_TO_IMAGENET))}
+            self._samples = [(str(tmp_path / f"{wnid}.JPEG"), index) for wnid, index in self.wnid_to_idx.items()]
+
+    monkeypatch.setattr(torchvision.datasets, "Imagenette", FakeImagenette)
+    dataset = data.image_dataset("imagenette", size=64)
+    labels = {Path(path).stem: label for path, label in dataset.items}
+    assert labels["n01440764"] == 0 and labels["n03888257"] == 701  # tench, parachute
+    assert sorted(labels.values()) == sorted(data.IMAGENETTE_TO_IMAGENET.values())
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(torchvision.datasets, "Imagenette", offline)
+    with pytest.raises(KitError, match=r"could not get Imagenette into data \(RuntimeError"):
+        data.image_dataset("imagenette")

@@ -143,8 +143,7 @@ def evaluation_dataset(path: str | Path, size: int = 224, holdout: int | None = 
     calibrated on. ``images`` caps the count; without a holdout the cap takes the
     first N of the seeded shuffle, so that a few images still mix the classes.
     """
-    # "imagenette": torchvision's Imagenette (Colab), labels mapped to ImageNet-1k; else a folder
-    dataset = data.imagenette(size=size) if str(path) == "imagenette" else data.image_dataset(path, size)
+    dataset = data.image_dataset(path, size)  # a folder, or "imagenette" (Colab)
     if holdout is not None:
         if holdout >= len(dataset):
             raise KitError(f"--holdout {holdout} leaves no image of the {len(dataset)} in {path}; hold out fewer")

@@ -66,8 +66,14 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def image_dataset(path: str | Path, size: int = 224) -> ImageFiles:
-    """A data set from the ImageNet-sample layout (flat folder) or an ImageFolder tree."""
+    """A data set from the ImageNet-sample layout (flat folder) or an ImageFolder tree.
+
+    The name ``imagenette`` (when no such folder exists) means torchvision's
+    Imagenette, downloaded to ./data on first use: what Colab students pass.
+    """
     root = Path(path)
+    if str(path) == "imagenette" and not root.is_dir():
+        return imagenette("data", "val", size)
     if not root.is_dir():
         raise KitError(f"data folder {root} does not exist; pass a folder of images or of class folders")
     flat = _images_in(root)
@@ -135,7 +141,8 @@ def imagenette(root: str | Path = "data", split: str = "val", size: int = 224, d
         source = Imagenette(str(root), split=split, size="320px", download=download)
     except Exception as error:  # no internet, a half-downloaded archive, a full disk
         raise KitError(f"could not get Imagenette into {root} ({type(error).__name__}: "
-                       f"{str(error).splitlines()[0][:100] if str(error) else 'no details'})") from None
+                       f"{str(error).splitlines()[0][:100] if str(error) else 'no details'}); it downloads once (330 MB) "
+                       "and needs the internet: otherwise pass a folder of photos") from None
     index_to_wnid = {index: wnid for wnid, index in source.wnid_to_idx.items()}
     items = [(Path(path), IMAGENETTE_TO_IMAGENET[index_to_wnid[label]]) for path, label in source._samples]
     return ImageFiles(items, size)
