@@ -17,7 +17,6 @@ Examples:
 
 import argparse
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -162,13 +161,8 @@ def main() -> int:
 
 def write_json(path: Path, summary: dict) -> None:
     """Write the summary atomically: a half-written file never appears."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        os.replace(partial, path)
-    except OSError as error:
-        raise KitError(f"could not write {path} ({error.strerror}); pick a writable path for --json") from None
+    text = json.dumps(summary, indent=2) + "\n"
+    models.atomic_write(path, lambda partial: partial.write_text(text, encoding="utf-8"), "--json")
     print(f"wrote {path}")
 
 

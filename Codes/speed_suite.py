@@ -179,7 +179,7 @@ def write_plot(report: dict, path: Path) -> None:
     axes.grid(axis="x", which="both", alpha=0.3)
     figure.tight_layout()
     try:
-        bench.atomic_write(Path(path), lambda partial: figure.savefig(partial, format="png", dpi=120), "--plot")
+        models.atomic_write(Path(path), lambda partial: figure.savefig(partial, format="png", dpi=120), "--plot")
     finally:
         plt.close(figure)
 
@@ -264,7 +264,7 @@ def main() -> int:
     }
     if args.json:
         text = json.dumps(report, indent=2) + "\n"
-        bench.atomic_write(args.json, lambda partial: partial.write_text(text, encoding="utf-8"), "--json")
+        models.atomic_write(args.json, lambda partial: partial.write_text(text, encoding="utf-8"), "--json")
         print(f"wrote {args.json}")
     if args.plot:
         write_plot(report, args.plot)

@@ -21,7 +21,6 @@ import datetime
 import io
 import json
 import math
-import os
 import platform
 import time
 import zipfile
@@ -524,23 +523,10 @@ def validate_report(report: dict) -> list[str]:
 
 # ---- output files (written atomically: a failed run leaves no half-written file) --------------
 
-def atomic_write(path: Path, write: Callable[[Path], None], flag: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(partial)
-        os.replace(partial, path)
-    except OSError as error:
-        raise KitError(f"could not write {path} ({error.strerror or type(error).__name__}); "
-                       f"pick a writable path for {flag}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def write_json(report: dict, path: Path) -> None:
     """Write the report as JSON, atomically."""
     text = json.dumps(report, indent=2) + "\n"
-    atomic_write(Path(path), lambda partial: partial.write_text(text, encoding="utf-8"), "--json")
+    models.atomic_write(Path(path), lambda partial: partial.write_text(text, encoding="utf-8"), "--json")
 
 
 CSV_COLUMNS = ("name", "path", "format", "runtime", "method", "engine", "size_mb", "parameters", "latency_median_ms",
@@ -568,7 +554,7 @@ def csv_text(report: dict) -> str:
 def write_csv(report: dict, path: Path) -> None:
     """Write the results as CSV, atomically."""
     text = csv_text(report)
-    atomic_write(Path(path), lambda partial: partial.write_text(text, encoding="utf-8"), "--csv")
+    models.atomic_write(Path(path), lambda partial: partial.write_text(text, encoding="utf-8"), "--csv")
 
 
 def write_plot(report: dict, path: Path) -> None:
@@ -600,7 +586,7 @@ def write_plot(report: dict, path: Path) -> None:
         handle.set_sizes([40])
     figure.tight_layout()
     try:
-        atomic_write(Path(path), lambda partial: figure.savefig(partial, format="png", dpi=120), "--plot")
+        models.atomic_write(Path(path), lambda partial: figure.savefig(partial, format="png", dpi=120), "--plot")
     finally:
         plt.close(figure)
 

@@ -545,7 +545,7 @@ def write_plot(students: list[StudentGrade], path: Path, title: str) -> None:
     axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     try:
-        bench.atomic_write(path, lambda partial: figure.savefig(partial, format="png", dpi=110), "--output")
+        models.atomic_write(path, lambda partial: figure.savefig(partial, format="png", dpi=110), "--output")
     finally:
         plt.close(figure)
 
@@ -554,9 +554,9 @@ def write_leaderboard(students: list[StudentGrade], output: Path, header: list[s
     """leaderboard.csv, leaderboard.md and leaderboard.png in ``output``, each written atomically."""
     rows = leaderboard_rows(students)
     paths = [output / "leaderboard.csv", output / "leaderboard.md", output / "leaderboard.png"]
-    bench.atomic_write(paths[0], lambda partial: partial.write_text(csv_text(rows), encoding="utf-8"), "--output")
+    models.atomic_write(paths[0], lambda partial: partial.write_text(csv_text(rows), encoding="utf-8"), "--output")
     markdown = markdown_text(students, header)
-    bench.atomic_write(paths[1], lambda partial: partial.write_text(markdown, encoding="utf-8"), "--output")
+    models.atomic_write(paths[1], lambda partial: partial.write_text(markdown, encoding="utf-8"), "--output")
     write_plot(students, paths[2], header[0].replace("; ", "\n") if header else "leaderboard")
     return paths
 

@@ -212,6 +212,24 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def atomic_write(path: Path, write: Callable[[Path], object], flag: str | None = None) -> None:
+    """``write(partial)`` then rename onto ``path``: a failed run never leaves a half-written file.
+
+    ``flag`` names the option that chose ``path``, for the error message.
+    """
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(partial)
+        os.replace(partial, path)
+    except OSError as error:
+        raise KitError(f"could not write {path} ({error.strerror or type(error).__name__}); "
+                       f"pick a writable path{f' for {flag}' if flag else ''}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def save_with_sidecar(output: Path, write_model: Callable[[Path], dict], sidecar: dict) -> dict:
     """Write a model file and its JSON sidecar atomically: partial files never stay behind.
 

@@ -36,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from quantlab.errors import KitError
-from quantlab.models import OnnxModel
+from quantlab.models import OnnxModel, atomic_write
 from quantlab.quantize import batch_images  # the image tensor of a calibration batch, as PyTorch's path reads it
 
 OPSET = 18  # the lowest opset torch's exporter writes natively; ONNX Runtime 1.14 and later (the Pi's 1.23 too) run it
@@ -270,15 +270,7 @@ def _save_with_metadata(quantized: Path, fp32_onnx: Path, output: Path, metadata
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_PREFIX + key, json.dumps(value)  # JSON: numbers and booleans read back typed
-    partial = output.with_name(output.name + ".partial")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, str(partial))
-        os.replace(partial, output)
-    except OSError as error:
-        raise KitError(f"could not write {output} ({error.strerror or type(error).__name__}); pick a writable path") from None
-    finally:
-        partial.unlink(missing_ok=True)
+    atomic_write(output, lambda partial: onnx.save(model, str(partial)))
 
 
 def _quantize(fp32_onnx: Path, output: Path, quantize: Callable[[Path, Path], dict[str, object]]) -> Path:
