@@ -12,10 +12,13 @@ Examples:
     python Codes/benchmark.py --model mobilenet_v2 --model mnv2.onnx --data photos/ --json report.json --csv report.csv --plot report.png
     python Codes/benchmark.py --model my_finetuned.pth --arch resnet18 --runs 100 --threads 4
     python Codes/benchmark.py --model mnv2_qnnpack.pt --engine x86   # force another engine (prints a note)
+    python Codes/benchmark.py --model my_net.py:build@my_net.pth --model my_net_int8.pt2   # your own model, PT2E
 
 A model is a torchvision name (mobilenet_v2, mobilenet_v2_int8), a state dict
 (.pth, --arch tells the architecture), a TorchScript file (.pt; it runs on the
-engine named in its JSON sidecar) or an ONNX file (.onnx, run with ONNX Runtime).
+engine named in its JSON sidecar), an ONNX file (.onnx, run with ONNX Runtime), a PT2E
+exported program (.pt2, compiled with inductor on x86) or your own float model,
+FILE.py:FUNCTION[@WEIGHTS.pth] (importing FILE.py runs its code).
 --holdout N evaluates on the images left after the first N that
 ``quantize_model.py --calib-images N --seed S`` calibrated on (same --seed).
 """
@@ -38,7 +41,8 @@ eval_batch = 16    # images per batch while measuring accuracy (latency is alway
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True,
-                        help="repeatable: a torchvision name, a state dict, a TorchScript or an ONNX file")
+                        help="repeatable: a torchvision name, a state dict, a TorchScript, ONNX or PT2E (.pt2) "
+                             "file, or your own model FILE.py:FUNCTION[@WEIGHTS.pth]")
     parser.add_argument("--arch", default="mobilenet_v2", help="torchvision architecture of state dict files")
     parser.add_argument("--data", type=Path, help="photos to measure accuracy on (ImageNet-sample or ImageFolder), "
                         "or imagenette (torchvision downloads it to ./data on first use; for Colab)")
@@ -86,7 +90,12 @@ def evaluation_batches(args: argparse.Namespace):
     """Batches of (images, labels) to measure accuracy on, or None without --data."""
     if args.data is None:
         return None
-    dataset = bench.evaluation_dataset(args.data, args.size, args.holdout, args.images, args.seed)
+    try:
+        dataset = bench.evaluation_dataset(args.data, args.size, args.holdout, args.images, args.seed)
+    except KitError as error:
+        if "cannot tell the labels" in str(error):
+            raise KitError(f"{error}; or leave out --data to measure timing only") from None
+        raise
     return data.loader(dataset, batch_size=eval_batch)
 
 
@@ -106,6 +115,9 @@ def main() -> int:
             model.name = model.path or model.name
         for note in model.notes:
             print(note)
+        if model.size_mb <= 0:  # sizes are kept to 0.001 MB: "x smaller" would divide by zero
+            raise KitError(f"{model.name} is under 1 kB, which rounds to 0.000 MB: too small to compare sizes "
+                           "with; benchmark a real classifier (MobileNetV2's int8 file is about 4 MB)")
 
     results = []
     for model in loaded:

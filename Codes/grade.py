@@ -5,13 +5,17 @@ student's name on the leaderboard), laid out as labs/homework.md asks:
 benchmark.json, the model files it lists with their sidecar JSONs, pi_run.json.
 
 For each folder the grader validates benchmark.json, checks each model file's
-sha256 against it, loads the model (TorchScript, ONNX or a state dict; pickled
-Python objects are refused), re-measures its size and, with --remeasure, its
-accuracy and latency on this machine, so that everyone is compared on the same
-hardware against fp32 MobileNetV2 measured here. Claims that disagree with the
-files or the re-measured numbers beyond the rubric's tolerance are flagged.
-A bad submission gets its reasons in the leaderboard and never stops the run.
-labs/instructor_guide.md explains the rubric and the tolerances.
+sha256 against it, checks the file before loading it (zip bombs, code that
+runs at load time, operators a classifier never needs), then loads and runs it
+in a sandboxed child process with time, CPU and memory limits (bubblewrap
+where installed; the output says which isolation is in use), re-measures its
+size and, with --remeasure, its accuracy and latency on this machine, so that
+everyone is compared on the same hardware against fp32 MobileNetV2 measured
+the same way. Claims that disagree with the files or the re-measured numbers
+beyond the rubric's tolerance are flagged; files identical across students
+are listed under "Possible copying". A bad submission gets its reasons in the
+leaderboard and never stops the run; Ctrl-C stops it and writes what was
+graded. labs/instructor_guide.md explains the rubric, tolerances and limits.
 
 Examples:
     python Codes/grade.py submissions/                                   # quick: checks + the students' claims
@@ -21,11 +25,12 @@ Examples:
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from quantlab import bench, data, engines, grading
+from quantlab import bench, engines, grading, sandbox
 from quantlab.errors import KitError, run_cli
 
 # ---- settings (command-line flags override them) -----------------------------
@@ -52,6 +57,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=runs, help="timed runs per model")
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    parser.add_argument("--isolation", choices=("auto", "bwrap", "rlimits"), default=None,
+                        help="how each model runs: bwrap (bubblewrap sandbox), rlimits (child process with limits "
+                             f"only); default auto: bwrap where it works (or ${sandbox.ISOLATION_ENV})")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds one model may take to load, run and be measured (default: 120, plus time "
+                             "per image and per run with --remeasure)")
+    parser.add_argument("--memory-mb", type=int, default=sandbox.Limits.memory_mb,
+                        help="memory one model may use, in MB")
     return parser.parse_args()
 
 
@@ -70,7 +83,13 @@ def check_args(args: argparse.Namespace) -> list[Path]:
         raise KitError(f"--holdout must be at least 1, got {args.holdout}")
     if args.warmup < 0:
         raise KitError(f"--warmup must be 0 or more, got {args.warmup}")
-    folders = sorted(p for p in args.submissions.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if args.timeout is not None and not 1 <= args.timeout <= 86400:
+        raise KitError(f"--timeout must be between 1 and 86400 seconds, got {args.timeout:g}")
+    if not 512 <= args.memory_mb <= 1 << 20:
+        raise KitError(f"--memory-mb must be between 512 and 1048576, got {args.memory_mb}")
+    # a link to a folder is listed too: the grader rejects it with its reason rather than grading a classmate's
+    folders = sorted(p for p in args.submissions.iterdir()
+                     if (p.is_dir() or p.is_symlink()) and not p.name.startswith((".", "_")))
     if not folders:
         raise KitError(f"{args.submissions} holds no student folders; each student's files go in a folder "
                        "named after them (labs/homework.md)")
@@ -79,43 +98,62 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
 def main() -> int:
     args = parse_args()
+    threads = engines.set_threads(args.threads)  # first: a bad --threads is the user's, not a file's, problem
     folders = check_args(args)
     rubric = grading.load_rubric(args.rubric)
     output = args.output or args.submissions
-    threads = engines.set_threads(args.threads)
+    isolation = sandbox.isolation(args.isolation)
+    print(f"isolation: {sandbox.DESCRIPTIONS[isolation]}")
+    engines.resolve_engine("auto")  # measured once here and cached: the children read the cache
 
     measure = None
     if args.remeasure:
         evaluation = bench.evaluation_dataset(args.data, 224, args.holdout, args.images, args.seed)
-        measure = grading.Measurer(lambda: data.loader(evaluation, batch_size), args.runs, args.warmup)
+        measure = grading.MeasureSettings(data=args.data, holdout=args.holdout, images=args.images, seed=args.seed,
+                                          batch_size=batch_size, runs=args.runs, warmup=args.warmup,
+                                          image_count=len(evaluation))
         print(f"re-measuring on this machine: {len(evaluation)} images from {args.data}, {args.runs} timed runs, "
               f"{threads} threads")
     elif args.data is not None:
         print("note: --data is only used with --remeasure; grading the students' claimed numbers")
-    baseline = grading.Baseline.measure(threads, measure)
+    runner = grading.ModelRunner(threads, measure, isolation, args.timeout, args.memory_mb)
+    print(f"limits per model: {runner.timeout:.0f} s, {args.memory_mb} MB")
+    baseline = grading.Baseline.measure(runner)
     about_baseline = "baseline fp32 MobileNetV2 " + (
         f"top-1 {baseline.result['top1']:.1f} %, median {baseline.result['latency_ms']['median']:.2f} ms, "
         if baseline.result else "") + f"{baseline.size_mb:.2f} MB"
     print(about_baseline)
 
     students = []
-    for folder in tqdm(folders, desc="grading", unit="student"):
-        try:
-            students.append(grading.grade_student(folder, rubric, baseline, threads, measure))
-        except Exception as error:  # one broken submission must not stop the others
-            first = str(error).splitlines()[0][:120] if str(error) else "no details"
-            students.append(grading.rejected(folder, rubric, f"grading failed ({type(error).__name__}: {first})"))
+    interrupted = False
+    try:
+        for folder in tqdm(folders, desc="grading", unit="student"):
+            try:
+                students.append(grading.grade_student(folder, rubric, baseline, runner))
+            except (KitError, OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+                # one broken submission must not stop the others; its reason is ours, not an internal text
+                students.append(grading.rejected(folder, rubric, f"the grader could not read this submission "
+                                                                 f"({type(error).__name__}); check its files"))
+    except KeyboardInterrupt:  # the sandboxed child is killed already; keep what was graded
+        interrupted = True
+    grading.flag_copies(students)
 
     machine = bench.machine_info(threads, engine=None)
     mode = (f"re-measured on {machine['cpu']} ({threads} threads, torch {machine['torch']}), "
-            f"{len(evaluation)} images of {args.data}" if measure
+            f"{measure.image_count} images of {args.data}" if measure
             else "students' claimed numbers (run with --remeasure to measure them here)")
-    header = [f"{len(students)} submissions graded; numbers: {mode}",
-              f"rubric: {args.rubric or grading.DEFAULT_RUBRIC}; {about_baseline}"]
+    stopped = f" (stopped by Ctrl-C: {len(students)} of {len(folders)} folders)" if interrupted else ""
+    header = [f"{len(students)} submissions graded{stopped}; numbers: {mode}",
+              f"rubric: {args.rubric or grading.DEFAULT_RUBRIC}; {about_baseline}",
+              f"isolation: {sandbox.DESCRIPTIONS[isolation]}; limits per model {runner.timeout:.0f} s, "
+              f"{args.memory_mb} MB"]
     paths = grading.write_leaderboard(students, output, header)
     print(grading.format_summary(students))
     print("\n".join(header))
     print(f"wrote {', '.join(map(str, paths))}")
+    if interrupted:
+        print("error: stopped by Ctrl-C; the leaderboard holds the folders graded so far", file=sys.stderr)
+        return 130
     return 0
 
 

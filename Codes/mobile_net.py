@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import torch
 
-from quantlab import engines, labels, models, sources
+from quantlab import cpu, engines, labels, models, pt2e, sources
 from quantlab.errors import KitError, run_cli
 from quantlab.preprocess import Preprocessor
 from quantlab.timing import FrameTimer, format_summary
@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip", type=int, default=1, help="run the model on every K-th frame, reuse the last prediction")
     parser.add_argument("--engine", choices=engines.ENGINE_CHOICES, default=engine, help="int8 engine")
     parser.add_argument("--weights", type=Path, help="a MobileNetV2 state dict (fp32, or int8 with --quantize)")
-    parser.add_argument("--model", type=Path, help="a TorchScript (.pt) or ONNX (.onnx) model file")
+    parser.add_argument("--model", type=Path, help="a TorchScript (.pt), ONNX (.onnx) or PT2E (.pt2) model file")
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True, help="TorchScript the model")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     parser.add_argument("--json", type=Path, help="write the summary to this JSON file")
@@ -68,7 +68,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def load(args: argparse.Namespace, threads: int):
-    """The model to run, and a line that describes it."""
+    """The model to run, a line that describes it, and the model file's sha256 (None for the built-in models)."""
+    if args.model and pt2e.is_exported_file(args.model):  # PT2E (your own model): no eager engine to pick
+        exported = pt2e.load_exported(args.model, size)  # x86: compiled with inductor (takes a while, once)
+        if exported.note:
+            print(exported.note)
+        print(f"engine: none needed ({'torch.compile, inductor' if exported.compiled else 'exported program, uncompiled'})")
+        return exported, f"{args.model} ({models.file_size_mb(args.model):.1f} MB, PT2E)", models.sha256_of(args.model)
     if args.model:
         sidecar = models.read_sidecar(args.model)
         # a saved int8 model must run on the engine it was quantized for
@@ -78,7 +84,7 @@ def load(args: argparse.Namespace, threads: int):
         engines.set_engine(chosen)
         print(f"engine: {chosen} ({why})")
         model = models.load_model_file(args.model, threads)
-        return model, f"{args.model} ({models.file_size_mb(args.model):.1f} MB)"
+        return model, f"{args.model} ({models.file_size_mb(args.model):.1f} MB)", models.sha256_of(args.model)
     if args.quantize:
         chosen, why = engines.resolve_engine(args.engine)
         print(f"engine: {chosen} ({why})")
@@ -94,7 +100,7 @@ def load(args: argparse.Namespace, threads: int):
     size_mb = models.serialized_size_mb(model)
     if args.jit:
         model = models.script(model)
-    return model, f"MobileNetV2 {kind}, {size_mb:.1f} MB{', TorchScript' if args.jit else ''}"
+    return model, f"MobileNetV2 {kind}, {size_mb:.1f} MB{', TorchScript' if args.jit else ''}", None
 
 
 def main() -> int:
@@ -105,7 +111,7 @@ def main() -> int:
     frames = sources.open_source(args.source, args.size, camera_fps)
     print(f"source: {frames.description}")
     try:
-        model, description = load(args, threads)
+        model, description, model_sha256 = load(args, threads)
     except BaseException:
         frames.close()
         raise
@@ -113,7 +119,18 @@ def main() -> int:
     preprocess = Preprocessor(args.size)
     with torch.inference_mode():  # the first calls allocate memory and pick kernels: keep them out of the timing
         for _ in range(warmup_runs):
-            model(preprocess.buffer.zero_())
+            outputs = model(preprocess.buffer.zero_()).shape[-1]
+    imagenet = outputs == len(labels.imagenet_classes())
+    if not imagenet:  # ImageNet's names would be wrong for another model's classes
+        print(f"note: the model has {outputs} outputs, not ImageNet's 1000 classes: showing class numbers, "
+              "not ImageNet names")
+
+    def top(logits: torch.Tensor) -> str:
+        predictions = labels.top_k(logits[0], args.top)
+        if not imagenet:
+            predictions = [(index, f"class {index}", probability) for index, _, probability in predictions]
+        return labels.format_top_k(predictions)
+
     timer = FrameTimer()
     logits = None
 
@@ -138,7 +155,7 @@ def main() -> int:
                 fps = timer.fps_due()
                 if fps is not None:
                     print(f"FPS {fps:6.1f}  (frame {timer.frames})")
-                    print(labels.format_top_k(labels.top_k(logits[0], args.top)))
+                    print(top(logits))
     except KeyboardInterrupt:
         print("\nstopped (Ctrl-C)")
     finally:
@@ -147,13 +164,15 @@ def main() -> int:
     if timer.frames == 0:
         raise KitError(f"source {args.source} gave no frames; check it plays or holds readable images")
     print(f"FPS {timer.final_fps():6.1f}  (frame {timer.frames}, last)")
-    print(labels.format_top_k(labels.top_k(logits[0], args.top)))
+    print(top(logits))
     summary = timer.summary()
     summary.update(skipped_unreadable=frames.skipped, source=args.source, size=args.size, skip=args.skip,
-                   quantize=bool(args.quantize), model=description, threads=threads,
+                   quantize=bool(args.quantize), model=description, model_sha256=model_sha256, threads=threads,
                    engine=torch.backends.quantized.engine, torch=torch.__version__,
-                   cpu=engines.cpu_name(), arch=platform.machine())  # graders tell a Pi run from a PC run
-    print(format_summary(summary) + (f"\n  skipped unreadable images: {frames.skipped}" if frames.skipped else ""))
+                   cpu=engines.cpu_name(), arch=platform.machine(),  # graders tell a Pi run from a PC run
+                   int8_isa=cpu.int8_isa().name, int8_isa_note=cpu.describe())  # int8 speed and accuracy depend on it
+    print(format_summary(summary) + (f"\n  skipped unreadable images: {frames.skipped}" if frames.skipped else "")
+          + f"\n  CPU: {summary['cpu']} ({summary['arch']}), int8: {summary['int8_isa_note']}")
     if args.json:
         write_json(args.json, summary)
     return 0

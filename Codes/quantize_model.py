@@ -20,6 +20,8 @@ Examples:
     python Codes/quantize_model.py --output mnv2_int8.onnx --format onnx --calib-data photos/
     python Codes/quantize_model.py --model my_finetuned.pth --arch resnet18 --output mine_int8.pt --calib-data photos/
     python Codes/quantize_model.py --config configs/quantize_chain_eqeb.yaml
+    python Codes/quantize_model.py --model my_net.py:build --weights my_net.pth --output my_net_int8.pt2 --calib-data photos/
+    python Codes/quantize_model.py --model my_net.onnx --format onnx --output my_net_int8.onnx --calib-data photos/
     python Codes/mobile_net.py --model mnv2_int8.pt --source samples --frames 50
 """
 
@@ -35,13 +37,14 @@ import torch
 import torchvision
 from torch.utils.data import Dataset
 
-from quantlab import bench, config, data, engines, models, quantize
+from quantlab import bench, config, data, engines, memory, models, pt2e, quantize, user_model
 from quantlab.errors import KitError, run_cli
 
 # ---- settings (a --config file overrides them, command-line flags override both) ----
 SETTINGS = {
     "model": "mobilenet_v2",        # a torchvision name or the path of a fp32 state dict
     "arch": "mobilenet_v2",         # the architecture of a state dict
+    "weights": None,                # the state dict of your own model (--model my_net.py:build)
     "method": "static",             # static (post-training), dynamic (nn.Linear/LSTM only), qat
     "granularity": "per_channel",   # one weight scale per output channel, or per_tensor: one per layer
     "observer": "histogram",        # how activation ranges are estimated: histogram or minmax
@@ -62,17 +65,20 @@ size = 224  # input resolution
 
 METHOD_ALIASES = {"static": "static", "post_training": "static", "dynamic": "dynamic",
                   "qat": "qat", "quantization_aware": "qat"}
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "pt2")  # pt2: PT2E's exported program (your own model)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=None)  # None = "not given": the config or SETTINGS decide
     parser.add_argument("--config", type=Path, help="a YAML file with the settings below (see configs/)")
-    parser.add_argument("--model", help="a torchvision name (mobilenet_v2, resnet18, ...) or a fp32 state dict file")
+    parser.add_argument("--model", help="a torchvision name (mobilenet_v2, resnet18, ...), a fp32 state dict file, "
+                                        "your own model as FILE.py:FUNCTION (PT2E, output FILE.pt2), or a float "
+                                        "ONNX classifier FILE.onnx (with --format onnx)")
+    parser.add_argument("--weights", help="the fp32 state dict of --model FILE.py:FUNCTION")
     parser.add_argument("--arch", help="the architecture of a state dict (default mobilenet_v2)")
-    parser.add_argument("--output", type=Path, help="the file to write: FILE.pt (TorchScript) or FILE.onnx")
-    parser.add_argument("--format", choices=FORMATS, help="torchscript or onnx (default: from --output's suffix)")
+    parser.add_argument("--output", type=Path, help="the file to write: FILE.pt (TorchScript), FILE.onnx or FILE.pt2 (PT2E)")
+    parser.add_argument("--format", choices=FORMATS, help="torchscript, onnx or pt2 (default: from --output's suffix)")
     parser.add_argument("--method", help="static (= post_training), dynamic, or qat (= quantization_aware)")
     parser.add_argument("--granularity", choices=quantize.GRANULARITIES, help="weight scales per channel or per tensor")
     parser.add_argument("--observer", choices=quantize.OBSERVERS, help="activation range estimate")
@@ -143,11 +149,13 @@ def check_settings(settings: dict) -> None:
         name = Path(str(settings["model"])).stem
         output = Path(settings["export_dir"]) / f"{name}_{method}{'_' + settings['granularity'] if method != 'dynamic' else ''}{suffix}"
     output = Path(output)
-    suffix_format = "onnx" if output.suffix.lower() in models.ONNX_SUFFIXES else "torchscript"
+    suffix_format = ("onnx" if output.suffix.lower() in models.ONNX_SUFFIXES
+                     else "pt2" if pt2e.is_exported_file(output) else "torchscript")
     settings["format"] = settings["format"] or suffix_format
     if settings["format"] != suffix_format:
         raise KitError(f"--output {output} does not fit --format {settings['format']}; "
-                       f"name it FILE{'.onnx' if settings['format'] == 'onnx' else '.pt'}")
+                       f"name it FILE{ {'onnx': '.onnx', 'pt2': '.pt2'}.get(settings['format'], '.pt')}")
+    check_own_model_route(settings, method)
     if settings["format"] == "onnx" and method == "qat":
         raise KitError("--format onnx takes static or dynamic quantization; for QAT write TorchScript (FILE.pt)")
     if output.suffix.lower() == ".json":
@@ -158,6 +166,30 @@ def check_settings(settings: dict) -> None:
     if existing is not None and not os.access(existing, os.W_OK):  # fail now, not after calibrating
         raise KitError(f"cannot write into {existing}; pick a writable --output")
     settings["output"] = output
+
+
+def check_own_model_route(settings: dict, method: str) -> None:
+    """Your own model: FILE.py:FUNCTION goes through PT2E (FILE.pt2) or ONNX Runtime, FILE.onnx through ONNX Runtime."""
+    model = str(settings["model"])
+    own, onnx_input = user_model.is_user_model_spec(model), Path(model).suffix.lower() in models.ONNX_SUFFIXES
+    if settings["weights"] is not None and not own:
+        raise KitError("--weights is the state dict of --model FILE.py:FUNCTION; for a torchvision architecture "
+                       "pass the state dict itself as --model (with --arch)")
+    if (own or onnx_input) and settings["operation_mode"] != "quantization":
+        raise KitError(f"operation mode {settings['operation_mode']} runs with torchvision models; quantize your "
+                       "own model, then measure it with benchmark.py --model")
+    if own and settings["format"] == "torchscript":
+        raise KitError(f"--model {model} is your own model: eager mode cannot take a model not written for it, so "
+                       "it goes through PT2E: name the output FILE.pt2 (or FILE.onnx for ONNX Runtime)")
+    if onnx_input and settings["format"] != "onnx":
+        raise KitError(f"--model {model} is an ONNX file: ONNX Runtime quantizes it; add --format onnx and name "
+                       "the output FILE.onnx")
+    if settings["format"] == "pt2" and method != "static":
+        raise KitError(f"PT2E (FILE.pt2) does static post-training quantization here, not --method {method}; "
+                       "drop --method")
+    if settings["format"] == "pt2" and settings["observer"] != "histogram":
+        raise KitError("PT2E's quantizers observe activations with a histogram; drop --observer "
+                       f"{settings['observer']} (or write FILE.onnx for ONNX Runtime's minmax calibration)")
 
 
 # ---- the float model -------------------------------------------------------------------
@@ -230,7 +262,7 @@ def data_subsets(settings: dict) -> tuple[Dataset | None, Dataset | None]:
     """(calibration subset, evaluation set): the evaluation photos never include calibration photos."""
     calibration = evaluation = None
     if settings["calib_data"] is not None:
-        dataset = data.image_dataset(settings["calib_data"], size)
+        dataset = data.image_dataset(settings["calib_data"], size, need_labels=False)  # ranges need no labels
         if settings["calib_split"] is not None:
             calibration, evaluation = data.split(dataset, fraction=settings["calib_split"], seed=settings["seed"])
         else:
@@ -260,6 +292,7 @@ def training_set(settings: dict, calibration: Dataset | None) -> tuple[Dataset, 
         return data.image_dataset(settings["train_data"], size), str(settings["train_data"])
     if calibration is None:
         raise KitError("--method qat needs labelled photos: pass --train-data DIR (or --calib-data DIR)")
+    data.require_labels(calibration, "QAT on the calibration photos")
     print(f"note: no --train-data: fine-tuning on the {len(calibration)} calibration photos of {settings['calib_data']}")
     return calibration, f"{settings['calib_data']} (calibration subset)"
 
@@ -298,12 +331,34 @@ def quantize_torch(fp32: torch.nn.Module, settings: dict, engine: str, calibrati
                   "calibration": {"source": source, "images": used, "skipped_unreadable": skipped}}
 
 
-def write_onnx(fp32: torch.nn.Module, settings: dict, calibration: Dataset | None, partial: Path) -> dict:
-    """Export to ONNX and quantize it with ONNX Runtime into ``partial``; the sidecar's facts."""
+def quantize_with_pt2e(fp32: torch.nn.Module, settings: dict, engine: str, calibration: Dataset | None,
+                       sidecar: dict) -> dict:
+    """PT2E: torch.export, the target's quantizer, calibration, convert; saved as FILE.pt2; the sidecar."""
+    target = pt2e.target_for(engine)
+    pt2e.quantizer_for(target, settings["granularity"])  # fail before the photos load: torchao missing, ...
+    program = pt2e.export(fp32, size)  # ... or a model torch.export cannot capture
+    batches, source = calibration_batches(settings, calibration)
+    program, facts = pt2e.quantize(program, batches, target, size, settings["granularity"])
+    skipped = data.skipped_count(calibration) if calibration is not None else 0
+    print(f"PT2E static quantization for {target}: {facts['quantizer']}; calibrated on "
+          f"{facts['calibration_images']} images from {source}" + (f" ({skipped} unreadable skipped)" if skipped else ""))
+    del sidecar["engine"]  # the quantizer picks the int8 kernels: inductor's (x86) or XNNPACK's (ARM)
+    sidecar.update(runtime="torch.export", target=target, quantizer=facts["quantizer"], torchao=facts["torchao"],
+                   granularity=facts["granularity"], observer="histogram",  # both quantizers' activation observer
+                   calibration={"source": source, "images": facts["calibration_images"], "skipped_unreadable": skipped})
+    return pt2e.save(program, settings["output"], sidecar)
+
+
+def write_onnx(fp32: torch.nn.Module | Path, settings: dict, calibration: Dataset | None, partial: Path) -> dict:
+    """Export to ONNX (or take your own float ONNX file) and quantize it with ONNX Runtime into ``partial``;
+    the sidecar's facts."""
     from quantlab import onnx_tools
 
     with tempfile.TemporaryDirectory(prefix="quantlab-") as folder:
-        fp32_onnx = onnx_tools.export_onnx(fp32, Path(folder) / "fp32.onnx", size)
+        if isinstance(fp32, Path):  # your own ONNX file, its input named as the kit's calibration feeds it
+            fp32_onnx = user_model.with_input_named(fp32, onnx_tools.INPUT_NAME, Path(folder))
+        else:
+            fp32_onnx = onnx_tools.export_onnx(fp32, Path(folder) / "fp32.onnx", size)
         if settings["method"] == "dynamic":
             print("ONNX Runtime dynamic quantization: int8 weights, activations quantized at run time")
             onnx_tools.quantize_onnx_dynamic(fp32_onnx, partial)
@@ -313,9 +368,12 @@ def write_onnx(fp32: torch.nn.Module, settings: dict, calibration: Dataset | Non
         method = "minmax" if settings["observer"] == "minmax" else "percentile"
         onnx_tools.quantize_onnx_static(fp32_onnx, partial, batches, per_channel=settings["granularity"] == "per_channel",
                                         calibrate_method=method)
-    used = int(onnx_tools.read_metadata(partial).get("calibration_images", 0))
+    recorded = onnx_tools.read_metadata(partial)
+    used = int(recorded.get("calibration_images", 0))
     print(f"ONNX Runtime static quantization (QDQ): {settings['granularity']} weights, {method} calibration "
           f"on {used} images from {source}")
+    print(f"number format: {recorded.get('activation_type')} activations, {recorded.get('weight_type')} weights "
+          f"({recorded.get('format_reason')})")
     return {**onnx_tools.sidecar_fields(partial), "granularity": settings["granularity"], "observer": method,
             "calibration": {"source": source, "images": used,
                             "skipped_unreadable": data.skipped_count(calibration) if calibration is not None else 0}}
@@ -339,7 +397,18 @@ def main() -> int:
     print(f"engine: {engine} ({why}); threads: {threads}")
     if settings["format"] == "onnx":
         print("note: ONNX Runtime runs the ONNX file with its own int8 kernels; --engine applies to PyTorch only")
-    fp32 = load_fp32(str(settings["model"]), settings["arch"])
+    model = str(settings["model"])
+    if Path(model).suffix.lower() in models.ONNX_SUFFIXES:  # your own ONNX classifier: ONNX Runtime takes the file
+        facts = user_model.check_onnx_classifier(Path(model), size)
+        print(f"{model}: float ONNX classifier, input '{facts['input_name']}' {facts['input_shape']}, "
+              f"{facts['classes']} classes")
+        fp32 = Path(model)
+    elif user_model.is_user_model_spec(model):  # your own PyTorch model (its file runs here, as with python)
+        fp32 = user_model.load_user_model(model, settings["weights"])
+        print(f"{model}: {type(fp32).__name__}, {sum(p.numel() for p in fp32.parameters()):,} parameters, "
+              f"{user_model.output_classes(fp32, size)} classes")
+    else:
+        fp32 = load_fp32(model, settings["arch"])
     calibration, evaluation = data_subsets(settings)
     if "evaluate" in steps and (evaluation is None or len(evaluation) == 0):
         raise KitError(f"operation mode {settings['operation_mode']} evaluates: pass --eval-data DIR "
@@ -354,22 +423,27 @@ def main() -> int:
     if settings["rescale_scale"] or settings["rescale_offset"] or settings["color_mode"] != "rgb":
         sidecar["preprocessing"] = {"scale": settings["rescale_scale"], "offset": settings["rescale_offset"],
                                     "color_mode": settings["color_mode"]}
+    if not isinstance(fp32, torch.nn.Module) or user_model.is_user_model_spec(model):
+        sidecar.update(arch=None, weights=settings["weights"])  # not a torchvision architecture
     if settings["format"] == "onnx":
         del sidecar["engine"]  # ONNX Runtime has its own int8 kernels: no PyTorch engine to pick
         sidecar["runtime"] = "onnxruntime"
         sidecar = models.save_with_sidecar(output, lambda partial: write_onnx(fp32, settings, calibration, partial), sidecar)
         int8_model = models.OnnxModel(output, threads)
+    elif settings["format"] == "pt2":
+        sidecar = quantize_with_pt2e(fp32, settings, engine, calibration, sidecar)
+        int8_model = pt2e.load_exported(output, size, compile=False)  # loads back; benchmark.py compiles it
     else:
         int8, facts = quantize_torch(fp32, settings, engine, calibration)
         sidecar.update(facts)
         sidecar = models.save_torchscript(int8, output, sidecar)
         int8_model = models.load_model_file(output, threads)
 
-    fp32_mb = models.serialized_size_mb(fp32)
+    fp32_mb = user_model.onnx_size_mb(fp32) if isinstance(fp32, Path) else models.serialized_size_mb(fp32)
     int8_mb = sidecar["size_bytes"] / 1e6
-    print(f"size: fp32 {fp32_mb:.2f} MB (state dict) -> int8 {int8_mb:.2f} MB ({settings['format']} file), "
+    print(f"size: fp32 {fp32_mb:.2f} MB ({'ONNX file' if isinstance(fp32, Path) else 'state dict'}) -> int8 {int8_mb:.2f} MB ({settings['format']} file), "
           f"{fp32_mb / int8_mb:.1f}x smaller")
-    if method == "dynamic":
+    if method == "dynamic" and isinstance(fp32, torch.nn.Module):
         linear = sum(p.numel() for m in fp32.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LSTM))
                      for p in m.parameters())
         total = sum(p.numel() for p in fp32.parameters())
@@ -390,6 +464,12 @@ def main() -> int:
         print(f"latency (batch 1, {threads} threads, median of {settings['runs']}): fp32 TorchScript "
               f"{fp32_latency['median_ms']:.2f} ms, int8 {int8_latency['median_ms']:.2f} ms "
               f"({int8_latency['median_ms'] / fp32_latency['median_ms']:.2f}x the fp32 time)")
+        for name, latency in (("fp32", fp32_latency), ("int8", int8_latency)):
+            if latency["unstable"]:
+                print(f"! UNSTABLE {name} latency: {latency['unstable']}")
+    peak = memory.peak_rss_mb()
+    if peak is not None:  # ONNX Runtime's calibration used to take 13.7 GB here: the figure is worth a line
+        print(f"peak resident memory of this run: {peak:.0f} MB")
     return 0
 
 

@@ -65,6 +65,12 @@ def made(tmp_path_factory, float_weights, sample_photos) -> Path:
                      "--json", folder / "benchmark.json"))
     check(run_script("mobile_net.py", "--model", folder / MODELS["pi"], "--source", "samples", "--frames", "3",
                      "--threads", "2", "--json", folder / "pi_run.json"))
+    # CI has no Raspberry Pi: the honest run says what mobile_net.py records on one (test_sandbox.py hands in
+    # the real x86 run, which the grader refuses)
+    run = json.loads((folder / "pi_run.json").read_text())
+    (folder / "x86_run.json").write_text(json.dumps(run))
+    run.update(arch="aarch64", cpu="Raspberry Pi 4 Model B Rev 1.4", source="0", engine="qnnpack")
+    (folder / "pi_run.json").write_text(json.dumps(run, indent=2))
     return folder
 
 
@@ -182,6 +188,7 @@ def test_honest_students_are_ranked_by_the_rubric(remeasured, made):
     assert (ada["parts"], ada["missing_parts"]) == ("baseline dynamic static pi", "qat")
     assert (ben["parts"], cy["parts"]) == ("baseline static", "baseline dynamic")
     assert float(ada["pi_fps"]) == pytest.approx(json.loads((made / "pi_run.json").read_text())["mean_fps"], abs=0.05)
+    assert "isolation: " in stdout
     assert float(ben["size_ratio"]) > 3 > float(cy["size_ratio"])
     assert "ada" in stdout and "wrote" in stdout
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from quantlab import data, models, onnx_tools, quantize
+from quantlab import cpu, data, models, onnx_tools, quantize
 from quantlab.errors import KitError
 
-# two easy photos of the offline sample (label = position in the sorted folder)
+# two easy photos of the offline sample (labels read from their WordNet ids)
 EASY_PHOTOS = ("n01443537_goldfish.JPEG", "n04146614_school_bus.JPEG")
 
 
@@ -89,7 +89,24 @@ def test_static_qdq_is_per_channel_small_and_still_right(fp32_onnx: Path, static
     facts = onnx_tools.sidecar_fields(static_onnx)
     assert facts["method"] == "static" and facts["calibration_images"] == 4 and facts["granularity"] == "per_channel"
     assert facts["input_shape"] == [onnx_tools.BATCH_AXIS, 3, 224, 224] and facts["opset"] == onnx_tools.OPSET
+    # the number format was picked for this CPU, by measuring whether ONNX Runtime's U8S8 sums saturate here
+    saturates = cpu.onnxruntime_u8s8_error() > onnx_tools.PROBE_MAX_ERROR
+    assert facts["quant_format"] == "QDQ" and facts["activation_type"] == "uint8"
+    assert facts["reduce_range"] is saturates and facts["target_int8_isa"] == cpu.int8_isa().name
+    assert ("U8S8 saturates" if saturates else "U8S8 is exact") in facts["format_reason"]
     assert_close_to_fp32(static_onnx, fp32_onnx, photos)
+
+
+def test_static_qdq_with_7_bit_weights_is_still_right(fp32_onnx: Path, sample_photos: Path, photos) -> None:
+    """What the kit writes for CPUs without VNNI (reduce_range). Its kernels do not saturate on any CPU, so
+    this machine measures it as one without VNNI would (tests/test_isa.py runs it on an emulated AVX2 CPU)."""
+    calibration, _ = data.split(data.image_dataset(sample_photos), first_n=4, seed=0)
+    output = onnx_tools.quantize_onnx_static(fp32_onnx, fp32_onnx.with_name("mnv2_qdq_7bit.onnx"),
+                                             data.loader(calibration, batch_size=4), progress=False, reduce_range=True)
+    facts = onnx_tools.read_metadata(output)
+    assert facts["reduce_range"] is True and facts["weight_type"] == "int8 (7-bit range)"
+    assert "chosen by the caller" in facts["format_reason"]
+    assert_close_to_fp32(output, fp32_onnx, photos)
 
 
 def test_dynamic_quantizes_weights_without_calibration(fp32_onnx: Path, photos) -> None:
@@ -160,3 +177,39 @@ def test_mobile_net_bad_onnx_exits_2_with_one_line(run, tmp_path: Path, static_o
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+
+
+def _quantization_parameters(path: Path) -> dict[str, torch.Tensor]:
+    """Every scale and zero point of a QDQ file, by name."""
+    graph = onnx.load(str(path)).graph
+    return {init.name: torch.from_numpy(onnx.numpy_helper.to_array(init).astype("float64")).clone()
+            for init in graph.initializer if init.name.endswith(("_scale", "_zero_point"))}
+
+
+def _small_cnn_onnx(folder: Path) -> Path:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1000)).eval()
+    return onnx_tools.export_onnx(net, folder / "small.onnx", input_size=32)
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_calibration_in_chunks_gives_the_single_pass_ranges(tmp_path, method):
+    """Chunks keep memory flat (13.8 GB for 200 MobileNetV2 photos at once); the model must not change."""
+    fp32_file = _small_cnn_onnx(tmp_path)
+    images = torch.randn(37, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # 37: no chunk size divides it
+    batches = list(images.split(5))
+    at_once = onnx_tools.quantize_onnx_static(fp32_file, tmp_path / "once.onnx", batches, calibrate_method=method,
+                                              progress=False, chunk_images=None)
+    chunked = onnx_tools.quantize_onnx_static(fp32_file, tmp_path / "chunked.onnx", batches, calibrate_method=method,
+                                              progress=False, chunk_images=8)
+    assert onnx_tools.read_metadata(chunked)["calibration_chunk_images"] == 8
+    assert onnx_tools.read_metadata(at_once)["calibration_chunk_images"] is None
+    assert onnx_tools.read_metadata(chunked)["calibration_images"] == 37
+    once, parts = _quantization_parameters(at_once), _quantization_parameters(chunked)
+    assert once.keys() == parts.keys() and once
+    for name in once:
+        if method == "minmax":  # min and max of the chunks' min and max: exactly the same
+            assert torch.equal(once[name], parts[name]), name
+        else:  # histograms merged chunk by chunk: the 99.999th percentile moves a little
+            assert torch.allclose(once[name], parts[name], rtol=0.01, atol=1.0), name  # measured: 0.04 % at most

@@ -32,6 +32,8 @@ def _skip_reason() -> str | None:
         return f"the Pi emulation check needs x86_64 Linux, this is {platform.system()} {platform.machine()}"
     if not (assets_dir() / INT8_WEIGHTS).is_file():
         return f"offline weights {assets_dir() / INT8_WEIGHTS} not found (set {ASSETS_ENV})"
+    if os.geteuid() != 0:  # pi_check exits 3 then: debootstrap and apt-get need root
+        return "the Pi emulation builds a Debian root with debootstrap, which needs root; run the tests as root"
     return None
 
 

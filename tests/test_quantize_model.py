@@ -137,10 +137,11 @@ def test_image_folder_tree_split_and_unreadable_files(tmp_path, sample_photos):
     from quantlab import data
 
     photos = sorted(sample_photos.iterdir())[:4]
+    folders = ("n01440764", "goldfish")  # ImageNet classes 0 and 1: by WordNet id, by class name
     for index, photo in enumerate(photos):
-        (tmp_path / f"class_{index % 2}").mkdir(exist_ok=True)
-        shutil.copy(photo, tmp_path / f"class_{index % 2}" / photo.name)
-    (tmp_path / "class_1" / "broken.jpg").write_bytes(b"not a jpeg")
+        (tmp_path / folders[index % 2]).mkdir(exist_ok=True)
+        shutil.copy(photo, tmp_path / folders[index % 2] / photo.name)
+    (tmp_path / "goldfish" / "broken.jpg").write_bytes(b"not a jpeg")
     dataset = data.image_dataset(tmp_path, size=64)
     assert sorted(label for _, label in dataset.items) == [0, 0, 1, 1, 1]
     calibration, evaluation = data.split(dataset, fraction=0.4, seed=1)

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from quantlab import data, engines, models, onnx_tools
+from quantlab import cpu, data, engines, memory, models, onnx_tools, timing
 from quantlab.engines import cpu_name
 from quantlab.errors import KitError
 
@@ -73,6 +73,7 @@ def machine_info(threads: int, engine: str | None) -> dict:
         "threads": threads,
         "physical_cores": engines.physical_cores(),
         "engine": engine,
+        **cpu.machine_fields(),  # int8_isa, int8_isa_note, ...: whether int8 sums can saturate here
     }
 
 
@@ -80,7 +81,10 @@ def machine_info(threads: int, engine: str | None) -> dict:
 
 def measure_latency(model: Callable[[torch.Tensor], torch.Tensor], input_size: int = 224, runs: int = 50,
                     warmup: int = 10) -> dict:
-    """Batch-1 latency of ``model`` on a fixed random image: median, p90, mean (ms) and FPS (1000 / median)."""
+    """Batch-1 latency of ``model`` on a fixed random image: median, p90, mean (ms) and FPS (1000 / median).
+
+    ``unstable`` says why the figures should not be trusted (``timing.instability``), or is None.
+    """
     if runs < 1 or warmup < 0:
         raise KitError(f"need at least 1 timed run and no negative warm-up (got runs={runs}, warmup={warmup})")
     image = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
@@ -88,10 +92,12 @@ def measure_latency(model: Callable[[torch.Tensor], torch.Tensor], input_size: i
     with torch.inference_mode():
         for _ in range(warmup):  # first calls allocate buffers and pick kernels: not what a user sees later
             model(image)
+        reference_before = timing.reference_workload_ms()
         for _ in range(runs):
             started = time.perf_counter()
             model(image)
             times_ms.append((time.perf_counter() - started) * 1e3)
+        reference_after = timing.reference_workload_ms()
     median = float(np.median(times_ms))
     return {
         "median_ms": round(median, 4),
@@ -99,6 +105,7 @@ def measure_latency(model: Callable[[torch.Tensor], torch.Tensor], input_size: i
         "mean_ms": round(float(np.mean(times_ms)), 4),
         "fps": round(1e3 / median, 2),
         "runs": runs,
+        "unstable": timing.instability(times_ms, reference_before, reference_after),
     }
 
 
@@ -108,18 +115,29 @@ def _fixed_batch(model: Callable) -> int | None:
     return shape[0] if shape and isinstance(shape[0], int) else None
 
 
-def evaluate(model: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, progress: bool = True) -> dict:
-    """Top-1 and top-5 accuracy (percent) over (images, labels) batches; None batches (unreadable) are skipped."""
-    fixed = _fixed_batch(model)
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, progress: bool = True,
+             one_at_a_time: bool = False) -> dict:
+    """Top-1 and top-5 accuracy (percent) over (images, labels) batches; None batches (unreadable) are skipped.
+
+    ``one_at_a_time``: feed the photos singly, for models that only take batch 1
+    (``LoadedModel.batch_one``, found by ``load_any``).
+    """
+    fixed = 1 if one_at_a_time else _fixed_batch(model)
     correct1 = correct5 = images = 0
     with torch.inference_mode():
         for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress):
             if batch is None:
                 continue
             inputs, labels = batch
-            # an ONNX model exported for batch 1 takes the images one at a time
+            if int(labels.min()) < 0:  # data.UNLABELLED: fine for calibration, not for accuracy
+                raise KitError(f"accuracy needs labelled photos, and the kit cannot tell the class of some; it "
+                               f"reads labels from names: {data.LAYOUTS}")
+            # a model exported or traced for batch 1 takes the images one at a time
             chunks = inputs.split(fixed) if fixed else (inputs,)
             logits = torch.cat([model(chunk) for chunk in chunks])
+            if logits.shape[0] != labels.numel():  # never score a batch against another batch's answers
+                raise KitError(f"the model returned {logits.shape[0]} answers for {labels.numel()} photos; it may "
+                               "take batch 1 only: load it with bench.load_any, which finds out")
             if int(labels.max()) >= logits.shape[1]:
                 raise KitError(f"a label ({int(labels.max())}) is beyond the model's {logits.shape[1]} classes; "
                                "use a data set labelled with the model's class indices (ImageNet-1k order)")
@@ -142,7 +160,7 @@ def evaluation_dataset(path: str | Path, size: int = 224, holdout: int | None = 
     calibrated on. ``images`` caps the count; without a holdout the cap takes the
     first N of the seeded shuffle, so that a few images still mix the classes.
     """
-    dataset = data.image_dataset(path, size)  # a folder, or "imagenette" (Colab)
+    dataset = data.image_dataset(path, size)  # a folder, or "imagenette" (Colab); labels from names
     if holdout is not None:
         if holdout >= len(dataset):
             raise KitError(f"--holdout {holdout} leaves no image of the {len(dataset)} in {path}; hold out fewer")
@@ -172,6 +190,7 @@ class LoadedModel:
     method: str                  # fp32 | static | dynamic | qat | int8 (quantized, method unknown)
     sidecar: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # one-line remarks for the user (engine overrides, ...)
+    batch_one: bool = False      # takes one photo at a time only (traced or exported for batch 1)
 
 
 def count_parameters(model: Callable) -> int | None:
@@ -188,14 +207,13 @@ def count_parameters(model: Callable) -> int | None:
         return sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None
     total = sum(p.numel() for p in model.parameters())
     for node in model.graph.nodes():
-        if node.kind() != "prim::Constant" or not node.hasAttribute("value"):
-            continue
-        value = node.output().toIValue()
-        if isinstance(value, torch.Tensor):
-            total += value.numel()
-        elif isinstance(value, torch.ScriptObject) and hasattr(value, "unpack"):  # int8 conv/linear weights
-            weight, bias = value.unpack()[:2]
-            total += weight.numel() + (bias.numel() if bias is not None else 0)
+        if node.kind() == "prim::Constant" and node.hasAttribute("value"):
+            value = node.output().toIValue()
+            if isinstance(value, torch.Tensor):
+                total += value.numel()
+    for packed in _packed_weights(model):  # int8 conv/linear weights
+        weight, bias = packed.unpack()[:2]
+        total += weight.numel() + (bias.numel() if bias is not None else 0)
     return total or None
 
 
@@ -291,10 +309,10 @@ def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
         if made_for and made_for not in torch.backends.quantized.supported_engines:
             raise KitError(f"{path.name} was quantized for {made_for}, which this PyTorch build lacks; quantize "
                            f"it again here (quantize_model.py --engine auto), e.g. qnnpack for a Raspberry Pi")
-        used_engine, _ = engines.resolve_engine(made_for or "auto")
         if made_for is None:
-            notes.append(f"note: {path.name} has no sidecar {models.sidecar_path(path).name}; running it on "
-                         f"{used_engine}: pass --engine if it was quantized for another engine")
+            used_engine, notes = _engine_without_sidecar(path, threads)
+        else:
+            used_engine, _ = engines.resolve_engine(made_for)
     else:
         used_engine, _ = engines.resolve_engine(engine)
         if made_for and made_for != used_engine:
@@ -308,6 +326,114 @@ def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
                        engine=used_engine if quantized else None, path=str(path),
                        size_mb=round(models.file_size_mb(path), 3), parameters=count_parameters(scripted),
                        sha256=models.sha256_of(path), method=method, sidecar=sidecar, notes=notes)
+
+
+def _packed_weights(scripted: torch.jit.ScriptModule) -> list[torch.ScriptObject]:
+    """A TorchScript model's int8 conv/linear weight objects (each has ``unpack()``).
+
+    Frozen files keep them as graph constants, others as the ``_packed_params``
+    attribute of each quantized layer: both are read.
+    """
+    found = [node.output().toIValue() for node in scripted.graph.nodes()
+             if node.kind() == "prim::Constant" and node.hasAttribute("value")]
+    found += [module._c.getattr("_packed_params") for _, module in scripted.named_modules()
+              if module._c.hasattr("_packed_params")]
+    return [value for value in found if isinstance(value, torch.ScriptObject) and hasattr(value, "unpack")]
+
+
+def int8_weight_schemes(scripted: torch.jit.ScriptModule) -> set:
+    """The quantization schemes (per-tensor, per-channel) of a TorchScript model's int8 weights; empty for fp32."""
+    return {packed.unpack()[0].qscheme() for packed in _packed_weights(scripted)}
+
+
+def _engine_without_sidecar(path: Path, threads: int) -> tuple[str, list[str]]:
+    """The engine an int8 TorchScript file with no sidecar was most likely packed for, checked by running it.
+
+    Per-tensor int8 weights are what qnnpack's defaults (and torchvision's
+    pretrained int8 weights) make; the x86 engines' defaults are per-channel.
+    The guess goes first; an engine on which the file does not run is passed over.
+    """
+    supported = torch.backends.quantized.supported_engines
+    fast, _ = engines.resolve_engine("auto")
+    engines.set_engine(fast)
+    schemes = int8_weight_schemes(models.load_model_file(path, threads))
+    if not schemes:
+        return fast, []  # fp32: the engine does not matter
+    per_tensor = schemes <= {torch.per_tensor_affine, torch.per_tensor_symmetric}
+    guess = "qnnpack" if per_tensor and "qnnpack" in supported else fast
+    why = ("its int8 weights are per-tensor, as qnnpack's defaults make them" if guess == "qnnpack"
+           else "its int8 weights are per-channel, as the x86 engines' defaults make them")
+    failures = []
+    for candidate in dict.fromkeys([guess, fast, *(e for e in engines.ENGINE_CHOICES if e in supported)]):
+        if candidate == "auto":
+            continue
+        engines.set_engine(candidate)
+        try:
+            with torch.inference_mode():
+                models.load_model_file(path, threads)(_probe_image(1))
+        except Exception as error:  # noqa: BLE001 - any failure means "not this engine"
+            failures.append(f"{candidate}: {_first_line(error)}")
+            continue
+        if candidate != guess:
+            why = f"it does not run on {guess}, the first guess"
+        note = (f"note: {path.name} has no sidecar {models.sidecar_path(path).name}; running it on {candidate} "
+                f"({why}); pass --engine if it was quantized for another engine")
+        return candidate, [note]
+    raise KitError(f"{path.name} is int8 with no sidecar and runs on none of this PyTorch's engines "
+                   f"({'; '.join(failures)}); pass --engine ENGINE it was quantized for")
+
+
+def _probe_image(batch: int, input_size: int = 224) -> torch.Tensor:
+    return torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(batch))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    # TorchScript errors carry the student's code as a traceback: its last line says what went wrong
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {(lines[-1] if lines else 'no details')[:160]}"
+
+
+def probe(loaded: "LoadedModel", input_size: int = 224, classes: int = 1000) -> None:
+    """Run the model on batch 1 and batch 2: it must return ``classes`` scores per photo.
+
+    A model that fails on batch 2 or answers it with another number of rows
+    (traced with its batch fixed to 1) is marked ``batch_one`` and evaluated one
+    photo at a time; one that fails on batch 1 or returns another shape is a
+    KitError naming the file and the cause.
+    """
+    if loaded.engine is not None:
+        engines.set_engine(loaded.engine)
+    name = loaded.name
+    try:
+        with torch.inference_mode():
+            output = loaded.model(_probe_image(1, input_size))
+    except KitError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a handed-in model can fail in any way inside torch
+        raise KitError(f"{name} fails when run on one 3x{input_size}x{input_size} image "
+                       f"({_first_line(error)})") from None
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, classes):
+        shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise KitError(f"{name} returns {shape} for one image, not the {classes} ImageNet class scores "
+                       f"[1, {classes}]; the kit measures ImageNet-1k classifiers")
+    if not torch.isfinite(output).all():
+        raise KitError(f"{name} returns NaN or infinite scores for an image; it is broken")
+    if _fixed_batch(loaded.model) == 1:
+        loaded.batch_one = True
+        return
+    try:
+        with torch.inference_mode():
+            pair = loaded.model(_probe_image(2, input_size))
+        takes_batches = isinstance(pair, torch.Tensor) and tuple(pair.shape) == (2, classes)
+    except KitError:
+        raise
+    except Exception:  # noqa: BLE001 - failing on batch 2 is what a batch-1 trace does
+        takes_batches = False
+    if not takes_batches:
+        loaded.batch_one = True
+        loaded.notes.append(f"note: {name} takes one image at a time only (traced or exported for batch 1); "
+                            "its accuracy is measured photo by photo")
 
 
 def _shape_fix(shape: list) -> str:
@@ -341,12 +467,28 @@ def _load_onnx(path: Path, threads: int, input_size: int) -> LoadedModel:
 def load_any(spec: str, engine: str, threads: int, arch: str = "mobilenet_v2", input_size: int = 224) -> LoadedModel:
     """Load a torchvision name, a state dict, a TorchScript file or an ONNX file (run with ONNX Runtime).
 
-    ``engine``: "auto" runs a TorchScript file on the engine in its sidecar; any
-    other value forces that engine (and adds a note when the sidecar disagrees).
+    ``engine``: "auto" runs a TorchScript file on the engine in its sidecar (no
+    sidecar: the engine its weights were packed for, see ``_engine_without_sidecar``);
+    any other value forces that engine (and adds a note when the sidecar disagrees).
+    A model file is run once before it is returned (``probe``): one that fails or
+    is no ImageNet classifier is a KitError, one that takes batch 1 only is marked.
     """
     if spec in TORCHVISION_NAMES:
         return _load_torchvision(spec, engine)
+    loaded = _load_file(spec, engine, threads, arch, input_size)
+    probe(loaded, input_size)
+    return loaded
+
+
+def _load_file(spec: str, engine: str, threads: int, arch: str, input_size: int) -> LoadedModel:
+    from quantlab import pt2e, user_model  # your own model: PT2E files and FILE.py:FUNCTION specs
+
+    # an existing file is always loaded as a file: a handed-in "evil.py:f@x.pt" must never import evil.py
+    if user_model.is_user_model_spec(spec) and not Path(spec).exists():
+        return _load_user_model(spec, input_size)
     path = Path(spec)
+    if path.is_file() and pt2e.is_exported_file(path):
+        return _load_exported(path, input_size)
     if not path.exists():
         raise KitError(f"--model {spec}: no such file, and not a model name the kit knows "
                        f"({', '.join(TORCHVISION_NAMES)}); check the path")
@@ -364,6 +506,41 @@ def load_any(spec: str, engine: str, threads: int, arch: str = "mobilenet_v2", i
     return _load_state_dict(path, state_dict, engine, arch)
 
 
+def _load_exported(path: Path, input_size: int) -> LoadedModel:
+    """A PT2E file (torch.export.save): compiled with inductor on x86 (see pt2e.load_exported)."""
+    from quantlab import pt2e
+
+    loaded = pt2e.load_exported(path, input_size)
+    sidecar = models.read_sidecar(path)
+    notes = [loaded.note] if loaded.note else []
+    if loaded.compiled:
+        notes.append(f"note: {path.name} runs through torch.compile (inductor, freezing): compiled for batch 1, "
+                     "it compiles again for each new batch size (the evaluation's)")
+    return LoadedModel(name=path.name, model=loaded, runtime="pytorch", format="pt2", engine=None, path=str(path),
+                       size_mb=round(models.file_size_mb(path), 3), parameters=None, sha256=models.sha256_of(path),
+                       method=sidecar.get("method") or ("int8" if loaded.quantized else "fp32"), sidecar=sidecar,
+                       notes=notes)
+
+
+def _load_user_model(spec: str, input_size: int) -> LoadedModel:
+    """Your own float model, FILE.py:FUNCTION[@WEIGHTS.pth]: runs as TorchScript when it scripts, else eagerly."""
+    from quantlab import user_model
+
+    module = user_model.load_user_model(spec)
+    notes = []
+    try:
+        model: Callable = _frozen(module)  # the same deployment form as the kit's fp32 baseline
+    except Exception as error:  # noqa: BLE001 - many models do not script; eager mode still measures them
+        model = module
+        notes.append(f"note: {spec} does not compile to TorchScript ({_first_line(error)[:100]}); "
+                     "measured in eager mode (usually slower)")
+    weights = user_model.parse_spec(spec)[2]
+    return LoadedModel(name=spec, model=model, runtime="pytorch", format="python", engine=None,
+                       path=str(weights) if weights else None, size_mb=round(models.serialized_size_mb(module), 3),
+                       parameters=sum(p.numel() for p in module.parameters()),
+                       sha256=models.sha256_of(weights) if weights else None, method="fp32", notes=notes)
+
+
 # ---- one model's results, the report ---------------------------------------------
 
 def benchmark_model(loaded: LoadedModel, batches: Iterable | None, runs: int, warmup: int,
@@ -371,13 +548,14 @@ def benchmark_model(loaded: LoadedModel, batches: Iterable | None, runs: int, wa
     """Measure one model: one entry of the report's "results" (see docs/benchmark_schema.md)."""
     if loaded.engine is not None:
         engines.set_engine(loaded.engine)  # quantized ops dispatch on the active engine too
+    memory.reset_peak()  # the peak below is this model's run (the process, with every model loaded so far)
     latency = measure_latency(loaded.model, input_size, runs, warmup)
     accuracy = {"top1": None, "top5": None, "images": None}
     skipped = None
     if batches is not None:
         dataset = getattr(batches, "dataset", None)
         before = data.skipped_count(dataset) if dataset is not None else 0
-        accuracy = evaluate(loaded.model, batches, progress)
+        accuracy = evaluate(loaded.model, batches, progress, one_at_a_time=loaded.batch_one)
         # the data set counts unreadable files over its lifetime: this model's pass is the difference
         skipped = data.skipped_count(dataset) - before if dataset is not None else 0
     return {
@@ -393,8 +571,10 @@ def benchmark_model(loaded: LoadedModel, batches: Iterable | None, runs: int, wa
         "parameters": loaded.parameters,
         "latency_ms": {"median": latency["median_ms"], "p90": latency["p90_ms"], "mean": latency["mean_ms"]},
         "fps": latency["fps"],
+        "unstable": latency["unstable"],  # why the latency should not be trusted, or None
         **accuracy,
         "skipped": skipped,
+        "peak_rss_mb": memory.peak_rss_mb(),
     }
 
 
@@ -431,13 +611,28 @@ RESULT_FIELDS = {"name": str, "file": _OPTIONAL_STR, "path": _OPTIONAL_STR, "for
                  "method": str, "engine": _OPTIONAL_STR, "sha256": _OPTIONAL_STR, "size_mb": _NUMBER,
                  "parameters": _OPTIONAL_INT, "latency_ms": dict, "fps": _NUMBER, "top1": _OPTIONAL_NUMBER,
                  "top5": _OPTIONAL_NUMBER, "images": _OPTIONAL_INT, "skipped": _OPTIONAL_INT}
-FORMATS = ("torchvision", "state_dict", "torchscript", "onnx")
+# written by newer versions of the kit; a report without them is still valid
+OPTIONAL_RESULT_FIELDS = {"unstable": _OPTIONAL_STR, "peak_rss_mb": _OPTIONAL_NUMBER}
+FORMATS = ("torchvision", "state_dict", "torchscript", "onnx", "pt2", "python")
 RUNTIMES = ("pytorch", "onnxruntime")
 
 
 def _type_name(types) -> str:
     types = types if isinstance(types, tuple) else (types,)
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+MAX_RESULTS = 50          # rows of a report: the homework has five models
+MAX_STRING = 500          # characters of any text field (file names, CPU names, paths)
+MAX_SIZE_MB = 1e5
+MAX_LATENCY_MS = 1e7      # about 3 hours for one image: anything above is not a measurement
+SIGNED_INTS = {"seed"}    # every other integer of the schema is a count
+
+
+def _shown(value) -> str:
+    """A value for a one-line problem, capped (reports come from students)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check_fields(section: dict, fields: dict, where: str) -> list[str]:
@@ -449,31 +644,41 @@ def _check_fields(section: dict, fields: dict, where: str) -> list[str]:
         value = section[key]
         # bool is an int in Python, but true is not a thread count
         if isinstance(value, bool) or not isinstance(value, types):
-            problems.append(f"{where}.{key}: expected {_type_name(types)}, got {type(value).__name__} {value!r}")
+            problems.append(f"{where}.{key}: expected {_type_name(types)}, got {type(value).__name__} {_shown(value)}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{where}.{key}: must be a finite number, got {value}")
+        elif isinstance(value, int) and value < 0 and key not in SIGNED_INTS:
+            problems.append(f"{where}.{key}: a count cannot be negative, got {value}")
+        elif isinstance(value, str) and len(value) > MAX_STRING:
+            problems.append(f"{where}.{key}: over {MAX_STRING} characters")
     return problems
 
 
 def _check_result(result: dict, where: str, has_data: bool) -> list[str]:
     problems = _check_fields(result, RESULT_FIELDS, where)
+    problems += _check_fields(result, {key: types for key, types in OPTIONAL_RESULT_FIELDS.items() if key in result},
+                              where)
     if problems:
         return problems
     if result["format"] not in FORMATS:
         problems.append(f"{where}.format: '{result['format']}' is not one of {', '.join(FORMATS)}")
     if result["runtime"] not in RUNTIMES:
         problems.append(f"{where}.runtime: '{result['runtime']}' is not one of {', '.join(RUNTIMES)}")
-    if result["size_mb"] <= 0:
-        problems.append(f"{where}.size_mb: must be positive, got {result['size_mb']}")
+    if not 0 < result["size_mb"] <= MAX_SIZE_MB:
+        problems.append(f"{where}.size_mb: must be positive and at most {MAX_SIZE_MB:g}, got {result['size_mb']}")
+    if result["fps"] <= 0:
+        problems.append(f"{where}.fps: must be positive, got {result['fps']}")
     latency = result["latency_ms"]
     for key in ("median", "p90", "mean"):
         value = latency.get(key)
         if isinstance(value, bool) or not isinstance(value, _NUMBER):
-            problems.append(f"{where}.latency_ms.{key}: expected a number of milliseconds, got {value!r}")
-        elif value <= 0:
-            problems.append(f"{where}.latency_ms.{key}: must be positive, got {value}")
-    if not any(p.startswith(f"{where}.latency_ms") for p in problems):
+            problems.append(f"{where}.latency_ms.{key}: expected a number of milliseconds, got {_shown(value)}")
+        elif not 0 < value <= MAX_LATENCY_MS:  # NaN fails this too
+            problems.append(f"{where}.latency_ms.{key}: must be positive and at most {MAX_LATENCY_MS:g}, got {value}")
+    if not any(p.startswith((f"{where}.latency_ms", f"{where}.fps")) for p in problems):
         if latency["p90"] < latency["median"]:
             problems.append(f"{where}.latency_ms: p90 {latency['p90']} is below the median {latency['median']}")
-        if result["fps"] > 0 and not math.isclose(result["fps"], 1e3 / latency["median"], rel_tol=0.01):
+        if not math.isclose(result["fps"], 1e3 / latency["median"], rel_tol=0.01):
             problems.append(f"{where}.fps: {result['fps']} is not 1000 / median latency "
                             f"({1e3 / latency['median']:.2f})")
     for key in ("top1", "top5"):
@@ -497,20 +702,23 @@ def validate_report(report: dict) -> list[str]:
     schema = report.get("schema")
     if schema != SCHEMA:
         if isinstance(schema, str) and schema.startswith(SCHEMA_FAMILY):
-            return [f"schema '{schema}' is another version than this kit reads ('{SCHEMA}'); "
+            return [f"schema '{schema[:40]}' is another version than this kit reads ('{SCHEMA}'); "
                     "rerun benchmark.py from this kit"]
-        return [f"schema: expected '{SCHEMA}', got {schema!r}: not a quantlab benchmark report"]
+        return [f"schema: expected '{SCHEMA}', got {_shown(schema)}: not a quantlab benchmark report"]
     problems = _check_fields(report, {"created": str, "machine": dict, "settings": dict, "results": list}, "report")
     if problems:
         return problems
     try:
         datetime.datetime.strptime(report["created"], "%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
-        problems.append(f"report.created: expected UTC time like 2026-11-26T01:30:00Z, got {report['created']!r}")
+        problems.append(f"report.created: expected UTC time like 2026-11-26T01:30:00Z, got {_shown(report['created'])}")
     problems += _check_fields(report["machine"], MACHINE_FIELDS, "machine")
     problems += _check_fields(report["settings"], SETTINGS_FIELDS, "settings")
     if not report["results"]:
         problems.append("results: empty; a report holds at least one model")
+    if len(report["results"]) > MAX_RESULTS:
+        return problems + [f"results: {len(report['results'])} rows, over the {MAX_RESULTS} a report may hold; "
+                           "benchmark only the models you hand in"]
     has_data = report["settings"].get("data") is not None
     for index, result in enumerate(report["results"]):
         where = f"results[{index}]"
@@ -531,7 +739,7 @@ def write_json(report: dict, path: Path) -> None:
 
 CSV_COLUMNS = ("name", "path", "format", "runtime", "method", "engine", "size_mb", "parameters", "latency_median_ms",
                "latency_p90_ms", "latency_mean_ms", "fps", "top1", "top5", "images", "skipped", "speedup_vs_first",
-               "size_ratio_vs_first", "top1_drop_vs_first", "threads", "cpu", "sha256")
+               "size_ratio_vs_first", "top1_drop_vs_first", "threads", "cpu", "sha256", "peak_rss_mb", "unstable")
 
 
 def csv_text(report: dict) -> str:
@@ -595,11 +803,13 @@ def format_table(report: dict) -> str:
     """The results as a text table, ratios against the first model, the machine in the header."""
     machine, settings = report["machine"], report["settings"]
     lines = [f"machine: {machine['cpu']} ({machine['arch']}), {settings['threads']} threads "
-             f"({machine['physical_cores']} physical cores), torch {machine['torch']}, engine {settings['engine']}",
+             f"({machine['physical_cores']} physical cores), torch {machine['torch']}, engine {settings['engine']}"
+             + (f", int8: {machine['int8_isa_note']}" if machine.get("int8_isa_note") else ""),
              f"latency: batch 1, {settings['input_size']}x{settings['input_size']}, {settings['runs']} runs after "
              f"{settings['warmup']} warm-up"]
     header = (f"{'model':<24}{'format':<12}{'method':<8}{'engine':<8}{'MB':>7}{'params':>11}{'median ms':>11}"
-              f"{'p90 ms':>9}{'mean ms':>9}{'FPS':>8}{'top-1':>7}{'top-5':>7}{'faster':>8}{'smaller':>8}{'top-1 drop':>11}")
+              f"{'p90 ms':>9}{'mean ms':>9}{'FPS':>8}{'top-1':>7}{'top-5':>7}{'faster':>8}{'smaller':>8}{'top-1 drop':>11}"
+              f"{'peak MB':>9}")
     lines += [header, "-" * len(header)]
     first = report["results"][0]
 
@@ -611,15 +821,20 @@ def format_table(report: dict) -> str:
         latency = result["latency_ms"]
         lines.append(
             f"{result['name'][:23]:<24}{result['format']:<12}{result['method'][:7]:<8}{shown(result['engine'], 's'):<8}"
-            f"{result['size_mb']:>7.2f}{shown(result['parameters'], ',d'):>11}{latency['median']:>11.2f}"
+            f"{result['size_mb']:>7.2f}{shown(result['parameters'], ',d'):>11}"
+            f"{('!' if result.get('unstable') else '') + format(latency['median'], '.2f'):>11}"
             f"{latency['p90']:>9.2f}{latency['mean']:>9.2f}{result['fps']:>8.1f}{shown(result['top1'], '.1f'):>7}"
             f"{shown(result['top5'], '.1f'):>7}{compared['speedup']:>7.2f}x{compared['size_ratio']:>7.2f}x"
-            f"{shown(compared['top1_drop'], '+.1f'):>11}")
+            f"{shown(compared['top1_drop'], '+.1f'):>11}{shown(result.get('peak_rss_mb'), '.0f'):>9}")
     if first["images"] is not None:
         skipped = first["skipped"]
         lines.append(f"accuracy on {first['images']} images from {settings['data']}"
                      + (f" (holdout: after the first {settings['holdout']})" if settings["holdout"] else "")
                      + (f"; {skipped} unreadable files skipped" if skipped else ""))
     lines.append(f"ratios against the first model ({first['name']}): faster = its median / this median, "
-                 "smaller = its size / this size, top-1 drop in percentage points")
+                 "smaller = its size / this size, top-1 drop in percentage points; peak MB: the process's peak "
+                 "resident memory while that model ran (every model loaded so far included)")
+    unstable = [result for result in report["results"] if result.get("unstable")]
+    for result in unstable:
+        lines.append(f"! UNSTABLE latency of {result['name']}: {result['unstable']}")
     return "\n".join(lines)

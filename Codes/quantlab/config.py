@@ -99,13 +99,55 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable, str]]] = {
 TOP_LEVEL = ("general", "operation_mode", "dataset", "preprocessing", "quantization", "training", "benchmarking")
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases: a few hundred bytes of aliases can expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(None, None, "YAML aliases (*name) are not allowed here; "
+                                                    "write the values out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+MAX_YAML_BYTES = 1 << 20  # a settings file is a few hundred bytes
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content, without aliases; a one-line KitError (``what`` names the file's role) otherwise."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise KitError(f"{what} {path} does not exist") from None
+    except OSError as error:
+        raise KitError(f"cannot read {what} {path} ({error.strerror or type(error).__name__})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise KitError(f"{what} {path} is over {MAX_YAML_BYTES // 1024} kB; a settings file is much smaller")
+    try:
+        return yaml.load(raw.decode("utf-8"), Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError:
+        raise KitError(f"{what} {path} is not a text file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        alias = " (aliases are not allowed)" if "alias" in str(error) else ""
+        raise KitError(f"{what} {path} is not valid YAML{where}{alias}") from None
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line error, capped."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _section(config: dict, name: str, where: str, settings: dict) -> None:
     body = config.get(name) or {}
     if not isinstance(body, dict):
         raise KitError(f"{where}: '{name}' must be a section of keys, got {type(body).__name__}")
     for key, value in body.items():
         if key not in SCHEMA[name]:
-            raise KitError(f"{where}: unknown key '{name}.{key}'; known keys of '{name}': {', '.join(SCHEMA[name])}")
+            raise KitError(f"{where}: unknown key '{name}.{_short(key)[:40]}'; known keys of '{name}': "
+                           f"{', '.join(SCHEMA[name])}")
         rule = SCHEMA[name][key]
         if rule is None:  # a nested section
             _section(body, key, where, settings)
@@ -114,31 +156,29 @@ def _section(config: dict, name: str, where: str, settings: dict) -> None:
         try:
             converted = convert(value)
         except (ValueError, TypeError, ZeroDivisionError):
-            raise KitError(f"{where}: '{name}.{key}' must be {expected}, got {value!r}") from None
+            raise KitError(f"{where}: '{name}.{key}' must be {expected}, got {_short(value)}") from None
         settings[flat] = converted  # paths stay relative to the working folder, as on the command line
 
 
 def load_config(path: Path) -> dict[str, Any]:
     """Flat settings from a YAML file; KitError for a missing file, bad YAML, or an unknown key."""
     where = str(path)
-    try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KitError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise KitError(f"{where} is not a readable YAML file ({type(error).__name__})") from None
+    config = read_yaml(path, "config file")
     if config is None:
         config = {}
     if not isinstance(config, dict):
         raise KitError(f"{where}: the file must hold sections (general, dataset, ...), not a {type(config).__name__}")
     for key in config:
         if key not in TOP_LEVEL:
-            raise KitError(f"{where}: unknown key '{key}'; known sections: {', '.join(TOP_LEVEL)}")
+            raise KitError(f"{where}: unknown key {_short(key)[:40]}; known sections: {', '.join(TOP_LEVEL)}")
     settings: dict[str, Any] = {}
     if "operation_mode" in config:
         mode = config["operation_mode"]
+        if not isinstance(mode, str):  # e.g. [quantization]: one mode per file
+            raise KitError(f"{where}: operation_mode must be one name, e.g. quantization, not {_short(mode)}; "
+                           f"use one of {', '.join(OPERATION_MODES)}")
         if mode not in OPERATION_MODES:
-            raise KitError(f"{where}: operation_mode '{mode}' is unknown; use one of {', '.join(OPERATION_MODES)}")
+            raise KitError(f"{where}: operation_mode {_short(mode)} is unknown; use one of {', '.join(OPERATION_MODES)}")
         settings["operation_mode"] = mode
     for name in TOP_LEVEL:
         if name != "operation_mode":

@@ -1,11 +1,17 @@
 """Image data sets for calibration and evaluation, read with OpenCV.
 
-Two layouts are accepted:
+Labels come from names, never from positions, so any subset of a folder keeps
+each photo's label. Two layouts are accepted:
 
-- the ImageNet sample (``$QUANTLAB_ASSETS/imagenet-sample``): a flat folder of
-  ``<synset>_<name>.JPEG`` files, label = position in the sorted file list;
-- an ImageFolder tree (``root/<class>/<image>``), label = index of the class
-  folder in sorted order (torchvision's ImageFolder convention).
+- a flat folder of photos whose names start with their WordNet id, like the
+  ImageNet sample (``$QUANTLAB_ASSETS/imagenet-sample``): ``n01440764_tench.JPEG``;
+- class folders (``root/<class>/<image>``) named by WordNet id (``n01440764/``,
+  as ImageNet and Imagenette are laid out) or by ImageNet class name
+  (``tench/``, ``great white shark/`` or ``great_white_shark/``).
+
+Either way the label is the ImageNet-1k class index (torchvision's order). A
+folder whose labels cannot be told is refused when labels are needed
+(evaluation, QAT); calibration needs none, so any folder of photos will do.
 
 On Colab the notebooks use Imagenette (10 ImageNet classes, downloaded by
 torchvision once) with its labels mapped to ImageNet-1k indices, so the
@@ -21,6 +27,9 @@ Example:
 from __future__ import annotations
 
 import random
+import re
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -30,8 +39,52 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from quantlab.assets import IMAGENET_SAMPLE, asset_path
 from quantlab.errors import KitError
+from quantlab.labels import imagenet_classes
 from quantlab.preprocess import to_tensor
 from quantlab.sources import IMAGE_SUFFIXES
+
+
+UNLABELLED = -1  # the label of a photo whose class the kit cannot tell (fine for calibration)
+WNID_PATTERN = re.compile(r"^(n\d{8})(?![0-9])")  # a WordNet id at the start of a name: n01440764_tench.JPEG
+LAYOUTS = ("photos named by WordNet id (n01440764_tench.JPEG, as in the ImageNet sample), or class folders named "
+           "by WordNet id (n01440764/) or by ImageNet class name (tench/)")
+
+
+@lru_cache(maxsize=1)
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids in class-index order (sorted, as torchvision's classes are)."""
+    text = resources.files("quantlab").joinpath("imagenet_wnids.txt").read_text(encoding="utf-8")
+    return text.split()
+
+
+@lru_cache(maxsize=1)
+def _class_name_index() -> dict[str, int]:
+    """ImageNet class names, folded (lower case, '_' and '-' as spaces), to class indices."""
+    return {_fold(name): index for index, name in enumerate(imagenet_classes())}
+
+
+def _fold(name: str) -> str:
+    return " ".join(re.split(r"[\s_\-]+", name.strip().lower()))
+
+
+def label_of_file(name: str) -> int | None:
+    """The ImageNet class index of a photo named ``<wnid>_...``, or None."""
+    match = WNID_PATTERN.match(name)
+    if match is None:
+        return None
+    return _wnid_index().get(match.group(1))
+
+
+@lru_cache(maxsize=1)
+def _wnid_index() -> dict[str, int]:
+    return {wnid: index for index, wnid in enumerate(imagenet_wnids())}
+
+
+def label_of_folder(name: str) -> int | None:
+    """The ImageNet class index of a class folder named by WordNet id or by class name, or None."""
+    if name in _wnid_index():
+        return _wnid_index()[name]
+    return _class_name_index().get(_fold(name))
 
 
 class ImageFiles(Dataset):
@@ -47,6 +100,7 @@ class ImageFiles(Dataset):
         self.size = size
         self.skipped = 0
         self.skipped_names: list[str] = []
+        self.unlabelled = 0  # photos or folders whose ImageNet class is unknown (set by image_dataset)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -65,9 +119,11 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def image_dataset(path: str | Path, size: int = 224) -> ImageFiles:
-    """A data set from the ImageNet-sample layout (flat folder) or an ImageFolder tree.
+def image_dataset(path: str | Path, size: int = 224, need_labels: bool = True) -> ImageFiles:
+    """The photos of a folder with their ImageNet labels, read from names (see the module docstring).
 
+    ``need_labels``: refuse a folder whose labels cannot be told (evaluation,
+    QAT). Without it such photos get the label ``UNLABELLED`` (calibration).
     The name ``imagenette`` (when no such folder exists) means torchvision's
     Imagenette, downloaded to ./data on first use: what Colab students pass.
     """
@@ -77,16 +133,38 @@ def image_dataset(path: str | Path, size: int = 224) -> ImageFiles:
     if not root.is_dir():
         raise KitError(f"data folder {root} does not exist; pass a folder of images or of class folders")
     flat = _images_in(root)
-    if flat:  # ImageNet-sample layout: label = index in the sorted file list
-        return ImageFiles([(p, label) for label, p in enumerate(flat)], size)
-    classes = sorted(d for d in root.iterdir() if d.is_dir())
-    items = [(p, label) for label, d in enumerate(classes) for p in _images_in(d)]
+    if flat:
+        items = [(p, label_of_file(p.name)) for p in flat]
+        unknown = [p.name for p, label in items if label is None]
+        where = f"{len(unknown)} of the {len(items)} photos in {root} (e.g. '{unknown[0]}') do not start their name " \
+                "with an ImageNet WordNet id" if unknown else ""
+    else:
+        folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        labelled = [(d, label_of_folder(d.name)) for d in folders]
+        labelled = [(d, label) for d, label in labelled if _images_in(d)]  # empty folders do not matter
+        items = [(p, label) for d, label in labelled for p in _images_in(d)]
+        unknown = [d.name for d, label in labelled if label is None]
+        where = f"{len(unknown)} of the {len(labelled)} class folders in {root} (e.g. '{unknown[0]}/') are " \
+                "named neither by ImageNet WordNet id nor by ImageNet class name" if unknown else ""
     if not items:
         raise KitError(
             f"data folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}), neither directly "
             "nor in class folders; pass a folder of photos"
         )
-    return ImageFiles(items, size)
+    if unknown and need_labels:
+        raise KitError(f"cannot tell the labels: {where}; the kit reads labels from names: {LAYOUTS}")
+    dataset = ImageFiles([(p, UNLABELLED if label is None else label) for p, label in items], size)
+    dataset.unlabelled = sum(label is None for _, label in items)
+    return dataset
+
+
+def require_labels(dataset: Dataset, purpose: str) -> None:
+    """A KitError when some photos of ``dataset`` (an ImageFiles, or a Subset of one) have no known label."""
+    while not isinstance(dataset, ImageFiles) and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    if getattr(dataset, "unlabelled", 0):
+        raise KitError(f"{purpose} needs labelled photos, and the kit cannot tell the class of "
+                       f"{dataset.unlabelled} of them; it reads labels from names: {LAYOUTS}")
 
 
 def split(dataset: Dataset, first_n: int | None = None, fraction: float | None = None,

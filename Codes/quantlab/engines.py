@@ -3,12 +3,15 @@
 PyTorch runs int8 models on one of several engines. ``qnnpack`` is the engine
 for ARM CPUs such as the Raspberry Pi's; on x86 it works but is slower than
 fp32. On x86, the ``x86`` engine (FBGEMM and oneDNN underneath) and ``onednn``
-are the fast ones, and which of the two wins depends on the CPU: ``auto``
-measures both once on a small quantized MobileNetV2 (under 2 s) and caches the
-answer per CPU model and torch version in ``$QUANTLAB_CACHE/engine.json``
-(default ``~/.cache/quantlab``). A model should run on the engine it was
-quantized for: the engine decides how weights are packed and how activations
-are rounded.
+are the fast ones. Which of the two is right depends on the CPU: ``auto``
+measures both once (a few seconds) and caches the answer per CPU model, int8
+instruction level (quantlab.cpu) and torch version in
+``$QUANTLAB_CACHE/engine.json`` (default ``~/.cache/quantlab``). It measures
+accuracy as well as speed: an engine whose int8 sums saturate on this CPU
+(onednn on CPUs without VNNI: it keeps activations to 8 bits, and the
+vpmaddubsw instruction adds pairs of products in 16 bits) is rejected, with the
+measurement as the reason. A model should run on the engine it was quantized
+for: the engine decides how weights are packed and how activations are rounded.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantlab import cpu
 from quantlab.errors import KitError
 
 ENGINE_CHOICES = ("auto", "qnnpack", "x86", "fbgemm", "onednn")
 X86_CANDIDATES = ("x86", "onednn")  # the fast int8 engines on x86 CPUs; auto picks the faster
 CACHE_ENV = "QUANTLAB_CACHE"
 PROBE_SECONDS = 0.5          # timing budget of auto's measurement (quantizing the probe for each engine adds to it)
+MAX_THREADS_PER_CPU = 4      # --threads above 4x the logical CPUs is refused (a typo, not an experiment)
 PROBE_MIN_COSINE = 0.98      # an engine whose int8 output strays further from fp32 than this is not "correct"
+SATURATION_MAX_ERROR = 0.05  # relative error of the saturation probe above which an engine's int8 sums saturate
 
 _resolved: dict[str, tuple[str, str]] = {}  # auto's answer, once per process
 
@@ -80,7 +86,9 @@ def cache_dir() -> Path:
 
 
 def _cache_key() -> str:
-    return f"{cpu_name()} | torch {torch.__version__}"
+    """The CPU model, the int8 level each engine runs with (an environment variable can lower it) and torch."""
+    levels = ", ".join(f"{engine} {cpu.engine_isa(engine)}" for engine in X86_CANDIDATES)
+    return f"{cpu_name()} | int8 {levels} | torch {torch.__version__}"
 
 
 def _read_cache(path: Path) -> dict:
@@ -127,7 +135,8 @@ def _fastest_x86_engine(candidates: list[str]) -> tuple[str, str]:
 def _reason(chosen: str, milliseconds: dict, rejected: dict, where: str) -> str:
     figures = ", ".join(f"{engine} {ms:.2f} ms" for engine, ms in sorted(milliseconds.items(), key=lambda item: item[1]))
     wrong = "".join(f"; {engine} rejected: {why}" for engine, why in rejected.items())
-    return f"auto: the faster int8 engine on this CPU; a small quantized MobileNetV2 ran {figures}{wrong} ({where})"
+    return (f"auto: the faster int8 engine that matches fp32 on this CPU (int8: {cpu.describe()}); "
+            f"a small quantized MobileNetV2 ran {figures}{wrong} ({where})")
 
 
 def _probe_model() -> torch.nn.Module:
@@ -139,8 +148,55 @@ def _probe_model() -> torch.nn.Module:
     return mobilenet_v2(weights=None, quantize=False, num_classes=10, inverted_residual_setting=stages).eval()
 
 
+class _SaturationProbe(torch.nn.Module):
+    """One 1x1 convolution of 64 channels, every weight 1: at full range each product is 255 x 127, and a
+    pair of them (64770) does not fit the 16 bits that vpmaddubsw adds pairs into."""
+
+    def __init__(self) -> None:
+        from torch.ao.quantization import DeQuantStub, QuantStub
+
+        super().__init__()
+        self.quant, self.dequant = QuantStub(), DeQuantStub()
+        self.conv = torch.nn.Conv2d(64, 8, 1, bias=False)
+        torch.nn.init.ones_(self.conv.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.conv(self.quant(x)))
+
+
+def saturation_error(engine: str, qconfig_engine: str | None = None) -> tuple[float, float, float]:
+    """Quantize the saturation probe for ``engine`` and run it on 0s and 1s (uint8 0 and 255).
+
+    ``qconfig_engine``: observe with that engine's qconfig instead (e.g. "qnnpack": 8-bit activations, as in
+    a model made for the Pi and run on ``engine``).
+
+    Returns (relative error, int8 result, fp32 result): about 0.5 (half the sum lost) where the engine's int8
+    sums saturate on this CPU, under 0.01 where they are exact.
+    """
+    from torch.ao.quantization import convert, prepare
+
+    from quantlab.quantize import qconfig_for  # imported here: quantlab.quantize imports this module
+
+    previous = torch.backends.quantized.engine
+    image = torch.ones(1, 64, 4, 4)
+    image[..., ::2] = 0.0  # zeros too, so the zero point is 0 and 1.0 is the top of the uint8 range
+    try:
+        set_engine(engine)
+        probe = _SaturationProbe().eval()
+        probe.qconfig = qconfig_for(qconfig_engine or engine, observer="minmax")
+        prepare(probe, inplace=True)
+        with torch.inference_mode():
+            probe(image)
+            convert(probe, inplace=True)
+            got, expected = float(probe(image).max()), float(_SaturationProbe()(image).max())
+    finally:
+        set_engine(previous)
+    return abs(got - expected) / expected, got, expected
+
+
 def measure_engines(candidates: list[str], seconds: float = PROBE_SECONDS) -> tuple[dict[str, float], dict[str, str]]:
-    """Median milliseconds of the probe, quantized for each engine; engines that fail or stray are rejected."""
+    """Median milliseconds of the probe, quantized for each engine; engines that fail, stray from fp32 or
+    saturate (see saturation_error) are rejected, with the reason."""
     from quantlab.quantize import quantize_static  # imported here: quantlab.quantize imports this module
 
     previous = torch.backends.quantized.engine
@@ -160,6 +216,12 @@ def measure_engines(candidates: list[str], seconds: float = PROBE_SECONDS) -> tu
                 cosine = float(torch.nn.functional.cosine_similarity(output.flatten(), reference.flatten(), dim=0))
                 if cosine < PROBE_MIN_COSINE:
                     rejected[engine] = f"int8 output strays from fp32 (cosine {cosine:.3f})"
+                    continue
+                error, got, expected = saturation_error(engine)
+                if error > SATURATION_MAX_ERROR:  # random weights rarely reach full range: this probe does
+                    rejected[engine] = (f"its int8 sums saturate here ({cpu.engine_isa(engine).label}): a 64-channel "
+                                        f"convolution of full-range values (255 x 127 per product) gave {got:.0f} "
+                                        f"where fp32 gives {expected:.0f}")
                     continue
                 quantized[engine] = model
             times: dict[str, list[float]] = {engine: [] for engine in quantized}
@@ -225,5 +287,9 @@ def set_threads(threads: int | None) -> int:
         threads = physical_cores()
     if threads < 1:
         raise KitError(f"--threads must be at least 1, got {threads}")
+    cpus = os.cpu_count() or 1
+    if threads > MAX_THREADS_PER_CPU * cpus:  # oversubscribing a little is an experiment; 100000 threads is a typo
+        raise KitError(f"--threads {threads} is more than this machine can use: it has {cpus} CPUs (at most "
+                       f"{MAX_THREADS_PER_CPU * cpus}; leave --threads out for the physical cores)")
     torch.set_num_threads(threads)
     return threads

@@ -6,35 +6,39 @@ student (``labs/homework.md``) holding ``benchmark.json`` (``Codes/benchmark.py
 (``Codes/quantize_model.py``) and ``pi_run.json`` (``Codes/mobile_net.py --json``
 on the Raspberry Pi).
 
-Nothing a student sends is trusted: the report is validated, every model file
-must have the sha256 the report recorded, model files load only as TorchScript,
-ONNX or state dicts (``weights_only=True``, so pickled Python objects are
-refused), and with ``--remeasure`` the grader measures accuracy and latency
-itself. One bad submission gives its reasons in the leaderboard; it never stops
-the run.
+Nothing a student sends is trusted. Links are refused everywhere; JSON files
+are size-capped and validated (finite numbers, sane ranges); model files must
+have the sha256 the report recorded, pass ``quantlab.model_checks`` (zip-bomb
+caps, no load-time code, an operator allowlist) and are loaded, run and
+measured only in a sandboxed child process (``quantlab.sandbox``) that can be
+stopped, never in the grader. What a child sends back is validated too. One bad
+submission gives its reasons in the leaderboard; it never stops the run, and a
+broken sidecar or ``pi_run.json`` costs only its part. Every student-controlled
+string is capped and escaped in the leaderboard files.
 
 Example:
-    from quantlab import grading
+    from quantlab import grading, sandbox
     rubric = grading.load_rubric(None)   # configs/rubric.yaml
-    baseline = grading.Baseline.measure(threads=2, measure=None)
-    student = grading.grade_student(Path("submissions/ada"), rubric, baseline, threads=2, measure=None)
+    runner = grading.ModelRunner(threads=2, measure=None, isolation=sandbox.isolation())
+    baseline = grading.Baseline.measure(runner)
+    student = grading.grade_student(Path("submissions/ada"), rubric, baseline, runner)
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import html
 import io
 import json
 import math
-import zipfile
+import re
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import torch
-import yaml
-
-from quantlab import bench, engines, models
+from quantlab import bench, config, engines, model_checks, models, sandbox
 from quantlab.assets import REPO_ROOT
 from quantlab.errors import KitError
 
@@ -44,9 +48,68 @@ RESERVED_STEMS = {Path(REPORT_FILE).stem, Path(PI_RUN_FILE).stem}  # a model nam
 TORCH_SUFFIXES = (".pt", ".pth", ".ptl")
 MODEL_SUFFIXES = TORCH_SUFFIXES + models.ONNX_SUFFIXES
 KNOWN_PARTS = ("baseline", "dynamic", "static", "qat", "pi")
+KNOWN_METHODS = ("fp32", "static", "dynamic", "qat", "int8")
 DEFAULT_RUBRIC = REPO_ROOT / "configs" / "rubric.yaml"
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_MAGIC = b"\x80"  # pickle protocol 2 and later start with PROTO
+
+# labs/homework.md: a student folder is named with letters, digits, '-' and '_' (it is the leaderboard name)
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+MAX_REPORT_BYTES = 1 << 20      # an honest benchmark.json of five models is about 10 kB
+MAX_SIDECAR_BYTES = 64 << 10    # a sidecar is under 1 kB
+MAX_PI_RUN_BYTES = 256 << 10    # a mobile_net.py --json summary is about 2 kB
+MAX_TEXT = 160                  # characters of any student-controlled string shown in the leaderboard
+MAX_REASONS = 8                 # reasons listed per student (the rest are counted)
+PI_ARCHES = ("aarch64",)        # 64-bit Raspberry Pi OS (labs/01_pi_setup_and_realtime.md)
+PI_FPS_TOLERANCE = 0.05         # mean_fps against frames / seconds
+
+
+# ---- reading what students send ----------------------------------------------------
+
+def clean_text(value: object, limit: int = MAX_TEXT) -> str:
+    """A student-controlled value as one short printable line (control characters and newlines replaced)."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def link_problem(path: Path, what: str) -> str | None:
+    """Why ``path`` is not a plain file of the submission (a link, a folder, a device); None when it is."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):
+        return f"{what} is a link: hand in the file itself"
+    if not stat.S_ISREG(mode):
+        return f"{what} is not a plain file"
+    return None
+
+
+def read_json_file(path: Path, limit: int, made_by: str) -> tuple[object, str | None]:
+    """The JSON in ``path`` (a plain file, at most ``limit`` bytes), or why it cannot be used."""
+    why = link_problem(path, path.name)
+    if why:
+        return None, why
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(limit + 1)
+    except OSError:
+        return None, f"{path.name} cannot be read: hand it in again"
+    if len(raw) > limit:
+        return None, f"{path.name} is over {limit // 1024} kB, far more than {made_by} writes"
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant), None
+    except UnicodeDecodeError:
+        return None, f"{path.name} is not a text file: make it with {made_by}"
+    except (ValueError, RecursionError) as error:
+        if "JSON allows" in str(error):
+            return None, f"{path.name} holds {str(error).split()[0]}, which is not a number: make it with {made_by}"
+        line = f" (line {error.lineno}: {error.msg})" if isinstance(error, json.JSONDecodeError) else ""
+        return None, f"{path.name} is not valid JSON{line}: make it with {made_by}"
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 # ---- the rubric ----------------------------------------------------------------
@@ -58,7 +121,7 @@ def _overlay(defaults: dict, overrides: dict, where: str, source: Path) -> dict:
         name = f"{where}.{key}" if where else str(key)
         if key not in defaults:
             known = ", ".join(map(str, defaults))
-            raise KitError(f"rubric {source}: unknown key '{name}' (known here: {known}); fix its spelling")
+            raise KitError(f"rubric {source}: unknown key '{clean_text(name, 60)}' (known here: {known}); fix its spelling")
         default = defaults[key]
         if isinstance(default, dict):
             if not isinstance(value, dict):
@@ -67,23 +130,19 @@ def _overlay(defaults: dict, overrides: dict, where: str, source: Path) -> dict:
         elif isinstance(default, list):
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise KitError(f"rubric {source}: '{name}' must be a list of names, e.g. {default}")
+            if len(value) > len(KNOWN_PARTS) * 2:
+                raise KitError(f"rubric {source}: '{name}' lists {len(value)} names; the parts are {', '.join(KNOWN_PARTS)}")
             merged[key] = value
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise KitError(f"rubric {source}: '{name}' must be a number, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(value, float) and not math.isfinite(value)):
+            raise KitError(f"rubric {source}: '{name}' must be a number, got {clean_text(repr(value), 60)}")
         else:
             merged[key] = value
     return merged
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise KitError(f"cannot read rubric {path} ({error.strerror}); check the path given to --rubric") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise KitError(f"rubric {path} is not valid YAML{where}; fix it or start from {DEFAULT_RUBRIC}") from None
+    loaded = config.read_yaml(path, "rubric")  # no aliases: a 350-byte alias bomb would expand to gigabytes
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -101,13 +160,15 @@ def load_rubric(path: Path | None) -> dict:
     source = path or DEFAULT_RUBRIC
     unknown = [part for part in rubric["parts"] if part not in KNOWN_PARTS]
     if unknown:
-        raise KitError(f"rubric {source}: unknown part '{unknown[0]}' in parts (known: {', '.join(KNOWN_PARTS)})")
+        raise KitError(f"rubric {source}: unknown part '{clean_text(unknown[0], 40)}' in parts (known: {', '.join(KNOWN_PARTS)})")
     if any(value < 0 for value in rubric["weights"].values()) or sum(rubric["weights"].values()) <= 0:
         raise KitError(f"rubric {source}: weights must be zero or more, and not all zero")
     for section, low, high in (("accuracy", "full_at_drop", "zero_at_drop"), ("speedup", "zero_at", "full_at"),
                                ("size", "zero_at", "full_at")):
         if not rubric[section][low] < rubric[section][high]:
             raise KitError(f"rubric {source}: {section}.{low} must be below {section}.{high}")
+    if rubric["pi"]["max_fps"] <= 0:
+        raise KitError(f"rubric {source}: pi.max_fps must be positive")
     if rubric["tolerance"]["speedup_factor"] < 1:
         raise KitError(f"rubric {source}: tolerance.speedup_factor is a factor (x/÷), at least 1")
     return rubric
@@ -118,35 +179,115 @@ def ramp(value: float, zero_at: float, full_at: float) -> float:
     return min(1.0, max(0.0, (value - zero_at) / (full_at - zero_at)))
 
 
-# ---- what the grader compares against --------------------------------------------
+# ---- running students' models (in the sandbox) ---------------------------------------
+
+@dataclass
+class MeasureSettings:
+    """What --remeasure measures every model on (the child rebuilds the same images)."""
+
+    data: Path
+    holdout: int | None
+    images: int | None
+    seed: int
+    batch_size: int
+    runs: int
+    warmup: int
+    image_count: int  # how many images that selects: sizes the time limit
+
+
+class ModelRunner:
+    """Loads, checks, runs and (with ``measure``) measures model files in the sandbox, once per distinct file.
+
+    Identical files with identical sidecars get identical numbers, and are run once.
+    """
+
+    def __init__(self, threads: int, measure: MeasureSettings | None, isolation: str,
+                 timeout: float | None = None, memory_mb: int = sandbox.Limits.memory_mb) -> None:
+        self.threads = threads
+        self.measure = measure
+        self.isolation = isolation
+        self.memory_mb = memory_mb
+        self.timeout = timeout or self.default_timeout(measure)
+        self.cache: dict[tuple, sandbox.Outcome] = {}
+
+    @staticmethod
+    def default_timeout(measure: MeasureSettings | None) -> float:
+        """Loading and one run take seconds; measuring adds time per image and per timed run (slow engines too)."""
+        if measure is None:
+            return 120.0
+        return 120.0 + 0.5 * measure.image_count + 0.5 * (measure.runs + measure.warmup)
+
+    def __call__(self, path: Path, sidecar: dict | None) -> sandbox.Outcome:
+        if sidecar is not None and path.suffix.lower() in TORCH_SUFFIXES:
+            # the child needs only the engine (the method is the sidecar's, read here): a model handed in again
+            # with an edited method runs once
+            sidecar = {"engine": sidecar["engine"]} if "engine" in sidecar else None
+        key = (models.sha256_of(path), json.dumps(sidecar, sort_keys=True))
+        if key not in self.cache:
+            request: dict = {"task": "check", "threads": self.threads, "data": None}
+            read_only = []
+            if self.measure is not None:
+                settings = self.measure
+                request["task"] = "measure"
+                request["data"] = {"path": str(Path(settings.data).resolve()), "holdout": settings.holdout,
+                                   "images": settings.images, "seed": settings.seed,
+                                   "batch_size": settings.batch_size, "runs": settings.runs,
+                                   "warmup": settings.warmup}
+                read_only = [Path(settings.data).resolve()]
+            limits = sandbox.Limits(wall_seconds=self.timeout, memory_mb=self.memory_mb, threads=self.threads)
+            self.cache[key] = sandbox.run_model(path, sidecar, request, limits, self.isolation, read_only)
+        return self.cache[key]
+
+
+def _number(value: object, low: float = 0.0, high: float = 1e9, strict_low: bool = False) -> float | None:
+    """A finite number within [low, high] from a child's answer, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    if value < low or value > high or (strict_low and value == low):
+        return None
+    return float(value)
+
+
+def measured_numbers(result: dict) -> dict | None:
+    """The measurement a child reported, when every number in it is believable; None otherwise."""
+    measured = result.get("measured")
+    if not isinstance(measured, dict) or not isinstance(measured.get("latency_ms"), dict):
+        return None
+    median = _number(measured["latency_ms"].get("median"), 0.0, 1e7, strict_low=True)
+    top1, top5 = _number(measured.get("top1"), 0, 100), _number(measured.get("top5"), 0, 100)
+    if median is None or top1 is None or top5 is None:
+        return None
+    return {"top1": top1, "top5": top5, "latency_ms": {"median": median}}
+
 
 @dataclass
 class Baseline:
-    """fp32 MobileNetV2 as the grader measures it: size always, accuracy and latency with --remeasure."""
+    """fp32 MobileNetV2 as the grader measures it: size always, accuracy and latency with --remeasure.
+
+    It is measured by the same sandboxed child as the students' models, so
+    speed-ups compare like with like.
+    """
 
     size_mb: float
-    result: dict | None  # a bench.benchmark_model entry, None without --remeasure
+    result: dict | None  # {"top1", "top5", "latency_ms": {"median"}}, None without --remeasure
 
     @classmethod
-    def measure(cls, threads: int, measure: Callable[[bench.LoadedModel], dict] | None) -> "Baseline":
-        loaded = bench.load_any("mobilenet_v2", engine="auto", threads=threads)
-        return cls(size_mb=loaded.size_mb, result=measure(loaded) if measure else None)
+    def measure(cls, runner: ModelRunner) -> "Baseline":
+        loaded = bench.load_any("mobilenet_v2", engine="auto", threads=runner.threads)
+        if runner.measure is None:
+            return cls(size_mb=loaded.size_mb, result=None)
+        import torch
 
-
-class Measurer:
-    """Measures models on this machine, once per distinct file: identical files get identical numbers."""
-
-    def __init__(self, batches: Callable[[], object], runs: int, warmup: int) -> None:
-        self.batches = batches  # a fresh iterable of (images, labels) batches for each model
-        self.runs = runs
-        self.warmup = warmup
-        self.cache: dict[str, dict] = {}
-
-    def __call__(self, loaded: bench.LoadedModel) -> dict:
-        key = loaded.sha256 or loaded.name
-        if key not in self.cache:
-            self.cache[key] = bench.benchmark_model(loaded, self.batches(), self.runs, self.warmup, progress=False)
-        return self.cache[key]
+        with tempfile.TemporaryDirectory(prefix="quantlab-baseline-") as folder:
+            path = Path(folder) / "mobilenet_v2_fp32.pt"
+            torch.jit.save(loaded.model, str(path))
+            outcome = runner(path, None)
+        numbers = measured_numbers(outcome.result) if outcome.result and outcome.result.get("ok") else None
+        if numbers is None:
+            why = outcome.failure or clean_text((outcome.result or {}).get("reason", "no numbers"))
+            raise KitError(f"the fp32 baseline could not be measured in the grader's sandbox ({why}); "
+                           "check --data and the memory and time limits")
+        return cls(size_mb=loaded.size_mb, result=numbers)
 
 
 # ---- one student -----------------------------------------------------------------
@@ -165,6 +306,8 @@ class ModelGrade:
     size_ratio: float | None = None
     points: dict[str, float] = field(default_factory=dict)
     excluded: str | None = None        # why the model is not scored
+    sha256: str | None = None          # the file's bytes
+    weights: str | None = None         # its weights, whatever the file's name or metadata
 
     @property
     def total(self) -> float:
@@ -187,6 +330,8 @@ class StudentGrade:
     pi_fps: float | None = None
     flags: list[str] = field(default_factory=list)     # claims that disagree with the files or re-measurements
     problems: list[str] = field(default_factory=list)  # everything else that is wrong
+    copying: list[str] = field(default_factory=list)   # files identical to another student's (for the instructor)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # what copying is detected on: label -> digest
 
     @property
     def reasons(self) -> list[str]:
@@ -199,11 +344,11 @@ def content_problem(path: Path) -> str | None:
     if suffix not in MODEL_SUFFIXES:
         return f"{path.name}: '{suffix or 'no suffix'}' is not a model file type (TorchScript .pt or ONNX .onnx)"
     if suffix not in TORCH_SUFFIXES:
-        return None  # ONNX is protobuf, no magic bytes: ONNX Runtime's loader tells
+        return None  # ONNX is protobuf, no magic bytes: checked against the operator allowlist in the sandbox
     with open(path, "rb") as file:
         head = file.read(512)
     if head.startswith(ZIP_MAGIC):
-        return None  # TorchScript or torch.save: bench.load_any tells which, without unpickling objects
+        return None  # TorchScript or torch.save: the sandboxed loader tells which, without unpickling objects
     if not head:
         return f"{path.name} is empty"
     if head.startswith(PICKLE_MAGIC):
@@ -215,20 +360,30 @@ def content_problem(path: Path) -> str | None:
     return f"{path.name} is a text file, not a TorchScript archive"
 
 
+def static_problem(path: Path) -> str | None:
+    """The checks made before any loader sees the file (zip bombs, load-time code, banned operators)."""
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        why = model_checks.check_zip(path)
+        if why and "not a readable zip" in why:
+            return f"{path.name} does not load: it is not a complete zip archive (damaged or cut short)"
+        return why or model_checks.check_code_text(path)
+    if path.stat().st_size > model_checks.MAX_ONNX_BYTES:
+        return f"{path.name} is over {model_checks.MAX_ONNX_BYTES / 1e6:.0f} MB: refused"
+    return None
+
+
 def read_report(path: Path) -> dict:
     """The student's benchmark.json, valid for schema quantlab.benchmark/1, or a KitError saying why not."""
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise KitError(f"no {path.name}: make it with Codes/benchmark.py --json {path.name}")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise KitError(f"{path.name} is not a text file") from None
-    except json.JSONDecodeError as error:
-        raise KitError(f"{path.name} is not valid JSON (line {error.lineno}: {error.msg})") from None
+    report, why = read_json_file(path, MAX_REPORT_BYTES, "Codes/benchmark.py --json")
+    if why:
+        raise KitError(why)
     problems = bench.validate_report(report)
     if problems:
         more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
-        raise KitError(f"{path.name} is not a valid {bench.SCHEMA} report: {'; '.join(problems[:2])}{more}")
+        shown = "; ".join(clean_text(problem, 200) for problem in problems[:2])
+        raise KitError(f"{path.name} is not a valid {bench.SCHEMA} report: {shown}{more}")
     return report
 
 
@@ -239,11 +394,12 @@ def _claimed(row: dict, reference: dict | None) -> dict | None:
 
 def _safe_file(folder: Path, name: str) -> tuple[Path | None, str | None]:
     """The model file ``name`` inside ``folder``, or why it cannot be graded."""
-    if name != Path(name).name or name.startswith("."):
-        return None, f"{name}: a model file must be named without folders (benchmark.json lists basenames)"
+    if name != Path(name).name or name.startswith(".") or "\\" in name:
+        return None, f"{clean_text(name, 60)}: a model file must be named without folders (benchmark.json lists basenames)"
     path = folder / name
-    if path.is_symlink():
-        return None, f"{name} is a link: submit the file itself"
+    why = link_problem(path, name)
+    if why:
+        return None, why
     if not path.is_file():
         return None, f"missing model file {name} (listed in {REPORT_FILE})"
     if path.stem in RESERVED_STEMS:
@@ -251,50 +407,82 @@ def _safe_file(folder: Path, name: str) -> tuple[Path | None, str | None]:
     return path, None
 
 
+def read_sidecar(path: Path, digest: str) -> tuple[dict | None, str | None, bool]:
+    """The model's sidecar, checked: (the fields the loader uses, why it cannot be used, is that a flag)."""
+    side = models.sidecar_path(path)
+    if not side.exists() and not side.is_symlink():
+        return None, None, False  # allowed: the model runs on auto's engine, method from its graph
+    sidecar, why = read_json_file(side, MAX_SIDECAR_BYTES, "Codes/quantize_model.py")
+    if why:
+        return None, f"{path.name}: its sidecar {why}; hand in the sidecar quantize_model.py wrote", False
+    if not isinstance(sidecar, dict):
+        return None, f"{path.name}: its sidecar {side.name} is not a JSON object; hand in the one quantize_model.py wrote", False
+    if sidecar.get("sha256") not in (None, digest):
+        return None, f"{path.name}: sha256 differs from its sidecar {side.name}", True
+    engine, method = sidecar.get("engine"), sidecar.get("method")
+    if engine is not None and engine not in engines.ENGINE_CHOICES:
+        return None, f"{path.name}: its sidecar names engine '{clean_text(engine, 30)}', not one of the kit's", False
+    if method is not None and method not in KNOWN_METHODS:
+        return None, f"{path.name}: its sidecar names method '{clean_text(method, 30)}', not one of the kit's", False
+    return {key: sidecar[key] for key in ("engine", "method") if sidecar.get(key) is not None}, None, False
+
+
+def _child_reason(name: str, result: dict, memory_mb: int) -> str:
+    reason = clean_text(result.get("reason") or "no reason given", 200)
+    if reason == "ran out of memory":
+        return f"{name} ran out of memory (the grader gives each model {memory_mb} MB): not scored"
+    reason = reason.replace(f"{sandbox.SANDBOX_MODEL_DIR}/", "")
+    if result.get("refused") is True:  # the reason names the operator and ends in "refused"
+        return f"{name}: {reason}"
+    return f"{name} {reason if reason.startswith('does not') else 'does not load: ' + reason}"
+
+
 def grade_model(folder: Path, row: dict, reference: dict | None, rubric: dict, baseline: Baseline,
-                threads: int, measure: Callable[[bench.LoadedModel], dict] | None,
-                flags: list[str]) -> ModelGrade:
-    """Check one model row of the report against its file, measure it when asked, and give it points."""
+                runner: ModelRunner, flags: list[str]) -> ModelGrade:
+    """Check one model row of the report against its file, run it in the sandbox, and give it points."""
     name = row["file"]
-    grade = ModelGrade(file=name, method=row["method"], engine=row["engine"])
+    grade = ModelGrade(file=clean_text(name, 80), method=row["method"], engine=row["engine"])
     path, why = _safe_file(folder, name)
     if path is None:
         grade.excluded = why
         return grade
-    why = content_problem(path)
+    why = content_problem(path) or static_problem(path)
     if why:
         grade.excluded = why
         return grade
     digest = models.sha256_of(path)
+    grade.sha256 = digest
     if row["sha256"] != digest:
         grade.excluded = f"{name}: sha256 differs from {REPORT_FILE}: the file changed after it was benchmarked"
         flags.append(grade.excluded)
         return grade
-    sidecar = models.read_sidecar(path)
-    if sidecar.get("sha256") not in (None, digest):
-        grade.excluded = f"{name}: sha256 differs from its sidecar {models.sidecar_path(path).name}"
-        flags.append(grade.excluded)
+    sidecar, why, is_flag = read_sidecar(path, digest)
+    if why:
+        grade.excluded = why
+        if is_flag:
+            flags.append(why)
         return grade
-    try:
-        loaded = bench.load_any(str(path), engine="auto", threads=threads)
-        if loaded.engine is not None:
-            engines.set_engine(loaded.engine)
-        with torch.inference_mode():  # prove it runs and is a 1000-class classifier
-            logits = loaded.model(torch.zeros(1, 3, 224, 224))
-        if tuple(logits.shape) != (1, 1000):
-            raise KitError(f"it returns shape {list(logits.shape)}, not the 1000 ImageNet logits [1, 1000]")
-    except KitError as error:
-        grade.excluded = f"{name} does not load: {str(error).replace(str(path), name)}"
-        if zipfile.is_zipfile(path) and not bench.is_torchscript_archive(path):
+    outcome = runner(path, sidecar)
+    if outcome.failure:
+        grade.excluded = f"{name} {outcome.failure}"
+        return grade
+    result = outcome.result or {}
+    if result.get("ok") is not True:
+        grade.excluded = _child_reason(name, result, runner.memory_mb)
+        if "does not load" in grade.excluded and not bench.is_torchscript_archive(path) and \
+                path.suffix.lower() in TORCH_SUFFIXES:
             grade.excluded += " (a torch.save of a Python object, e.g. a whole model, is refused: hand in TorchScript)"
         return grade
-    except Exception as error:  # a student's file can fail in any way inside torch; it must not stop the run
-        first = str(error).splitlines()[0][:120] if str(error) else "no details"
-        grade.excluded = f"{name} does not load or run ({type(error).__name__}: {first})"
-        return grade
-    grade.method, grade.engine = loaded.method, loaded.engine
-    if row["method"] != loaded.method:
-        flags.append(f"{name}: {REPORT_FILE} says method {row['method']}, its sidecar says {loaded.method}")
+    method, engine = result.get("method"), result.get("engine")
+    if sidecar and sidecar.get("method") and path.suffix.lower() in TORCH_SUFFIXES:
+        method = sidecar["method"]
+    grade.method = method if method in KNOWN_METHODS else "int8"
+    grade.engine = engine if engine in engines.ENGINE_CHOICES else None
+    grade.weights = model_checks.archive_content_hash(path) if path.suffix.lower() in TORCH_SUFFIXES else (
+        result.get("weights_sha256") if isinstance(result.get("weights_sha256"), str)
+        and re.fullmatch(r"[0-9a-f]{64}", result["weights_sha256"]) else None)
+    if row["method"] != grade.method:
+        flags.append(f"{name}: {REPORT_FILE} says method {row['method']}, its sidecar says {grade.method}")
     grade.size_mb = models.file_size_mb(path)
     tolerance = rubric["tolerance"]
     if abs(row["size_mb"] - grade.size_mb) > tolerance["size_relative"] * grade.size_mb:
@@ -302,8 +490,11 @@ def grade_model(folder: Path, row: dict, reference: dict | None, rubric: dict, b
     grade.size_ratio = baseline.size_mb / grade.size_mb
 
     claimed = _claimed(row, reference)
-    if measure is not None:
-        measured = measure(loaded)
+    if runner.measure is not None:
+        measured = measured_numbers(result)
+        if measured is None:
+            grade.excluded = f"{name}: its measurement came back without believable numbers; not scored"
+            return grade
         base = baseline.result
         grade.top1 = measured["top1"]
         grade.top1_drop = base["top1"] - measured["top1"]
@@ -348,36 +539,87 @@ def _give_points(grade: ModelGrade, rubric: dict) -> None:
     }
 
 
-def check_pi_run(path: Path, graded_files: set[str], rubric: dict) -> tuple[float | None, str | None]:
-    """The Pi's mean FPS from ``pi_run.json``, and why the Pi part does not count (None when it does)."""
-    try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None, f"{path.name} is not valid JSON: make it with Codes/mobile_net.py --json {path.name}"
-    fields = {"frames": int, "mean_fps": (int, float), "engine": str, "model": str}
-    if not isinstance(run, dict) or any(not isinstance(run.get(key), kind) for key, kind in fields.items()):
-        return None, f"{path.name} is not a Codes/mobile_net.py --json summary (needs {', '.join(fields)})"
-    fps = float(run["mean_fps"])
+def check_pi_run(path: Path, graded: list[ModelGrade], rubric: dict) -> tuple[float | None, str | None]:
+    """The Pi's mean FPS from ``pi_run.json``, and why the Pi part does not count (None when it does).
+
+    The run proves itself: made on a 64-bit Raspberry Pi with a camera, running
+    a submitted model (its sha256, recorded by mobile_net.py) on qnnpack, with
+    an FPS that matches its frames and seconds and that a Pi can reach.
+    """
+    made_by = "Codes/mobile_net.py --json on the Pi"
+    run, why = read_json_file(path, MAX_PI_RUN_BYTES, made_by)
+    if why:
+        return None, why
+    fields = {"frames": int, "seconds": (int, float), "mean_fps": (int, float), "engine": str, "model": str,
+              "source": str, "arch": str, "cpu": str}
+    if not isinstance(run, dict) or any(isinstance(run.get(key), bool) or not isinstance(run.get(key), kind)
+                                        for key, kind in fields.items()):
+        return None, f"{path.name} is not a Codes/mobile_net.py --json summary (needs {', '.join(fields)}); run it again"
+    fps, frames, seconds = run["mean_fps"], run["frames"], run["seconds"]
+    if not all(math.isfinite(value) for value in (fps, seconds)) or fps <= 0 or frames <= 0 or seconds <= 0:
+        return None, f"{path.name}: frames, seconds and mean_fps must be positive numbers; run the demo again"
+    shown_fps = float(fps) if fps <= 1e6 else None
+    if run["arch"] not in PI_ARCHES or "raspberry pi" not in run["cpu"].lower():
+        return shown_fps, (f"{path.name} was recorded on {clean_text(run['cpu'], 50)} ({clean_text(run['arch'], 20)}), "
+                           "not a Raspberry Pi with 64-bit Raspberry Pi OS: run the demo on the Pi")
+    source = run["source"]
+    if not (source.isdigit() or source == "picamera2"):
+        return shown_fps, (f"{path.name} read its frames from '{clean_text(source, 40)}', not a camera: run the demo "
+                           "with the webcam (default) or --source picamera2")
     if run["engine"] != "qnnpack":
-        return fps, f"{path.name}: engine {run['engine']}, not qnnpack: not a run of an int8 model on the Pi"
+        return shown_fps, f"{path.name}: engine {clean_text(run['engine'], 20)}, not qnnpack: not a run of an int8 model on the Pi"
     minimum = rubric["pi"]["min_frames"]
-    if run["frames"] < minimum:
-        return fps, f"{path.name}: {run['frames']} frames, the rubric asks for {minimum:g} or more"
-    # mobile_net.py describes a --model run as "PATH (N MB)"
-    ran = Path(run["model"].rsplit(" (", 1)[0]).name
-    if ran not in graded_files:
-        return fps, f"{path.name} ran '{run['model']}', not one of the submitted models that passed the checks"
-    return fps, None
+    if frames < minimum:
+        return shown_fps, f"{path.name}: {frames} frames, the rubric asks for {minimum:g} or more"
+    if not math.isclose(fps, frames / seconds, rel_tol=PI_FPS_TOLERANCE):
+        return shown_fps, (f"{path.name}: mean_fps {fps:g} is not its frames / seconds ({frames / seconds:.1f}): "
+                           "the file was edited; hand in the demo's own output")
+    if fps > rubric["pi"]["max_fps"]:
+        return shown_fps, (f"{path.name}: {fps:g} FPS is more than a Raspberry Pi reaches with MobileNetV2 "
+                           f"(the rubric's limit is {rubric['pi']['max_fps']:g}); hand in the demo's own output")
+    recorded = run.get("model_sha256")
+    matching = [m for m in graded if m.sha256 and m.sha256 == recorded]
+    if not isinstance(recorded, str) or not matching:
+        return shown_fps, (f"{path.name} ran '{clean_text(run['model'], 60)}', whose sha256 (recorded by "
+                           "mobile_net.py) is not that of a submitted model that passed the checks")
+    return float(fps), None
 
 
-def grade_student(folder: Path, rubric: dict, baseline: Baseline, threads: int,
-                  measure: Callable[[bench.LoadedModel], dict] | None) -> StudentGrade:
-    """Check, measure (when ``measure`` is given) and score one student's folder."""
-    student = StudentGrade(student=folder.name, numbers="re-measured" if measure else "claimed")
+def _duplicate_methods(student: StudentGrade) -> None:
+    """One model handed in under several methods (same weights) earns one method's part, and is flagged."""
+    first_by_weights: dict[str, ModelGrade] = {}
+    for grade in student.models:
+        if grade.excluded or grade.method == "fp32":
+            continue
+        key = grade.weights or grade.sha256
+        first = first_by_weights.setdefault(key, grade) if key else grade
+        if first is not grade and first.method != grade.method:
+            grade.excluded = (f"{grade.file} holds the same weights as {first.file} ({first.method}), handed in again "
+                              f"as {grade.method}: counted once")
+            student.flags.append(grade.excluded)
+
+
+def _fingerprint(path: Path) -> str | None:
+    """sha256 of a plain file of the submission, for copy detection; None for links and missing files."""
+    if link_problem(path, path.name) or not path.is_file():
+        return None
+    return models.sha256_of(path)
+
+
+def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelRunner) -> StudentGrade:
+    """Check, measure (when the runner measures) and score one student's folder."""
+    student = StudentGrade(student=display_name(folder.name), numbers="re-measured" if runner.measure else "claimed")
+    why = folder_problem(folder)
+    if why:
+        return rejected(folder, rubric, why)
     try:
         report = read_report(folder / REPORT_FILE)
     except KitError as error:
         return rejected(folder, rubric, str(error))
+    for label in (REPORT_FILE, PI_RUN_FILE):
+        digest = _fingerprint(folder / label)
+        if digest:
+            student.fingerprints[label] = digest
     results = report["results"]
     reference = next((row for row in results if row["method"] == "fp32"), None)
     present = {"baseline"} if reference is not None else set()
@@ -387,29 +629,40 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, threads: int,
         student.problems.append(f"{REPORT_FILE} was made without --data: it claims no accuracy")
     listed = set()
     for row in results:
-        if row["file"] is None:
+        if row["file"] is None or row["file"] in listed:
             continue
         listed.add(row["file"])
-        grade = grade_model(folder, row, reference, rubric, baseline, threads, measure, student.flags)
+        try:
+            grade = grade_model(folder, row, reference, rubric, baseline, runner, student.flags)
+        except (OSError, ValueError, KitError):  # an unreadable file costs that model, never the submission
+            grade = ModelGrade(file=clean_text(row["file"], 80), method=row["method"],
+                               excluded=f"{clean_text(row['file'], 80)} cannot be read by the grader; hand it in again")
         student.models.append(grade)
+    _duplicate_methods(student)
+    for grade in student.models:
         if grade.excluded and grade.excluded not in student.flags:
             student.problems.append(grade.excluded)
+        if grade.excluded is None or grade.sha256:
+            if grade.sha256:
+                student.fingerprints[f"model {grade.file}"] = grade.sha256
+            if grade.weights and grade.excluded is None:
+                student.fingerprints[f"weights of {grade.file}"] = grade.weights
     graded = [m for m in student.models if m.excluded is None]
     present |= {m.method for m in graded}
     unlisted = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in MODEL_SUFFIXES and p.name not in listed)
     if unlisted:
-        student.problems.append(f"not in {REPORT_FILE}, so not graded: {', '.join(unlisted)}")
+        student.problems.append(f"not in {REPORT_FILE}, so not graded: {clean_text(', '.join(unlisted), 120)}")
 
     pi_path = folder / PI_RUN_FILE
-    if pi_path.is_file():
-        student.pi_fps, why = check_pi_run(pi_path, {m.file for m in graded}, rubric)
+    if pi_path.exists() or pi_path.is_symlink():
+        student.pi_fps, why = check_pi_run(pi_path, graded, rubric)
         if why:
             student.problems.append(why)
         else:
             present.add("pi")
 
     candidates = [m for m in graded if m.method != "fp32"]
-    if measure is None and candidates and reference is None:
+    if runner.measure is None and candidates and reference is None:
         student.problems.append("without --remeasure, accuracy and speed points need the report's fp32 row")
     student.best = max(candidates, key=lambda m: m.total, default=None)
     if student.best is None:
@@ -425,9 +678,47 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, threads: int,
     return student
 
 
+def display_name(name: str) -> str:
+    """A folder's name as the leaderboard shows it: the name itself when it follows the rule, else a safe stand-in."""
+    if FOLDER_NAME.fullmatch(name):
+        return name
+    return "".join(ch if re.fullmatch(r"[A-Za-z0-9_-]", ch) else "?" for ch in name[:40]) or "?"
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why a student folder is not graded at all: a link, or a name outside the rule of labs/homework.md."""
+    if folder.is_symlink():
+        return "the student folder is a link (to another student's folder?): hand in a folder of your own"
+    if not FOLDER_NAME.fullmatch(folder.name):
+        return ("the folder name breaks the rule of labs/homework.md (letters, digits, '-' and '_', at most 64, "
+                "starting with a letter or digit): rename it")
+    return None
+
+
+def flag_copies(students: list[StudentGrade]) -> None:
+    """Note, on each student concerned, every file that is byte-identical to another student's (or same weights)."""
+    owners: dict[str, list[tuple[str, str]]] = {}
+    for student in students:
+        for label, digest in student.fingerprints.items():
+            owners.setdefault(digest, []).append((student.student, label))
+    for student in students:
+        notes = []
+        for label, digest in student.fingerprints.items():
+            others = sorted({name for name, _ in owners[digest] if name != student.student})
+            same_file = f"model {label[len('weights of '):]}"
+            if label.startswith("weights") and same_file in student.fingerprints and \
+                    len(owners[student.fingerprints[same_file]]) > 1:
+                continue  # the identical file is listed already
+            if others:
+                kind = "same weights as" if label.startswith("weights") else "identical to"
+                notes.append(f"{label} {kind} {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}")
+        # the same weights under another file name are listed once, after identical files
+        student.copying = sorted(set(notes), key=lambda note: (note.startswith("weights"), note))
+
+
 def rejected(folder: Path, rubric: dict, reason: str) -> StudentGrade:
     """A leaderboard line for a folder that could not be graded at all."""
-    return StudentGrade(student=folder.name, status="rejected", numbers="", problems=[reason],
+    return StudentGrade(student=display_name(folder.name), status="rejected", numbers="", problems=[reason],
                         missing=list(rubric["parts"]))
 
 
@@ -441,11 +732,19 @@ def ranked(students: list[StudentGrade]) -> list[StudentGrade]:
 LEADERBOARD_COLUMNS = ("rank", "student", "score", "status", "numbers", "best_model", "method", "engine",
                        "top1", "top1_drop", "speedup", "size_mb", "size_ratio", "points_accuracy",
                        "points_speedup", "points_size", "points_parts", "penalty", "parts", "missing_parts",
-                       "pi_fps", "reasons")
+                       "pi_fps", "reasons", "possible_copying")
 
 
 def _rounded(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def capped_reasons(reasons: list[str]) -> list[str]:
+    """At most MAX_REASONS reasons, each one short line; the rest counted."""
+    shown = [clean_text(reason, 300) for reason in reasons[:MAX_REASONS]]
+    if len(reasons) > MAX_REASONS:
+        shown.append(f"... and {len(reasons) - MAX_REASONS} more")
+    return shown
 
 
 def leaderboard_rows(students: list[StudentGrade]) -> list[dict]:
@@ -456,11 +755,11 @@ def leaderboard_rows(students: list[StudentGrade]) -> list[dict]:
         points = student.points
         rows.append({
             "rank": "-" if student.status == "rejected" else rank,
-            "student": student.student,
+            "student": clean_text(student.student, 64),
             "score": student.score,
             "status": student.status,
             "numbers": student.numbers,
-            "best_model": best.file if best else None,
+            "best_model": clean_text(best.file, 80) if best else None,
             "method": best.method if best else None,
             "engine": best.engine if best else None,
             "top1": _rounded(best.top1) if best else None,
@@ -473,17 +772,36 @@ def leaderboard_rows(students: list[StudentGrade]) -> list[dict]:
             "parts": " ".join(student.parts),
             "missing_parts": " ".join(student.missing),
             "pi_fps": _rounded(student.pi_fps, 1),
-            "reasons": " | ".join(student.reasons),
+            "reasons": " | ".join(capped_reasons(student.reasons)),
+            "possible_copying": " | ".join(capped_reasons(student.copying)),
         })
     return rows
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # spreadsheets run cells that start so as formulas
+
+
+def csv_cell(value):
+    """A CSV cell a spreadsheet shows as text: a leading formula character gets a ' in front."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and value != "-":  # "-": no rank, not a formula
+        return "'" + value
+    return value
 
 
 def csv_text(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=LEADERBOARD_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in rows)
     return buffer.getvalue()
+
+
+def md_text(value: object) -> str:
+    """Student-controlled text for Markdown: one line, HTML escaped, and no table, link or code syntax."""
+    text = html.escape(clean_text(value, 400), quote=False)  # < > & : no HTML tag can form
+    for char in "\\`*[]|":  # code spans, emphasis, links and images, table cells
+        text = text.replace(char, "\\" + char)
+    return text
 
 
 def _cell(value) -> str:
@@ -491,7 +809,7 @@ def _cell(value) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:g}" if math.isfinite(value) else str(value)
-    return str(value).replace("|", "\\|")
+    return md_text(value)
 
 
 def markdown_text(students: list[StudentGrade], header: list[str]) -> str:
@@ -501,15 +819,25 @@ def markdown_text(students: list[StudentGrade], header: list[str]) -> str:
              "parts", "pi_fps")
     titles = ("rank", "student", "score", "status", "best model", "method", "top-1 drop (points)", "speed-up",
               "smaller", "parts", "Pi FPS")
-    lines = ["# Leaderboard", "", *header, "",
+    lines = ["# Leaderboard", "", *(md_text(line) for line in header), "",
              "| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     lines += ["| " + " | ".join(_cell(row[key]) for key in shown) + " |" for row in rows]
     lines += ["", "## Problems", ""]
     troubled = [student for student in ranked(students) if student.reasons]
     for student in troubled:
-        lines.append(f"- **{student.student}** ({student.status}):")
-        lines += [f"  - {reason}" for reason in student.reasons]
+        lines.append(f"- **{md_text(student.student)}** ({student.status}):")
+        lines += [f"  - {md_text(reason)}" for reason in capped_reasons(student.reasons)]
     if not troubled:
+        lines.append("None.")
+    lines += ["", "## Possible copying", "",
+              "Files byte-identical to another student's, or the same weights under another name. Deterministic "
+              "quantization with the same seed and photos gives identical models; identical reports or Pi runs "
+              "(they hold timings and times) deserve a look.", ""]
+    copied = [student for student in ranked(students) if student.copying]
+    for student in copied:
+        lines.append(f"- **{md_text(student.student)}**:")
+        lines += [f"  - {md_text(note)}" for note in capped_reasons(student.copying)]
+    if not copied:
         lines.append("None.")
     return "\n".join(lines) + "\n"
 

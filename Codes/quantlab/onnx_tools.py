@@ -10,6 +10,18 @@ axis dynamic) and one output named ``logits``. ONNX Runtime quantizes it two way
   photos beforehand, written as QuantizeLinear/DequantizeLinear pairs (QDQ)
   that ONNX Runtime fuses into int8 kernels. Suits CNNs such as MobileNetV2.
 
+Static quantization picks its number format for the CPU it runs on (quantize
+on the machine that will run the model, or pass ``reduce_range``): uint8
+activations with int8 weights (U8S8) where ONNX Runtime's U8S8 kernels are exact
+(x86 with VNNI, x86 with SSE4 only, ARM); on x86 CPUs with AVX2 or AVX-512 but
+no VNNI, whose U8S8 kernels add pairs of products in 16 bits and saturate, the
+same with 7-bit weights (``reduce_range``), which fit. It decides by measuring:
+``cpu.onnxruntime_u8s8_error`` runs one full-range convolution through ONNX
+Runtime here. (int8 activations, S8S8, saturated as well on an emulated AVX2
+CPU, and on an AVX-512 VNNI CPU ran about twice as slow as U8S8, close to fp32;
+onnxruntime 1.32.)
+The choice and the reason are recorded in the file.
+
 Example (what notebooks/06_onnx_runtime.ipynb does):
     from quantlab import data, models, onnx_tools
     fp32 = models.mobilenet_v2_fp32()
@@ -35,6 +47,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from quantlab import cpu
 from quantlab.errors import KitError
 from quantlab.models import OnnxModel, atomic_write
 from quantlab.quantize import batch_images  # the image tensor of a calibration batch, as PyTorch's path reads it
@@ -45,6 +58,7 @@ OUTPUT_NAME = "logits"
 BATCH_AXIS = "batch"
 CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
 METADATA_PREFIX = "quantlab."  # keys of the facts written into the ONNX file's metadata_props
+PROBE_MAX_ERROR = 0.05  # relative error of cpu.onnxruntime_u8s8_error above which ONNX Runtime's U8S8 sums saturate
 
 
 # ---- export ---------------------------------------------------------------------
@@ -200,11 +214,28 @@ def max_abs_diff(model_fp32: nn.Module, onnx_path: Path, batch: torch.Tensor) ->
 
 # ---- quantization ------------------------------------------------------------------
 
+CALIBRATION_CHUNK = 16  # images whose activations ONNX Runtime holds at once while calibrating
+
+
+def _planned_images(batches: Iterable) -> int | None:
+    """How many images ``batches`` will yield (a data loader, or a list of tensors); None when unknown."""
+    dataset = getattr(batches, "dataset", None)
+    if dataset is not None:
+        return len(dataset)
+    if isinstance(batches, (list, tuple)):
+        return sum(len(images) for images in map(batch_images, batches) if images is not None)
+    return None
+
+
 def _calibration_reader(batches: Iterable, input_name: str, progress: bool):
     """An onnxruntime CalibrationDataReader over the kit's batches, one image per call; ``.images`` counts them.
 
     One image at a time: the entropy and percentile calibrators stack what each call
     returns, which fails when the last batch is shorter than the others.
+    It also reads in chunks (``set_range``, ONNX Runtime's ``CalibStridedMinMax``):
+    the calibrator folds each chunk's activations into its ranges or histograms
+    and lets them go, so memory stays flat however many photos calibrate
+    (all at once, 200 photos took 13.8 GB). Images are read lazily, in order.
     """
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -214,17 +245,44 @@ def _calibration_reader(batches: Iterable, input_name: str, progress: bool):
             self.batches = iter(tqdm(batches, desc="calibrating", unit="batch", total=total, disable=not progress))
             self.pending: list[torch.Tensor] = []
             self.images = 0
+            self.planned = _planned_images(batches)
+            self.chunk: int | None = None  # set by quantize_onnx_static
+            self.left_in_chunk: int | None = None  # None: no chunks, read to the end
+            self.started_chunk = False
+            self.chunks = 0
+            self.last: dict | None = None
+
+        def __len__(self) -> int:
+            # ONNX Runtime wants a length that the chunk divides: round up, the last chunk just ends early
+            return -(-(self.planned or 0) // self.chunk) * self.chunk if self.chunk else (self.planned or 0)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.left_in_chunk = end_index - start_index
+            self.chunks += 1
+            self.started_chunk = False
 
         def get_next(self) -> dict | None:
+            if self.left_in_chunk is not None:
+                if self.left_in_chunk == 0:
+                    return None
+                self.left_in_chunk -= 1
             while not self.pending:
                 batch = next(self.batches, StopIteration)
                 if batch is StopIteration:
+                    # unreadable photos were dropped, so the last chunk can come up empty, which a calibrator
+                    # refuses: it gets the last image again (min/max ranges cannot change; a histogram
+                    # counts that one image twice)
+                    if self.left_in_chunk is not None and not self.started_chunk and self.last is not None:
+                        self.started_chunk = True
+                        return self.last
                     return None
                 images = batch_images(batch)
                 if images is not None:
                     self.pending = list(images.split(1))
             self.images += 1
-            return {input_name: self.pending.pop(0).numpy()}
+            self.started_chunk = True
+            self.last = {input_name: self.pending.pop(0).numpy()}
+            return self.last
 
     return ImageReader()
 
@@ -299,9 +357,36 @@ def quantize_onnx_dynamic(fp32_onnx: Path, output: Path) -> Path:
     return _quantize(fp32_onnx, output, run)
 
 
+def choose_static_format(reduce_range: bool | None = None) -> dict[str, object]:
+    """The static QDQ number format for this CPU, measured with cpu.onnxruntime_u8s8_error, and why;
+    ``reduce_range`` forces it.
+
+    Returns the metadata quantize_onnx_static records: activation_type, weight_type, reduce_range,
+    target_int8_isa (this CPU's, quantlab.cpu) and format_reason.
+    """
+    isa = cpu.int8_isa()
+    if reduce_range is not None:
+        reason = f"reduce_range={reduce_range} chosen by the caller (this CPU: {isa.label})"
+    else:
+        full_error = cpu.onnxruntime_u8s8_error(reduce_range=False)
+        if full_error <= PROBE_MAX_ERROR:
+            reduce_range = False
+            reason = (f"U8S8 is exact on this CPU ({isa.label}): a full-range probe convolution (255 x 127) "
+                      f"matched fp32 within {100 * full_error:.1f} %")
+        else:
+            reduce_range = True
+            reduced_error = cpu.onnxruntime_u8s8_error(reduce_range=True)
+            reason = (f"U8S8 saturates on this CPU ({isa.label}): a full-range probe convolution (255 x 127) gave "
+                      f"{100 * (1 - full_error):.0f} % of fp32's sum; with 7-bit weights (reduce_range) "
+                      f"it was within {100 * reduced_error:.1f} %")
+    return {"activation_type": "uint8", "weight_type": "int8 (7-bit range)" if reduce_range else "int8",
+            "reduce_range": reduce_range, "target_int8_isa": isa.name, "format_reason": reason}
+
+
 def quantize_onnx_static(fp32_onnx: Path, output: Path, calibration_batches: Iterable,
                          per_channel: bool = True, calibrate_method: str = "percentile",
-                         progress: bool = True) -> Path:
+                         progress: bool = True, reduce_range: bool | None = None,
+                         chunk_images: int | None = CALIBRATION_CHUNK) -> Path:
     """ONNX Runtime static quantization in QDQ format, activation ranges calibrated on ``calibration_batches``.
 
     ``calibration_batches`` yields image tensors (Nx3xSxS), (images, labels)
@@ -310,6 +395,13 @@ def quantize_onnx_static(fp32_onnx: Path, output: Path, calibration_batches: Ite
     ``percentile`` (the default) ignores the rarest activation outliers; on
     MobileNetV2 it kept top-1 within 1 point of fp32 where ``minmax`` did not
     (notebooks/06_onnx_runtime.ipynb measures both).
+    ``reduce_range`` (7-bit weights) defaults to what ``choose_static_format`` measures on this CPU:
+    False where ONNX Runtime's U8S8 kernels are exact, True where they saturate. The choice and its
+    reason are recorded in the file (``format_reason``).
+    ``chunk_images``: calibrate in chunks of at most this many images, so memory
+    stays flat in the number of photos (None: all at once, as ONNX Runtime does
+    by default). Min/max ranges come out identical; histograms are merged
+    chunk by chunk, which moves percentile and entropy ranges slightly.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -318,13 +410,18 @@ def quantize_onnx_static(fp32_onnx: Path, output: Path, calibration_batches: Ite
     if calibrate_method not in methods:
         raise KitError(f"unknown calibrate_method '{calibrate_method}'; use one of {', '.join(CALIBRATE_METHODS)}")
 
+    number_format = choose_static_format(reduce_range)
+
     def run(prepared: Path, quantized: Path) -> dict[str, object]:
         reader = _calibration_reader(calibration_batches, INPUT_NAME, progress)
+        chunk = reader.chunk = chunk_images if chunk_images and reader.planned else None
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
                 quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ,
                                 per_channel=per_channel, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, calibrate_method=methods[calibrate_method])
+                                weight_type=QuantType.QInt8, calibrate_method=methods[calibrate_method],
+                                reduce_range=bool(number_format["reduce_range"]),
+                                extra_options={"CalibStridedMinMax": chunk} if chunk else {})
         except KitError:
             raise
         except Exception as error:
@@ -336,7 +433,7 @@ def quantize_onnx_static(fp32_onnx: Path, output: Path, calibration_batches: Ite
             raise KitError("no calibration image could be read; pass a folder of readable photos")
         return {"method": "static", "quant_format": "QDQ", "granularity": "per_channel" if per_channel else "per_tensor",
                 "calibrate_method": calibrate_method, "calibration_images": reader.images,
-                "weight_type": "int8", "activation_type": "uint8"}
+                "calibration_chunk_images": chunk if reader.chunks else None, **number_format}
 
     return _quantize(fp32_onnx, output, run)
 

@@ -12,8 +12,52 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
+
+from quantlab import memory
 
 STAGES = ("capture", "preprocess", "inference")
+
+# A latency is flagged as unstable (not trusted, rerun) when its p90 is this far above its median, or when
+# a fixed reference workload timed just before and just after it disagrees with itself by this factor.
+UNSTABLE_P90_OVER_MEDIAN = 1.5
+UNSTABLE_REFERENCE_DRIFT = 1.3
+
+
+def reference_workload_ms(repeats: int = 7) -> float:
+    """Median milliseconds of a fixed fp32 workload (matrix products on the torch threads in use).
+
+    Its own time says little; timed before and after a measurement, it tells
+    whether the machine changed speed meanwhile (another process, throttling).
+    The load average cannot: on shared VMs it reads hundreds while the CPUs idle.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 256, generator=generator), torch.randn(256, 256, generator=generator)
+    times = []
+    with torch.inference_mode():
+        torch.mm(a, b)  # first call allocates
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(8):
+                torch.mm(a, b)
+            times.append((time.perf_counter() - started) * 1e3)
+    return float(np.median(times))
+
+
+def instability(times_ms: list[float], reference_before_ms: float, reference_after_ms: float) -> str | None:
+    """Why a latency measurement should not be trusted, or None when it looks stable."""
+    median, p90 = float(np.median(times_ms)), float(np.percentile(times_ms, 90))
+    reasons = []
+    if p90 > UNSTABLE_P90_OVER_MEDIAN * median:
+        reasons.append(f"p90 is {p90 / median:.1f}x the median")
+    drift = max(reference_before_ms, reference_after_ms) / max(min(reference_before_ms, reference_after_ms), 1e-9)
+    if drift > UNSTABLE_REFERENCE_DRIFT:
+        reasons.append(f"a fixed reference workload took {reference_before_ms:.2f} ms before and "
+                       f"{reference_after_ms:.2f} ms after")
+    if not reasons:
+        return None
+    return ("; ".join(reasons) + ": the machine was busy or changed speed; rerun on a quiet machine, "
+            "or with fewer --threads than cores when something else must run")
 
 
 class FrameTimer:
@@ -78,6 +122,7 @@ class FrameTimer:
             "model_fps": round(model_only, 2) if model_only else None,
             "end_to_end_vs_model": round(end_to_end / model_only, 3) if model_only else None,
             "stages_ms": stats,
+            "peak_rss_mb": memory.peak_rss_mb(),  # the whole run's: what a 2 GB Pi 4 must hold
         }
 
 
@@ -94,4 +139,6 @@ def format_summary(summary: dict) -> str:
     if summary["model_fps"]:
         lines.append(f"  end to end {summary['mean_fps']:.1f} FPS = {summary['end_to_end_vs_model']:.2f} x the model-only "
                      f"{summary['model_fps']:.1f} FPS (inferences / seconds in the model)")
+    if summary.get("peak_rss_mb") is not None:
+        lines.append(f"  peak resident memory: {summary['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)

@@ -673,6 +673,7 @@ def check_cpu(
 PERCENT_LINE = re.compile(r"\d(?:\.\d+)?\s*%")  # "Egyptian cat  73.6 %"
 RANKED_LINE = re.compile(r"^\s*(?:#\s*)?(\d{1,2})\s*[.):|-]?\s+\S")  # " 1. Egyptian cat 0.736"
 FPS_LINE = re.compile(r"\bFPS\b\s*[:=]?\s*\d|\d\s*FPS\b")
+PEAK_LINE = re.compile(r"peak resident memory: (\d+) MB")
 
 
 def has_top10(lines: Sequence[str]) -> bool:
@@ -705,7 +706,10 @@ def run_mobile_net(emulator: Emulator, cpu: str, frames: int, result: CpuResult,
         elif not has_top10(outcome.lines):
             step.ok, step.detail = False, f"{command} printed no top-10 block (log: {outcome.log})"
         else:
-            step.ok, step.detail = True, f"{command}: '{fps[-1]}', top-10 printed ({outcome.seconds:.0f} s)"
+            # under qemu-user the figure is the emulator's process: the demo's own memory plus qemu's
+            peak = next((m.group(1) for line in outcome.lines if (m := PEAK_LINE.search(line))), None)
+            memory = f", peak resident memory {peak} MB (qemu included)" if peak else ""
+            step.ok, step.detail = True, f"{command}: '{fps[-1]}', top-10 printed{memory} ({outcome.seconds:.0f} s)"
     note(f"[{cpu}] {'ok  ' if step.ok else 'FAIL'} mobile-net: {step.detail}")
     return [] if step.ok else [f"mobile-net on {cpu}: {step.detail}"]
 

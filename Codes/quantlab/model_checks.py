@@ -1,0 +1,251 @@
+"""Static checks of a handed-in model file: what it may hold and which operations it may run.
+
+A TorchScript archive is code, not data: ``torch.jit.load`` runs its
+``__setstate__`` methods and ``forward`` can call any TorchScript operator,
+including ``torch.from_file`` (reads or, shared, writes any file). The grader
+therefore checks a student's file in three steps, each refusing with the reason
+(and the operator) named:
+
+1. ``check_zip`` (grader process, before anything loads it): the zip's central
+   directory stays under ``MAX_UNCOMPRESSED_BYTES`` in total and under
+   ``MAX_RATIO`` times the file's size (zip bombs); ``torch.jit.save`` stores
+   its tensors uncompressed, so honest archives expand about 1.0x.
+2. ``check_code_text`` (grader process): the archive's ``code/*.py`` (TorchScript
+   serialized as Python syntax) parses, defines no ``__setstate__`` (code that
+   would run at load time) and names no banned operator.
+3. ``check_graph`` (the sandboxed child, after loading, before running): every
+   node of the inlined ``forward`` graph is an operator a quantized image
+   classifier needs (``ALLOWED_OPS``), loops have a constant trip count.
+   ``check_onnx`` does the same for ONNX files against ``ALLOWED_ONNX_OPS``.
+
+Example:
+    problem = model_checks.check_zip(Path("mnv2_static.pt")) or model_checks.check_code_text(Path("mnv2_static.pt"))
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import zipfile
+from pathlib import Path
+
+# MobileNetV2 fp32 as TorchScript is 14 MB, ResNet-50 about 100 MB: 256 MB leaves room for any model of the labs.
+MAX_UNCOMPRESSED_BYTES = 256 * 1024 * 1024
+# Tensors are stored uncompressed and only the small code files are deflated (about 3x), so a whole archive
+# expands about 1.0x; 10x leaves room and stops bombs (a 2 MB file that expands to 5 GB is 2500x).
+MAX_RATIO = 10.0
+MAX_ENTRIES = 20_000
+MAX_CODE_BYTES = 8 * 1024 * 1024  # all code files together (MobileNetV2 holds about 13 kB)
+MAX_ONNX_BYTES = MAX_UNCOMPRESSED_BYTES
+MAX_LOOP_TRIPS = 10_000
+
+# Operators a quantized (or float) image classifier needs: convolution, linear, activations, pooling,
+# shapes, quantize/dequantize, and the checks TorchScript inserts (size, len, ne, If, RaiseException).
+ALLOWED_ATEN = {
+    "conv1d", "conv2d", "conv3d", "_convolution", "convolution", "linear", "matmul", "mm", "addmm", "bmm",
+    "batch_norm", "layer_norm", "group_norm", "instance_norm",
+    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_",
+    "sigmoid", "sigmoid_", "tanh", "tanh_", "silu", "silu_", "gelu", "elu", "leaky_relu", "leaky_relu_",
+    "softmax", "log_softmax", "clamp", "clamp_", "clamp_min", "clamp_max",
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "rsub", "pow", "sqrt", "rsqrt", "exp",
+    "cat", "stack", "flatten", "reshape", "view", "contiguous", "permute", "transpose", "t", "squeeze",
+    "unsqueeze", "chunk", "split", "narrow", "slice", "select", "expand", "expand_as", "channel_shuffle",
+    "pixel_shuffle", "pad", "constant_pad_nd", "upsample_bilinear2d", "upsample_nearest2d",
+    "mean", "sum", "amax", "max", "min", "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "adaptive_max_pool2d",
+    "dropout", "dropout_", "feature_dropout", "alpha_dropout", "detach", "clone",
+    "quantize_per_tensor", "quantize_per_channel", "dequantize", "q_scale", "q_zero_point", "int_repr",
+    "size", "dim", "len", "numel", "eq", "ne", "gt", "lt", "ge", "le", "__not__", "__and__", "__or__",
+    "__is__", "__isnot__", "__getitem__", "Int", "Float", "Bool", "ScalarImplicit", "floordiv", "remainder",
+    "floor", "ceil", "abs", "to", "type_as", "list", "append", "format", "str", "warn_if_unused",
+}
+ALLOWED_PRIM = {
+    "Constant", "If", "ListConstruct", "ListUnpack", "TupleConstruct", "TupleUnpack", "TupleIndex",
+    "GetAttr", "RaiseException", "dtype", "device", "NumToTensor", "Uninitialized", "unchecked_cast",
+    "min", "max", "shape", "layout", "is_quantized", "data", "Loop", "requires_grad", "isinstance",
+}
+ALLOWED_OPS_NOTE = "convolution, linear, activations, pooling, reshaping, quantize/dequantize"
+# Named in the refusal when found, even where the allowlist would refuse them anyway.
+BANNED_NAMES = ("from_file", "save", "load", "Print", "print", "open", "system", "popen", "exec", "eval",
+                "__import__", "_load_for_mobile", "_jit_pass", "warn")
+
+ALLOWED_ONNX_OPS = {
+    "": {"Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "Add", "Sub",
+         "Mul", "Div", "Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Softmax", "LeakyRelu",
+         "GlobalAveragePool", "AveragePool", "MaxPool", "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape",
+         "Transpose", "Squeeze", "Unsqueeze", "Concat", "Identity", "Dropout", "BatchNormalization",
+         "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Cast", "Shape", "Gather", "Constant",
+         "Pad", "Split", "Slice", "Erf", "Sqrt", "Pow"},
+    "com.microsoft": {"QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
+                      "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QGemm", "QuantizeLinear",
+                      "DequantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FusedConv",
+                      "FusedGemm", "QLinearConv"},
+}
+
+
+# ---- in the grader, before anything loads the file ----------------------------------
+
+def check_zip(path: Path) -> str | None:
+    """Why the zip archive must not be opened (a bomb, too large, unreadable); None when it may."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return f"{path.name} is not a readable zip archive (TorchScript files are zip archives)"
+    if len(entries) > MAX_ENTRIES:
+        return f"{path.name} holds {len(entries)} files; a model archive holds a few hundred: refused"
+    total = sum(entry.file_size for entry in entries)
+    size = max(1, path.stat().st_size)
+    if total > MAX_UNCOMPRESSED_BYTES:
+        return (f"{path.name} expands to {total / 1e6:.0f} MB, over the grader's limit of "
+                f"{MAX_UNCOMPRESSED_BYTES / 1e6:.0f} MB: refused unopened (a zip bomb, or not a classifier)")
+    if total / size > MAX_RATIO:
+        return (f"{path.name} expands {total / size:.0f}x (TorchScript stores tensors uncompressed, about 1x): "
+                "refused unopened as a zip bomb")
+    return None
+
+
+def check_code_text(path: Path) -> str | None:
+    """Why the TorchScript code in the archive is refused before loading; None when it may load."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            code = [entry for entry in archive.infolist()
+                    if "/code/" in entry.filename and entry.filename.endswith(".py")]
+            if sum(entry.file_size for entry in code) > MAX_CODE_BYTES:
+                return f"{path.name} holds over {MAX_CODE_BYTES // 2**20} MB of TorchScript code: refused"
+            texts = {entry.filename: archive.read(entry).decode("utf-8") for entry in code}
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError, RuntimeError):
+        return f"{path.name}: its TorchScript code cannot be read (a damaged archive)"
+    for name, text in texts.items():
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return f"{path.name}: its TorchScript code ({Path(name).name}) is not what torch.jit.save writes: refused"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name in ("__setstate__", "__getstate__"):
+                return (f"{path.name} defines {node.name}, code that would run while the grader loads it: "
+                        "refused (quantize_model.py never writes one)")
+            banned = _banned_name(node)
+            if banned:
+                return f"{path.name} calls '{banned}', which a classifier never needs (files, printing): refused"
+    return None
+
+
+def _banned_name(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Attribute) and node.attr in BANNED_NAMES:
+        return _dotted(node)
+    if isinstance(node, ast.Name) and node.id in BANNED_NAMES:
+        return node.id
+    return None
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))[:80]
+
+
+def archive_content_hash(path: Path) -> str | None:
+    """SHA-256 of the archive's entries with the top folder (the file's name at save time) left out.
+
+    ``torch.jit.save`` names the archive's top folder after the file, so the same
+    model saved under two names differs in bytes; this hash does not. Reading
+    every entry also proves each one inflates to its declared size (CRC-checked).
+    """
+    digest = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for entry in sorted(archive.infolist(), key=lambda e: e.filename.split("/", 1)[-1]):
+                inner = entry.filename.split("/", 1)[-1]
+                if inner.endswith(("debug_pkl", "serialization_id")):
+                    continue  # source positions and a random save id: not the model
+                digest.update(inner.encode("utf-8", "replace") + b"\0")
+                with archive.open(entry) as member:
+                    for block in iter(lambda: member.read(1 << 20), b""):
+                        digest.update(block)
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError):
+        return None
+    return digest.hexdigest()
+
+
+# ---- in the sandboxed child, after loading, before running ---------------------------
+
+def graph_problem(model) -> str | None:
+    """The first operator of ``model.forward`` outside the allowlist, named; None when all are allowed."""
+    try:
+        graph = model.inlined_graph
+    except Exception:  # noqa: BLE001 - no forward graph: nothing the grader can check
+        return "it has no TorchScript forward graph to check"
+    return _block_problem(graph)
+
+
+def _block_problem(block) -> str | None:
+    for node in block.nodes():
+        kind = node.kind()
+        namespace, _, op = kind.partition("::")
+        if kind == "prim::Loop":
+            why = _loop_problem(node)
+            if why:
+                return why
+        elif not (namespace == "quantized" or (namespace == "aten" and op in ALLOWED_ATEN)
+                  or (namespace == "prim" and op in ALLOWED_PRIM)):
+            return f"it runs '{kind}', which is not an operator a quantized image classifier needs ({ALLOWED_OPS_NOTE})"
+        for inner in node.blocks():
+            why = _block_problem(inner)
+            if why:
+                return why
+    return None
+
+
+def _loop_problem(node) -> str | None:
+    trips = next(iter(node.inputs()))
+    producer = trips.node()
+    if producer.kind() != "prim::Constant" or not producer.hasAttribute("value"):
+        return "it runs a loop without a fixed number of iterations ('prim::Loop'): refused (it could never end)"
+    count = trips.toIValue()
+    if not isinstance(count, int) or count >= 2**31:  # `while True` compiles to a loop of 2^63 - 1 trips
+        return "it runs a loop that never ends by itself ('prim::Loop', e.g. while True): refused"
+    if count > MAX_LOOP_TRIPS:
+        return f"it runs a loop of {count} iterations ('prim::Loop'), over the grader's {MAX_LOOP_TRIPS}: refused"
+    return None
+
+
+def onnx_problem(path: Path) -> str | None:
+    """Why an ONNX file is refused before ONNX Runtime sees it: its operators, external data, functions."""
+    import onnx
+
+    if path.stat().st_size > MAX_ONNX_BYTES:
+        return f"{path.name} is over {MAX_ONNX_BYTES / 1e6:.0f} MB: refused"
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any parse failure is the student's file
+        return f"{path.name} is not a readable ONNX model"
+    graph = model.graph
+    if model.functions:
+        return f"{path.name} defines ONNX functions; export the plain operators (quantize_model.py --format onnx)"
+    for initializer in graph.initializer:
+        if initializer.data_location == onnx.TensorProto.EXTERNAL or initializer.external_data:
+            return f"{path.name} reads its weights from other files (external data): refused, hand in one file"
+    for node in graph.node:
+        allowed = ALLOWED_ONNX_OPS.get(node.domain if node.domain != "ai.onnx" else "", set())
+        if node.op_type not in allowed:
+            op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+            return f"{path.name} runs ONNX operator '{op[:60]}', which a quantized image classifier never needs: refused"
+    return None
+
+
+def onnx_weights_hash(path: Path) -> str | None:
+    """SHA-256 of an ONNX file's initializers (its weights), whatever its metadata says."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001
+        return None
+    digest = hashlib.sha256()
+    for initializer in sorted(graph.initializer, key=lambda tensor: tensor.name):
+        digest.update(initializer.SerializeToString())
+    return digest.hexdigest()

@@ -1,0 +1,128 @@
+"""The grader's child process: load one model, check its operators, run it, measure it when asked.
+
+Started by ``quantlab.sandbox.run_model`` as ``python -m quantlab.model_runner``
+inside the sandbox. It reads one JSON request on stdin:
+
+    {"model": PATH, "threads": 2, "task": "check" | "measure",
+     "data": {"path": DIR, "holdout": N|null, "images": N|null, "seed": 0, "batch_size": 16,
+              "runs": 50, "warmup": 10}}
+
+and writes one JSON object on its original stdout (anything the model or torch
+prints goes to stderr): ``{"ok": true, "method", "engine", "shape",
+"weights_sha256", "measured": {...} | null}`` or ``{"ok": false, "reason": ...}``.
+The grader treats all of it as untrusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else "no details")[:160]
+
+
+def _shape_text(output) -> str:
+    """The output's shape for the reason, never more than a few small numbers (it could carry data)."""
+    import torch
+
+    if not isinstance(output, torch.Tensor):
+        return f"a {type(output).__name__}, not a tensor"
+    shape = list(output.shape)
+    if len(shape) > 4 or any(size > 100_000 for size in shape):
+        return f"a tensor of {len(shape)} dimensions"
+    return f"shape {shape}"
+
+
+def _checked_before_running(path: str) -> str | None:
+    """Load a TorchScript file and check its graph before anything runs it (the kit's loader runs it once)."""
+    import torch
+
+    from quantlab import engines, model_checks, models
+
+    engine = models.read_sidecar(path).get("engine")
+    if engine in torch.backends.quantized.supported_engines:
+        engines.set_engine(engine)  # int8 weights are packed for the engine active while they load
+    try:
+        model = torch.jit.load(path, map_location="cpu")
+    except Exception:  # noqa: BLE001 - not TorchScript: the kit's loader tells what it is
+        return None
+    return model_checks.graph_problem(model)
+
+
+def _our_words(message: str) -> str:
+    """A loader's message with long number lists (a shape can carry bytes) cut out."""
+    return re.sub(r"\[[-0-9, ]{30,}\]", "[...]", message)
+
+
+def run(request: dict) -> dict:
+    import torch
+
+    from quantlab import bench, data, engines, model_checks
+    from quantlab.errors import KitError
+
+    path = request["model"]
+    engines.set_threads(int(request["threads"]))
+    if path.lower().endswith(".onnx"):
+        problem = model_checks.onnx_problem(Path(path))
+        if problem:
+            return {"ok": False, "reason": problem, "refused": True}
+    elif bench.is_torchscript_archive(Path(path)):
+        problem = _checked_before_running(path)
+        if problem:
+            return {"ok": False, "reason": problem, "refused": True}
+    try:
+        loaded = bench.load_any(path, engine="auto", threads=int(request["threads"]))
+    except KitError as error:
+        message = _first_line(error)
+        if "allocate" in message or "out of memory" in message.lower():
+            return {"ok": False, "reason": "ran out of memory"}
+        return {"ok": False, "reason": f"does not load: {_our_words(message)}"}
+    if isinstance(loaded.model, torch.jit.ScriptModule):
+        problem = model_checks.graph_problem(loaded.model)
+        if problem:
+            return {"ok": False, "reason": problem, "refused": True}
+    if loaded.engine is not None:
+        engines.set_engine(loaded.engine)
+    with torch.inference_mode():  # prove it runs and is a 1000-class classifier
+        output = loaded.model(torch.zeros(1, 3, 224, 224))
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, 1000):
+        return {"ok": False, "reason": f"it returns {_shape_text(output)}, not the 1000 ImageNet logits [1, 1000]"}
+    weights = model_checks.onnx_weights_hash(Path(path)) if loaded.format == "onnx" else None
+    measured = None
+    if request.get("task") == "measure":
+        settings = request["data"]
+        evaluation = bench.evaluation_dataset(settings["path"], 224, settings["holdout"], settings["images"],
+                                              settings["seed"])
+        result = bench.benchmark_model(loaded, data.loader(evaluation, settings["batch_size"]), settings["runs"],
+                                       settings["warmup"], progress=False)
+        measured = {key: result[key] for key in ("top1", "top5", "images", "fps", "latency_ms")}
+    return {"ok": True, "method": loaded.method, "engine": loaded.engine, "quantized": loaded.engine is not None,
+            "weights_sha256": weights, "measured": measured}
+
+
+def main() -> None:
+    result_fd = os.dup(1)
+    os.dup2(2, 1)  # whatever the model or torch prints goes to stderr, never into the result
+    try:
+        request = json.loads(sys.stdin.read(1 << 16))
+        result = run(request)
+    except MemoryError:
+        result = {"ok": False, "reason": "ran out of memory"}
+    except Exception as error:  # noqa: BLE001 - a student's model can fail in any way inside torch
+        message = _first_line(error)
+        if "can't allocate memory" in message or "Cannot allocate memory" in message:
+            result = {"ok": False, "reason": "ran out of memory"}
+        else:
+            result = {"ok": False, "reason": f"does not load or run ({type(error).__name__})"}
+    os.write(result_fd, json.dumps(result).encode("utf-8"))
+    os.close(result_fd)
+
+
+if __name__ == "__main__":
+    main()

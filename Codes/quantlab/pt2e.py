@@ -1,0 +1,316 @@
+"""PT2E: PyTorch 2's quantization, the API that replaces eager mode and TorchScript.
+
+Eager mode needs a model written for it (QuantStub/DeQuantStub, fusable modules,
+FloatFunctional adds); PT2E takes any model that ``torch.export`` can capture:
+
+1. ``torch.export`` captures the forward pass as a graph of ATen operators;
+2. a Quantizer for the target annotates that graph: ``X86InductorQuantizer``
+   on x86 (int8 kernels of oneDNN through torch.compile/inductor),
+   ``XNNPACKQuantizer`` for ARM (ExecuTorch's XNNPACK backend, phones and the Pi);
+3. ``prepare_pt2e`` inserts observers, the calibration photos run through it,
+   ``convert_pt2e`` writes quantize/dequantize pairs with the measured ranges;
+4. the result is exported again and saved with ``torch.export.save`` (``.pt2``)
+   plus the kit's JSON sidecar.
+
+``load_exported`` reads it back with ``torch.export.load``; on x86 it compiles
+it with inductor and ``freezing`` (weights become constants, so inductor folds
+the quantize/dequantize pairs into oneDNN int8 kernels: without freezing the
+graph runs float kernels between (de)quantize steps). Without a compiler, or for
+the ARM target, the exported program runs as it is: correct, but not fast.
+
+The quantizers and prepare/convert live in torchao (``pip install torchao``),
+not in torch: ``require_torchao`` says so in one line when it is missing.
+
+Example:
+    from quantlab import data, pt2e, user_model
+    model = user_model.load_user_model("my_net.py:build", "my_net.pth")
+    calibration, _ = data.split(data.image_dataset("imagenet-sample"), first_n=200, seed=0)
+    program, facts = pt2e.quantize(model, data.loader(calibration), target="x86", input_size=224)
+    pt2e.save(program, Path("my_net_int8.pt2"), {"method": "static", **facts})
+    int8 = pt2e.load_exported(Path("my_net_int8.pt2"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import io
+import logging
+import platform
+import traceback
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from quantlab import models
+from quantlab.errors import KitError
+from quantlab.quantize import batch_images
+
+SUFFIX = ".pt2"
+TARGETS = ("x86", "arm")
+TORCHAO_HINT = "pip install torchao==0.18.0 (the release the kit tests with torch 2.14), or pip install -e .[pt2e]"
+MAX_BATCH = 1024
+QUANTIZE_OPS = ("quantized_decomposed.", "torchao.")  # the namespaces of convert_pt2e's (de)quantize operators
+
+
+def is_exported_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == SUFFIX
+
+
+def require_torchao() -> str:
+    """torchao's version; a KitError naming the fix when it is not installed."""
+    try:
+        with _quiet():
+            import torchao  # noqa: F401
+            from torchao.quantization.pt2e import quantize_pt2e  # noqa: F401
+    except ImportError as error:
+        raise KitError(f"PT2E quantization needs torchao, which is not installed or does not load "
+                       f"({type(error).__name__}: {str(error).splitlines()[0][:80]}); {TORCHAO_HINT}") from None
+    return torchao.__version__
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch.export and torchao warn about internals a student cannot act on (deprecations, pytree notes)."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export", "torch.utils._pytree", "torch.utils.cpp_extension",
+                                                      "torch._dynamo", "torch._inductor", "torch.fx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        # a failed capture prints the partial graph (dozens of lines) before raising: the error says enough
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def target_for(engine: str) -> str:
+    """The PT2E target for the kit's --engine: qnnpack (the Pi's engine) and ARM CPUs mean arm, else x86."""
+    if engine == "qnnpack" or platform.machine().lower() in ("arm64", "aarch64", "armv7l"):
+        return "arm"
+    return "x86"
+
+
+def quantizer_for(target: str, granularity: str = "per_channel"):
+    """(the torchao/ExecuTorch Quantizer for ``target``, a line saying which)."""
+    require_torchao()
+    if target == "x86":
+        if granularity != "per_channel":
+            raise KitError("X86InductorQuantizer quantizes weights per channel only; drop --granularity per_tensor "
+                           "(or use --engine qnnpack for the ARM quantizer, which has both)")
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+
+        quantizer = X86InductorQuantizer()
+        quantizer.set_global(get_default_x86_inductor_quantization_config())
+        return quantizer, "X86InductorQuantizer (torchao): uint8 activations, per-channel int8 weights, inductor"
+    if target == "arm":
+        per_channel = granularity == "per_channel"
+        try:  # ExecuTorch owns the XNNPACK quantizer; torchao keeps a copy for its tests
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer, get_symmetric_quantization_config)
+            where = "ExecuTorch"
+        except ImportError:
+            from torchao.testing.pt2e._xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                  get_symmetric_quantization_config)
+            where = "torchao's copy; pip install executorch to run it with XNNPACK"
+        quantizer = XNNPACKQuantizer()
+        quantizer.set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+        return quantizer, f"XNNPACKQuantizer ({where}): int8 activations, {granularity} int8 weights"
+    raise KitError(f"unknown PT2E target '{target}'; use one of {', '.join(TARGETS)}")
+
+
+def _where_in_model(error: BaseException, model: nn.Module) -> str:
+    """' at my_net.py line 12: if x.sum() > 0:' — the last traceback frame in the model's own code."""
+    try:
+        own_file = Path(inspect.getfile(type(model))).resolve()
+    except (TypeError, OSError):
+        return ""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if Path(frame.filename).resolve() == own_file]
+    # non-strict export runs the forward in Python: errors raised inside it carry its frames
+    user_frame = frames[-1] if frames else None
+    if user_frame is None:  # strict-mode errors keep the user's stack in the message instead
+        return ""
+    code = f": {user_frame.line.strip()}" if user_frame.line else ""
+    return f" at {own_file.name} line {user_frame.lineno}{code}"
+
+
+def _summary(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {(lines[0] if lines else 'no details')[:200]}"
+
+
+def export(model: nn.Module, input_size: int, batch: int = 2) -> torch.export.ExportedProgram:
+    """``torch.export`` of an eval-mode model for 3 x S x S images, batch axis dynamic.
+
+    A model it cannot capture (data-dependent ``if``, ``.item()``, numpy calls in
+    forward, ...) is a KitError naming the line of the model and the reason.
+    """
+    if not isinstance(model, torch.fx.GraphModule):  # an exported graph has no train/eval switch
+        model.eval()
+    # batch 2: torch.export would specialise a batch of 1 into a constant
+    example = (torch.randn(batch, 3, input_size, input_size),)
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+    try:
+        with _quiet():
+            return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
+    except Exception as error:  # noqa: BLE001 - whatever export refuses, the student needs the line and why
+        raise KitError(f"torch.export cannot capture the model{_where_in_model(error, model)} ({_summary(error)}); "
+                       "PT2E needs a forward without data-dependent Python control flow, .item() or numpy calls") from None
+
+
+def quantize(model: nn.Module | torch.export.ExportedProgram, calibration_batches: Iterable, target: str,
+             input_size: int, granularity: str = "per_channel") -> tuple[torch.export.ExportedProgram, dict]:
+    """Export (unless ``model`` is exported already), annotate for ``target``, calibrate on
+    ``calibration_batches``, convert, export again.
+
+    Returns the quantized ExportedProgram and facts for the sidecar (quantizer,
+    calibration image count, torchao version).
+    """
+    torchao_version = require_torchao()
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer, described = quantizer_for(target, granularity)
+    program = model if isinstance(model, torch.export.ExportedProgram) else export(model, input_size)
+    with _quiet():
+        prepared = prepare_pt2e(program.module(), quantizer)
+    images = 0
+    with torch.no_grad():
+        for batch in calibration_batches:
+            tensor = batch_images(batch)
+            if tensor is None:
+                continue
+            prepared(tensor)
+            images += tensor.shape[0]
+    if images == 0:
+        raise KitError("no calibration image could be read; pass a folder of readable photos")
+    with _quiet():
+        converted = convert_pt2e(prepared)
+    _drop_unused_weights(converted)
+    quantized = export(converted, input_size)
+    quantized.example_inputs = None  # torch.export.save would store them: 1.2 MB of noise at 224x224
+    return quantized, {"quantizer": described, "target": target, "calibration_images": images,
+                       "torchao": torchao_version, "granularity": granularity}
+
+
+def _drop_unused_weights(graph_module: torch.fx.GraphModule) -> None:
+    """convert_pt2e adds int8 copies of the weights but keeps the float ones as attributes: drop those.
+
+    Exporting again would save every attribute, doubling the file.
+    """
+    graph_module.graph.eliminate_dead_code()
+    used = {node.target for node in graph_module.graph.nodes if node.op == "get_attr"}
+    for name, _ in [*graph_module.named_parameters(), *graph_module.named_buffers()]:
+        if name not in used:
+            owner, _, leaf = name.rpartition(".")
+            delattr(graph_module.get_submodule(owner) if owner else graph_module, leaf)
+    graph_module.recompile()
+
+
+def save(program: torch.export.ExportedProgram, output: Path, sidecar: dict) -> dict:
+    """``torch.export.save`` into ``output`` (.pt2) with its JSON sidecar, atomically; the sidecar."""
+    def write(path: Path) -> dict:
+        with _quiet():
+            torch.export.save(program, str(path))
+        return {}
+
+    return models.save_with_sidecar(Path(output), write, sidecar)
+
+
+class ExportedModel:
+    """A loaded .pt2: called like a module; ``compiled`` says whether inductor runs it."""
+
+    def __init__(self, module: nn.Module, compiled: bool, note: str | None, quantized: bool) -> None:
+        self.module = module
+        self.compiled = compiled
+        self.note = note
+        self.quantized = quantized
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.module(batch)
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.module.parameters()
+
+
+def _load_program(path: Path) -> torch.export.ExportedProgram:
+    if not path.is_file():
+        raise KitError(f"model file {path} does not exist; make one with quantize_model.py --model FILE.py:FUNCTION")
+    try:  # registers the quantize/dequantize operators a PT2E file calls
+        with _quiet():
+            importlib.import_module("torchao.quantization.pt2e")
+    except ImportError:  # torch keeps its own copy of them (deprecated): enough to run a file, e.g. on the Pi
+        with contextlib.suppress(ImportError), _quiet():
+            importlib.import_module("torch.ao.quantization.fx._decomposed")
+    try:
+        with _quiet():
+            return torch.export.load(str(path))
+    except Exception as error:  # noqa: BLE001 - a corrupt, foreign or newer-format file
+        hint = f"; if it is PT2E-quantized: {TORCHAO_HINT}" if "torchao" in str(error) or "quantized_decomposed" in str(error) else ""
+        raise KitError(f"{path} is not an exported program torch.export.load can read ({_summary(error)[:160]})"
+                       f"{hint}; make one with quantize_model.py --model FILE.py:FUNCTION") from None
+
+
+def load_exported(path: Path, input_size: int = 224, compile: bool | None = None) -> ExportedModel:
+    """Load a .pt2 file; on x86 (``compile`` None = by the sidecar's target) compile it with inductor + freezing.
+
+    The first call compiles (tens of seconds on 2 cores): done here, on one image,
+    so that a missing C++ compiler falls back to the exported program with a note
+    instead of failing later, and timing starts warm.
+    """
+    path = Path(path)
+    program = _load_program(path)
+    module = program.module()
+    quantized = any(str(node.target).startswith(QUANTIZE_OPS) for node in program.graph.nodes)
+    sidecar = models.read_sidecar(path)
+    if compile is None:
+        compile = sidecar.get("target", "x86") == "x86" and platform.machine().lower() in ("x86_64", "amd64")
+    if not compile:
+        return ExportedModel(module, compiled=False, note=None, quantized=quantized)
+    if quantized:
+        try:  # importing the x86 quantizer registers inductor's int8 fusion passes: without them inductor
+            # compiles the (de)quantize pairs around float convolutions, slower than fp32 (measured: 52 float convs)
+            with _quiet():
+                importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+        except ImportError:
+            note = (f"note: {path.name} runs uncompiled: inductor's int8 kernels for PT2E files come with torchao; "
+                    f"{TORCHAO_HINT}")
+            return ExportedModel(module, compiled=False, note=note, quantized=quantized)
+    # freezing makes the weights constants: inductor then folds quantize/dequantize pairs into int8 kernels
+    # (MobileNetV2 measured 14 ms with it, 23 ms without on an AVX2 CPU); a process-wide inductor setting
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    # inductor's int8 lowering warns about its own tensor copy each time it compiles (e.g. a new batch size)
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning,
+                            module="torch._inductor.mkldnn_lowerings")
+    compiled = torch.compile(module, dynamic=False)
+    try:
+        with _quiet(), torch.no_grad():
+            compiled(torch.randn(1, 3, input_size, input_size))
+    except Exception as error:  # noqa: BLE001 - no C++ compiler, an unsupported CPU, ...
+        note = (f"note: {path.name}: torch.compile failed ({_summary(error)[:120]}); running the exported program "
+                "uncompiled (correct, slower)")
+        return ExportedModel(module, compiled=False, note=note, quantized=quantized)
+    return ExportedModel(_NoGrad(compiled), compiled=True, note=None, quantized=quantized)
+
+
+class _NoGrad(nn.Module):
+    """Calls the compiled module under no_grad: inductor's freezing applies to inference only."""
+
+    def __init__(self, compiled: Callable) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.compiled(batch)

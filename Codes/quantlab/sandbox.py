@@ -1,0 +1,281 @@
+"""Run one untrusted model in a child process the grader can always stop: the grader's isolation.
+
+A student's TorchScript file is code. Each model is loaded and run by
+``python -m quantlab.model_runner`` in its own child process:
+
+- with a wall-clock limit (the process group is killed), a CPU-time cap
+  (``RLIMIT_CPU``), a memory cap (``RLIMIT_DATA``, plus ``RLIMIT_AS`` as a
+  backstop), a cap on the size of files it writes (``RLIMIT_FSIZE``), on open
+  files (``RLIMIT_NOFILE``) and no core dumps;
+- on a private read-only copy of that one model and its sidecar, with a
+  scratch folder as its working and home folder and a clean environment;
+- where bubblewrap (``bwrap``, Debian package ``bubblewrap``) is installed and
+  works: in its own namespaces (``--unshare-all``: no network, no other
+  processes), seeing only the system's libraries, Python and the kit
+  (read-only), the copy (read-only), the photos it measures on (read-only)
+  and the scratch folder; it dies with the grader (``--die-with-parent``).
+
+Without bubblewrap the child runs with the grader's user rights: the limits,
+the private copy and the grader's static checks (``quantlab.model_checks``,
+run before and after loading) are what stand between a model and your files.
+``QUANTLAB_SANDBOX=bwrap|rlimits`` (or ``isolation(requested=...)``) forces one.
+
+Everything the child sends back is untrusted: ``run_model`` returns its JSON
+only when it parses as an object, and the grader validates every field.
+
+Example:
+    kind = sandbox.isolation("auto")
+    outcome = sandbox.run_model(Path("ada/mnv2_static.pt"), None, {"task": "check", "threads": 2},
+                                sandbox.Limits(wall_seconds=60), kind)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import quantlab
+from quantlab.errors import KitError
+
+ISOLATION_ENV = "QUANTLAB_SANDBOX"
+BWRAP = "bubblewrap"
+RLIMITS = "rlimits"
+DESCRIPTIONS = {
+    BWRAP: "bubblewrap sandbox (no network, read-only copy of one model, scratch folder) + resource limits",
+    RLIMITS: "child process with resource limits on a read-only copy (bubblewrap not available: the child has "
+             "the grader's user rights, the static checks guard files)",
+}
+RESULT_LIMIT = 1 << 20   # bytes of JSON the grader reads back from a child
+SANDBOX_MODEL_DIR = "/submission"
+SANDBOX_SCRATCH = "/scratch"
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Limits:
+    """What one child may use."""
+
+    wall_seconds: float
+    memory_mb: int = 3072      # RLIMIT_DATA: torch, MobileNetV2 and a batch of 16 photos fit in about 1.5 GB
+    file_mb: int = 64          # RLIMIT_FSIZE: anything it writes (its scratch folder, its log)
+    open_files: int = 512      # RLIMIT_NOFILE: Python and torch open a few dozen
+    threads: int = 1           # CPU time allowed = wall time x threads
+
+    @property
+    def cpu_seconds(self) -> int:
+        return int(self.wall_seconds * max(1, self.threads)) + 10
+
+
+@dataclass
+class Outcome:
+    """How a child ended: its JSON result, or why there is none (timed out, out of memory, crashed)."""
+
+    result: dict | None
+    failure: str | None = None
+
+
+# ---- which isolation ---------------------------------------------------------------
+
+def isolation(requested: str | None = None) -> str:
+    """``bubblewrap`` where ``bwrap`` is installed and works here, else ``rlimits``; ``requested`` forces one."""
+    wanted = (requested or os.environ.get(ISOLATION_ENV) or "auto").lower()
+    if wanted in ("none", "rlimits", "off"):
+        return RLIMITS
+    if wanted not in ("auto", "bwrap", BWRAP):
+        raise KitError(f"{ISOLATION_ENV}={wanted!r}: use auto, bwrap or rlimits")
+    if _bwrap_works():
+        return BWRAP
+    if wanted != "auto":
+        raise KitError("bubblewrap was asked for but 'bwrap' is missing or cannot create namespaces here; "
+                       "install it (apt-get install bubblewrap) or use auto")
+    return RLIMITS
+
+
+@lru_cache(maxsize=1)
+def _bwrap_works() -> bool:
+    if not shutil.which("bwrap"):
+        return False
+    try:  # containers may forbid the namespaces bwrap needs: try once
+        probe = subprocess.run(["bwrap", "--unshare-all", "--die-with-parent", *_system_binds(), "--proc", "/proc",
+                                "--dev", "/dev", "true"], capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+# ---- the child --------------------------------------------------------------------
+
+def _system_binds() -> list[str]:
+    """Read-only binds of the system's programs and libraries (merged-/usr aware)."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
+        path = Path(top)
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), top]
+        elif path.is_dir():
+            args += ["--ro-bind", top, top]
+    for config in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
+                   "/etc/localtime"):
+        if Path(config).exists():
+            args += ["--ro-bind", config, config]
+    return args
+
+
+def _python_binds() -> list[str]:
+    """Python, the virtual environment and the kit, read-only, at the paths they have here."""
+    roots = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), Path(quantlab.__file__).resolve().parents[1]}
+    executable = Path(sys.executable)
+    args = []
+    for root in sorted(roots, key=lambda p: len(p.parts)):
+        if not str(root).startswith(("/usr/", "/bin", "/lib")) and root != Path("/usr"):
+            args += ["--ro-bind", str(root), str(root)]
+    if executable.parent.resolve() not in roots and not str(executable).startswith("/usr/"):
+        args += ["--ro-bind", str(executable.parent), str(executable.parent)]
+    return args
+
+
+def _bwrap_command(copy: Path, scratch: Path, read_only: list[Path]) -> list[str]:
+    command = ["bwrap", "--unshare-all", "--die-with-parent", *_system_binds(), *_python_binds()]
+    for folder in read_only:  # the photos: at their own path, so the request's paths stay valid
+        command += ["--ro-bind", str(folder), str(folder)]
+    command += ["--ro-bind", str(copy), SANDBOX_MODEL_DIR, "--bind", str(scratch), SANDBOX_SCRATCH,
+                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+                "--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu",
+                "--chdir", SANDBOX_SCRATCH, "--clearenv"]
+    for key, value in _child_env(Path(SANDBOX_SCRATCH), Path("/tmp")).items():
+        command += ["--setenv", key, value]
+    return command + ["--", sys.executable, "-m", "quantlab.model_runner"]
+
+
+def _child_env(scratch: Path, temporary: Path) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(temporary), "LANG": "C.UTF-8",
+            "QUANTLAB_CACHE": str(scratch / "cache"), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+            "MPLCONFIGDIR": str(scratch / "mpl")}
+
+
+def _limit_child(limits: Limits):
+    """The preexec function: resource limits, and die with the grader (also without bubblewrap)."""
+    memory = limits.memory_mb * 2**20
+    caps = {
+        resource.RLIMIT_DATA: memory,
+        resource.RLIMIT_AS: memory + 12 * 2**30,  # shared libraries map ~4 GB of address space, not memory
+        resource.RLIMIT_CPU: limits.cpu_seconds,
+        resource.RLIMIT_FSIZE: limits.file_mb * 2**20,
+        resource.RLIMIT_NOFILE: limits.open_files,
+        resource.RLIMIT_CORE: 0,
+    }
+
+    try:  # looked up here, before the fork: the child between fork and exec must not load libraries
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        prctl = None
+
+    def apply() -> None:
+        for kind, value in caps.items():
+            resource.setrlimit(kind, (value, value))
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return apply
+
+
+def private_copy(files: list[Path], into: Path) -> Path:
+    """A read-only copy of ``files`` (regular files only) in ``into``/model."""
+    copy = into / "model"
+    copy.mkdir()
+    for path in files:
+        target = copy / path.name
+        with open(path, "rb") as source, open(target, "xb") as destination:
+            shutil.copyfileobj(source, destination)
+        target.chmod(0o444)
+    copy.chmod(0o555)
+    return copy
+
+
+def run_model(model: Path, sidecar: dict | None, request: dict, limits: Limits, kind: str,
+              read_only: list[Path] = ()) -> Outcome:
+    """Run ``quantlab.model_runner`` on a private copy of ``model`` (plus ``sidecar``), within ``limits``.
+
+    ``request`` is what the child does (see ``quantlab.model_runner``); its
+    ``model`` entry is set here to the copy's path as the child sees it.
+    """
+    base = Path(tempfile.mkdtemp(prefix="quantlab-grade-"))
+    try:
+        copy = private_copy([model], base)
+        if sidecar is not None:  # the validated sidecar, rewritten: the child reads the engine and method from it
+            copy.chmod(0o755)
+            side = copy / (model.stem + ".json")
+            side.write_text(json.dumps(sidecar), encoding="utf-8")
+            side.chmod(0o444)
+            copy.chmod(0o555)
+        scratch = base / "scratch"
+        (scratch / "cache").mkdir(parents=True)
+        engine_cache = Path(os.environ.get("QUANTLAB_CACHE") or Path.home() / ".cache" / "quantlab") / "engine.json"
+        if engine_cache.is_file() and not engine_cache.is_symlink():  # auto's measured engine: no re-probe per model
+            shutil.copyfile(engine_cache, scratch / "cache" / "engine.json")
+        if kind == BWRAP:
+            command = _bwrap_command(copy, scratch, [Path(p) for p in read_only])
+            request = {**request, "model": f"{SANDBOX_MODEL_DIR}/{model.name}"}
+            env, cwd = None, None
+        else:
+            command = [sys.executable, "-m", "quantlab.model_runner"]
+            request = {**request, "model": str(copy / model.name)}
+            env, cwd = {**_child_env(scratch, scratch), "PYTHONPATH": str(Path(quantlab.__file__).resolve().parents[1])}, scratch
+        return _run(command, request, limits, base / "child.log", env, cwd)
+    finally:
+        for folder in (base / "model",):
+            if folder.exists():
+                folder.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _run(command: list[str], request: dict, limits: Limits, log: Path, env: dict | None, cwd: Path | None) -> Outcome:
+    with open(log, "wb") as errors:
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, env=env,
+                                   cwd=cwd, start_new_session=True, preexec_fn=_limit_child(limits))
+        try:
+            output, _ = process.communicate(json.dumps(request).encode(), timeout=limits.wall_seconds)
+        except subprocess.TimeoutExpired:
+            _kill(process)
+            return Outcome(None, f"did not finish within {limits.wall_seconds:.0f} s (an endless loop, or far too "
+                                 "slow): stopped")
+        except BaseException:  # Ctrl-C in the grader: the child must not outlive it
+            _kill(process)
+            raise
+    code = process.returncode
+    if code == -signal.SIGXCPU:
+        return Outcome(None, f"used more than {limits.cpu_seconds} s of CPU time: stopped")
+    if code == -signal.SIGKILL:
+        return Outcome(None, f"was killed (out of memory? the cap is {limits.memory_mb} MB)")
+    if code == -signal.SIGXFSZ:
+        return Outcome(None, f"wrote more than {limits.file_mb} MB: stopped")
+    if code < 0:
+        return Outcome(None, f"crashed (signal {-code})")
+    try:
+        result = json.loads(output[:RESULT_LIMIT].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        result = None
+    if not isinstance(result, dict):
+        return Outcome(None, f"crashed before reporting (exit code {code})")
+    return Outcome(result)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.communicate(timeout=10)
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        process.kill()

@@ -1,0 +1,424 @@
+"""Grading untrusted submissions (issue #13): every attack a hostile student tried, built here, and its outcome.
+
+The hostile files are tiny scripted TorchScript modules (not MobileNetV2): what is
+under test is the grader's isolation, checks and outputs, not the model. The class
+is graded once per isolation (bubblewrap when it works here, and the rlimits
+fallback, forced), in quick mode with a short time limit.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import zipfile
+from pathlib import Path
+from typing import Tuple
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_script
+
+SECRET = "s3cr3t-token-of-the-instructor"
+TEST_RUBRIC = "weights: {speedup: 0}\npi: {min_frames: 3}\ntolerance: {speedup_factor: 1000000000}\n"
+TIMEOUT = "25"
+
+
+class Tiny(nn.Module):
+    """A 1000-class 'classifier' that loads and runs in milliseconds."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = nn.Linear(3, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Writer(Tiny):
+    """Zeroes the first bytes of ``victim`` (another student's model) through a shared file mapping."""
+
+    def __init__(self, victim: str) -> None:
+        super().__init__()
+        self.victim = victim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        written = torch.from_file(self.victim, shared=True, size=16, dtype=torch.uint8)
+        written.zero_()
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)) + written.sum()
+
+
+class Reader(Tiny):
+    """Returns the secret file's bytes as the output's shape, for the grader to print."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        data = torch.from_file(self.secret, shared=False, size=8, dtype=torch.uint8)
+        return torch.zeros([int(data[0]), int(data[1]), int(data[2]), int(data[3])])
+
+
+class Endless(Tiny):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        while True:
+            x = x + 1
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Slow(Tiny):
+    """Passes every static check (loops of fixed length) and runs for hours: only the time limit stops it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(10000):
+            for _ in range(10000):
+                x = x + 1
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Hog(Tiny):
+    """Asks for 6.4 GB: only the memory cap stops it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = x.flatten()[:1].expand(40000, 40000).contiguous()
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)) + big.sum()
+
+
+class SetState(Tiny):
+    """Code that runs while loading (here harmless; it could call anything forward can)."""
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[torch.Tensor, bool]:
+        return (self.fc.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[torch.Tensor, bool]) -> None:
+        self.training = state[1]
+
+
+def torchscript_bytes(module: nn.Module, folder: Path, name: str) -> bytes:
+    path = folder / name
+    torch.jit.save(torch.jit.script(module.eval()), str(path))
+    content = path.read_bytes()
+    path.unlink()
+    return content
+
+
+def zip_bomb(path: Path, megabytes: int = 400) -> None:
+    """A .pt that looks like a torch archive and inflates to ``megabytes`` of zeros (about 400 kB on disk)."""
+    block = bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        with archive.open("archive/data/0", "w", force_zip64=True) as entry:
+            for _ in range(megabytes):
+                entry.write(block)
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+
+
+def row(file: str | None, method: str, content: bytes | None, latency: float = 2.0, top1: float = 70.0) -> dict:
+    return {"name": file or "mobilenet_v2", "file": file, "path": file, "format": "torchscript" if file else "torchvision",
+            "runtime": "pytorch", "method": method, "engine": "x86" if file else None,
+            "sha256": hashlib.sha256(content).hexdigest() if content is not None else None,
+            "size_mb": len(content) / 1e6 if content is not None else 14.0, "parameters": 3003,
+            "latency_ms": {"median": latency, "p90": latency * 1.1, "mean": latency}, "fps": round(1e3 / latency, 2),
+            "top1": top1, "top5": 90.0, "images": 16, "skipped": 0}
+
+
+def report(rows: list[dict]) -> dict:
+    return {"schema": "quantlab.benchmark/1", "created": "2026-11-26T01:30:00Z",
+            "machine": {"cpu": "x", "arch": "x86_64", "os": "Linux", "python": "3.11", "torch": "2", "torchvision": "0",
+                        "onnxruntime": None, "threads": 2, "physical_cores": 2, "engine": "x86"},
+            "settings": {"runs": 2, "warmup": 1, "batch_size": 1, "input_size": 224, "data": "photos", "holdout": 8,
+                         "seed": 0, "threads": 2, "engine": "x86"},
+            "results": [row(None, "fp32", None, latency=10.0, top1=71.0), *rows]}
+
+
+def pi_run(model: bytes, **changes) -> dict:
+    run = {"frames": 300, "inferences": 300, "seconds": 10.0, "mean_fps": 30.0, "source": "0", "engine": "qnnpack",
+           "model": "mnv2_qnnpack.pt (0.0 MB)", "model_sha256": hashlib.sha256(model).hexdigest(),
+           "arch": "aarch64", "cpu": "Raspberry Pi 4 Model B Rev 1.4", "threads": 4}
+    return {**run, **changes}
+
+
+def hand_in(folder: Path, files: dict[str, tuple[bytes, str]], extra_rows: list[dict] | None = None,
+            pi: dict | None = None, sidecars: dict[str, str] | None = None, edit=None) -> None:
+    """A student folder: each model file with its sidecar and report row, and an optional Pi run."""
+    folder.mkdir()
+    rows = []
+    for name, (content, method) in files.items():
+        (folder / name).write_bytes(content)
+        sidecar = {"method": method, "engine": "x86", "sha256": hashlib.sha256(content).hexdigest()}
+        text = (sidecars or {}).get(name, json.dumps(sidecar))
+        (folder / name).with_suffix(".json").write_text(text)
+        rows.append(row(name, method, content, latency=2.5))
+    document = report(rows + (extra_rows or []))
+    if edit:
+        edit(document)
+    (folder / "benchmark.json").write_text(json.dumps(document))
+    if pi is not None:
+        (folder / "pi_run.json").write_text(json.dumps(pi))
+
+
+@pytest.fixture(scope="module")
+def hostile_class(tmp_path_factory) -> dict:
+    """Honest tiny students and one student per attack, built once."""
+    root = tmp_path_factory.mktemp("class")
+    work = tmp_path_factory.mktemp("work")
+    secret = work / "secret.txt"
+    secret.write_text(SECRET + "\n")
+    tiny = torchscript_bytes(Tiny(0), work, "tiny.pt")
+    other = torchscript_bytes(Tiny(1), work, "other.pt")
+    hand_in(root / "ada", {"tiny.pt": (tiny, "static")}, pi=pi_run(tiny))
+    victim = root / "ada" / "tiny.pt"
+    hand_in(root / "bo", {"other.pt": (other, "static")})
+    hand_in(root / "cat_writer", {"m.pt": (torchscript_bytes(Writer(str(victim)), work, "m.pt"), "static")})
+    hand_in(root / "dee_reader", {"m.pt": (torchscript_bytes(Reader(str(secret)), work, "m.pt"), "static")})
+    hand_in(root / "eli_endless", {"m.pt": (torchscript_bytes(Endless(), work, "m.pt"), "static")})
+    hand_in(root / "fox_slow", {"m.pt": (torchscript_bytes(Slow(), work, "m.pt"), "static")})
+    hand_in(root / "gil_hog", {"m.pt": (torchscript_bytes(Hog(), work, "m.pt"), "static")})
+    zip_bomb(work / "bomb.pt")
+    hand_in(root / "hoa_bomb", {"m.pt": ((work / "bomb.pt").read_bytes(), "static")})
+    for name in ("=1+2", '=HYPERLINK("evil.example","x")', "<img src=x onerror=alert(1)>",
+                 "[click](javascript:alert(1))", "nl\n| forged | 100 |"):
+        hand_in(root / name, {"tiny.pt": (tiny, "static")})
+    (root / "ivy_linked").symlink_to(root / "bo", target_is_directory=True)
+    hand_in(root / "jan_linked_pi", {"other.pt": (other, "static")})
+    (root / "jan_linked_pi" / "pi_run.json").symlink_to(root / "ada" / "pi_run.json")
+    hand_in(root / "kai_x86", {"other.pt": (other, "static")},
+            pi=pi_run(other, arch="x86_64", cpu="AMD EPYC 7B13", source="samples"))
+    hand_in(root / "lou_10000fps", {"other.pt": (other, "static")},
+            pi=pi_run(other, frames=100000, seconds=10.0, mean_fps=10000.0))
+    hand_in(root / "max_copy", {"tiny.pt": (tiny, "static")}, pi=pi_run(tiny))
+    (root / "max_copy" / "benchmark.json").write_bytes((root / "ada" / "benchmark.json").read_bytes())
+    (root / "max_copy" / "pi_run.json").write_bytes((root / "ada" / "pi_run.json").read_bytes())
+    hand_in(root / "ned_triple", {"s.pt": (other, "static"), "d.pt": (other, "dynamic"), "q.pt": (other, "qat")})
+    numbers = {"nan_size": lambda r: r["results"][1].update(size_mb=math.nan),
+               "inf_latency": lambda r: r["results"][1]["latency_ms"].update(median=math.inf),
+               "huge_latency": lambda r: r["results"][1].update(latency_ms={"median": 1e300, "p90": 1e300,
+                                                                             "mean": 1e300}, fps=1e-297),
+               "zero_fps": lambda r: r["results"][1].update(fps=0),
+               "rows_120000": lambda r: r["results"].extend([r["results"][1]] * 120000)}
+    for name, edit in numbers.items():
+        hand_in(root / f"oz_{name}", {"other.pt": (other, "static")}, edit=edit)
+    hand_in(root / "pat_broken_sidecar", {"tiny.pt": (tiny, "static"), "other.pt": (other, "dynamic")},
+            sidecars={"other.pt": "{not json"})
+    (root / "pat_broken_sidecar" / "pi_run.json").write_text("[1, 2")
+    rubric = work / "rubric.yaml"
+    rubric.write_text(TEST_RUBRIC)
+    return {"root": root, "rubric": rubric, "victim": victim, "victim_bytes": victim.read_bytes(), "secret": secret}
+
+
+def isolations() -> list:
+    from quantlab import sandbox
+
+    works = sandbox.isolation("auto") == sandbox.BWRAP
+    return [pytest.param("bwrap", marks=pytest.mark.skipif(not works, reason="bubblewrap is not usable here")),
+            "rlimits"]
+
+
+@pytest.fixture(scope="module", params=isolations())
+def graded(request, hostile_class, tmp_path_factory) -> dict:
+    output = tmp_path_factory.mktemp(f"board_{request.param}")
+    result = run_script("grade.py", hostile_class["root"], "--rubric", hostile_class["rubric"], "--output", output,
+                        "--threads", "2", "--timeout", TIMEOUT, "--isolation", request.param)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    with open(output / "leaderboard.csv", newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    return {**hostile_class, "isolation": request.param, "output": output, "stdout": result.stdout,
+            "stderr": result.stderr, "rows": rows, "board": {row["student"]: row for row in rows},
+            "markdown": (output / "leaderboard.md").read_text(encoding="utf-8")}
+
+
+def test_isolation_is_named(graded):
+    expected = "bubblewrap sandbox" if graded["isolation"] == "bwrap" else "bubblewrap not available"
+    assert expected in graded["stdout"]
+    assert expected in graded["markdown"]
+
+
+def test_model_code_cannot_write_or_read_files(graded):
+    board = graded["board"]
+    assert graded["victim"].read_bytes() == graded["victim_bytes"]  # the classmate's model is untouched
+    assert "refused" in board["cat_writer"]["reasons"] and "from_file" in board["cat_writer"]["reasons"]
+    assert "refused" in board["dee_reader"]["reasons"] and "from_file" in board["dee_reader"]["reasons"]
+    assert board["ada"]["status"] == "ok", board["ada"]
+    outputs = [graded["stdout"], graded["stderr"]] + [path.read_bytes().decode("utf-8", "replace")
+                                                      for path in graded["output"].iterdir()]
+    assert not any(SECRET in text for text in outputs)
+    assert not any("115, 51, 99" in text for text in outputs)  # the secret's first bytes as a shape
+
+
+def test_endless_slow_and_greedy_models_cost_only_themselves(graded):
+    board = graded["board"]
+    assert "never ends" in board["eli_endless"]["reasons"] and "prim::Loop" in board["eli_endless"]["reasons"]
+    assert f"did not finish within {TIMEOUT} s" in board["fox_slow"]["reasons"]
+    assert "ran out of memory" in board["gil_hog"]["reasons"]
+    for name in ("eli_endless", "fox_slow", "gil_hog"):
+        assert board[name]["status"] == "problems" and board[name]["best_model"] == ""
+    assert int(board["ada"]["rank"]) <= 3
+
+
+def test_zip_bomb_is_refused_unopened(graded):
+    reasons = graded["board"]["hoa_bomb"]["reasons"]
+    assert "refused unopened" in reasons and "expands to 419 MB" in reasons
+
+
+def test_leaderboard_injection_is_neutralised(graded):
+    rows, markdown = graded["rows"], graded["markdown"]
+    for row in rows:
+        for value in row.values():
+            assert not value.startswith(("=", "+", "@", "\t", "\r")), row
+            assert not (value.startswith("-") and value != "-" and not value.lstrip("-").replace(".", "").isdigit()), row
+    injected = [row for row in rows if "rule of labs/homework.md" in row["reasons"]]
+    assert len(injected) == 5 and all(row["status"] == "rejected" for row in injected)
+    assert "<img" not in markdown and "javascript:alert(1))" not in markdown.replace("\\", "")  # no live link
+    assert "](javascript" not in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert len(table) == len(rows) + 1  # header + one line each: no forged rows
+
+
+def test_links_are_refused(graded):
+    board = graded["board"]
+    assert board["ivy_linked"]["status"] == "rejected" and "is a link" in board["ivy_linked"]["reasons"]
+    jan = board["jan_linked_pi"]
+    assert "pi_run.json is a link" in jan["reasons"] and "pi" not in jan["parts"].split()
+
+
+def test_pi_run_must_prove_itself(graded):
+    board = graded["board"]
+    assert "pi" in board["ada"]["parts"].split()
+    kai, lou = board["kai_x86"], board["lou_10000fps"]
+    assert "not a Raspberry Pi" in kai["reasons"] and "pi" not in kai["parts"].split()
+    assert "more than a Raspberry Pi reaches" in lou["reasons"] and "pi" not in lou["parts"].split()
+
+
+def test_copying_is_listed(graded):
+    board, markdown = graded["board"], graded["markdown"]
+    assert "benchmark.json identical to max_copy" in board["ada"]["possible_copying"]
+    assert "pi_run.json identical to ada" in board["max_copy"]["possible_copying"]
+    assert "## Possible copying" in markdown and "**max_copy**" in markdown.split("## Possible copying")[1]
+    ned = board["ned_triple"]
+    assert ned["status"] == "flagged" and "same weights" in ned["reasons"]
+    assert sum(part in ned["parts"].split() for part in ("static", "dynamic", "qat")) == 1
+
+
+@pytest.mark.parametrize("student, reason", [
+    ("oz_nan_size", "NaN, which is not a number"), ("oz_inf_latency", "Infinity, which is not a number"),
+    ("oz_huge_latency", "latency_ms.median: must be positive and at most"), ("oz_zero_fps", "fps: must be positive"),
+    ("oz_rows_120000", "benchmark.json is over 1024 kB"), ])
+def test_report_numbers_must_be_sane(graded, student, reason):
+    row = graded["board"][student]
+    assert row["status"] == "rejected" and reason in row["reasons"], row["reasons"]
+    assert len(row["reasons"]) < 400
+
+
+def test_broken_sidecar_and_pi_run_cost_only_their_part(graded):
+    pat = graded["board"]["pat_broken_sidecar"]
+    assert pat["status"] == "problems" and pat["best_model"] == "tiny.pt" and "static" in pat["parts"].split()
+    assert "other.pt: its sidecar other.json is not valid JSON" in pat["reasons"]
+    assert "pi_run.json is not valid JSON" in pat["reasons"] and "Error" not in pat["reasons"]
+
+
+# ---- checks without a grader run ------------------------------------------------------
+
+def test_report_schema_refuses_bad_numbers():
+    from quantlab import bench
+
+    good = report([row("m.pt", "static", b"x" * 1000)])
+    assert bench.validate_report(good) == []
+    for edit, problem in ((lambda r: r["results"][1].update(fps=0), "fps: must be positive"),
+                          (lambda r: r["results"][1].update(size_mb=math.nan), "size_mb"),
+                          (lambda r: r["results"][1].update(parameters=-5), "cannot be negative"),
+                          (lambda r: r["results"].extend([r["results"][1]] * 60), "over the 50"),
+                          (lambda r: r["machine"].update(threads=-1), "machine.threads")):
+        bad = json.loads(json.dumps(good))
+        edit(bad)
+        assert any(problem in line for line in bench.validate_report(bad)), bench.validate_report(bad)
+
+
+def test_onnx_external_data_and_control_flow_are_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from quantlab import model_checks
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [1], [0.0])
+    weights.data_location = TensorProto.EXTERNAL
+    weights.external_data.add(key="location", value="/etc/passwd")
+    graph = helper.make_graph([helper.make_node("Add", ["input", "w"], ["logits"])], "g", [x], [y], [weights])
+    onnx.save(helper.make_model(graph), str(tmp_path / "external.onnx"))
+    assert "external data" in model_checks.onnx_problem(tmp_path / "external.onnx")
+    graph = helper.make_graph([helper.make_node("Loop", ["input"], ["logits"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph), str(tmp_path / "loop.onnx"))
+    assert "'Loop'" in model_checks.onnx_problem(tmp_path / "loop.onnx")
+
+
+def test_load_time_code_is_refused(tmp_path):
+    """torch.jit.load runs a module's __setstate__: refused before anything loads the file."""
+    from quantlab import model_checks
+
+    path = tmp_path / "setstate.pt"
+    torch.jit.save(torch.jit.script(SetState().eval()), str(path))
+    assert "defines __getstate__" in model_checks.check_code_text(path)
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("grade.py", ["{root}", "--rubric", "{bomb}"], "aliases are not allowed"),
+    ("quantize_model.py", ["--config", "{bomb}"], "aliases are not allowed"),
+    ("quantize_model.py", ["--config", "{mode}"], "operation_mode must be one name"),
+    ("grade.py", ["{root}", "--threads", "100000"], "--threads 100000 is more than this machine can use"),
+    ("quantize_model.py", ["--output", "{root}/m.pt", "--threads", "100000"], "--threads 100000"),
+    ("mobile_net.py", ["--source", "samples", "--frames", "1", "--threads", "100000"], "--threads 100000"),
+    ("speed_suite.py", ["--threads", "100000"], "--threads 100000"),
+    ("benchmark.py", ["--model", "{tiny_onnx}", "--runs", "1", "--warmup", "0", "--threads", "2"], "under 1 kB"),
+])
+def test_error_paths_give_one_short_line(tmp_path, script, args, message):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    (tmp_path / "ada").mkdir()
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])
+    shape = numpy_helper.from_array(np.array([1, 1000], dtype=np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
+                               helper.make_node("Expand", ["mean", "shape"], ["logits"])], "tiny", [x], [y], [shape])
+    tiny = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    tiny.ir_version = 9
+    onnx.save(tiny, str(tmp_path / "tiny.onnx"))  # 179 bytes: 0.000 MB
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(levels) + "\ngeneral: {model_path: *i}\n")
+    mode = tmp_path / "mode.yaml"
+    mode.write_text("operation_mode: [quantization]\n")
+    filled = [arg.format(root=tmp_path, bomb=bomb, mode=mode, tiny_onnx=tmp_path / "tiny.onnx") for arg in args]
+    result = run_script(script, *filled, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr[-2000:]
+    assert len(lines[0]) < 300
+    assert not (tmp_path / "leaderboard.csv").exists() and not (tmp_path / "m.pt").exists()
+
+
+def test_demo_names_only_imagenet_classes(tmp_path):
+    path = tmp_path / "ten.pt"
+
+    class Ten(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1).repeat(1, 4)[:, :10]
+
+    torch.jit.save(torch.jit.script(Ten()), str(path))
+    result = run_script("mobile_net.py", "--model", path, "--source", "samples", "--frames", "2", "--threads", "2",
+                        "--json", tmp_path / "run.json", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "not ImageNet's 1000 classes" in result.stdout and "class 0" in result.stdout
+    assert "tench" not in result.stdout  # ImageNet's class 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["model_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
