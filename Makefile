@@ -1,12 +1,13 @@
 # Quick start (x86_64 Linux, Python 3.11):
 #   make demo   set up .venv and run the webcam demo on the sample photos (no camera needed)
 #   make test   set up .venv and run the whole test suite (CI runs this)
+#   make test-fast   the in-process checks only, for the edit-run loop (no slow, emulation or notebook tests)
 #   make figures-quantize   the quantization toolkit's figures (offline assets, a few minutes)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test figures-quantize clean
+.PHONY: setup demo test test-fast figures-quantize clean
 
 $(VENV)/.installed: pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not emulation and not notebooks"
 
 figures-quantize: setup
 	PY=$(PY) bash tools/quantize_figures.sh

@@ -8,7 +8,7 @@ different machines are never mixed up.
 
 Examples:
     python Codes/benchmark.py --model mobilenet_v2 --model mnv2_int8.pt
-    python Codes/benchmark.py --model mobilenet_v2 --model mnv2_int8.pt --data imagenet-sample --holdout 100
+    python Codes/benchmark.py --model mobilenet_v2 --model mnv2_int8.pt --data photos/ --holdout 100
     python Codes/benchmark.py --model mobilenet_v2 --model mnv2.onnx --data photos/ --json report.json --csv report.csv --plot report.png
     python Codes/benchmark.py --model my_finetuned.pth --arch resnet18 --runs 100 --threads 4
     python Codes/benchmark.py --model mnv2_qnnpack.pt --engine x86   # force another engine (prints a note)

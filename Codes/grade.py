@@ -20,7 +20,7 @@ graded. labs/instructor_guide.md explains the rubric, tolerances and limits.
 Examples:
     python Codes/grade.py submissions/                                   # quick: checks + the students' claims
     python Codes/grade.py submissions/ --data test_photos/ --remeasure   # the numbers to publish
-    python Codes/grade.py submissions/ --data imagenet-sample --holdout 100 --remeasure --images 300
+    python Codes/grade.py submissions/ --data photos/ --holdout 100 --remeasure --images 300
     python Codes/grade.py submissions/ --rubric my_rubric.yaml --output results/
 """
 
@@ -147,6 +147,13 @@ def main() -> int:
               f"rubric: {args.rubric or grading.DEFAULT_RUBRIC}; {about_baseline}",
               f"isolation: {sandbox.DESCRIPTIONS[isolation]}; limits per model {runner.timeout:.0f} s, "
               f"{args.memory_mb} MB"]
+    # student names follow grading.FOLDER_NAME, so they are safe to print in the Markdown header
+    unstable = [student.student for student in students if any(model.unstable for model in student.models)]
+    if measure and (baseline.result["unstable"] or unstable):  # the instructor's machine, not the students
+        header.append("WARNING: unstable latencies (the machine was busy or changed speed) for "
+                      + ", ".join((["the fp32 baseline"] if baseline.result["unstable"] else []) + unstable[:10])
+                      + (f" and {len(unstable) - 10} more" if len(unstable) > 10 else "")
+                      + ": speed-ups are unreliable; grade again on a quiet machine")
     paths = grading.write_leaderboard(students, output, header)
     print(grading.format_summary(students))
     print("\n".join(header))

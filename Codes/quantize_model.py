@@ -12,7 +12,7 @@ engine from it. ``--config FILE.yaml`` takes the same settings in sections
 modelled on the STM32 model zoo (see configs/); flags override the file.
 
 Examples:
-    python Codes/quantize_model.py --output mnv2_int8.pt --calib-data imagenet-sample
+    python Codes/quantize_model.py --output mnv2_int8.pt --calib-data photos/
     python Codes/quantize_model.py --output mnv2_qnnpack.pt --engine qnnpack --calib-data photos/   # for the Pi
     python Codes/quantize_model.py --output mnv2_pt.pt --granularity per_tensor --observer minmax --calib-data photos/
     python Codes/quantize_model.py --output mnv2_dynamic.pt --method dynamic

@@ -15,6 +15,24 @@ REPO = Path(__file__).resolve().parents[1]
 CODES = REPO / "Codes"
 
 
+# Which tests `make test-fast` leaves out, by file: the edit-run loop keeps the in-process checks.
+SLOW_FILES = {"test_benchmark.py", "test_grade.py", "test_onnx.py", "test_own_model.py", "test_quantize_model.py",
+              "test_sandbox.py", "test_speed_suite.py"}
+EMULATION = {"test_pi_emulation.py": None, "test_isa.py": {"test_onnx_runtime_format_is_exact_on_an_avx2_cpu"}}
+NOTEBOOK_FILES = {"test_notebooks.py"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        file = item.path.name
+        if file in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+        if file in NOTEBOOK_FILES:
+            item.add_marker(pytest.mark.notebooks)
+        if file in EMULATION and (EMULATION[file] is None or item.originalname in EMULATION[file]):
+            item.add_marker(pytest.mark.emulation)
+
+
 def _asset(relative: str) -> Path:
     path = assets_dir() / relative
     if not path.exists():

@@ -234,7 +234,7 @@ benchmarking: {{runs: 2, warmup: 1}}
     ("preprocessing:\n  resizing: {aspect_ratio: fit}\n", "aspect_ratio 'fit' is not supported"),
     ("preprocessing:\n  rescaling: {scale: [1, 2]}\n", "'rescaling.scale' must be a number or 3 numbers"),
     ("- a list\n", "must hold sections"),
-    ("general: {model_path: [unclosed\n", "not a readable YAML file"),
+    ("general: {model_path: [unclosed\n", "is not valid YAML at line 2"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, message):
     from quantlab import config

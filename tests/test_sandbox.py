@@ -72,13 +72,35 @@ class Endless(Tiny):
 
 
 class Slow(Tiny):
-    """Passes every static check (loops of fixed length) and runs for hours: only the time limit stops it."""
+    """Passes every static check (one loop of fixed length) and runs for hours: only the time limit stops it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = x.flatten()[:1].expand(1500, 1500).contiguous()
+        for _ in range(10000):  # 7 GFLOP a turn
+            big = torch.mm(big, big) * 0.0 + 1.0
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)) + big.sum()
+
+
+class Nested(Tiny):
+    """Three loops of 10,000: each under the limit, 10^12 turns together."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for _ in range(10000):
             for _ in range(10000):
-                x = x + 1
+                for _ in range(10000):
+                    x = x + 1
         return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Wrapped(nn.Module):
+    """The same weights in another module, with other code: copying that a byte comparison misses."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x * 1.0)
 
 
 class Hog(Tiny):
@@ -107,6 +129,17 @@ def torchscript_bytes(module: nn.Module, folder: Path, name: str) -> bytes:
     content = path.read_bytes()
     path.unlink()
     return content
+
+
+def int8_tiny_bytes(seed: int, folder: Path, name: str, engine: str = "x86") -> bytes:
+    """An honest student's tiny model: int8 (dynamic quantization of its Linear), as its sidecar says."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine  # int8 weights are packed for the engine the sidecar names
+    try:
+        quantized = torch.ao.quantization.quantize_dynamic(Tiny(seed).eval(), {nn.Linear}, dtype=torch.qint8)
+        return torchscript_bytes(quantized, folder, name)
+    finally:
+        torch.backends.quantized.engine = previous
 
 
 def zip_bomb(path: Path, megabytes: int = 400) -> None:
@@ -149,9 +182,10 @@ def hand_in(folder: Path, files: dict[str, tuple[bytes, str]], extra_rows: list[
     """A student folder: each model file with its sidecar and report row, and an optional Pi run."""
     folder.mkdir()
     rows = []
-    for name, (content, method) in files.items():
+    for name, (content, method, *engine) in files.items():
         (folder / name).write_bytes(content)
-        sidecar = {"method": method, "engine": "x86", "sha256": hashlib.sha256(content).hexdigest()}
+        sidecar = {"method": method, "engine": engine[0] if engine else "x86",
+                   "sha256": hashlib.sha256(content).hexdigest()}
         text = (sidecars or {}).get(name, json.dumps(sidecar))
         (folder / name).with_suffix(".json").write_text(text)
         rows.append(row(name, method, content, latency=2.5))
@@ -170,9 +204,10 @@ def hostile_class(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("work")
     secret = work / "secret.txt"
     secret.write_text(SECRET + "\n")
-    tiny = torchscript_bytes(Tiny(0), work, "tiny.pt")
-    other = torchscript_bytes(Tiny(1), work, "other.pt")
-    hand_in(root / "ada", {"tiny.pt": (tiny, "static")}, pi=pi_run(tiny))
+    tiny = int8_tiny_bytes(0, work, "tiny.pt")
+    other = int8_tiny_bytes(1, work, "other.pt")
+    for_pi = int8_tiny_bytes(5, work, "pi.pt", engine="qnnpack")  # what the Pi runs: int8 for qnnpack
+    hand_in(root / "ada", {"tiny.pt": (tiny, "static"), "pi.pt": (for_pi, "dynamic", "qnnpack")}, pi=pi_run(for_pi))
     victim = root / "ada" / "tiny.pt"
     hand_in(root / "bo", {"other.pt": (other, "static")})
     hand_in(root / "cat_writer", {"m.pt": (torchscript_bytes(Writer(str(victim)), work, "m.pt"), "static")})
@@ -196,6 +231,8 @@ def hostile_class(tmp_path_factory) -> dict:
     (root / "max_copy" / "benchmark.json").write_bytes((root / "ada" / "benchmark.json").read_bytes())
     (root / "max_copy" / "pi_run.json").write_bytes((root / "ada" / "pi_run.json").read_bytes())
     hand_in(root / "ned_triple", {"s.pt": (other, "static"), "d.pt": (other, "dynamic"), "q.pt": (other, "qat")})
+    # the same weights in another wrapper, and a float model whose sidecar claims QAT
+    hand_in(root / "oli_float_claims_qat", {"f.pt": (torchscript_bytes(Tiny(2), work, "f.pt"), "qat")})
     numbers = {"nan_size": lambda r: r["results"][1].update(size_mb=math.nan),
                "inf_latency": lambda r: r["results"][1]["latency_ms"].update(median=math.inf),
                "huge_latency": lambda r: r["results"][1].update(latency_ms={"median": 1e300, "p90": 1e300,
@@ -304,6 +341,22 @@ def test_copying_is_listed(graded):
     ned = board["ned_triple"]
     assert ned["status"] == "flagged" and "same weights" in ned["reasons"]
     assert sum(part in ned["parts"].split() for part in ("static", "dynamic", "qat")) == 1
+    oli = board["oli_float_claims_qat"]  # a sidecar is the student's word; the graph is the file's
+    assert "its sidecar says qat, but the model holds no int8 layers" in oli["reasons"]
+    assert "qat" not in oli["parts"].split() and oli["status"] == "flagged"
+
+
+def test_nested_loops_are_refused_and_copies_are_told_by_their_weights(tmp_path):
+    from quantlab import model_checks
+
+    assert "nested loops of 100000000 iterations in all" in model_checks.graph_problem(torch.jit.script(Nested()))
+    assert model_checks.graph_problem(torch.jit.script(Slow())) is None  # only the time limit stops that one
+    paths = []
+    for name, module in (("a.pt", Tiny(3)), ("b.pt", Wrapped(Tiny(3))), ("c.pt", Tiny(4))):
+        torch.jit.save(torch.jit.script(module.eval()), str(tmp_path / name))
+        paths.append(tmp_path / name)
+    same, wrapped, other = map(model_checks.archive_content_hash, paths)
+    assert same == wrapped != other and same is not None
 
 
 @pytest.mark.parametrize("student, reason", [

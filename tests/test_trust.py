@@ -195,3 +195,38 @@ def test_unstable_results_are_marked_in_the_table_and_the_json():
     assert "!440.00" in table and "! UNSTABLE latency of busy.pt: p90 is 2.7x the median" in table
     measured = bench.measure_latency(torch.nn.Identity(), input_size=8, runs=3, warmup=0)
     assert "unstable" in measured  # None or a reason, measured on this machine
+
+
+class _FastAlone(torch.nn.Module):
+    """A cheat: a cheap answer at batch 1 (what latency times), the real network on batches (what is scored)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.cheap = torch.nn.Linear(3, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.size(0) == 1:
+            return self.cheap(x.mean((2, 3)))
+        return self.net(x)
+
+
+def test_a_model_that_answers_batches_otherwise_is_scored_as_it_is_timed(tmp_path, float_weights):
+    path = tmp_path / "cheat.pt"
+    torch.jit.save(torch.jit.script(_FastAlone(models.mobilenet_v2_fp32(float_weights)).eval()), str(path))
+    loaded = bench.load_any(str(path), engine="auto", threads=2)
+    assert loaded.batch_one and any("differently alone than in a batch" in note for note in loaded.notes)
+
+
+def test_mixed_layouts_and_ambiguous_class_names_are_refused(tmp_path, sample_photos):
+    photo = next(sample_photos.iterdir())
+    (tmp_path / "mixed" / "n01440764").mkdir(parents=True)
+    shutil.copy(photo, tmp_path / "mixed" / "cover.jpg")  # would hide the class folder, calibration included
+    shutil.copy(photo, tmp_path / "mixed" / "n01440764" / "a.jpg")
+    with pytest.raises(KitError, match="photos .* and class folders .* side by side"):
+        data.image_dataset(tmp_path / "mixed", need_labels=False)
+    (tmp_path / "classes" / "Cardigan").mkdir(parents=True)  # the corgi (264) or the sweater (474)?
+    shutil.copy(photo, tmp_path / "classes" / "Cardigan" / "a.jpg")
+    with pytest.raises(KitError, match="'Cardigan/'"):
+        data.image_dataset(tmp_path / "classes")
+    assert data.label_of_folder("n02113186") == 264 and data.label_of_folder("n02963159") == 474  # by WordNet id

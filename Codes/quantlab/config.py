@@ -140,13 +140,19 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _name(key: Any) -> str:
+    """A key as written in the file, for a one-line error: printable characters only, capped."""
+    text = "".join(character if character.isprintable() else "?" for character in str(key))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _section(config: dict, name: str, where: str, settings: dict) -> None:
     body = config.get(name) or {}
     if not isinstance(body, dict):
         raise KitError(f"{where}: '{name}' must be a section of keys, got {type(body).__name__}")
     for key, value in body.items():
         if key not in SCHEMA[name]:
-            raise KitError(f"{where}: unknown key '{name}.{_short(key)[:40]}'; known keys of '{name}': "
+            raise KitError(f"{where}: unknown key '{name}.{_name(key)}'; known keys of '{name}': "
                            f"{', '.join(SCHEMA[name])}")
         rule = SCHEMA[name][key]
         if rule is None:  # a nested section
@@ -170,7 +176,7 @@ def load_config(path: Path) -> dict[str, Any]:
         raise KitError(f"{where}: the file must hold sections (general, dataset, ...), not a {type(config).__name__}")
     for key in config:
         if key not in TOP_LEVEL:
-            raise KitError(f"{where}: unknown key {_short(key)[:40]}; known sections: {', '.join(TOP_LEVEL)}")
+            raise KitError(f"{where}: unknown key '{_name(key)}'; known sections: {', '.join(TOP_LEVEL)}")
     settings: dict[str, Any] = {}
     if "operation_mode" in config:
         mode = config["operation_mode"]

@@ -19,7 +19,7 @@ pretrained 1000-class model is scored without retraining: ``course_dataset``.
 
 Example:
     from quantlab import data
-    dataset = data.image_dataset("imagenet-sample")
+    dataset = data.image_dataset("photos/")  # or data.course_dataset()[0]: the sample offline, Imagenette on Colab
     calibration, evaluation = data.split(dataset, first_n=100, seed=0)
     loader = data.loader(calibration, batch_size=16)
 """
@@ -58,9 +58,16 @@ def imagenet_wnids() -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _class_name_index() -> dict[str, int]:
-    """ImageNet class names, folded (lower case, '_' and '-' as spaces), to class indices."""
-    return {_fold(name): index for index, name in enumerate(imagenet_classes())}
+def _class_name_index() -> dict[str, int | None]:
+    """ImageNet class names, folded (lower case, '_' and '-' as spaces), to class indices.
+
+    A name two classes share once folded ('Cardigan' the corgi, 'cardigan' the
+    sweater) maps to None: such a folder must be named by its WordNet id.
+    """
+    index: dict[str, int | None] = {}
+    for position, name in enumerate(imagenet_classes()):
+        index[_fold(name)] = None if _fold(name) in index else position
+    return index
 
 
 def _fold(name: str) -> str:
@@ -133,6 +140,10 @@ def image_dataset(path: str | Path, size: int = 224, need_labels: bool = True) -
     if not root.is_dir():
         raise KitError(f"data folder {root} does not exist; pass a folder of images or of class folders")
     flat = _images_in(root)
+    folders_with_images = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _images_in(d)]
+    if flat and folders_with_images:  # which photos were meant? a stray cover photo would hide every class folder
+        raise KitError(f"data folder {root} holds photos ('{flat[0].name}', ...) and class folders "
+                       f"('{folders_with_images[0].name}/', ...) side by side; keep one layout: {LAYOUTS}")
     if flat:
         items = [(p, label_of_file(p.name)) for p in flat]
         unknown = [p.name for p, label in items if label is None]

@@ -257,7 +257,7 @@ def measured_numbers(result: dict) -> dict | None:
     top1, top5 = _number(measured.get("top1"), 0, 100), _number(measured.get("top5"), 0, 100)
     if median is None or top1 is None or top5 is None:
         return None
-    return {"top1": top1, "top5": top5, "latency_ms": {"median": median}}
+    return {"top1": top1, "top5": top5, "latency_ms": {"median": median}, "unstable": measured.get("unstable") is True}
 
 
 @dataclass
@@ -306,6 +306,7 @@ class ModelGrade:
     size_ratio: float | None = None
     points: dict[str, float] = field(default_factory=dict)
     excluded: str | None = None        # why the model is not scored
+    unstable: bool = False             # its re-measured latency was unstable (the grader's machine was busy)
     sha256: str | None = None          # the file's bytes
     weights: str | None = None         # its weights, whatever the file's name or metadata
 
@@ -476,6 +477,12 @@ def grade_model(folder: Path, row: dict, reference: dict | None, rubric: dict, b
     method, engine = result.get("method"), result.get("engine")
     if sidecar and sidecar.get("method") and path.suffix.lower() in TORCH_SUFFIXES:
         method = sidecar["method"]
+    if method in ("static", "dynamic", "qat") and result.get("quantized") is False and path.suffix.lower() in \
+            TORCH_SUFFIXES:  # the sidecar is the student's word; the loaded graph is the file's
+        grade.excluded = (f"{name}: its sidecar says {method}, but the model holds no int8 layers (it runs in "
+                          "fp32): quantize it with Codes/quantize_model.py")
+        flags.append(grade.excluded)
+        return grade
     grade.method = method if method in KNOWN_METHODS else "int8"
     grade.engine = engine if engine in engines.ENGINE_CHOICES else None
     grade.weights = model_checks.archive_content_hash(path) if path.suffix.lower() in TORCH_SUFFIXES else (
@@ -499,6 +506,7 @@ def grade_model(folder: Path, row: dict, reference: dict | None, rubric: dict, b
         grade.top1 = measured["top1"]
         grade.top1_drop = base["top1"] - measured["top1"]
         grade.speedup = base["latency_ms"]["median"] / measured["latency_ms"]["median"]
+        grade.unstable = measured["unstable"]
         _check_claims(name, row, claimed, grade, tolerance, flags)
     elif claimed is not None:
         grade.top1, grade.top1_drop, grade.speedup = row["top1"], claimed["top1_drop"], claimed["speedup"]
@@ -542,9 +550,11 @@ def _give_points(grade: ModelGrade, rubric: dict) -> None:
 def check_pi_run(path: Path, graded: list[ModelGrade], rubric: dict) -> tuple[float | None, str | None]:
     """The Pi's mean FPS from ``pi_run.json``, and why the Pi part does not count (None when it does).
 
-    The run proves itself: made on a 64-bit Raspberry Pi with a camera, running
-    a submitted model (its sha256, recorded by mobile_net.py) on qnnpack, with
-    an FPS that matches its frames and seconds and that a Pi can reach.
+    The run must be consistent: made on a 64-bit Raspberry Pi with a camera,
+    running a submitted int8 qnnpack model (its sha256, recorded by
+    mobile_net.py), with an FPS that matches its frames and seconds and that a
+    Pi can reach. A student who edits every field consistently by hand can still
+    pass these checks: the Pi part rests on trust, which the instructor guide says.
     """
     made_by = "Codes/mobile_net.py --json on the Pi"
     run, why = read_json_file(path, MAX_PI_RUN_BYTES, made_by)
@@ -582,6 +592,9 @@ def check_pi_run(path: Path, graded: list[ModelGrade], rubric: dict) -> tuple[fl
     if not isinstance(recorded, str) or not matching:
         return shown_fps, (f"{path.name} ran '{clean_text(run['model'], 60)}', whose sha256 (recorded by "
                            "mobile_net.py) is not that of a submitted model that passed the checks")
+    if not any(model.engine == "qnnpack" for model in matching):  # the file's engine, not the run's word
+        return shown_fps, (f"{path.name} ran a submitted model that is not int8 for qnnpack (its sidecar and "
+                           "graph say otherwise): run the qnnpack model on the Pi")
     return float(fps), None
 
 

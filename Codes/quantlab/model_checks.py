@@ -149,26 +149,29 @@ def _dotted(node: ast.AST) -> str:
 
 
 def archive_content_hash(path: Path) -> str | None:
-    """SHA-256 of the archive's entries with the top folder (the file's name at save time) left out.
+    """A fingerprint of the archive's tensors: SHA-256 over the sorted SHA-256s of its tensor storages.
 
-    ``torch.jit.save`` names the archive's top folder after the file, so the same
-    model saved under two names differs in bytes; this hash does not. Reading
-    every entry also proves each one inflates to its declared size (CRC-checked).
+    Only the weights count (``data/`` and ``constants/`` entries), in any order:
+    the same weights saved under another name, wrapped in another module or
+    with edited code give the same fingerprint. Reading every entry also proves
+    each one inflates to its declared size (CRC-checked).
     """
-    digest = hashlib.sha256()
+    storages = []
     try:
         with zipfile.ZipFile(path) as archive:
-            for entry in sorted(archive.infolist(), key=lambda e: e.filename.split("/", 1)[-1]):
+            for entry in archive.infolist():
                 inner = entry.filename.split("/", 1)[-1]
-                if inner.endswith(("debug_pkl", "serialization_id")):
-                    continue  # source positions and a random save id: not the model
-                digest.update(inner.encode("utf-8", "replace") + b"\0")
+                digest = hashlib.sha256()
                 with archive.open(entry) as member:
                     for block in iter(lambda: member.read(1 << 20), b""):
                         digest.update(block)
+                if inner.startswith(("data/", "constants/")) and entry.file_size:
+                    storages.append(digest.hexdigest())
     except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError):
         return None
-    return digest.hexdigest()
+    if not storages:
+        return None
+    return hashlib.sha256("".join(sorted(storages)).encode("ascii")).hexdigest()
 
 
 # ---- in the sandboxed child, after loading, before running ---------------------------
@@ -179,22 +182,28 @@ def graph_problem(model) -> str | None:
         graph = model.inlined_graph
     except Exception:  # noqa: BLE001 - no forward graph: nothing the grader can check
         return "it has no TorchScript forward graph to check"
-    return _block_problem(graph)
+    return _block_problem(graph, 1)
 
 
-def _block_problem(block) -> str | None:
+def _block_problem(block, trips_around: int) -> str | None:
+    """Check ``block``'s operators; ``trips_around``: how often the loops around it run it (nested loops multiply)."""
     for node in block.nodes():
         kind = node.kind()
         namespace, _, op = kind.partition("::")
+        inner_trips = trips_around
         if kind == "prim::Loop":
             why = _loop_problem(node)
             if why:
                 return why
+            inner_trips = trips_around * int(next(iter(node.inputs())).toIValue())
+            if inner_trips > MAX_LOOP_TRIPS:  # three nested loops of 10,000 run 10^12 times
+                return (f"it runs nested loops of {inner_trips} iterations in all ('prim::Loop'), over the "
+                        f"grader's {MAX_LOOP_TRIPS}: refused")
         elif not (namespace == "quantized" or (namespace == "aten" and op in ALLOWED_ATEN)
                   or (namespace == "prim" and op in ALLOWED_PRIM)):
             return f"it runs '{kind}', which is not an operator a quantized image classifier needs ({ALLOWED_OPS_NOTE})"
         for inner in node.blocks():
-            why = _block_problem(inner)
+            why = _block_problem(inner, inner_trips)
             if why:
                 return why
     return None

@@ -26,7 +26,7 @@ Example (what notebooks/06_onnx_runtime.ipynb does):
     from quantlab import data, models, onnx_tools
     fp32 = models.mobilenet_v2_fp32()
     onnx_tools.export_onnx(fp32, Path("mnv2.onnx"))
-    calibration, _ = data.split(data.image_dataset("imagenet-sample"), first_n=200, seed=0)
+    calibration, _ = data.split(data.course_dataset()[0], first_n=200, seed=0)
     onnx_tools.quantize_onnx_static(Path("mnv2.onnx"), Path("mnv2_qdq.onnx"), data.loader(calibration))
     onnx_tools.quantize_onnx_dynamic(Path("mnv2.onnx"), Path("mnv2_dynamic.onnx"))
 """
@@ -453,7 +453,10 @@ def read_metadata(onnx_path: Path) -> dict[str, object]:
     """What quantize_onnx_* recorded in the file (method, granularity, calibration_images, ...); {} for others."""
     import onnx
 
-    return _metadata_of(onnx.load(str(onnx_path), load_external_data=False))
+    try:
+        return _metadata_of(onnx.load(str(onnx_path), load_external_data=False))
+    except Exception:  # noqa: BLE001 - an ORT-format (.ort) or damaged file holds no metadata onnx can read
+        return {}
 
 
 def sidecar_fields(onnx_path: Path) -> dict[str, object]:

@@ -24,7 +24,7 @@ not in torch: ``require_torchao`` says so in one line when it is missing.
 Example:
     from quantlab import data, pt2e, user_model
     model = user_model.load_user_model("my_net.py:build", "my_net.pth")
-    calibration, _ = data.split(data.image_dataset("imagenet-sample"), first_n=200, seed=0)
+    calibration, _ = data.split(data.course_dataset()[0], first_n=200, seed=0)
     program, facts = pt2e.quantize(model, data.loader(calibration), target="x86", input_size=224)
     pt2e.save(program, Path("my_net_int8.pt2"), {"method": "static", **facts})
     int8 = pt2e.load_exported(Path("my_net_int8.pt2"))
@@ -48,7 +48,7 @@ from torch import nn
 
 from quantlab import models
 from quantlab.errors import KitError
-from quantlab.quantize import batch_images
+from quantlab.quantize import calibrate
 
 SUFFIX = ".pt2"
 TARGETS = ("x86", "arm")
@@ -183,16 +183,7 @@ def quantize(model: nn.Module | torch.export.ExportedProgram, calibration_batche
     program = model if isinstance(model, torch.export.ExportedProgram) else export(model, input_size)
     with _quiet():
         prepared = prepare_pt2e(program.module(), quantizer)
-    images = 0
-    with torch.no_grad():
-        for batch in calibration_batches:
-            tensor = batch_images(batch)
-            if tensor is None:
-                continue
-            prepared(tensor)
-            images += tensor.shape[0]
-    if images == 0:
-        raise KitError("no calibration image could be read; pass a folder of readable photos")
+    images = calibrate(prepared, calibration_batches, progress=False)
     with _quiet():
         converted = convert_pt2e(prepared)
     _drop_unused_weights(converted)

@@ -3,7 +3,7 @@
 Example (what the notebooks do):
     from quantlab import data, models, quantize
     fp32 = models.mobilenet_v2_fp32()
-    calibration, _ = data.split(data.image_dataset("imagenet-sample"), first_n=100, seed=0)
+    calibration, _ = data.split(data.course_dataset()[0], first_n=100, seed=0)
     int8 = quantize.quantize_static(fp32, data.loader(calibration), engine="x86")
     dynamic = quantize.quantize_dynamic(fp32)   # only nn.Linear: MobileNetV2 barely shrinks
     qat = quantize.quantize_qat(fp32, data.loader(calibration), engine="x86", epochs=1)
@@ -115,6 +115,24 @@ def batch_images(batch) -> torch.Tensor | None:
     return batch[0]
 
 
+def calibrate(model: Callable[[torch.Tensor], object], calibration_batches: Iterable, progress: bool = True) -> int:
+    """Run every readable calibration batch through ``model`` (its observers record the ranges); the image count.
+
+    A KitError when no image could be read: ranges from nothing would be garbage.
+    """
+    seen = 0
+    with torch.no_grad():  # not inference_mode: PT2E's convert later updates the observers' buffers in place
+        for batch in tqdm(calibration_batches, desc="calibrating", unit="batch", disable=not progress):
+            images = batch_images(batch)
+            if images is None:
+                continue
+            model(images)
+            seen += images.shape[0]
+    if seen == 0:
+        raise KitError("no calibration image could be read; pass a folder of readable photos")
+    return seen
+
+
 def quantize_static(model_fp32: nn.Module, calibration_batches: Iterable, engine: str,
                     granularity: str = "per_channel", observer: str = "histogram",
                     progress: bool = True, arch: str = "mobilenet_v2") -> nn.Module:
@@ -129,16 +147,7 @@ def quantize_static(model_fp32: nn.Module, calibration_batches: Iterable, engine
     model.fuse_model()  # conv + BN + ReLU become one op: fewer rounding steps, faster
     model.qconfig = qconfig
     tq.prepare(model, inplace=True)
-    seen = 0
-    with torch.inference_mode():
-        for batch in tqdm(calibration_batches, desc="calibrating", unit="batch", disable=not progress):
-            images = batch_images(batch)
-            if images is None:
-                continue
-            model(images)
-            seen += images.shape[0]
-    if seen == 0:
-        raise KitError("no calibration image could be read; pass a folder of readable photos")
+    calibrate(model, calibration_batches, progress)
     tq.convert(model, inplace=True)
     return model.eval()
 
