@@ -82,14 +82,15 @@ def machine_info(threads: int, engine: str | None) -> dict:
 # ---- measuring -----------------------------------------------------------------
 
 def measure_latency(model: Callable[[torch.Tensor], torch.Tensor], input_size: int = 224, runs: int = 50,
-                    warmup: int = 10) -> dict:
-    """Batch-1 latency of ``model`` on a fixed random image: median, p90, mean (ms) and FPS (1000 / median).
+                    warmup: int = 10, image: torch.Tensor | None = None) -> dict:
+    """Batch-1 latency of ``model`` on ``image`` (default: a fixed random one): median, p90, mean (ms), FPS.
 
     ``unstable`` says why the figures should not be trusted (``timing.instability``), or is None.
     """
     if runs < 1 or warmup < 0:
         raise KitError(f"need at least 1 timed run and no negative warm-up (got runs={runs}, warmup={warmup})")
-    image = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    if image is None:
+        image = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     times_ms = []
     with torch.inference_mode():
         for _ in range(warmup):  # first calls allocate buffers and pick kernels: not what a user sees later
@@ -559,13 +560,25 @@ def _load_user_model(spec: str, input_size: int) -> LoadedModel:
 
 # ---- one model's results, the report ---------------------------------------------
 
+def _first_photo(batches: Iterable | None) -> torch.Tensor | None:
+    """The first readable photo of ``batches`` as a 1x3xSxS tensor; None without photos."""
+    if batches is None:
+        return None
+    for batch in batches:
+        if batch is not None:
+            return batch[0][:1].clone()
+    return None
+
+
 def benchmark_model(loaded: LoadedModel, batches: Iterable | None, runs: int, warmup: int,
                     input_size: int = 224, progress: bool = True) -> dict:
     """Measure one model: one entry of the report's "results" (see docs/benchmark_schema.md)."""
     if loaded.engine is not None:
         engines.set_engine(loaded.engine)  # quantized ops dispatch on the active engine too
     memory.reset_peak()  # the peak below is this model's run (the process, with every model loaded so far)
-    latency = measure_latency(loaded.model, input_size, runs, warmup)
+    # timed on a photo that is scored, when there are photos: a model cannot tell the timed input from the
+    # scored ones (on random noise, one that answers noise cheaply would look fast and score on photos)
+    latency = measure_latency(loaded.model, input_size, runs, warmup, _first_photo(batches))
     accuracy = {"top1": None, "top5": None, "images": None}
     skipped = None
     if batches is not None:
