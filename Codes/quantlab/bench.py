@@ -315,8 +315,8 @@ def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
         if made_for and made_for not in torch.backends.quantized.supported_engines:
             raise KitError(f"{path.name} was quantized for {made_for}, which this PyTorch build lacks; quantize "
                            f"it again here (quantize_model.py --engine auto), e.g. qnnpack for a Raspberry Pi")
-        if made_for is None:
-            used_engine, notes = _engine_without_sidecar(path, threads)
+        if made_for is None:  # the search loads the file on the engine it settles on: no need to load it again
+            used_engine, notes, scripted = _engine_without_sidecar(path, threads)
         else:
             used_engine, _ = engines.resolve_engine(made_for)
     else:
@@ -324,8 +324,9 @@ def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
         if made_for and made_for != used_engine:
             notes.append(f"note: {path.name} was quantized for {made_for} (its sidecar says so) but --engine "
                          f"forces {used_engine}: expect other speed and accuracy than on {made_for}")
-    engines.set_engine(used_engine)  # int8 weights are packed for the engine active while they load
-    scripted = models.load_model_file(path, threads)
+    if engine != "auto" or made_for is not None:
+        engines.set_engine(used_engine)  # int8 weights are packed for the engine active while they load
+        scripted = models.load_model_file(path, threads)
     quantized = "quantized::" in str(scripted.inlined_graph)
     method = sidecar.get("method") or ("int8" if quantized else "fp32")
     return LoadedModel(name=path.name, model=scripted, runtime="pytorch", format="torchscript",
@@ -352,19 +353,21 @@ def int8_weight_schemes(scripted: torch.jit.ScriptModule) -> set:
     return {packed.unpack()[0].qscheme() for packed in _packed_weights(scripted)}
 
 
-def _engine_without_sidecar(path: Path, threads: int) -> tuple[str, list[str]]:
+def _engine_without_sidecar(path: Path, threads: int) -> tuple[str, list[str], torch.jit.ScriptModule]:
     """The engine an int8 TorchScript file with no sidecar was most likely packed for, checked by running it.
 
     Per-tensor int8 weights are what qnnpack's defaults (and torchvision's
     pretrained int8 weights) make; the x86 engines' defaults are per-channel.
     The guess goes first; an engine on which the file does not run is passed over.
+    Returns the engine (left active), the note to print, and the file loaded on that engine.
     """
     supported = torch.backends.quantized.supported_engines
     fast, _ = engines.resolve_engine("auto")
     engines.set_engine(fast)
-    schemes = int8_weight_schemes(models.load_model_file(path, threads))
+    loaded_on = {fast: models.load_model_file(path, threads)}  # weights are packed for the engine they load on
+    schemes = int8_weight_schemes(loaded_on[fast])
     if not schemes:
-        return fast, []  # fp32: the engine does not matter
+        return fast, [], loaded_on[fast]  # fp32: the engine does not matter
     per_tensor = schemes <= {torch.per_tensor_affine, torch.per_tensor_symmetric}
     guess = "qnnpack" if per_tensor and "qnnpack" in supported else fast
     why = ("its int8 weights are per-tensor, as qnnpack's defaults make them" if guess == "qnnpack"
@@ -375,8 +378,9 @@ def _engine_without_sidecar(path: Path, threads: int) -> tuple[str, list[str]]:
             continue
         engines.set_engine(candidate)
         try:
+            model = loaded_on.get(candidate) or models.load_model_file(path, threads)
             with torch.inference_mode():
-                models.load_model_file(path, threads)(_probe_image(1))
+                model(_probe_image(1))
         except Exception as error:  # noqa: BLE001 - any failure means "not this engine"
             failures.append(f"{candidate}: {_first_line(error)}")
             continue
@@ -384,7 +388,7 @@ def _engine_without_sidecar(path: Path, threads: int) -> tuple[str, list[str]]:
             why = f"it does not run on {guess}, the first guess"
         note = (f"note: {path.name} has no sidecar {models.sidecar_path(path).name}; running it on {candidate} "
                 f"({why}); pass --engine if it was quantized for another engine")
-        return candidate, [note]
+        return candidate, [note], model
     raise KitError(f"{path.name} is int8 with no sidecar and runs on none of this PyTorch's engines "
                    f"({'; '.join(failures)}); pass --engine ENGINE it was quantized for")
 

@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
 import json
@@ -37,6 +36,7 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from quantlab import bench, config, engines, model_checks, models, sandbox
 from quantlab.assets import REPO_ROOT
@@ -825,6 +825,18 @@ def _cell(value) -> str:
     return md_text(value)
 
 
+def _notes_by_student(students: list[StudentGrade], notes_of: Callable[[StudentGrade], list[str]],
+                      with_status: bool) -> list[str]:
+    """Markdown bullets: each student with notes (ranked), their notes escaped and capped below; "None." if none."""
+    lines = []
+    for student in ranked(students):
+        notes = notes_of(student)
+        if notes:
+            lines.append(f"- **{md_text(student.student)}**" + (f" ({student.status}):" if with_status else ":"))
+            lines += [f"  - {md_text(note)}" for note in capped_reasons(notes)]
+    return lines or ["None."]
+
+
 def markdown_text(students: list[StudentGrade], header: list[str]) -> str:
     """The leaderboard as Markdown: the context, the ranking, then every submission's problems."""
     rows = leaderboard_rows(students)
@@ -835,23 +847,12 @@ def markdown_text(students: list[StudentGrade], header: list[str]) -> str:
     lines = ["# Leaderboard", "", *(md_text(line) for line in header), "",
              "| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     lines += ["| " + " | ".join(_cell(row[key]) for key in shown) + " |" for row in rows]
-    lines += ["", "## Problems", ""]
-    troubled = [student for student in ranked(students) if student.reasons]
-    for student in troubled:
-        lines.append(f"- **{md_text(student.student)}** ({student.status}):")
-        lines += [f"  - {md_text(reason)}" for reason in capped_reasons(student.reasons)]
-    if not troubled:
-        lines.append("None.")
+    lines += ["", "## Problems", "", *_notes_by_student(students, lambda student: student.reasons, with_status=True)]
     lines += ["", "## Possible copying", "",
               "Files byte-identical to another student's, or the same weights under another name. Deterministic "
               "quantization with the same seed and photos gives identical models; identical reports or Pi runs "
               "(they hold timings and times) deserve a look.", ""]
-    copied = [student for student in ranked(students) if student.copying]
-    for student in copied:
-        lines.append(f"- **{md_text(student.student)}**:")
-        lines += [f"  - {md_text(note)}" for note in capped_reasons(student.copying)]
-    if not copied:
-        lines.append("None.")
+    lines += _notes_by_student(students, lambda student: student.copying, with_status=False)
     return "\n".join(lines) + "\n"
 
 
