@@ -145,11 +145,14 @@ def _python_binds() -> list[str]:
 
 
 def _bwrap_command(copy: Path, scratch: Path, read_only: list[Path]) -> list[str]:
-    command = ["bwrap", "--unshare-all", "--die-with-parent", *_system_binds(), *_python_binds()]
+    # The empty /tmp comes first: bubblewrap mounts in order, so a kit, venv or photo folder that
+    # lives under /tmp (a clone in /tmp) is bound on top of it instead of being hidden by it.
+    command = ["bwrap", "--unshare-all", "--die-with-parent", "--tmpfs", "/tmp",
+               *_system_binds(), *_python_binds()]
     for folder in read_only:  # the photos: at their own path, so the request's paths stay valid
         command += ["--ro-bind", str(folder), str(folder)]
     command += ["--ro-bind", str(copy), SANDBOX_MODEL_DIR, "--bind", str(scratch), SANDBOX_SCRATCH,
-                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+                "--proc", "/proc", "--dev", "/dev",
                 "--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu",
                 "--chdir", SANDBOX_SCRATCH, "--clearenv"]
     for key, value in _child_env(Path(SANDBOX_SCRATCH), Path("/tmp")).items():
