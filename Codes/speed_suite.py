@@ -3,6 +3,7 @@
 One process, one machine, batch 1, 224x224, the same settings for every path:
   fp32 eager, fp32 channels-last, fp32 TorchScript,
   int8 on every quantized engine this PyTorch has (x86, onednn, fbgemm, qnnpack), eager and TorchScript,
+  int8 PT2E (torch.export + torchao's X86InductorQuantizer, run through torch.compile/inductor),
   ONNX Runtime fp32 and ONNX Runtime static int8 (QDQ).
 Each int8 model is calibrated for the engine it runs on (a few photos), and every
 path's top-1 prediction is compared with fp32 eager's on those photos: the
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from quantlab import bench, cpu, data, engines, memory, models, onnx_tools, quantize
+from quantlab import bench, cpu, data, engines, memory, models, onnx_tools, pt2e, quantize
 from quantlab.assets import IMAGENET_SAMPLE, asset_path
 from quantlab.errors import KitError, run_cli
 
@@ -113,6 +114,21 @@ def int8_builder(fp32: torch.nn.Module, calibration: list, engine: str, jit: boo
         if engine not in made:  # calibrated for this engine: it decides how weights are packed and activations rounded
             made[engine] = quantize.quantize_static(fp32, calibration, engine, progress=False)
         return models.script(made[engine]) if jit else made[engine]
+    return build
+
+
+def pt2e_builder(fp32: torch.nn.Module, calibration: list, folder: Path):
+    """PT2E int8 for inductor: export, X86InductorQuantizer, calibrate, convert, save, load compiled (as benchmark.py runs a .pt2)."""
+    def build():
+        if not pt2e.inductor_int8_available():
+            raise KitError("PT2E int8 runs fast through inductor on x86 only (on ARM it needs ExecuTorch)")
+        program, facts = pt2e.quantize(copy.deepcopy(fp32), calibration, target="x86", input_size=size)
+        path = folder / "mobilenet_v2_pt2e_int8.pt2"
+        pt2e.save(program, path, {"method": "static", **facts})
+        loaded = pt2e.load_exported(path, size)
+        if not loaded.compiled:  # an uncompiled exported program is correct but says nothing about PT2E's speed
+            raise KitError(loaded.note or "torch.compile did not compile the PT2E model")
+        return loaded
     return build
 
 
@@ -217,6 +233,7 @@ def main() -> int:
             for jit, how in ((False, "eager"), (True, "TorchScript")):
                 build = int8_builder(fp32, calibration, engine, jit, quantized)
                 paths.append((f"int8 {engine} {how}", "int8", engine, build))
+        paths.append(("int8 PT2E inductor", "int8", None, pt2e_builder(fp32, calibration, Path(folder))))
         onnx_facts: dict = {}
         paths.append(("ONNX Runtime fp32", "fp32", None, onnx_builder(fp32, None, Path(folder), threads, {})))
         paths.append(("ONNX Runtime int8 static", "int8", None,
@@ -224,8 +241,9 @@ def main() -> int:
 
         results, reference = [], None
         for name, precision, engine, build in tqdm(paths, desc="paths", unit="path"):
-            runtime = "onnxruntime" if name.startswith("ONNX") else "pytorch"
-            isa = None if precision == "fp32" else cpu.engine_isa(engine) if engine else cpu.int8_isa()
+            runtime = "onnxruntime" if name.startswith("ONNX") else "inductor" if "PT2E" in name else "pytorch"
+            kernels = "onednn" if "PT2E" in name else engine  # inductor lowers PT2E int8 to oneDNN's kernels
+            isa = None if precision == "fp32" else cpu.engine_isa(kernels) if kernels else cpu.int8_isa()
             result = {"name": name, "precision": precision, "engine": engine, "runtime": runtime,
                       "int8_isa": isa and isa.name, "error": None}
             try:

@@ -14,7 +14,7 @@ from quantlab.errors import KitError
 ENGINES = [e for e in torch.backends.quantized.supported_engines if e != "none"]
 EXPECTED_PATHS = ["fp32 eager", "fp32 channels-last", "fp32 TorchScript",
                   *[f"int8 {e} {how}" for e in ENGINES for how in ("eager", "TorchScript")],
-                  "ONNX Runtime fp32", "ONNX Runtime int8 static"]
+                  "int8 PT2E inductor", "ONNX Runtime fp32", "ONNX Runtime int8 static"]
 
 
 def test_suite_measures_every_path_and_checks_int8_against_fp32(run, tmp_path, float_weights, sample_photos):
@@ -39,8 +39,9 @@ def test_suite_measures_every_path_and_checks_int8_against_fp32(run, tmp_path, f
         assert r["vs_onnxruntime_fp32"] == pytest.approx(r["median_ms"] / results["ONNX Runtime fp32"]["median_ms"],
                                                          rel=0.01)
         assert 0 <= r["top1_agreement"] <= 1
+        kernels = "onednn" if r["runtime"] == "inductor" else r["engine"]  # inductor's int8 kernels are oneDNN's
         expected_isa = None if r["precision"] == "fp32" else \
-            cpu.engine_isa(r["engine"]).name if r["engine"] else cpu.int8_isa().name
+            cpu.engine_isa(kernels).name if kernels else cpu.int8_isa().name
         assert r["int8_isa"] == expected_isa, name
         # a median marked "!" is flagged UNSTABLE below the table (a busy machine), with the reason
         assert re.search(rf"^{re.escape(name)}\s+!?{r['median_ms']:.2f}\s+{r['p90_ms']:.2f}\s", out, re.M), name

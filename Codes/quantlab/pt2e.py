@@ -92,6 +92,11 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def inductor_int8_available() -> bool:
+    """Whether this machine runs PT2E int8 through inductor's oneDNN kernels (x86 only)."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def target_for(engine: str) -> str:
     """The PT2E target for the kit's --engine: qnnpack (the Pi's engine) and ARM CPUs mean arm, else x86."""
     if engine == "qnnpack" or platform.machine().lower() in ("arm64", "aarch64", "armv7l"):
@@ -264,7 +269,7 @@ def load_exported(path: Path, input_size: int = 224, compile: bool | None = None
     quantized = any(str(node.target).startswith(QUANTIZE_OPS) for node in program.graph.nodes)
     sidecar = models.read_sidecar(path)
     if compile is None:
-        compile = sidecar.get("target", "x86") == "x86" and platform.machine().lower() in ("x86_64", "amd64")
+        compile = sidecar.get("target", "x86") == "x86" and inductor_int8_available()
     if not compile:
         return ExportedModel(module, compiled=False, note=None, quantized=quantized)
     if quantized:
