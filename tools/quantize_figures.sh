@@ -26,12 +26,15 @@ quantize static_per_channel_x86.pt --engine x86
 quantize static_per_tensor_minmax_x86.pt --engine x86 --granularity per_tensor --observer minmax
 quantize qat_x86.pt --engine x86 --method qat --epochs 1 --lr 3e-5    # fine-tunes on the 200 calibration photos
 quantize dynamic.pt --method dynamic
+quantize pt2e.pt2                                                # PT2E: torch.export + X86InductorQuantizer (torchao)
+quantize static_qdq.onnx                                         # ONNX Runtime static QDQ, U8S8 as this CPU allows
 
 models=()
 for name in static_per_channel static_per_channel_again static_per_tensor_minmax static_per_channel_x86 \
             static_per_tensor_minmax_x86 qat_x86 dynamic; do
     models+=(--model "$OUT/$name.pt")
 done
+models+=(--model "$OUT/pt2e.pt2" --model "$OUT/static_qdq.onnx")
 $PY Codes/benchmark.py --model "$FLOAT" "${models[@]}" \
     --data "$PHOTOS" --holdout 200 --seed 0 --runs 100 --warmup 20 \
     --json "$OUT/quantize_figures.json" --csv "$OUT/quantize_figures.csv" --plot "$OUT/quantize_figures.png"

@@ -18,6 +18,8 @@ import resource
 import sys
 from pathlib import Path
 
+from quantlab.errors import KitError
+
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 MEMINFO = Path("/proc/meminfo")
@@ -66,3 +68,22 @@ def available_mb() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def check_room(peak_mb: float, what: str) -> None:
+    """Say before a step starts whether the machine can hold it: a KitError when it clearly cannot.
+
+    ``peak_mb`` is the step's measured peak resident memory (this process included,
+    e.g. from tools/notebook_memory.py); what this process already holds is not
+    needed again. A free Colab runtime has about 12.7 GB in all.
+    """
+    available = available_mb()
+    if available is None:
+        print(f"memory: {what} peaked at {peak_mb:.0f} MB when measured; this OS does not say what is free")
+        return
+    more = max(0.0, peak_mb - (current_rss_mb() or 0.0))
+    if more > available:
+        raise KitError(f"{what} needs about {more:.0f} MB more memory and this machine has {available:.0f} MB "
+                       "available: close other notebooks or programs (Colab: Runtime > Manage sessions), or run "
+                       "in smoke mode")
+    print(f"memory: {what} needs about {more:.0f} MB more; {available:.0f} MB available")

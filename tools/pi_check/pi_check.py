@@ -540,6 +540,7 @@ class CpuResult:
     cpu: str
     steps: list[Step] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    demo_memory: dict[str, int | None] = field(default_factory=dict)  # demo command -> peak resident MB
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -649,6 +650,7 @@ def check_cpu(
     versions: dict[str, str],
     frames: int,
     mobile_net: bool,
+    every_demo: bool = False,
 ) -> CpuResult:
     result = CpuResult(cpu)
     note(f"[{cpu}] {PI_CPUS.get(cpu, cpu)}: running the checks in emulation")
@@ -666,7 +668,8 @@ def check_cpu(
             result.failures.append(f"the device checks printed nothing on {cpu} (log: {outcome.log})")
         return result
     if mobile_net:
-        result.failures += run_mobile_net(emulator, cpu, frames, result, versions)
+        for name, flags in demo_runs(x86_dir, every_demo):
+            result.failures += run_mobile_net(emulator, cpu, frames, result, versions, name, flags)
     return result
 
 
@@ -684,16 +687,26 @@ def has_top10(lines: Sequence[str]) -> bool:
     return set(range(1, 11)) <= ranks
 
 
-def run_mobile_net(emulator: Emulator, cpu: str, frames: int, result: CpuResult, versions: dict[str, str]) -> list[str]:
+def demo_runs(x86_dir: Path | None, every_kind: bool) -> list[tuple[str, list[str]]]:
+    """(step name, mobile_net.py flags) for each demo run: the lab's int8 run; with ``every_kind`` also the
+    fp32 model and the files made on x86 (TorchScript for qnnpack, ONNX Runtime static QDQ), each one's
+    resident memory measured (the 2 GB Pi 4)."""
+    runs = [("mobile-net", ["--quantize", "--engine", "qnnpack"])]
+    if every_kind:
+        runs.append(("mobile-net fp32", []))  # the script's default: quantize = False
+        for name, kind in (("mobilenet_v2_qnnpack_static.pt", "TorchScript"), ("mobilenet_v2_qdq.onnx", "ONNX")):
+            if x86_dir is not None and (x86_dir / name).is_file():
+                runs.append((f"mobile-net {kind} file", ["--model", str(x86_dir / name)]))
+    return runs
+
+
+def run_mobile_net(emulator: Emulator, cpu: str, frames: int, result: CpuResult, versions: dict[str, str],
+                   name: str = "mobile-net", flags: Sequence[str] = ("--quantize", "--engine", "qnnpack")) -> list[str]:
     script = REPO / "Codes" / "mobile_net.py"
-    step = result.step("mobile-net")
-    if not script.is_file():
-        step.ok, step.detail = False, "Codes/mobile_net.py does not exist"
-        note(f"[{cpu}] FAIL mobile-net: {step.detail}")
-        return [f"mobile-net on {cpu}: {step.detail}"]
-    args = [str(script), "--source", "samples", "--frames", str(frames), "--quantize", "--engine", "qnnpack"]
-    outcome = emulator.python(cpu, args, MOBILE_NET_TIMEOUT_S, "mobile-net", result)
-    command = f"Codes/mobile_net.py {' '.join(args[1:])}"
+    step = result.step(name)
+    args = [str(script), "--source", "samples", "--frames", str(frames), *flags]
+    outcome = emulator.python(cpu, args, MOBILE_NET_TIMEOUT_S, name.replace(" ", "-"), result)
+    command = f"Codes/mobile_net.py {' '.join(a if not a.startswith('/') else Path(a).name for a in args[1:])}"
     if outcome.returncode != 0:
         if outcome.returncode is None or outcome.returncode < 0:
             return [describe_crash(cpu, outcome, step, versions)]
@@ -710,8 +723,9 @@ def run_mobile_net(emulator: Emulator, cpu: str, frames: int, result: CpuResult,
             peak = next((m.group(1) for line in outcome.lines if (m := PEAK_LINE.search(line))), None)
             memory = f", peak resident memory {peak} MB (qemu included)" if peak else ""
             step.ok, step.detail = True, f"{command}: '{fps[-1]}', top-10 printed{memory} ({outcome.seconds:.0f} s)"
-    note(f"[{cpu}] {'ok  ' if step.ok else 'FAIL'} mobile-net: {step.detail}")
-    return [] if step.ok else [f"mobile-net on {cpu}: {step.detail}"]
+            result.demo_memory[command] = int(peak) if peak else None
+    note(f"[{cpu}] {'ok  ' if step.ok else 'FAIL'} {name}: {step.detail}")
+    return [] if step.ok else [f"{name} on {cpu}: {step.detail}"]
 
 
 # ------------------------------------------------------------------ main --
@@ -747,6 +761,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--requirements", type=Path, default=DEFAULT_REQUIREMENTS, help="default: requirements-pi.txt")
     parser.add_argument("--frames", type=int, default=3, help="frames for Codes/mobile_net.py (default 3)")
     parser.add_argument("--no-mobile-net", action="store_true", help="skip the Codes/mobile_net.py run")
+    parser.add_argument(
+        "--demo-memory",
+        action="store_true",
+        help="also run the demo with the fp32 model and the x86-made TorchScript and ONNX files, "
+        "and print each run's peak resident memory (about 1.5 minutes more per CPU)",
+    )
     parser.add_argument("--no-x86-model", action="store_true", help="skip the model made by quantize_model.py on x86")
     parser.add_argument(
         "--mirror",
@@ -818,8 +838,12 @@ def run(args: argparse.Namespace) -> int:
         results = []
         for cpu in args.cpu:
             cpu_start = time.monotonic()
-            results.append(check_cpu(emulator, cpu, weights, x86_dir, versions, args.frames, not args.no_mobile_net))
+            results.append(check_cpu(emulator, cpu, weights, x86_dir, versions, args.frames, not args.no_mobile_net,
+                                     args.demo_memory))
             note(f"[{cpu}] done in {time.monotonic() - cpu_start:.0f} s")
+    for result in results:
+        for command, peak in result.demo_memory.items():
+            note(f"[{result.cpu}] demo memory: {peak if peak is not None else '?'} MB peak resident (qemu included): {command}")
     failures = [failure for result in results for failure in result.failures]
     elapsed = time.monotonic() - start
     for failure in failures:
