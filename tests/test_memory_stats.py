@@ -75,3 +75,20 @@ def test_top1_hits_skips_unreadable_batches():
     assert hits.tolist() == [False, True, True, True, True]
     with pytest.raises(KitError, match="no photo could be read"):
         stats.top1_hits(model, [None])
+
+
+def test_notebook_memory_measures_after_every_code_cell():
+    import importlib.util
+    from pathlib import Path
+
+    import nbformat
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "notebook_memory.py"
+    spec = importlib.util.spec_from_file_location("notebook_memory", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("a = 1"),
+                                               nbformat.v4.new_code_cell("b = 2")])
+    copy, measured = tool.measured_copy(notebook)
+    assert [cell.source == tool.MEASURE for cell in copy.cells] == [True, False, False, True, False, True]
+    assert measured == [-1, 1, 2]  # the kernel at start, then each code cell by its index in the notebook

@@ -293,6 +293,40 @@ def step_x86_onnx(x86_dir: Path) -> str:
             f"max |logit diff| {max_diff:.4f}")
 
 
+PT2E_MODEL = "mobilenet_v2_pt2e_arm.pt2"  # quantize_model.py --engine qnnpack --output X.pt2 (XNNPACKQuantizer) on x86
+PT2E_IMAGES = 2  # the exported program runs float convolutions between (de)quantize steps: ~8 s per image emulated
+
+
+def _run_pt2e_file(model_file: Path, inputs: Any) -> Any:
+    """The exported program as it is (no compiler): what torch alone runs on the Pi."""
+    import torch
+
+    try:  # the quantize/dequantize operators: torchao's where installed (x86), torch's own copy on the Pi
+        import torchao.quantization.pt2e  # noqa: F401
+    except ImportError:
+        import torch.ao.quantization.fx._decomposed  # noqa: F401
+    module = torch.export.load(str(model_file)).module()
+    with torch.no_grad():
+        return torch.cat([module(inputs[i : i + 1]) for i in range(inputs.shape[0])])
+
+
+def step_x86_pt2e(x86_dir: Path) -> str:
+    import numpy
+    import torch
+
+    reference = json.loads((x86_dir / "reference.json").read_text(encoding="utf-8"))
+    inputs = torch.from_numpy(numpy.load(x86_dir / "inputs.npy"))[:PT2E_IMAGES]
+    logits = _run_pt2e_file(x86_dir / reference["pt2e_model_file"], inputs)
+    top1 = [int(i) for i in logits.argmax(dim=1)]
+    max_diff = float((logits - torch.from_numpy(numpy.load(x86_dir / "pt2e_logits.npy"))).abs().max())
+    mismatches = [f"{name}: pi {pi} vs x86 {x86}" for name, pi, x86
+                  in zip(reference["names"], top1, reference["pt2e_top1"], strict=False) if pi != x86]
+    if mismatches:  # logits differ by up to ~1 between CPUs' float kernels; the class must not
+        raise RuntimeError(f"PT2E top-1 differs from x86 ({'; '.join(mismatches)}); max |logit diff| {max_diff:.4f}")
+    return (f"{reference['pt2e_model_file']} (PT2E, torch {reference['torch']} on x86) loads with torch.export.load "
+            f"on torch {torch.__version__}; top-1 equal on {len(top1)} images, max |logit diff| {max_diff:.4f}")
+
+
 def step_x86_model(x86_dir: Path) -> str:
     import numpy
     import torch
@@ -330,8 +364,11 @@ def run_pi(weights: Path | None, x86_dir: Path | None) -> int:
         steps.run("pretrained-int8", lambda: step_pretrained_int8(weights))
     if x86_dir is not None:
         steps.run("x86-model", lambda: step_x86_model(x86_dir))
-        if "onnx_model_file" in json.loads((x86_dir / "reference.json").read_text(encoding="utf-8")):
+        reference = json.loads((x86_dir / "reference.json").read_text(encoding="utf-8"))
+        if "onnx_model_file" in reference:
             steps.run("x86-onnx-model", lambda: step_x86_onnx(x86_dir))
+        if "pt2e_model_file" in reference:
+            steps.run("x86-pt2e-model", lambda: step_x86_pt2e(x86_dir))
     return 1 if steps.failed else 0
 
 
@@ -375,6 +412,10 @@ def run_x86_reference(x86_dir: Path, model_file: str, sample_dir: Path | None, c
         numpy.save(x86_dir / "onnx_logits.npy", onnx_logits.numpy())
         reference.update(onnx_model_file=ONNX_MODEL, onnxruntime=onnxruntime.__version__,
                          onnx_top1=[int(i) for i in onnx_logits.argmax(dim=1)])
+    if (x86_dir / PT2E_MODEL).is_file():
+        pt2e_logits = _run_pt2e_file(x86_dir / PT2E_MODEL, inputs[:PT2E_IMAGES])
+        numpy.save(x86_dir / "pt2e_logits.npy", pt2e_logits.numpy())
+        reference.update(pt2e_model_file=PT2E_MODEL, pt2e_top1=[int(i) for i in pt2e_logits.argmax(dim=1)])
     (x86_dir / "reference.json").write_text(json.dumps(reference, indent=1), encoding="utf-8")
     say("OK", "x86-reference", f"top-1 on x86: {dict(zip(reference['names'], reference['top1'], strict=False))}")
     return 0
