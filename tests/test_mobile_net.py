@@ -9,6 +9,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+
 from conftest import run_in_process
 
 FPS_LINE = re.compile(r"^FPS\s+[\d.]+", re.M)

@@ -12,9 +12,9 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import run_in_process
 from torch import nn
 
+from conftest import run_in_process
 from quantlab import cpu, data, models, onnx_tools, quantize
 from quantlab.errors import KitError
 

@@ -23,8 +23,8 @@ from conftest import run_script
 pytest.importorskip("torchao", reason="PT2E needs torchao (requirements-dev.txt installs it)")
 
 from quantlab import data, models, pt2e, user_model  # noqa: E402
-from quantlab.files import sha256_of  # noqa: E402
 from quantlab.errors import KitError  # noqa: E402
+from quantlab.files import sha256_of  # noqa: E402
 
 CALIB_IMAGES = "8"
 COMPARED_IMAGES = 64

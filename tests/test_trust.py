@@ -21,7 +21,6 @@ from conftest import run_script
 from quantlab import bench, data, loading, models, report, timing
 from quantlab.errors import KitError
 
-
 # ---- labels from names ------------------------------------------------------------
 
 def _link_photos(photos: list[Path], folder: Path) -> Path:

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch

@@ -18,9 +18,10 @@ the flags; an unknown key or a value of the wrong kind is a KitError that names 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
@@ -28,8 +29,8 @@ from torch.utils.data import Dataset
 
 from quantlab.engines import ENGINE_CHOICES
 from quantlab.errors import KitError
-from quantlab.quantize import GRANULARITIES, OBSERVERS
 from quantlab.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from quantlab.quantize import GRANULARITIES, OBSERVERS
 
 OPERATION_MODES = {
     "quantization": ("quantize",),

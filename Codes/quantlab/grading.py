@@ -34,10 +34,10 @@ import math
 import re
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 from quantlab import config, engines, files, loading, model_checks, models, report, sandbox
 from quantlab.errors import KitError
@@ -274,7 +274,7 @@ class Baseline:
     result: dict | None  # {"top1", "top5", "latency_ms": {"median"}}, None without --remeasure
 
     @classmethod
-    def measure(cls, runner: ModelRunner) -> "Baseline":
+    def measure(cls, runner: ModelRunner) -> Baseline:
         loaded = loading.load_any("mobilenet_v2", engine="auto", threads=runner.threads)
         if runner.measure is None:
             return cls(size_mb=loaded.size_mb, result=None)

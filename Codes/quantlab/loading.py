@@ -16,9 +16,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -255,7 +255,7 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {(lines[-1] if lines else 'no details')[:160]}"
 
 
-def probe(loaded: "LoadedModel", input_size: int = 224, classes: int = 1000) -> None:
+def probe(loaded: LoadedModel, input_size: int = 224, classes: int = 1000) -> None:
     """Run the model on batch 1 and batch 2: it must return ``classes`` scores per photo.
 
     A model that fails on batch 2 or answers it with another number of rows

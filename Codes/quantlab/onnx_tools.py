@@ -39,8 +39,8 @@ import json
 import logging
 import re
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn

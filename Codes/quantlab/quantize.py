@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
