@@ -128,7 +128,8 @@ def _check_result(result: dict, where: str, has_data: bool) -> list[str]:
     if not any(p.startswith((f"{where}.latency_ms", f"{where}.fps")) for p in problems):
         if latency["p90"] < latency["median"]:
             problems.append(f"{where}.latency_ms: p90 {latency['p90']} is below the median {latency['median']}")
-        if not math.isclose(result["fps"], 1e3 / latency["median"], rel_tol=0.01):
+        # fps is written rounded to 0.01: at under 1 FPS (a loaded machine) that rounding alone exceeds 1 %
+        if not math.isclose(result["fps"], 1e3 / latency["median"], rel_tol=0.01, abs_tol=0.006):
             problems.append(f"{where}.fps: {result['fps']} is not 1000 / median latency "
                             f"({1e3 / latency['median']:.2f})")
     for key in ("top1", "top5"):
