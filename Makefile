@@ -2,12 +2,13 @@
 #   make demo   set up .venv and run the webcam demo on the sample photos (no camera needed)
 #   make test   set up .venv and run the whole test suite (CI runs this)
 #   make test-fast   the in-process checks only, for the edit-run loop (no slow, emulation or notebook tests)
+#   make lint   ruff's lint rules and its formatting check (pyproject.toml [tool.ruff])
 #   make figures-quantize   the quantization toolkit's figures (offline assets, a few minutes)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast figures-quantize clean
+.PHONY: setup demo test test-fast lint figures-quantize clean
 
 $(VENV)/.installed: pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not emulation and not notebooks"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 figures-quantize: setup
 	PY=$(PY) bash tools/quantize_figures.sh

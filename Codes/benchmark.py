@@ -24,10 +24,9 @@ FILE.py:FUNCTION[@WEIGHTS.pth] (importing FILE.py runs its code).
 """
 
 import argparse
-import os
 from pathlib import Path
 
-from quantlab import bench, data, engines
+from quantlab import bench, data, engines, files, loading, report
 from quantlab.errors import KitError, run_cli
 
 # ---- settings (command-line flags override them) -----------------------------
@@ -77,13 +76,7 @@ def check_args(args: argparse.Namespace) -> None:
     if len({p.resolve() for p in outputs}) < len(outputs):
         raise KitError("--json, --csv and --plot must name different files")
     for flag, path in (("json", args.json), ("csv", args.csv), ("plot", args.plot)):
-        if path is None:
-            continue
-        if path.is_dir():
-            raise KitError(f"--{flag} {path} is a folder; name a file in it, e.g. {path / ('report.' + flag)}")
-        existing = next((p for p in path.absolute().parents if p.exists()), None)
-        if existing is not None and not os.access(existing, os.W_OK):  # fail now, not after measuring
-            raise KitError(f"cannot write into {existing}; pick a writable --{flag}")
+        files.check_writable(path, f"--{flag}", f"report.{flag}")  # fail now, not after measuring
 
 
 def evaluation_batches(args: argparse.Namespace):
@@ -108,7 +101,7 @@ def main() -> int:
     batches = evaluation_batches(args)
 
     # load every model before measuring any: a bad file stops the run at once
-    loaded = [bench.load_any(spec, args.engine, threads, args.arch, args.size) for spec in args.model]
+    loaded = [loading.load_any(spec, args.engine, threads, args.arch, args.size) for spec in args.model]
     names = [model.name for model in loaded]
     for model in loaded:
         if names.count(model.name) > 1:  # two files called int8.pt in different folders
@@ -125,19 +118,18 @@ def main() -> int:
               + (f", engine {model.engine}" if model.engine else "") + f"): {args.warmup} warm-up + {args.runs} runs")
         results.append(bench.benchmark_model(model, batches, args.runs, args.warmup, args.size))
 
-    settings = {"runs": args.runs, "warmup": args.warmup, "batch_size": 1, "input_size": args.size,
-                "data": str(args.data) if args.data else None, "holdout": args.holdout, "seed": args.seed,
-                "threads": threads, "engine": engine}
-    report = bench.make_report(results, settings, bench.machine_info(threads, engine))
-    print(bench.format_table(report))
+    settings = report.make_settings(args.runs, args.warmup, args.size, args.data, args.holdout, args.seed, threads,
+                                    engine)
+    document = report.make_report(results, settings, bench.machine_info(threads, engine))
+    print(report.format_table(document))
     if args.plot:
-        bench.write_plot(report, args.plot)
+        report.write_plot(document, args.plot)
         print(f"wrote {args.plot}")
     if args.csv:
-        bench.write_csv(report, args.csv)
+        report.write_csv(document, args.csv)
         print(f"wrote {args.csv}")
     if args.json:
-        bench.write_json(report, args.json)
+        report.write_json(document, args.json)
         print(f"wrote {args.json}")
     return 0
 

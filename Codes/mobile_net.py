@@ -1,188 +1,128 @@
 """Real-time image classification with MobileNetV2 on a webcam (Raspberry Pi or laptop).
 
-Capture a frame, pre-process it, run MobileNetV2, print the FPS about once a
-second with the top-10 ImageNet classes, and a timing summary at the end.
-Flip ``quantize`` below to True (or pass --quantize) to run the int8 model.
+Capture a frame, pre-process it, run MobileNetV2; about once a second print the FPS and the top-10 ImageNet classes,
+then a timing summary. Set ``quantize`` to True (or pass --quantize) for int8, which ``build_model`` sets up below.
 
 Examples:
-    python Codes/mobile_net.py --source samples --frames 50            # no camera needed
-    python Codes/mobile_net.py --source samples --frames 50 --quantize
+    python Codes/mobile_net.py --source samples --frames 50 --quantize  # no camera needed; drop --quantize: fp32
     python Codes/mobile_net.py                                          # webcam 0, Ctrl-C to stop
-    python Codes/mobile_net.py --source picamera2 --quantize            # Pi Camera Module
-    python Codes/mobile_net.py --source clip.mp4 --json run.json        # a video file
-    python Codes/mobile_net.py --source photos/ --top 5                 # a folder of images
+    python Codes/mobile_net.py --source picamera2 --quantize --json pi_run.json   # Pi Camera Module, summary saved
+    python Codes/mobile_net.py --source clip.mp4 --top 5                # a video file, or a folder of images
     python Codes/mobile_net.py --model mobilenet_v2_int8.pt             # a model from quantize_model.py
-    python Codes/mobile_net.py --quantize --size 160 --skip 2           # deployment tuning
 """
 
 import argparse
-import json
-import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import torch
+import torchvision
 
-from quantlab import cpu, engines, labels, models, pt2e, sources
+from quantlab import bench, engines, files, labels, loading, models, sources, timing
 from quantlab.errors import KitError, run_cli
 from quantlab.preprocess import Preprocessor
-from quantlab.timing import FrameTimer, format_summary
 
-# ---- settings (command-line flags override them) -----------------------------
+# ---- settings: each is the default of the command-line flag of the same name ------
 quantize = False      # the lab: set this to True and compare the FPS
 source = "0"          # webcam index, "picamera2", "samples", a video file or a folder
 size = 224            # input resolution (the camera is asked for size x size)
-camera_fps = 36       # frame rate asked of the camera
 top = 10              # how many classes to print
+skip = 1              # run the model on every K-th frame, reuse the last prediction in between
 engine = "auto"       # int8 engine: qnnpack on ARM; on x86 the faster of x86 and onednn (measured once)
+jit = True            # TorchScript the model
+camera_fps = 36       # frame rate asked of the camera
 warmup_runs = 3       # untimed model runs before the first frame
-# -------------------------------------------------------------------------------
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=quantize,
-                        help=f"run the int8 model (default: {quantize})")
+    parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=quantize, help="int8 model")
     parser.add_argument("--source", default=source, help="webcam index, picamera2, samples, a video file or a folder")
-    parser.add_argument("--frames", type=int, default=None, help="stop after N frames (default: run until the end or Ctrl-C)")
+    parser.add_argument("--frames", type=int, help="stop after N frames (default: run until the end or Ctrl-C)")
     parser.add_argument("--top", type=int, default=top, help="how many classes to print")
     parser.add_argument("--size", type=int, default=size, help="input resolution in pixels")
-    parser.add_argument("--skip", type=int, default=1, help="run the model on every K-th frame, reuse the last prediction")
+    parser.add_argument("--skip", type=int, default=skip, help="run the model on every K-th frame")
     parser.add_argument("--engine", choices=engines.ENGINE_CHOICES, default=engine, help="int8 engine")
-    parser.add_argument("--weights", type=Path, help="a MobileNetV2 state dict (fp32, or int8 with --quantize)")
-    parser.add_argument("--model", type=Path, help="a TorchScript (.pt), ONNX (.onnx) or PT2E (.pt2) model file")
-    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True, help="TorchScript the model")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=jit, help="TorchScript the model")
+    model_or_weights = parser.add_mutually_exclusive_group()
+    model_or_weights.add_argument("--weights", type=Path, help="a MobileNetV2 state dict (int8 with --quantize)")
+    model_or_weights.add_argument("--model", type=Path, help="a TorchScript (.pt), ONNX (.onnx) or PT2E (.pt2) file")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     parser.add_argument("--json", type=Path, help="write the summary to this JSON file")
-    args = parser.parse_args()
-    for name in ("frames", "top", "skip"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be at least 1, got {value}")
-    if args.size < 32:
-        parser.error(f"--size must be at least 32, got {args.size}")
-    if args.model and args.weights:
-        parser.error("pass --model or --weights, not both")
+    args = parser.parse_args(argv)
+    for name, least in (("frames", 1), ("top", 1), ("skip", 1), ("size", 32)):
+        if getattr(args, name) is not None and getattr(args, name) < least:
+            parser.error(f"--{name} must be at least {least}, got {getattr(args, name)}")
+    files.check_writable(args.json, "--json", "run.json")  # now, not after the run
     return args
 
 
-def load(args: argparse.Namespace, threads: int):
-    """The model to run, a line that describes it, and the model file's sha256 (None for the built-in models)."""
-    if args.model and pt2e.is_exported_file(args.model):  # PT2E (your own model): no eager engine to pick
-        exported = pt2e.load_exported(args.model, size)  # x86: compiled with inductor (takes a while, once)
-        if exported.note:
-            print(exported.note)
-        print(f"engine: none needed ({'torch.compile, inductor' if exported.compiled else 'exported program, uncompiled'})")
-        return exported, f"{args.model} ({models.file_size_mb(args.model):.1f} MB, PT2E)", models.sha256_of(args.model)
-    if args.model:
-        sidecar = models.read_sidecar(args.model)
-        # a saved int8 model must run on the engine it was quantized for
-        chosen, why = engines.resolve_engine(sidecar.get("engine", args.engine) if args.engine == "auto" else args.engine)
-        if args.engine == "auto" and "engine" in sidecar:
-            why = f"from {models.sidecar_path(args.model).name}: the model was quantized for it"
-        engines.set_engine(chosen)
-        print(f"engine: {chosen} ({why})")
-        model = models.load_model_file(args.model, threads)
-        return model, f"{args.model} ({models.file_size_mb(args.model):.1f} MB)", models.sha256_of(args.model)
+def build_model(args: argparse.Namespace, threads: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str, str]:
+    """The model to run, its engine (and why), and a line that describes it."""
+    if args.model:  # a file from quantize_model.py: its sidecar names the engine it was quantized for
+        return loading.load_for_demo(args.model, args.engine, args.size, threads)
     if args.quantize:
         chosen, why = engines.resolve_engine(args.engine)
-        print(f"engine: {chosen} ({why})")
-        model = models.mobilenet_v2_int8(chosen, args.weights)
-        if chosen != "qnnpack":
-            print("note: torchvision's pretrained int8 weights were calibrated for qnnpack; other engines "
-                  "round differently, so a few predictions can differ from the Pi's")
-        kind = "int8"
+        # int8 happens here: torchvision's MobileNetV2 with int8 layers (quantize=True builds it with qnnpack)
+        net = torchvision.models.quantization.mobilenet_v2(weights=None, quantize=True)
+        # the int8 kernels: qnnpack on ARM, x86 or onednn on a PC; loading packs the weights for this engine
+        torch.backends.quantized.engine = chosen
+        if chosen != "qnnpack":  # other engines round differently
+            print("note: torchvision's int8 weights were made for qnnpack: a few predictions can differ from the Pi's")
     else:
-        print("engine: none needed (fp32 model)")
-        model = models.mobilenet_v2_fp32(args.weights)
-        kind = "fp32"
-    size_mb = models.serialized_size_mb(model)
-    if args.jit:
-        model = models.script(model)
-    return model, f"MobileNetV2 {kind}, {size_mb:.1f} MB{', TorchScript' if args.jit else ''}", None
+        chosen, why = "none needed", "fp32 model"
+        net = torchvision.models.mobilenet_v2(weights=None)
+    net.load_state_dict(models.mobilenet_v2_weights(net, args.weights))  # pretrained (or offline copy), or --weights
+    description = f"MobileNetV2 {'int8' if args.quantize else 'fp32'}, {models.serialized_size_mb(net.eval()):.1f} MB"
+    if args.jit:  # TorchScript: one compiled graph, no Python between layers; freezing folds the weights in
+        net = torch.jit.freeze(torch.jit.script(net))
+        description += ", TorchScript"
+    return net, f"{chosen} ({why})", description
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     threads = engines.set_threads(args.threads)
     cv2.setNumThreads(1)  # one small frame gains nothing from OpenCV's threads; they would compete with the model's
-    # open the source first: a missing camera is reported before any weights download
-    frames = sources.open_source(args.source, args.size, camera_fps)
-    print(f"source: {frames.description}")
-    try:
-        model, description, model_sha256 = load(args, threads)
-    except BaseException:
-        frames.close()
-        raise
-    print(f"model: {description}; threads: {threads}")
-    preprocess = Preprocessor(args.size)
-    with torch.inference_mode():  # the first calls allocate memory and pick kernels: keep them out of the timing
-        for _ in range(warmup_runs):
-            outputs = model(preprocess.buffer.zero_()).shape[-1]
-    imagenet = outputs == len(labels.imagenet_classes())
-    if not imagenet:  # ImageNet's names would be wrong for another model's classes
-        print(f"note: the model has {outputs} outputs, not ImageNet's 1000 classes: showing class numbers, "
-              "not ImageNet names")
-
-    def top(logits: torch.Tensor) -> str:
-        predictions = labels.top_k(logits[0], args.top)
-        if not imagenet:
-            predictions = [(index, f"class {index}", probability) for index, _, probability in predictions]
-        return labels.format_top_k(predictions)
-
-    timer = FrameTimer()
-    logits = None
-
-    try:
+    with sources.open_source(args.source, args.size, camera_fps) as frames:  # before any download: no camera fails fast
+        print(f"source: {frames.description}")
+        model, engine_used, description = build_model(args, threads)
+        print(f"engine: {engine_used}\nmodel: {description}; threads: {threads}")
+        preprocess, logits = Preprocessor(args.size), None
         with torch.inference_mode():
-            while args.frames is None or timer.frames < args.frames:
-                started = time.perf_counter()
-                frame = frames.read()
-                if frame is None:
-                    break
-                captured = time.perf_counter()
-                inferred = timer.frames % args.skip == 0
-                if inferred:
-                    batch = preprocess(frame, frames.bgr)
-                    prepared = time.perf_counter()
-                    logits = model(batch)
-                else:
-                    prepared = captured  # skipped frame: keep the last prediction
-                finished = time.perf_counter()
-                timer.add(captured - started, prepared - captured, finished - prepared, inferred)
-
-                fps = timer.fps_due()
-                if fps is not None:
-                    print(f"FPS {fps:6.1f}  (frame {timer.frames})")
-                    print(top(logits))
-    except KeyboardInterrupt:
-        print("\nstopped (Ctrl-C)")
-    finally:
-        frames.close()
-
+            for _ in range(warmup_runs):  # the first calls allocate memory and pick kernels: not timed
+                classes = model(preprocess.buffer.zero_()).shape[-1]
+            if classes != len(labels.imagenet_classes()):  # ImageNet's names would be wrong for other classes
+                print(f"note: the model has {classes} outputs, not ImageNet's 1000 classes: showing class numbers")
+            timer = timing.FrameTimer()
+            try:
+                while args.frames is None or timer.frames < args.frames:
+                    started = time.perf_counter()
+                    if (frame := frames.read()) is None:
+                        break
+                    captured = prepared = time.perf_counter()
+                    if inferred := timer.frames % args.skip == 0:  # a skipped frame keeps the last prediction
+                        batch = preprocess(frame, frames.bgr)
+                        prepared = time.perf_counter()
+                        logits = model(batch)
+                    timer.add(captured - started, prepared - captured, time.perf_counter() - prepared, inferred)
+                    if (fps := timer.fps_due()) is not None:
+                        print(f"FPS {fps:6.1f}  (frame {timer.frames})\n{labels.describe_top(logits, args.top)}")
+            except KeyboardInterrupt:
+                print("\nstopped (Ctrl-C)")
     if timer.frames == 0:
         raise KitError(f"source {args.source} gave no frames; check it plays or holds readable images")
-    print(f"FPS {timer.final_fps():6.1f}  (frame {timer.frames}, last)")
-    print(top(logits))
-    summary = timer.summary()
-    summary.update(skipped_unreadable=frames.skipped, source=args.source, size=args.size, skip=args.skip,
-                   quantize=bool(args.quantize), model=description, model_sha256=model_sha256, threads=threads,
-                   engine=torch.backends.quantized.engine, torch=torch.__version__,
-                   cpu=engines.cpu_name(), arch=platform.machine(),  # graders tell a Pi run from a PC run
-                   int8_isa=cpu.int8_isa().name, int8_isa_note=cpu.describe())  # int8 speed and accuracy depend on it
-    print(format_summary(summary) + (f"\n  skipped unreadable images: {frames.skipped}" if frames.skipped else "")
-          + f"\n  CPU: {summary['cpu']} ({summary['arch']}), int8: {summary['int8_isa_note']}")
+    print(f"FPS {timer.final_fps():6.1f}  (frame {timer.frames}, last)\n{labels.describe_top(logits, args.top)}")
+    summary = timer.summary() | bench.machine_info(threads, torch.backends.quantized.engine)  # graders: a Pi or a PC?
+    summary.update(source=args.source, size=args.size, skip=args.skip, skipped_unreadable=frames.skipped)
+    summary.update(quantize=args.quantize, model=description, model_sha256=args.model and files.sha256_of(args.model))
+    print(timing.format_summary(summary))
     if args.json:
-        write_json(args.json, summary)
+        files.write_json(args.json, summary, "--json")
+        print(f"wrote {args.json}")
     return 0
-
-
-def write_json(path: Path, summary: dict) -> None:
-    """Write the summary atomically: a half-written file never appears."""
-    text = json.dumps(summary, indent=2) + "\n"
-    models.atomic_write(path, lambda partial: partial.write_text(text, encoding="utf-8"), "--json")
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

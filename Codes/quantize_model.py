@@ -26,90 +26,39 @@ Examples:
 """
 
 import argparse
-import os
 import sys
 import tempfile
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
 from torch.utils.data import Dataset
 
-from quantlab import bench, config, data, engines, memory, models, pt2e, quantize, user_model
+from quantlab import bench, config, data, engines, files, memory, models, pt2e, quantize, user_model
 from quantlab.errors import KitError, run_cli
 
-# ---- settings (a --config file overrides them, command-line flags override both) ----
-SETTINGS = {
-    "model": "mobilenet_v2",        # a torchvision name or the path of a fp32 state dict
-    "arch": "mobilenet_v2",         # the architecture of a state dict
-    "weights": None,                # the state dict of your own model (--model my_net.py:build)
-    "method": "static",             # static (post-training), dynamic (nn.Linear/LSTM only), qat
-    "granularity": "per_channel",   # one weight scale per output channel, or per_tensor: one per layer
-    "observer": "histogram",        # how activation ranges are estimated: histogram or minmax
-    "engine": "auto",               # qnnpack for the Pi; auto picks the fast one for this CPU
-    "format": None,                 # torchscript or onnx (default: from the --output suffix)
-    "operation_mode": "quantization",  # or chain_eqe, chain_qb, chain_eqeb (evaluate/quantize/benchmark)
-    "calib_data": None, "calib_images": 100, "calib_split": None,  # calibration photos: how many, or a fraction
-    "eval_data": None, "eval_images": None,                        # evaluation photos (chains), default: the rest
-    "train_data": None, "epochs": 1, "lr": 3e-5,                   # QAT fine-tuning
-    "freeze_bn_epoch": 0, "freeze_observers_epoch": None,
-    "seed": 0, "threads": None, "runs": 50, "warmup": 10,
-    "output": None, "export_dir": None,
-    "rescale_scale": None, "rescale_offset": None, "color_mode": "rgb",
-    "interpolation": "bilinear", "aspect_ratio": "crop",
-}
+# ---- settings: each is declared once, in quantlab/config.py (SETTINGS: its default, its flag and its key in a
+# --config file); a --config file overrides the defaults, command-line flags override both ----------------------
 size = 224  # input resolution
-# -------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------------------
 
 METHOD_ALIASES = {"static": "static", "post_training": "static", "dynamic": "dynamic",
                   "qat": "qat", "quantization_aware": "qat"}
-FORMATS = ("torchscript", "onnx", "pt2")  # pt2: PT2E's exported program (your own model)
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=None)  # None = "not given": the config or SETTINGS decide
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="a YAML file with the settings below (see configs/)")
-    parser.add_argument("--model", help="a torchvision name (mobilenet_v2, resnet18, ...), a fp32 state dict file, "
-                                        "your own model as FILE.py:FUNCTION (PT2E, output FILE.pt2), or a float "
-                                        "ONNX classifier FILE.onnx (with --format onnx)")
-    parser.add_argument("--weights", help="the fp32 state dict of --model FILE.py:FUNCTION")
-    parser.add_argument("--arch", help="the architecture of a state dict (default mobilenet_v2)")
-    parser.add_argument("--output", type=Path, help="the file to write: FILE.pt (TorchScript), FILE.onnx or FILE.pt2 (PT2E)")
-    parser.add_argument("--format", choices=FORMATS, help="torchscript, onnx or pt2 (default: from --output's suffix)")
-    parser.add_argument("--method", help="static (= post_training), dynamic, or qat (= quantization_aware)")
-    parser.add_argument("--granularity", choices=quantize.GRANULARITIES, help="weight scales per channel or per tensor")
-    parser.add_argument("--observer", choices=quantize.OBSERVERS, help="activation range estimate")
-    parser.add_argument("--engine", choices=engines.ENGINE_CHOICES, help="int8 engine: qnnpack for the Pi")
-    parser.add_argument("--operation-mode", choices=tuple(config.OPERATION_MODES),
-                        help="quantization, or a chain: chain_eqe (evaluate, quantize, evaluate), chain_qb "
-                             "(quantize, benchmark), chain_eqeb (all)")
-    parser.add_argument("--calib-data", type=Path,
-                        help="a folder of photos (flat, or one folder per class), or imagenette (Colab)")
-    parser.add_argument("--calib-images", type=int, help="how many photos to calibrate on (default 100)")
-    parser.add_argument("--calib-split", type=float, help="or: the fraction of --calib-data to calibrate on")
-    parser.add_argument("--eval-data", type=Path, help="evaluation photos for the chains (default: the photos "
-                                                       "of --calib-data not used for calibration)")
-    parser.add_argument("--eval-images", type=int, help="evaluate on at most this many photos")
-    parser.add_argument("--train-data", type=Path, help="QAT: labelled photos (default: the calibration subset)")
-    parser.add_argument("--epochs", type=int, help="QAT: passes over the training photos")
-    parser.add_argument("--lr", type=float, help="QAT: learning rate (SGD with momentum)")
-    parser.add_argument("--freeze-bn-epoch", type=int, help="QAT: freeze BatchNorm statistics from this epoch")
-    parser.add_argument("--freeze-observers-epoch", type=int, help="QAT: freeze int8 ranges from this epoch")
-    parser.add_argument("--seed", type=int, help="picks the calibration photos and random inputs")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
-    parser.add_argument("--runs", type=int, help="chains with benchmarking: timed runs per model")
-    parser.add_argument("--warmup", type=int, help="chains with benchmarking: untimed runs first")
-    return parser.parse_args()
+    config.add_flags(parser)  # a flag not given stays None: the config file or the default decides
+    return parser.parse_args(argv)
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:
-    """SETTINGS, then the config file, then the flags given on the command line."""
+    """The defaults (config.SETTINGS), then the config file, then the flags given on the command line."""
     from_file = config.load_config(args.config) if args.config is not None else {}
     given = {key: value for key, value in vars(args).items() if value is not None and key != "config"}
-    settings = {**SETTINGS, **from_file, **given}
+    settings = {**config.defaults(), **from_file, **given}
     # the calibration subset is a count or a fraction: the most specific source decides which
     size_keys = ("calib_images", "calib_split")
     chosen = [k for k in size_keys if k in given] or [k for k in size_keys if k in from_file] or ["calib_images"]
@@ -160,11 +109,7 @@ def check_settings(settings: dict) -> None:
         raise KitError("--format onnx takes static or dynamic quantization; for QAT write TorchScript (FILE.pt)")
     if output.suffix.lower() == ".json":
         raise KitError(f"--output {output} ends in .json, the sidecar's suffix; name the model FILE.pt")
-    if output.is_dir():
-        raise KitError(f"--output {output} is a folder; name the model file, e.g. {output / 'model.pt'}")
-    existing = next((p for p in output.absolute().parents if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK):  # fail now, not after calibrating
-        raise KitError(f"cannot write into {existing}; pick a writable --output")
+    files.check_writable(output, "--output", "model.pt")  # fail now, not after calibrating
     settings["output"] = output
 
 
@@ -207,8 +152,7 @@ def build_fp32(arch: str, state_dict: dict, source: str) -> torch.nn.Module:
     """torchvision's float ``arch`` holding ``state_dict``."""
     if models.is_int8_state_dict(state_dict):
         raise KitError(f"{source} holds int8 weights: it is already quantized; pass fp32 weights")
-    return quantize.build_with_weights(lambda **kwargs: torchvision.models.get_model(arch, **kwargs), arch,
-                                       state_dict, source)
+    return models.torchvision_model(arch, state_dict, source)
 
 
 def load_fp32(name_or_path: str, arch: str) -> torch.nn.Module:
@@ -234,17 +178,12 @@ def load_fp32(name_or_path: str, arch: str) -> torch.nn.Module:
     if path.suffix.lower() in models.ONNX_SUFFIXES:
         raise KitError(f"{path} is an ONNX file; quantize_model.py starts from PyTorch fp32 weights "
                        "(it exports to ONNX itself with --format onnx)")
-    if path.is_file() and zipfile.is_zipfile(path) and _is_torchscript(path):
+    if models.is_torchscript_file(path):
         raise KitError(f"{path} is a TorchScript file: it cannot be quantized again in eager mode; "
                        "pass the fp32 state dict it came from (torch.save(model.state_dict(), PATH))")
     if arch == "mobilenet_v2":
         return models.mobilenet_v2_fp32(path)
     return build_fp32(arch, models.load_state_dict_file(path), str(path))
-
-
-def _is_torchscript(path: Path) -> bool:
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith(("/code/", ".py")) or "/code/" in name for name in archive.namelist())
 
 
 # ---- data -----------------------------------------------------------------------------
@@ -385,8 +324,8 @@ def evaluate(name: str, model: Callable, evaluation: Dataset, settings: dict) ->
     return result
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     settings = resolve_settings(args)
     check_settings(settings)
     steps = config.OPERATION_MODES[settings["operation_mode"]]
@@ -417,9 +356,8 @@ def main() -> int:
     if "evaluate" in steps:
         accuracy["fp32"] = evaluate("fp32", fp32, evaluation, settings)
 
-    sidecar = {"method": method, "format": settings["format"], "engine": engine, "model": str(settings["model"]),
-               "arch": settings["arch"], "seed": settings["seed"], "input_size": [1, 3, size, size],
-               "torch": torch.__version__}
+    sidecar = models.make_sidecar(method, settings["format"], engine, str(settings["model"]), settings["arch"],
+                                  settings["seed"], size)
     if settings["rescale_scale"] or settings["rescale_offset"] or settings["color_mode"] != "rgb":
         sidecar["preprocessing"] = {"scale": settings["rescale_scale"], "offset": settings["rescale_offset"],
                                     "color_mode": settings["color_mode"]}

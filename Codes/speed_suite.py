@@ -22,15 +22,13 @@ Examples:
 import argparse
 import copy
 import datetime
-import json
-import os
 import tempfile
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from quantlab import bench, cpu, data, engines, memory, models, onnx_tools, pt2e, quantize
+from quantlab import bench, cpu, data, engines, files, memory, models, onnx_tools, pt2e, quantize
 from quantlab.assets import IMAGENET_SAMPLE, asset_path
 from quantlab.errors import KitError, run_cli
 
@@ -67,19 +65,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise KitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise KitError(f"--warmup cannot be negative, got {args.warmup}")
-    check_writable(args.json, "--json")
-    check_writable(args.plot, "--plot")
-
-
-def check_writable(path: Path | None, flag: str) -> None:
-    """Fail now, not after minutes of measuring, when an output cannot be written."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise KitError(f"{flag} {path} is a folder; name a file")
-    existing = next((p for p in path.absolute().parents if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK):
-        raise KitError(f"cannot write into {existing}; pick a writable {flag}")
+    files.check_writable(args.json, "--json", "speed.json")  # fail now, not after minutes of measuring
+    files.check_writable(args.plot, "--plot", "speed.png")
 
 
 def calibration_photos(folder: Path | None, count: int) -> tuple[torch.Tensor, str, bool]:
@@ -206,7 +193,7 @@ def write_plot(report: dict, path: Path) -> None:
     axes.grid(axis="x", which="both", alpha=0.3)
     figure.tight_layout()
     try:
-        models.atomic_write(Path(path), lambda partial: figure.savefig(partial, format="png", dpi=120), "--plot")
+        files.atomic_write(path, lambda partial: figure.savefig(partial, format="png", dpi=120), "--plot")
     finally:
         plt.close(figure)
 
@@ -310,8 +297,7 @@ def main() -> int:
         "best_int8": best and best["name"],
     }
     if args.json:
-        text = json.dumps(report, indent=2) + "\n"
-        models.atomic_write(args.json, lambda partial: partial.write_text(text, encoding="utf-8"), "--json")
+        files.write_json(args.json, report, "--json")
         print(f"wrote {args.json}")
     if args.plot:
         write_plot(report, args.plot)

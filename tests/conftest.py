@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
+import runpy
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -62,6 +65,26 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: float 
         [sys.executable, str(CODES / script), *map(str, args)],
         capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO,
     )
+
+
+def run_in_process(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``Codes/<script>`` as ``run_script`` does, but inside this process: no interpreter start-up (seconds per
+    case), for the error paths that stop before any model runs. ``test_each_cli_exits_2_in_a_fresh_interpreter``
+    keeps one real process per script."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv, code = sys.argv, 0
+    sys.argv = [script, *map(str, args)]
+    try:
+        with pytest.MonkeyPatch.context() as patch, redirect_stdout(stdout), redirect_stderr(stderr):
+            patch.chdir(REPO)
+            for key, value in (env or {}).items():
+                patch.setenv(key, value)
+            runpy.run_path(str(CODES / script), run_name="__main__")
+    except SystemExit as exited:
+        code = exited.code if isinstance(exited.code, int) else 1
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture

@@ -10,16 +10,23 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import runpy
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CODES, run_script
-from quantlab import bench, models
+from conftest import CODES, run_in_process, run_script
+from quantlab import models
+from quantlab.files import file_size_mb, sha256_of
+from quantlab.report import (
+    MACHINE_FIELDS,
+    OPTIONAL_RESULT_FIELDS,
+    RESULT_FIELDS,
+    SETTINGS_FIELDS,
+    ratios,
+    validate_report,
+)
 
 FAST = ("--runs", "3", "--warmup", "1", "--threads", "2")
 GREYSCALE_PHOTO = "n02096051_Airedale.JPEG"  # one of the 23 greyscale photos of the sample
@@ -74,32 +81,19 @@ def full_run(made, float_weights, sample_photos, tmp_path_factory) -> dict:
             "report": json.loads(files["json"].read_text())}
 
 
-def run_in_process(capsys, *args: str) -> tuple[int, str, str]:
-    """Run benchmark.py in this process (no interpreter start-up); return exit code, stdout, stderr."""
-    argv = sys.argv
-    sys.argv = ["benchmark.py", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exited:
-            runpy.run_path(str(CODES / "benchmark.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
-
-
 # ---- the full run ------------------------------------------------------------------
 
 def test_report_is_valid_and_covers_every_format(full_run, made, float_weights):
     report = full_run["report"]
-    assert bench.validate_report(report) == []
+    assert validate_report(report) == []
     results = report["results"]
     assert [r["format"] for r in results] == ["state_dict", "torchscript", "torchvision", "onnx"]
     assert [r["runtime"] for r in results] == ["pytorch", "pytorch", "pytorch", "onnxruntime"]
     assert [r["method"] for r in results] == ["fp32", "static", "fp32", "fp32"]
     assert results[1]["engine"] == json.loads(made["int8"].with_suffix(".json").read_text())["engine"]
-    assert results[1]["sha256"] == models.sha256_of(made["int8"])
+    assert results[1]["sha256"] == sha256_of(made["int8"])
     assert results[2]["file"] is None and results[2]["sha256"] is None
-    assert results[0]["size_mb"] == pytest.approx(models.file_size_mb(float_weights), abs=1e-3)
+    assert results[0]["size_mb"] == pytest.approx(file_size_mb(float_weights), abs=1e-3)
     # every format counts the same weights once BatchNorm is folded
     assert len({r["parameters"] for r in results}) == 1 and results[0]["parameters"] > 3_000_000
     assert report["machine"]["threads"] == report["settings"]["threads"] == 2
@@ -144,34 +138,35 @@ def test_plot_is_a_png(full_run):
 def test_ratios():
     base = {"latency_ms": {"median": 10.0}, "size_mb": 14.0, "top1": 80.0}
     other = {"latency_ms": {"median": 2.5}, "size_mb": 3.5, "top1": 78.5}
-    assert bench.ratios(other, base) == {"speedup": 4.0, "size_ratio": 4.0, "top1_drop": 1.5}
-    assert bench.ratios({**other, "top1": None}, base)["top1_drop"] is None
+    assert ratios(other, base) == {"speedup": 4.0, "size_ratio": 4.0, "top1_drop": 1.5}
+    assert ratios({**other, "top1": None}, base)["top1_drop"] is None
 
 
 # ---- data: greyscale photos count, unreadable files are skipped and counted ------------------
 
-def test_greyscale_and_corrupted_photos(capsys, tmp_path, float_weights, sample_photos):
+def test_greyscale_and_corrupted_photos(tmp_path, float_weights, sample_photos):
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("n01443537_goldfish.JPEG", GREYSCALE_PHOTO, "n04146614_school_bus.JPEG"):
         shutil.copy(sample_photos / name, photos / name)
     (photos / "n01440764_broken.JPEG").write_bytes(b"\xff\xd8 this is not a JPEG")
     report_path = tmp_path / "r.json"
-    code, out, err = run_in_process(capsys, "--model", float_weights, "--data", photos, "--runs", "1",
-                                    "--warmup", "0", "--json", report_path)
-    assert code == 0, err
+    done = run_in_process("benchmark.py", "--model", float_weights, "--data", photos, "--runs", "1",
+                          "--warmup", "0", "--json", report_path)
+    assert done.returncode == 0, done.stderr
     result = json.loads(report_path.read_text())["results"][0]
     assert result["images"] == 3 and result["skipped"] == 1
-    assert "1 unreadable files skipped" in out
+    assert "1 unreadable files skipped" in done.stdout
 
 
 # ---- engines -------------------------------------------------------------------
 
-def test_forced_engine_prints_a_note(capsys, made):
+def test_forced_engine_prints_a_note(made):
     made_for = json.loads(made["int8"].with_suffix(".json").read_text())["engine"]
     other = "qnnpack" if made_for != "qnnpack" else next(e for e in torch.backends.quantized.supported_engines
                                                          if e not in ("qnnpack", "none"))
-    code, out, err = run_in_process(capsys, "--model", made["int8"], "--engine", other, "--runs", "1", "--warmup", "0")
+    result = run_in_process("benchmark.py", "--model", made["int8"], "--engine", other, "--runs", "1", "--warmup", "0")
+    code, out, err = result.returncode, result.stdout, result.stderr
     assert code == 0, err
     notes = [line for line in out.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and made_for in notes[0] and other in notes[0]
@@ -191,7 +186,7 @@ def test_forced_engine_prints_a_note(capsys, made):
     ("plot_without_data", "needs --data"),
     ("zero_runs", "--runs must be at least 1"),
 ])
-def test_bad_input_exits_2_with_one_line(capsys, tmp_path, made, float_weights, sample_photos, case, expected):
+def test_bad_input_exits_2_with_one_line(tmp_path, made, float_weights, sample_photos, case, expected):
     empty = tmp_path / "empty"
     empty.mkdir()
     specs = {"missing": ["--model", tmp_path / "nope.pt"],
@@ -205,7 +200,8 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, made, float_weights, 
              "plot_without_data": ["--model", made["int8"], "--plot", tmp_path / "out.png"],
              "zero_runs": ["--model", made["int8"], "--runs", "0"]}
     outputs = ["--json", tmp_path / "out.json", "--csv", tmp_path / "out.csv"]
-    code, out, err = run_in_process(capsys, *specs[case], *outputs)
+    result = run_in_process("benchmark.py", *specs[case], *outputs)
+    code, out, err = result.returncode, result.stdout, result.stderr
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
     assert "Traceback" not in err + out
@@ -217,7 +213,7 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, made, float_weights, 
 def _broken(report: dict, change) -> list[str]:
     copied = copy.deepcopy(report)
     change(copied)
-    return bench.validate_report(copied)
+    return validate_report(copied)
 
 
 def test_validate_catches_missing_fields(full_run):
@@ -233,7 +229,7 @@ def test_validate_catches_wrong_schema(full_run):
     report = full_run["report"]
     assert "another version" in _broken(report, lambda r: r.update(schema="quantlab.benchmark/2"))[0]
     assert "not a quantlab benchmark report" in _broken(report, lambda r: r.pop("schema"))[0]
-    assert bench.validate_report([]) == ["the report must be a JSON object, got list"]
+    assert validate_report([]) == ["the report must be a JSON object, got list"]
 
 
 def test_validate_catches_wrong_types_and_values(full_run):
@@ -252,9 +248,9 @@ def test_schema_doc_example_is_valid():
     """docs/benchmark_schema.md shows a report: it must pass the grader's check, field for field."""
     doc = (CODES.parent / "docs" / "benchmark_schema.md").read_text(encoding="utf-8")
     example = json.loads(doc.split("```json\n")[1].split("```")[0])
-    assert bench.validate_report(example) == []
-    for section, fields in (("machine", bench.MACHINE_FIELDS), ("settings", bench.SETTINGS_FIELDS)):
+    assert validate_report(example) == []
+    for section, fields in (("machine", MACHINE_FIELDS), ("settings", SETTINGS_FIELDS)):
         assert set(example[section]) == set(fields)
         assert all(f"| `{name}` |" in doc for name in fields), section
-    assert all(set(r) == set(bench.RESULT_FIELDS) | set(bench.OPTIONAL_RESULT_FIELDS) for r in example["results"])
-    assert all(f"| `{name}` |" in doc for name in [*bench.RESULT_FIELDS, *bench.OPTIONAL_RESULT_FIELDS])
+    assert all(set(r) == set(RESULT_FIELDS) | set(OPTIONAL_RESULT_FIELDS) for r in example["results"])
+    assert all(f"| `{name}` |" in doc for name in [*RESULT_FIELDS, *OPTIONAL_RESULT_FIELDS])

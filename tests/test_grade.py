@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_script
+from conftest import run_in_process, run_script
 
 CALIB_IMAGES, IMAGES, RUNS = "8", "16", "2"
 MEASURE = ("--holdout", CALIB_IMAGES, "--images", IMAGES, "--seed", "0", "--runs", RUNS, "--warmup", "1",
@@ -291,7 +291,7 @@ def test_bad_command_lines_give_one_error_line(tmp_path):
     rubric.write_text("tolerance:\n  speed: 3\n")
     for args, message in (((tmp_path, "--rubric", rubric), "unknown key 'tolerance.speed'"),
                           ((tmp_path, "--remeasure"), "--remeasure needs --data")):
-        result = run_script("grade.py", *args)
+        result = run_in_process("grade.py", *args)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr

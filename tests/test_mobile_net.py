@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import run_in_process
+
 FPS_LINE = re.compile(r"^FPS\s+[\d.]+", re.M)
 RANK_LINE = re.compile(r"^\s+(\d+)\.\s+(\d+) (.+?)\s+([\d.]+)%$", re.M)
 SUMMARY = re.compile(r"^summary: (\d+) frames \((\d+) inferences\) in ([\d.]+) s, mean ([\d.]+) FPS", re.M)
@@ -169,31 +171,32 @@ def test_torchscript_model_file_runs(run, tmp_path, int8_weights):
     ],
     ids=["missing-source", "no-camera", "no-picamera2", "not-a-model", "missing-model", "missing-onnx", "bad-weights"],
 )
-def test_bad_input_exits_2_with_one_line(run, tmp_path, arguments, message):
+def test_bad_input_exits_2_with_one_line(tmp_path, arguments, message):
     garbage = tmp_path / "model.pt"
     garbage.write_text("this is a text file, not a model")
     arguments = [argument.replace("{garbage}", str(garbage)) for argument in arguments]
-    assert_clean_error(run("mobile_net.py", "--frames", "1", *arguments), message)
+    assert_clean_error(run_in_process("mobile_net.py", "--frames", "1", *arguments), message)
 
 
-def test_wrong_weights_for_the_model_kind(run, float_weights, int8_weights):
-    assert_clean_error(run("mobile_net.py", "--source", "samples", "--frames", "1", "--quantize",
+def test_wrong_weights_for_the_model_kind(float_weights, int8_weights):
+    assert_clean_error(run_in_process("mobile_net.py", "--source", "samples", "--frames", "1", "--quantize",
                            "--weights", float_weights), "drop --quantize")
-    assert_clean_error(run("mobile_net.py", "--source", "samples", "--frames", "1",
+    assert_clean_error(run_in_process("mobile_net.py", "--source", "samples", "--frames", "1",
                            "--weights", int8_weights), "add --quantize")
 
 
-def test_state_dict_passed_as_model_says_use_weights(run, float_weights):
-    assert_clean_error(run("mobile_net.py", "--source", "samples", "--frames", "1", "--model", float_weights),
+def test_state_dict_passed_as_model_says_use_weights(float_weights):
+    assert_clean_error(run_in_process("mobile_net.py", "--source", "samples", "--frames", "1", "--model", float_weights),
                        "use --weights")
 
 
-def test_empty_folder_and_unreadable_video(run, tmp_path, float_weights):
+def test_empty_folder_and_unreadable_video(tmp_path, float_weights):
     (tmp_path / "empty").mkdir()
-    assert_clean_error(run("mobile_net.py", "--source", tmp_path / "empty", "--weights", float_weights), "holds no images")
+    assert_clean_error(run_in_process("mobile_net.py", "--source", tmp_path / "empty", "--weights", float_weights), "holds no images")
     fake_video = tmp_path / "fake.mp4"
     fake_video.write_bytes(b"\0" * 100)
-    assert_clean_error(run("mobile_net.py", "--source", fake_video, "--weights", float_weights), "could not read video")
+    assert_clean_error(run_in_process("mobile_net.py", "--source", fake_video, "--weights", float_weights),
+                       "could not read video")
 
 
 def test_weights_that_cannot_be_downloaded(run, tmp_path):

@@ -24,6 +24,7 @@ pytest.importorskip("torchao", reason="PT2E needs torchao (requirements-dev.txt 
 
 from quantlab import data, models, pt2e, user_model  # noqa: E402
 from quantlab.errors import KitError  # noqa: E402
+from quantlab.files import sha256_of  # noqa: E402
 
 CALIB_IMAGES = "8"
 COMPARED_IMAGES = 64
@@ -139,7 +140,7 @@ def test_pt2e_sidecar_and_quantized_graph(made, my_net):
     assert sidecar["format"] == "pt2" and sidecar["runtime"] == "torch.export" and sidecar["method"] == "static"
     assert sidecar["target"] == pt2e.target_for("auto") and "Quantizer" in sidecar["quantizer"]
     assert sidecar["calibration"]["images"] == int(CALIB_IMAGES) and sidecar["arch"] is None
-    assert sidecar["weights"] == str(my_net[1]) and sidecar["sha256"] == models.sha256_of(made["pt2"])
+    assert sidecar["weights"] == str(my_net[1]) and sidecar["sha256"] == sha256_of(made["pt2"])
     assert "engine" not in sidecar  # the quantizer, not an eager engine, picks the int8 kernels
     loaded = pt2e.load_exported(made["pt2"], compile=False)
     assert loaded.quantized and not loaded.compiled
@@ -190,7 +191,7 @@ def test_benchmark_takes_the_spec_and_the_exported_file(made, my_net, tmp_path):
     results = json.loads(report_path.read_text())["results"]
     assert [r["format"] for r in results] == ["python", "pt2", "onnx"]
     assert [r["method"] for r in results] == ["fp32", "static", "static"]
-    assert results[0]["sha256"] == models.sha256_of(my_net[1])
+    assert results[0]["sha256"] == sha256_of(my_net[1])
 
 
 def test_spec_parsing():
@@ -263,7 +264,7 @@ def test_an_existing_file_is_never_imported_as_a_spec(tmp_path):
     (tmp_path / "evil.py").write_text("raise SystemExit('evil.py ran')\n")
     handed_in = tmp_path / "evil.py:build@x.pt"
     handed_in.write_bytes(b"not a model")
-    from quantlab import bench
+    from quantlab import loading
 
     with pytest.raises(KitError, match="not a model file the kit can load"):
-        bench.load_any(str(handed_in), engine="auto", threads=1)
+        loading.load_any(str(handed_in), engine="auto", threads=1)

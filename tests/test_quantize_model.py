@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_in_process, run_script
 
 CALIB_IMAGES = "8"
 
@@ -189,7 +189,7 @@ def _bad_inputs(tmp_path: Path, float_weights: Path) -> dict:
 def test_bad_input_is_one_error_line_and_leaves_no_file(tmp_path, float_weights, case):
     args, message = _bad_inputs(tmp_path, float_weights)[case]
     output = tmp_path / "out" / "model.pt"
-    result = quantize(output, *map(str, args))
+    result = run_in_process("quantize_model.py", "--output", output, "--threads", "2", *args)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert message in result.stderr, result.stderr

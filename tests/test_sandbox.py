@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_script
+from conftest import run_in_process, run_script
 
 SECRET = "s3cr3t-token-of-the-instructor"
 TEST_RUBRIC = "weights: {speedup: 0}\npi: {min_frames: 3}\ntolerance: {speedup_factor: 1000000000}\n"
@@ -379,10 +379,10 @@ def test_broken_sidecar_and_pi_run_cost_only_their_part(graded):
 # ---- checks without a grader run ------------------------------------------------------
 
 def test_report_schema_refuses_bad_numbers():
-    from quantlab import bench
+    from quantlab.report import validate_report
 
     good = report([row("m.pt", "static", b"x" * 1000)])
-    assert bench.validate_report(good) == []
+    assert validate_report(good) == []
     for edit, problem in ((lambda r: r["results"][1].update(fps=0), "fps: must be positive"),
                           (lambda r: r["results"][1].update(size_mb=math.nan), "size_mb"),
                           (lambda r: r["results"][1].update(parameters=-5), "cannot be negative"),
@@ -390,7 +390,7 @@ def test_report_schema_refuses_bad_numbers():
                           (lambda r: r["machine"].update(threads=-1), "machine.threads")):
         bad = json.loads(json.dumps(good))
         edit(bad)
-        assert any(problem in line for line in bench.validate_report(bad)), bench.validate_report(bad)
+        assert any(problem in line for line in validate_report(bad)), validate_report(bad)
 
 
 def test_onnx_external_data_and_control_flow_are_refused(tmp_path):
@@ -452,12 +452,26 @@ def test_error_paths_give_one_short_line(tmp_path, script, args, message):
     mode = tmp_path / "mode.yaml"
     mode.write_text("operation_mode: [quantization]\n")
     filled = [arg.format(root=tmp_path, bomb=bomb, mode=mode, tiny_onnx=tmp_path / "tiny.onnx") for arg in args]
-    result = run_script(script, *filled, timeout=120)
+    result = run_in_process(script, *filled)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr[-2000:]
     assert len(lines[0]) < 300
     assert not (tmp_path / "leaderboard.csv").exists() and not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("mobile_net.py", ["--frames", "0"], "--frames must be at least 1"),
+    ("quantize_model.py", ["--method", "nope", "--output", "{root}/m.pt"], "unknown --method 'nope'"),
+    ("benchmark.py", ["--model", "{root}/nope.pt"], "no such file"),
+    ("grade.py", ["{root}/nobody"], "nobody"),
+    ("speed_suite.py", ["--runs", "0"], "--runs must be at least 1"),
+])
+def test_each_cli_exits_2_in_a_fresh_interpreter(tmp_path, script, args, message):
+    """The other error paths run in-process (run_in_process); this is each script as a student starts it."""
+    result = run_script(script, *(arg.format(root=tmp_path) for arg in args), timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert message in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
 
 
 def test_demo_names_only_imagenet_classes(tmp_path):

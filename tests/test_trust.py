@@ -18,9 +18,8 @@ import pytest
 import torch
 
 from conftest import run_script
-from quantlab import bench, data, models, timing
+from quantlab import bench, data, loading, models, report, timing
 from quantlab.errors import KitError
-
 
 # ---- labels from names ------------------------------------------------------------
 
@@ -43,7 +42,7 @@ def test_any_subset_of_the_sample_keeps_each_photos_label(tmp_path, sample_photo
 
 
 def test_a_subset_folder_scores_what_the_same_photos_score_in_the_full_folder(tmp_path, sample_photos):
-    fp32 = bench.load_any("mobilenet_v2", engine="auto", threads=2)
+    fp32 = loading.load_any("mobilenet_v2", engine="auto", threads=2)
     held_out = bench.evaluation_dataset(sample_photos, holdout=976, seed=0)  # the last 24 of the seeded shuffle
     names = [data.image_dataset(sample_photos).items[index][0] for index in held_out.indices]
     folder = data.image_dataset(_link_photos(names, tmp_path / "held_out"))
@@ -133,14 +132,14 @@ def old_int8_files(tmp_path_factory, int8_weights) -> dict[str, Path]:
 
 
 def test_int8_file_without_sidecar_runs_on_the_engine_it_was_packed_for(old_int8_files):
-    loaded = bench.load_any(str(old_int8_files["no_sidecar"]), engine="auto", threads=2)
+    loaded = loading.load_any(str(old_int8_files["no_sidecar"]), engine="auto", threads=2)
     assert loaded.engine == "qnnpack" and not loaded.batch_one
     assert any("no sidecar" in note and "per-tensor" in note for note in loaded.notes)
 
 
 def test_batch_one_model_is_evaluated_photo_by_photo(old_int8_files, sample_photos):
     evaluation = bench.evaluation_dataset(sample_photos, holdout=968, seed=0)  # 32 photos
-    loaded = bench.load_any(str(old_int8_files["batch_one"]), engine="auto", threads=2)
+    loaded = loading.load_any(str(old_int8_files["batch_one"]), engine="auto", threads=2)
     assert loaded.batch_one and loaded.engine == "qnnpack"
     assert any("one image at a time" in note for note in loaded.notes)
     result = bench.benchmark_model(loaded, data.loader(evaluation, batch_size=16), runs=1, warmup=0, progress=False)
@@ -168,7 +167,7 @@ def test_a_model_that_is_no_imagenet_classifier_is_one_line(tmp_path, module, me
     path = tmp_path / "student.pt"
     torch.jit.save(torch.jit.script(module), str(path))
     with pytest.raises(KitError, match=message):
-        bench.load_any(str(path), engine="auto", threads=2)
+        loading.load_any(str(path), engine="auto", threads=2)
     result = run_script("benchmark.py", "--model", path, "--runs", "1", "--warmup", "0")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
@@ -191,7 +190,7 @@ def test_unstable_results_are_marked_in_the_table_and_the_json():
               "unstable": timing.instability([440.0] * 11 + [1200.0] * 9, 5.0, 5.0)}
     settings = {"runs": 20, "warmup": 1, "batch_size": 1, "input_size": 224, "data": None, "holdout": None,
                 "seed": 0, "threads": 2, "engine": "x86"}
-    table = bench.format_table(bench.make_report([result], settings, bench.machine_info(2, "x86")))
+    table = report.format_table(report.make_report([result], settings, bench.machine_info(2, "x86")))
     assert "!440.00" in table and "! UNSTABLE latency of busy.pt: p90 is 2.7x the median" in table
     measured = bench.measure_latency(torch.nn.Identity(), input_size=8, runs=3, warmup=0)
     assert "unstable" in measured  # None or a reason, measured on this machine
@@ -214,7 +213,7 @@ class _FastAlone(torch.nn.Module):
 def test_a_model_that_answers_batches_otherwise_is_scored_as_it_is_timed(tmp_path, float_weights):
     path = tmp_path / "cheat.pt"
     torch.jit.save(torch.jit.script(_FastAlone(models.mobilenet_v2_fp32(float_weights)).eval()), str(path))
-    loaded = bench.load_any(str(path), engine="auto", threads=2)
+    loaded = loading.load_any(str(path), engine="auto", threads=2)
     assert loaded.batch_one and any("differently alone than in a batch" in note for note in loaded.notes)
 
 
@@ -240,7 +239,7 @@ def test_latency_is_timed_on_a_photo_that_is_scored(sample_photos):
         seen.append(images.clone())
         return torch.zeros(len(images), 1000)
 
-    loaded = bench.LoadedModel(name="recorder", model=recording_model, runtime="pytorch", format="torchscript",
+    loaded = loading.LoadedModel(name="recorder", model=recording_model, runtime="pytorch", format="torchscript",
                                engine=None, path=None, size_mb=1.0, parameters=None, sha256=None, method="fp32")
     evaluation = bench.evaluation_dataset(sample_photos, images=3, seed=0)
     bench.benchmark_model(loaded, data.loader(evaluation, batch_size=3), runs=2, warmup=1, progress=False)

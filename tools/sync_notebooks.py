@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nbformat
 
-from quantlab import project
+from quantlab import files, project
 from quantlab.assets import REPO_ROOT
 from quantlab.errors import KitError, run_cli
 
@@ -91,9 +91,7 @@ def main() -> int:
             continue
         stale.append(notebook.name)
         if not args.check:
-            partial = notebook.with_name(notebook.name + ".partial")
-            partial.write_text(text, encoding="utf-8")
-            partial.replace(notebook)
+            files.write_text(notebook, text)
     if args.check:
         if stale:
             print(f"out of date (run python tools/sync_notebooks.py): {', '.join(stale)}", file=sys.stderr)

@@ -5,7 +5,7 @@ import os
 import sys
 import tempfile
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 # Messages PyTorch >= 2.10 prints for eager-mode quantization and TorchScript.
 # They are explained once in labs/02_quantization.md (successors: torchao's

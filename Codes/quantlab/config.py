@@ -10,21 +10,27 @@
     training:       {train_path: DIR, epochs: 1, learning_rate: 1e-4, freeze_bn_epoch: 0, freeze_observers_epoch: 1}
     benchmarking:   {runs: 50, warmup: 10, threads: 2}
 
-``load_config`` returns flat settings named like quantize_model.py's flags; an
-unknown key or a value of the wrong kind is a KitError that names it.
+``SETTINGS`` declares each of quantize_model.py's settings once: its default,
+its flag and its key here. ``load_config`` returns flat settings named like
+the flags; an unknown key or a value of the wrong kind is a KitError that names it.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
 from torch.utils.data import Dataset
 
+from quantlab.engines import ENGINE_CHOICES
 from quantlab.errors import KitError
 from quantlab.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from quantlab.quantize import GRANULARITIES, OBSERVERS
 
 OPERATION_MODES = {
     "quantization": ("quantize",),
@@ -67,35 +73,106 @@ def _integer(value: Any) -> int:
     return value
 
 
-# section -> key -> (flat setting name, converter, what the value must be)
-SCHEMA: dict[str, dict[str, tuple[str, Callable, str]]] = {
-    "general": {"model_path": ("model", _text, "a torchvision name or a file path"),
-                "arch": ("arch", _text, "an architecture name")},
-    "dataset": {"quantization_path": ("calib_data", Path, "a folder"),
-                "quantization_split": ("calib_split", _number, "a fraction between 0 and 1"),
-                "test_path": ("eval_data", Path, "a folder"),
-                "seed": ("seed", _integer, "an integer")},
-    "preprocessing": {"rescaling": None, "resizing": None, "color_mode": ("color_mode", _text, "rgb or bgr")},
-    "rescaling": {"scale": ("rescale_scale", _numbers, "a number or 3 numbers"),
-                  "offset": ("rescale_offset", _numbers, "a number or 3 numbers")},
-    "resizing": {"interpolation": ("interpolation", _text, "bilinear"),
-                 "aspect_ratio": ("aspect_ratio", _text, "crop")},
-    "quantization": {"method": ("method", _text, "static, dynamic or qat"),
-                     "granularity": ("granularity", _text, "per_channel or per_tensor"),
-                     "observer": ("observer", _text, "histogram or minmax"),
-                     "engine": ("engine", _text, "an engine name"),
-                     "calibration_images": ("calib_images", _integer, "an integer"),
-                     "format": ("format", _text, "torchscript or onnx"),
-                     "export_dir": ("export_dir", Path, "a folder")},
-    "training": {"train_path": ("train_data", Path, "a folder"),
-                 "epochs": ("epochs", _integer, "an integer"),
-                 "learning_rate": ("lr", _number, "a number"),
-                 "freeze_bn_epoch": ("freeze_bn_epoch", _integer, "an integer"),
-                 "freeze_observers_epoch": ("freeze_observers_epoch", _integer, "an integer")},
-    "benchmarking": {"runs": ("runs", _integer, "an integer"),
-                     "warmup": ("warmup", _integer, "an integer"),
-                     "threads": ("threads", _integer, "an integer")},
+@dataclass(frozen=True)
+class Setting:
+    """One setting of quantize_model.py, declared once: its default, its flag and its key in a --config file."""
+
+    default: Any
+    help: str | None = None                  # the command-line flag's help; None: no flag (set it in --config)
+    flag_type: Callable[[str], Any] = str    # how the flag's text becomes the value
+    choices: tuple[str, ...] | None = None   # the flag's allowed values
+    yaml: str | None = None                  # "section.key" in a --config file
+    convert: Callable[[Any], Any] = _text    # how the YAML value becomes the value
+    expected: str = ""                       # what the YAML value must be, for the error message
+
+
+FORMATS = ("torchscript", "onnx", "pt2")  # pt2: PT2E's exported program (your own model)
+
+# quantize_model.py's settings: a --config file overrides the defaults, command-line flags override both
+SETTINGS: dict[str, Setting] = {
+    "model": Setting("mobilenet_v2", "a torchvision name (mobilenet_v2, resnet18, ...), a fp32 state dict file, your "
+                     "own model as FILE.py:FUNCTION (PT2E, output FILE.pt2), or a float ONNX classifier FILE.onnx "
+                     "(with --format onnx)", yaml="general.model_path", expected="a torchvision name or a file path"),
+    "weights": Setting(None, "the fp32 state dict of --model FILE.py:FUNCTION"),
+    "arch": Setting("mobilenet_v2", "the architecture of a state dict (default mobilenet_v2)", yaml="general.arch",
+                    expected="an architecture name"),
+    "output": Setting(None, "the file to write: FILE.pt (TorchScript), FILE.onnx or FILE.pt2 (PT2E)", Path),
+    "format": Setting(None, "torchscript, onnx or pt2 (default: from --output's suffix)", choices=FORMATS,
+                      yaml="quantization.format", expected="torchscript or onnx"),
+    "method": Setting("static", "static (= post_training), dynamic (nn.Linear/LSTM only), or qat "
+                      "(= quantization_aware)", yaml="quantization.method", expected="static, dynamic or qat"),
+    "granularity": Setting("per_channel", "weight scales per output channel, or per_tensor: one per layer",
+                           choices=GRANULARITIES, yaml="quantization.granularity",
+                           expected="per_channel or per_tensor"),
+    "observer": Setting("histogram", "how activation ranges are estimated", choices=OBSERVERS,
+                        yaml="quantization.observer", expected="histogram or minmax"),
+    "engine": Setting("auto", "int8 engine: qnnpack for the Pi; auto picks the fast one for this CPU",
+                      choices=ENGINE_CHOICES, yaml="quantization.engine", expected="an engine name"),
+    "operation_mode": Setting("quantization", "quantization, or a chain: chain_eqe (evaluate, quantize, evaluate), "
+                              "chain_qb (quantize, benchmark), chain_eqeb (all)", choices=tuple(OPERATION_MODES)),
+    "calib_data": Setting(None, "a folder of photos (flat, or one folder per class), or imagenette (Colab)", Path,
+                          yaml="dataset.quantization_path", convert=Path, expected="a folder"),
+    "calib_images": Setting(100, "how many photos to calibrate on (default 100)", int,
+                            yaml="quantization.calibration_images", convert=_integer, expected="an integer"),
+    "calib_split": Setting(None, "or: the fraction of --calib-data to calibrate on", float,
+                           yaml="dataset.quantization_split", convert=_number, expected="a fraction between 0 and 1"),
+    "eval_data": Setting(None, "evaluation photos for the chains (default: the photos of --calib-data not used for "
+                         "calibration)", Path, yaml="dataset.test_path", convert=Path, expected="a folder"),
+    "eval_images": Setting(None, "evaluate on at most this many photos", int),
+    "train_data": Setting(None, "QAT: labelled photos (default: the calibration subset)", Path,
+                          yaml="training.train_path", convert=Path, expected="a folder"),
+    "epochs": Setting(1, "QAT: passes over the training photos", int, yaml="training.epochs", convert=_integer,
+                      expected="an integer"),
+    "lr": Setting(3e-5, "QAT: learning rate (SGD with momentum)", float, yaml="training.learning_rate",
+                  convert=_number, expected="a number"),
+    "freeze_bn_epoch": Setting(0, "QAT: freeze BatchNorm statistics from this epoch", int,
+                               yaml="training.freeze_bn_epoch", convert=_integer, expected="an integer"),
+    "freeze_observers_epoch": Setting(None, "QAT: freeze int8 ranges from this epoch (default: the last)", int,
+                                      yaml="training.freeze_observers_epoch", convert=_integer,
+                                      expected="an integer"),
+    "seed": Setting(0, "picks the calibration photos and random inputs", int, yaml="dataset.seed",
+                    convert=_integer, expected="an integer"),
+    "threads": Setting(None, "CPU threads (default: physical cores)", int, yaml="benchmarking.threads",
+                       convert=_integer, expected="an integer"),
+    "runs": Setting(50, "chains with benchmarking: timed runs per model", int, yaml="benchmarking.runs",
+                    convert=_integer, expected="an integer"),
+    "warmup": Setting(10, "chains with benchmarking: untimed runs first", int, yaml="benchmarking.warmup",
+                      convert=_integer, expected="an integer"),
+    "export_dir": Setting(None, yaml="quantization.export_dir", convert=Path, expected="a folder"),
+    "rescale_scale": Setting(None, yaml="rescaling.scale", convert=_numbers, expected="a number or 3 numbers"),
+    "rescale_offset": Setting(None, yaml="rescaling.offset", convert=_numbers, expected="a number or 3 numbers"),
+    "color_mode": Setting("rgb", yaml="preprocessing.color_mode", expected="rgb or bgr"),
+    "interpolation": Setting("bilinear", yaml="resizing.interpolation", expected="bilinear"),
+    "aspect_ratio": Setting("crop", yaml="resizing.aspect_ratio", expected="crop"),
 }
+
+
+def defaults() -> dict[str, Any]:
+    """Every setting at its default."""
+    return {name: setting.default for name, setting in SETTINGS.items()}
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting that has one (``--calib-data`` for calib_data); a flag not given stays None."""
+    for name, setting in SETTINGS.items():
+        if setting.help is not None:
+            parser.add_argument(f"--{name.replace('_', '-')}", type=setting.flag_type, choices=setting.choices,
+                                default=None, help=setting.help)
+
+
+def _schema() -> dict[str, dict[str, tuple[str, Callable, str] | None]]:
+    """section -> key -> (flat setting name, converter, what the value must be); None: a nested section."""
+    schema: dict[str, dict[str, tuple[str, Callable, str] | None]] = {
+        "general": {}, "dataset": {}, "preprocessing": {"rescaling": None, "resizing": None}, "rescaling": {},
+        "resizing": {}, "quantization": {}, "training": {}, "benchmarking": {}}
+    for name, setting in SETTINGS.items():
+        if setting.yaml:
+            section, key = setting.yaml.split(".")
+            schema[section][key] = (name, setting.convert, setting.expected)
+    return schema
+
+
+SCHEMA = _schema()
 TOP_LEVEL = ("general", "operation_mode", "dataset", "preprocessing", "quantization", "training", "benchmarking")
 
 

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import torch
@@ -42,7 +42,6 @@ from quantlab.errors import KitError
 from quantlab.labels import imagenet_classes
 from quantlab.preprocess import to_tensor
 from quantlab.sources import IMAGE_SUFFIXES
-
 
 UNLABELLED = -1  # the label of a photo whose class the kit cannot tell (fine for calibration)
 WNID_PATTERN = re.compile(r"^(n\d{8})(?![0-9])")  # a WordNet id at the start of a name: n01440764_tench.JPEG

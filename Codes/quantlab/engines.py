@@ -20,15 +20,15 @@ import datetime
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from quantlab import cpu
+from quantlab import cpu, files
 from quantlab.errors import KitError
+from quantlab.quantize import qconfig_for, quantize_static
 
 ENGINE_CHOICES = ("auto", "qnnpack", "x86", "fbgemm", "onednn")
 X86_CANDIDATES = ("x86", "onednn")  # the fast int8 engines on x86 CPUs; auto picks the faster
@@ -102,13 +102,9 @@ def _read_cache(path: Path) -> dict:
 def _write_cache(path: Path, entries: dict) -> str:
     """Save atomically; return how the reason should mention the cache."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".partial",
-                                         delete=False, encoding="utf-8") as partial:
-            partial.write(json.dumps(entries, indent=2) + "\n")
-        os.replace(partial.name, path)
-    except OSError as error:
-        return f"not cached: {path.parent} is not writable ({error.strerror})"
+        files.write_json(path, entries)
+    except KitError:
+        return f"not cached: {path.parent} is not writable"
     return f"saved to {path}"
 
 
@@ -175,8 +171,6 @@ def saturation_error(engine: str, qconfig_engine: str | None = None) -> tuple[fl
     """
     from torch.ao.quantization import convert, prepare
 
-    from quantlab.quantize import qconfig_for  # imported here: quantlab.quantize imports this module
-
     previous = torch.backends.quantized.engine
     image = torch.ones(1, 64, 4, 4)
     image[..., ::2] = 0.0  # zeros too, so the zero point is 0 and 1.0 is the top of the uint8 range
@@ -197,8 +191,6 @@ def saturation_error(engine: str, qconfig_engine: str | None = None) -> tuple[fl
 def measure_engines(candidates: list[str], seconds: float = PROBE_SECONDS) -> tuple[dict[str, float], dict[str, str]]:
     """Median milliseconds of the probe, quantized for each engine; engines that fail, stray from fp32 or
     saturate (see saturation_error) are rejected, with the reason."""
-    from quantlab.quantize import quantize_static  # imported here: quantlab.quantize imports this module
-
     previous = torch.backends.quantized.engine
     probe = _probe_model()
     image = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))

@@ -18,7 +18,7 @@ string is capped and escaped in the leaderboard files.
 
 Example:
     from quantlab import grading, sandbox
-    rubric = grading.load_rubric(None)   # configs/rubric.yaml
+    rubric = grading.load_rubric(None)   # quantlab/rubric.yaml
     runner = grading.ModelRunner(threads=2, measure=None, isolation=sandbox.isolation())
     baseline = grading.Baseline.measure(runner)
     student = grading.grade_student(Path("submissions/ada"), rubric, baseline, runner)
@@ -34,12 +34,12 @@ import math
 import re
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Callable
 
-from quantlab import bench, config, engines, model_checks, models, sandbox
-from quantlab.assets import REPO_ROOT
+from quantlab import config, engines, files, loading, model_checks, models, report, sandbox
 from quantlab.errors import KitError
 
 REPORT_FILE = "benchmark.json"   # Codes/benchmark.py --json
@@ -49,7 +49,8 @@ TORCH_SUFFIXES = (".pt", ".pth", ".ptl")
 MODEL_SUFFIXES = TORCH_SUFFIXES + models.ONNX_SUFFIXES
 KNOWN_PARTS = ("baseline", "dynamic", "static", "qat", "pi")
 KNOWN_METHODS = ("fp32", "static", "dynamic", "qat", "int8")
-DEFAULT_RUBRIC = REPO_ROOT / "configs" / "rubric.yaml"
+# the default rubric ships inside the package (configs/rubric.yaml links to it): a pip install without -e has it
+DEFAULT_RUBRIC = "rubric.yaml"
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_MAGIC = b"\x80"  # pickle protocol 2 and later start with PROTO
 
@@ -151,13 +152,14 @@ def _read_yaml(path: Path) -> dict:
 
 
 def load_rubric(path: Path | None) -> dict:
-    """The default rubric (``configs/rubric.yaml``), with the keys of ``path`` on top when given."""
-    if not DEFAULT_RUBRIC.is_file():
-        raise KitError(f"the default rubric {DEFAULT_RUBRIC} is missing; restore it from the kit or pass --rubric")
-    rubric = _read_yaml(DEFAULT_RUBRIC)
+    """The default rubric (``quantlab/rubric.yaml``, package data), with the keys of ``path`` on top when given."""
+    with resources.as_file(resources.files("quantlab") / DEFAULT_RUBRIC) as default:
+        if not default.is_file():
+            raise KitError(f"the default rubric {default} is missing; reinstall the kit or pass --rubric")
+        rubric = _read_yaml(default)
     if path is not None:
         rubric = _overlay(rubric, _read_yaml(path), "", path)
-    source = path or DEFAULT_RUBRIC
+    source = path or f"quantlab/{DEFAULT_RUBRIC}"
     unknown = [part for part in rubric["parts"] if part not in KNOWN_PARTS]
     if unknown:
         raise KitError(f"rubric {source}: unknown part '{clean_text(unknown[0], 40)}' in parts (known: {', '.join(KNOWN_PARTS)})")
@@ -222,7 +224,7 @@ class ModelRunner:
             # the child needs only the engine (the method is the sidecar's, read here): a model handed in again
             # with an edited method runs once
             sidecar = {"engine": sidecar["engine"]} if "engine" in sidecar else None
-        key = (models.sha256_of(path), json.dumps(sidecar, sort_keys=True))
+        key = (files.sha256_of(path), json.dumps(sidecar, sort_keys=True))
         if key not in self.cache:
             request: dict = {"task": "check", "threads": self.threads, "data": None}
             read_only = []
@@ -272,8 +274,8 @@ class Baseline:
     result: dict | None  # {"top1", "top5", "latency_ms": {"median"}}, None without --remeasure
 
     @classmethod
-    def measure(cls, runner: ModelRunner) -> "Baseline":
-        loaded = bench.load_any("mobilenet_v2", engine="auto", threads=runner.threads)
+    def measure(cls, runner: ModelRunner) -> Baseline:
+        loaded = loading.load_any("mobilenet_v2", engine="auto", threads=runner.threads)
         if runner.measure is None:
             return cls(size_mb=loaded.size_mb, result=None)
         import torch
@@ -377,20 +379,20 @@ def read_report(path: Path) -> dict:
     """The student's benchmark.json, valid for schema quantlab.benchmark/1, or a KitError saying why not."""
     if not path.exists() and not path.is_symlink():
         raise KitError(f"no {path.name}: make it with Codes/benchmark.py --json {path.name}")
-    report, why = read_json_file(path, MAX_REPORT_BYTES, "Codes/benchmark.py --json")
+    document, why = read_json_file(path, MAX_REPORT_BYTES, "Codes/benchmark.py --json")
     if why:
         raise KitError(why)
-    problems = bench.validate_report(report)
+    problems = report.validate_report(document)
     if problems:
         more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
         shown = "; ".join(clean_text(problem, 200) for problem in problems[:2])
-        raise KitError(f"{path.name} is not a valid {bench.SCHEMA} report: {shown}{more}")
-    return report
+        raise KitError(f"{path.name} is not a valid {report.SCHEMA} report: {shown}{more}")
+    return document
 
 
 def _claimed(row: dict, reference: dict | None) -> dict | None:
     """The report's own ratios of ``row`` against its fp32 row (same machine, same images)."""
-    return bench.ratios(row, reference) if reference is not None else None
+    return report.ratios(row, reference) if reference is not None else None
 
 
 def _safe_file(folder: Path, name: str) -> tuple[Path | None, str | None]:
@@ -451,7 +453,7 @@ def grade_model(folder: Path, row: dict, reference: dict | None, rubric: dict, b
     if why:
         grade.excluded = why
         return grade
-    digest = models.sha256_of(path)
+    digest = files.sha256_of(path)
     grade.sha256 = digest
     if row["sha256"] != digest:
         grade.excluded = f"{name}: sha256 differs from {REPORT_FILE}: the file changed after it was benchmarked"
@@ -470,7 +472,7 @@ def grade_model(folder: Path, row: dict, reference: dict | None, rubric: dict, b
     result = outcome.result or {}
     if result.get("ok") is not True:
         grade.excluded = _child_reason(name, result, runner.memory_mb)
-        if "does not load" in grade.excluded and not bench.is_torchscript_archive(path) and \
+        if "does not load" in grade.excluded and not models.is_torchscript_file(path) and \
                 path.suffix.lower() in TORCH_SUFFIXES:
             grade.excluded += " (a torch.save of a Python object, e.g. a whole model, is refused: hand in TorchScript)"
         return grade
@@ -490,7 +492,7 @@ def grade_model(folder: Path, row: dict, reference: dict | None, rubric: dict, b
         and re.fullmatch(r"[0-9a-f]{64}", result["weights_sha256"]) else None)
     if row["method"] != grade.method:
         flags.append(f"{name}: {REPORT_FILE} says method {row['method']}, its sidecar says {grade.method}")
-    grade.size_mb = models.file_size_mb(path)
+    grade.size_mb = files.file_size_mb(path)
     tolerance = rubric["tolerance"]
     if abs(row["size_mb"] - grade.size_mb) > tolerance["size_relative"] * grade.size_mb:
         flags.append(f"{name}: {REPORT_FILE} claims {row['size_mb']:.2f} MB, the file is {grade.size_mb:.2f} MB")
@@ -616,7 +618,7 @@ def _fingerprint(path: Path) -> str | None:
     """sha256 of a plain file of the submission, for copy detection; None for links and missing files."""
     if link_problem(path, path.name) or not path.is_file():
         return None
-    return models.sha256_of(path)
+    return files.sha256_of(path)
 
 
 def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelRunner) -> StudentGrade:
@@ -626,19 +628,19 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
     if why:
         return rejected(folder, rubric, why)
     try:
-        report = read_report(folder / REPORT_FILE)
+        handed_in = read_report(folder / REPORT_FILE)
     except KitError as error:
         return rejected(folder, rubric, str(error))
     for label in (REPORT_FILE, PI_RUN_FILE):
         digest = _fingerprint(folder / label)
         if digest:
             student.fingerprints[label] = digest
-    results = report["results"]
+    results = handed_in["results"]
     reference = next((row for row in results if row["method"] == "fp32"), None)
     present = {"baseline"} if reference is not None else set()
     if reference is None:
         student.problems.append(f"no fp32 row in {REPORT_FILE}: benchmark mobilenet_v2 too (the baseline part)")
-    if report["settings"]["data"] is None:
+    if handed_in["settings"]["data"] is None:
         student.problems.append(f"{REPORT_FILE} was made without --data: it claims no accuracy")
     listed = set()
     for row in results:
@@ -887,7 +889,7 @@ def write_plot(students: list[StudentGrade], path: Path, title: str) -> None:
     axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     try:
-        models.atomic_write(path, lambda partial: figure.savefig(partial, format="png", dpi=110), "--output")
+        files.atomic_write(path, lambda partial: figure.savefig(partial, format="png", dpi=110), "--output")
     finally:
         plt.close(figure)
 
@@ -896,9 +898,9 @@ def write_leaderboard(students: list[StudentGrade], output: Path, header: list[s
     """leaderboard.csv, leaderboard.md and leaderboard.png in ``output``, each written atomically."""
     rows = leaderboard_rows(students)
     paths = [output / "leaderboard.csv", output / "leaderboard.md", output / "leaderboard.png"]
-    models.atomic_write(paths[0], lambda partial: partial.write_text(csv_text(rows), encoding="utf-8"), "--output")
+    files.write_text(paths[0], csv_text(rows), "--output")
     markdown = markdown_text(students, header)
-    models.atomic_write(paths[1], lambda partial: partial.write_text(markdown, encoding="utf-8"), "--output")
+    files.write_text(paths[1], markdown, "--output")
     write_plot(students, paths[2], header[0].replace("; ", "\n") if header else "leaderboard")
     return paths
 

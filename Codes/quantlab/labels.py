@@ -29,3 +29,12 @@ def format_top_k(predictions: list[tuple[int, str, float]]) -> str:
         f"  {rank:2d}. {index:4d} {name:<{width}} {100 * probability:6.2f}%"
         for rank, (index, name, probability) in enumerate(predictions, start=1)
     )
+
+
+def describe_top(logits: torch.Tensor, k: int = 10) -> str:
+    """The top-k lines for the first image of a batch of scores: ImageNet names for a 1000-class model,
+    class numbers for any other (ImageNet's names would be wrong)."""
+    predictions = top_k(logits[0], k)
+    if logits.shape[-1] != len(imagenet_classes()):
+        predictions = [(index, f"class {index}", probability) for index, _, probability in predictions]
+    return format_top_k(predictions)

@@ -51,7 +51,7 @@ def _our_words(message: str) -> str:
 def run(request: dict) -> dict:
     import torch
 
-    from quantlab import bench, data, engines, model_checks
+    from quantlab import bench, data, engines, loading, model_checks, models
     from quantlab.errors import KitError
 
     path = request["model"]
@@ -60,13 +60,13 @@ def run(request: dict) -> dict:
         problem = model_checks.onnx_problem(Path(path))
         if problem:
             return {"ok": False, "reason": problem, "refused": True}
-    elif bench.is_torchscript_archive(Path(path)):
+    elif models.is_torchscript_file(path):
         problem = _checked_before_running(path)
         if problem:
             return {"ok": False, "reason": problem, "refused": True}
     try:
-        # runs the model once and checks it returns [1, 1000] (bench.probe): that proves it is a classifier
-        loaded = bench.load_any(path, engine="auto", threads=int(request["threads"]))
+        # runs the model once and checks it returns [1, 1000] (loading.probe): that proves it is a classifier
+        loaded = loading.load_any(path, engine="auto", threads=int(request["threads"]))
     except KitError as error:
         message = _first_line(error)
         if "allocate" in message or "out of memory" in message.lower():

@@ -7,13 +7,12 @@ TorchScript or ONNX file made by ``quantize_model.py``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
@@ -21,8 +20,8 @@ from torch import nn
 
 from quantlab._quiet import quiet_native_warnings
 from quantlab.assets import ASSETS_ENV, FLOAT_WEIGHTS, INT8_WEIGHTS, asset_path
-from quantlab.engines import set_engine
 from quantlab.errors import KitError
+from quantlab.files import file_size_mb, partial_path, sha256_of  # file_size_mb: the notebooks call it from here
 
 ONNX_SUFFIXES = (".onnx", ".ort")
 
@@ -72,27 +71,40 @@ def is_int8_state_dict(state_dict: dict) -> bool:
     return any(key.endswith(("zero_point", "_packed_params")) for key in state_dict)
 
 
-def _load_into(model: nn.Module, state_dict: dict, source: str, want_int8: bool) -> nn.Module:
+def mobilenet_v2_weights(model: nn.Module, path: str | Path | None = None) -> dict:
+    """Weights for ``model``, torchvision's fp32 or int8 MobileNetV2: the state dict at ``path``, else
+    torchvision's pretrained ones (downloaded once, then cached; the offline copy when there is no internet).
+
+    They are checked against ``model`` first: ``model.load_state_dict`` then cannot fail halfway, and a
+    KitError says what does not fit (fp32 weights for the int8 model, another architecture's weights).
+    """
+    from torchvision.models.quantization import MobileNet_V2_QuantizedWeights
+
+    expected = model.state_dict()
+    want_int8 = is_int8_state_dict(expected)
+    if path is not None:
+        state_dict, source = load_state_dict_file(path), str(path)
+    elif want_int8:
+        state_dict, source = pretrained_state_dict(MobileNet_V2_QuantizedWeights.IMAGENET1K_QNNPACK_V1, INT8_WEIGHTS)
+    else:
+        state_dict, source = pretrained_state_dict(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1, FLOAT_WEIGHTS)
     what = "int8 MobileNetV2" if want_int8 else "fp32 MobileNetV2"
     if is_int8_state_dict(state_dict) != want_int8:
         hint = "drop --quantize (these are fp32 weights)" if want_int8 else "add --quantize (these are int8 weights)"
         raise KitError(f"{source} does not fit {what}; {hint}")
-    try:
-        model.load_state_dict(state_dict)
-    except (RuntimeError, KeyError, ValueError) as error:
-        first = str(error).splitlines()[0][:120]
-        raise KitError(f"{source} does not fit {what} ({first}); pass MobileNetV2 weights") from None
-    return model.eval()
+    unfit = sorted(set(expected) ^ set(state_dict)) or [
+        key for key, value in state_dict.items()
+        if isinstance(value, torch.Tensor) and isinstance(expected[key], torch.Tensor) and value.shape != expected[key].shape]
+    if unfit:
+        raise KitError(f"{source} does not fit {what} (first mismatch: {unfit[0][:80]}); pass MobileNetV2 weights")
+    return state_dict
 
 
 def mobilenet_v2_fp32(weights_path: str | Path | None = None) -> nn.Module:
     """Float MobileNetV2: torchvision's IMAGENET1K_V1 weights, or a state dict file."""
     model = torchvision.models.mobilenet_v2(weights=None)
-    if weights_path is None:
-        state_dict, source = pretrained_state_dict(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1, FLOAT_WEIGHTS)
-    else:
-        state_dict, source = load_state_dict_file(weights_path), str(weights_path)
-    return _load_into(model, state_dict, source, want_int8=False)
+    model.load_state_dict(mobilenet_v2_weights(model, weights_path))
+    return model.eval()
 
 
 def mobilenet_v2_int8(engine: str, weights_path: str | Path | None = None) -> nn.Module:
@@ -101,15 +113,42 @@ def mobilenet_v2_int8(engine: str, weights_path: str | Path | None = None) -> nn
     torchvision builds the quantized architecture, then the weights are loaded
     with ``engine`` active: loading is what packs the int8 weights for an engine.
     """
-    from torchvision.models.quantization import MobileNet_V2_QuantizedWeights, mobilenet_v2
+    from torchvision.models.quantization import mobilenet_v2
 
-    if weights_path is None:
-        state_dict, source = pretrained_state_dict(MobileNet_V2_QuantizedWeights.IMAGENET1K_QNNPACK_V1, INT8_WEIGHTS)
-    else:
-        state_dict, source = load_state_dict_file(weights_path), str(weights_path)
     model = mobilenet_v2(weights=None, quantize=True)  # builds with qnnpack, as the weights were made
-    set_engine(engine)
-    return _load_into(model, state_dict, source, want_int8=True)
+    weights = mobilenet_v2_weights(model, weights_path)
+    torch.backends.quantized.engine = engine  # loading packs the int8 weights for the active engine
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+AUX_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}  # training-only classifiers
+
+
+def torchvision_model(arch: str, state_dict: dict, source: str, quantizable: bool = False) -> nn.Module:
+    """torchvision's float ``arch`` holding ``state_dict``, in eval mode: the kit's one way to load a state dict
+    into a torchvision architecture. ``quantizable``: its eager-mode quantizable version (QuantStub,
+    ``fuse_model``) from ``torchvision.models.quantization``.
+
+    GoogLeNet and Inception v3 are built without their auxiliary classifiers, whose weights are dropped.
+    """
+    extra = {"aux_logits": False, "init_weights": False} if arch in AUX_HEADS else {}
+    try:
+        if quantizable:
+            from torchvision.models import quantization
+
+            model = getattr(quantization, arch)(weights=None, quantize=False, **extra)
+        else:
+            model = torchvision.models.get_model(arch, weights=None, **extra)
+    except (ValueError, AttributeError):
+        raise KitError(f"--arch {arch} is not a torchvision model name (e.g. mobilenet_v2, resnet18)") from None
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(AUX_HEADS.get(arch, ()))}
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise KitError(f"{source} does not fit {arch} ({str(error).splitlines()[0][:100]}); "
+                       "pass --arch with the model's architecture") from None
+    return model.eval()
 
 
 def script(model: nn.Module) -> torch.jit.ScriptModule:
@@ -168,6 +207,15 @@ class OnnxModel:
         return torch.from_numpy(logits)
 
 
+def is_torchscript_file(path: str | Path) -> bool:
+    """torch.jit.save archives hold the model's code (``<name>/code/``); torch.save state dicts do not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def load_model_file(path: str | Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """Load a TorchScript (``.pt``/``.pth``) or ONNX (``.onnx``) model file for inference.
 
@@ -179,20 +227,15 @@ def load_model_file(path: str | Path, threads: int) -> Callable[[torch.Tensor], 
         raise KitError(f"model file {path} does not exist; make one with quantize_model.py or check the path")
     if path.suffix.lower() in ONNX_SUFFIXES:
         return OnnxModel(path, threads)
-    if not zipfile.is_zipfile(path):
-        raise KitError(
-            f"{path} is not a TorchScript model (not a zip archive); pass a file saved with "
-            "torch.jit.save, or use --weights for a state dict"
-        )
+    if not is_torchscript_file(path):
+        kind = "a state dict (use --weights)" if _looks_like_state_dict(path) else "not a TorchScript model"
+        raise KitError(f"{path} is {kind}: not a torch.jit.save archive; make a model file with quantize_model.py")
     try:
         with quiet_native_warnings():
             model = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:
-        kind = "a state dict (use --weights)" if _looks_like_state_dict(path) else "not a TorchScript model"
-        raise KitError(
-            f"{path} is {kind}: torch.jit.load failed ({type(error).__name__}); "
-            "make a model file with quantize_model.py"
-        ) from None
+        raise KitError(f"{path} is not a TorchScript model torch.jit.load can read ({type(error).__name__}); "
+                       "make a model file with quantize_model.py") from None
     return model.eval()
 
 
@@ -203,31 +246,18 @@ def _looks_like_state_dict(path: Path) -> bool:
         return False
 
 
-def sha256_of(path: str | Path) -> str:
-    """The file's SHA-256, as the sidecar and the benchmark report record it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def make_sidecar(method: str, format: str, engine: str | None, model: str, arch: str | None, seed: int,
+                 input_size: int, **facts: object) -> dict:
+    """The JSON written beside a model file (``save_with_sidecar`` adds its sha256 and size).
 
-
-def atomic_write(path: Path, write: Callable[[Path], object], flag: str | None = None) -> None:
-    """``write(partial)`` then rename onto ``path``: a failed run never leaves a half-written file.
-
-    ``flag`` names the option that chose ``path``, for the error message.
+    ``engine`` None: no PyTorch engine to pick (ONNX Runtime, PT2E); ``facts``: how it was made
+    (granularity, observer, calibration, training, ...).
     """
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(partial)
-        os.replace(partial, path)
-    except OSError as error:
-        raise KitError(f"could not write {path} ({error.strerror or type(error).__name__}); "
-                       f"pick a writable path{f' for {flag}' if flag else ''}") from None
-    finally:
-        partial.unlink(missing_ok=True)
+    sidecar = {"method": method, "format": format, "engine": engine, "model": model, "arch": arch, "seed": seed,
+               "input_size": [1, 3, input_size, input_size], "torch": torch.__version__, **facts}
+    if engine is None:
+        del sidecar["engine"]
+    return sidecar
 
 
 def save_with_sidecar(output: Path, write_model: Callable[[Path], dict], sidecar: dict) -> dict:
@@ -238,8 +268,7 @@ def save_with_sidecar(output: Path, write_model: Callable[[Path], dict], sidecar
     """
     output = Path(output)
     json_path = sidecar_path(output)
-    partial_model = output.with_name(output.name + ".partial")
-    partial_json = json_path.with_name(json_path.name + ".partial")
+    partial_model, partial_json = partial_path(output), partial_path(json_path)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         sidecar.update(write_model(partial_model))
@@ -267,11 +296,6 @@ def save_torchscript(model: nn.Module, output: Path, sidecar: dict) -> dict:
         return {}
 
     return save_with_sidecar(output, write, sidecar)
-
-
-def file_size_mb(path: str | Path) -> float:
-    """Size of a file in MB (10^6 bytes)."""
-    return os.path.getsize(path) / 1e6
 
 
 def serialized_size_mb(model: nn.Module) -> float:

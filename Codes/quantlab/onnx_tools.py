@@ -37,11 +37,10 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -49,7 +48,8 @@ from tqdm import tqdm
 
 from quantlab import cpu
 from quantlab.errors import KitError
-from quantlab.models import OnnxModel, atomic_write
+from quantlab.files import atomic_write
+from quantlab.models import OnnxModel
 from quantlab.quantize import batch_images  # the image tensor of a calibration batch, as PyTorch's path reads it
 
 OPSET = 18  # the lowest opset torch's exporter writes natively; ONNX Runtime 1.14 and later (the Pi's 1.23 too) run it
@@ -181,23 +181,21 @@ def export_onnx(model_fp32: nn.Module, path: Path, input_size: int = 224, opset:
             except Exception as error:
                 where = _describe_layer(model_fp32, running[-1]) if running else "the model's own forward"
                 raise KitError(f"cannot export layer {where} to ONNX: torch.export failed ({_first_line(error)})") from None
-        partial = path.with_name(path.name + ".partial")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        def write(partial: Path) -> None:
             with _quiet_exporter():
                 torch.onnx.export(program, f=str(partial), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                   opset_version=opset, dynamo=True, external_data=False, verbose=False)
             _name_batch_axis(partial)
-            os.replace(partial, path)
-        except OSError as error:
-            raise KitError(f"could not write {path} ({error.strerror or type(error).__name__}); pick a writable path") from None
+
+        try:
+            atomic_write(path, write)
+        except KitError:
+            raise
         except Exception as error:
             summary = _first_line(error)
             layer = _layer_of_node(program, str(error))
             where = f"layer {_describe_layer(model_fp32, layer)}" if layer is not None else "the model"
             raise KitError(f"cannot translate {where} to ONNX opset {opset}: {summary}") from None
-        finally:
-            partial.unlink(missing_ok=True)
     finally:
         model_fp32.train(was_training)
     return path

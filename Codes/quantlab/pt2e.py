@@ -40,8 +40,8 @@ import logging
 import platform
 import traceback
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -112,7 +112,9 @@ def quantizer_for(target: str, granularity: str = "per_channel"):
             raise KitError("X86InductorQuantizer quantizes weights per channel only; drop --granularity per_tensor "
                            "(or use --engine qnnpack for the ARM quantizer, which has both)")
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
 
         quantizer = X86InductorQuantizer()
         quantizer.set_global(get_default_x86_inductor_quantization_config())
@@ -121,11 +123,12 @@ def quantizer_for(target: str, granularity: str = "per_channel"):
         per_channel = granularity == "per_channel"
         try:  # ExecuTorch owns the XNNPACK quantizer; torchao keeps a copy for its tests
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-                XNNPACKQuantizer, get_symmetric_quantization_config)
+                XNNPACKQuantizer,
+                get_symmetric_quantization_config,
+            )
             where = "ExecuTorch"
         except ImportError:
-            from torchao.testing.pt2e._xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                  get_symmetric_quantization_config)
+            from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
             where = "torchao's copy; pip install executorch to run it with XNNPACK"
         quantizer = XNNPACKQuantizer()
         quantizer.set_global(get_symmetric_quantization_config(is_per_channel=per_channel))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -25,8 +25,8 @@ from torch.ao import quantization as tq
 from torch.ao.nn.intrinsic import qat as intrinsic_qat
 from tqdm import tqdm
 
-from quantlab.engines import set_engine
 from quantlab.errors import KitError
+from quantlab.models import torchvision_model
 
 GRANULARITIES = ("per_channel", "per_tensor")
 OBSERVERS = ("histogram", "minmax")
@@ -79,28 +79,7 @@ def quantizable_model(model_fp32: nn.Module, arch: str = "mobilenet_v2") -> nn.M
     if arch not in QUANTIZABLE_ARCHS:
         raise KitError(f"'{arch}' has no eager-mode quantizable version in torchvision.models.quantization; "
                        f"use one of {', '.join(QUANTIZABLE_ARCHS)}")
-    from torchvision.models import quantization
-
-    return build_with_weights(getattr(quantization, arch), arch, model_fp32.state_dict(), "the fp32 model",
-                              quantize=False)
-
-
-def build_with_weights(builder: Callable[..., nn.Module], arch: str, state_dict: dict, source: str,
-                       **kwargs) -> nn.Module:
-    """``builder(weights=None, **kwargs)`` (a torchvision model builder) holding ``state_dict``, in eval mode.
-
-    GoogLeNet and Inception v3 are built without their auxiliary classifiers
-    (training-only heads), and their weights are dropped from ``state_dict``.
-    """
-    extra = {"aux_logits": False, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
-    model = builder(weights=None, **kwargs, **extra)
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as error:
-        raise KitError(f"{source} does not fit {arch} ({str(error).splitlines()[0][:100]}); "
-                       "pass --arch with the model's architecture") from None
-    return model.eval()
+    return torchvision_model(arch, model_fp32.state_dict(), "the fp32 model", quantizable=True)
 
 
 def quantizable_mobilenet_v2(model_fp32: nn.Module) -> nn.Module:
@@ -142,7 +121,7 @@ def quantize_static(model_fp32: nn.Module, calibration_batches: Iterable, engine
     (Nx3xSxS) or (images, labels) pairs.
     """
     qconfig = qconfig_for(engine, granularity, observer)
-    set_engine(engine)  # prepare/convert pack weights for the active engine
+    torch.backends.quantized.engine = engine  # prepare/convert pack weights for the active engine
     model = quantizable_model(model_fp32, arch).eval()
     model.fuse_model()  # conv + BN + ReLU become one op: fewer rounding steps, faster
     model.qconfig = qconfig
@@ -177,7 +156,7 @@ def quantize_qat(model_fp32: nn.Module, train_batches: Iterable, engine: str, ep
     if freeze_observers_epoch is None:
         freeze_observers_epoch = epochs - 1 if epochs > 1 else epochs
     qconfig = qat_qconfig_for(engine, granularity)
-    set_engine(engine)
+    torch.backends.quantized.engine = engine
     model = quantizable_model(model_fp32, arch).train()
     model.fuse_model(is_qat=True)  # conv+BN stay separate inside a QAT module, so BN keeps training
     model.qconfig = qconfig

@@ -2,11 +2,13 @@
 
 Every source has ``read() -> frame or None`` (None: no more frames), ``bgr``
 (True when frames come in OpenCV's BGR order), ``description``, ``skipped``
-(unreadable images passed over) and ``close()``.
+(unreadable images passed over) and ``close()``; ``with open_source(...) as
+frames:`` closes it however the block ends (Ctrl-C included).
 """
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 
 import cv2
@@ -18,6 +20,27 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # real photos scikit-image ships
 
 
+class FrameSource(abc.ABC):
+    """What every source shares: ``with source:`` closes it (the camera is released) however the block ends."""
+
+    bgr = True
+    description = ""
+    skipped = 0
+
+    @abc.abstractmethod
+    def read(self) -> np.ndarray | None:
+        """The next frame, or None when there are no more."""
+
+    def close(self) -> None:  # noqa: B027 - a default on purpose: photos in memory hold nothing to release
+        """Release the device or file."""
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 # capture modes nearly every USB webcam offers (width, height), smallest first
 WEBCAM_MODES = ((320, 240), (640, 480), (1280, 720))
 
@@ -27,7 +50,7 @@ def webcam_mode(size: int) -> tuple[int, int]:
     return next(((w, h) for w, h in WEBCAM_MODES if w >= size and h >= size), WEBCAM_MODES[-1])
 
 
-class SampleSource:
+class SampleSource(FrameSource):
     """scikit-image's bundled photos (a cat, a coffee cup, an astronaut, a rocket), cycled like a camera.
 
     It behaves like the webcam source: asked for size x size, it delivers the
@@ -57,9 +80,6 @@ class SampleSource:
         self.count += 1
         return frame
 
-    def close(self) -> None:
-        pass
-
 
 def camera_frame(photo: np.ndarray, width: int, height: int) -> np.ndarray:
     """``photo`` scaled to cover width x height, then centre-cropped to it (RGB uint8, contiguous)."""
@@ -72,7 +92,7 @@ def camera_frame(photo: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(resized[top : top + height, left : left + width])
 
 
-class FolderSource:
+class FolderSource(FrameSource):
     """The images of a folder in name order, once; unreadable files are skipped and counted."""
 
     bgr = True
@@ -96,11 +116,8 @@ class FolderSource:
             print(f"skipped unreadable image {path.name}")
         return None
 
-    def close(self) -> None:
-        pass
 
-
-class CaptureSource:
+class CaptureSource(FrameSource):
     """An OpenCV VideoCapture: a webcam index or a video file."""
 
     bgr = True
@@ -157,7 +174,7 @@ def open_video(path: Path) -> CaptureSource:
     return CaptureSource(capture, f"video {path}: {frame.shape[1]}x{frame.shape[0]}, {frames} frames", frame)
 
 
-class PiCameraSource:
+class PiCameraSource(FrameSource):
     """The Raspberry Pi Camera Module through picamera2 (libcamera), Bookworm's camera stack."""
 
     bgr = False  # picamera2's "RGB888" is BGR in memory; we ask for XBGR8888, which is RGB order
@@ -193,7 +210,7 @@ class PiCameraSource:
         self.camera.stop()
 
 
-def open_source(spec: str, size: int = 224, fps: float = 36.0):
+def open_source(spec: str, size: int = 224, fps: float = 36.0) -> FrameSource:
     """Open ``--source``: a webcam index, ``picamera2``, ``samples``, a video file or a folder."""
     if spec.isdigit():
         return open_webcam(int(spec), size, fps)

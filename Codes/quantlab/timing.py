@@ -141,4 +141,8 @@ def format_summary(summary: dict) -> str:
                      f"{summary['model_fps']:.1f} FPS (inferences / seconds in the model)")
     if summary.get("peak_rss_mb") is not None:
         lines.append(f"  peak resident memory: {summary['peak_rss_mb']:.0f} MB")
+    if summary.get("skipped_unreadable"):
+        lines.append(f"  skipped unreadable images: {summary['skipped_unreadable']}")
+    if summary.get("cpu"):  # mobile_net.py's run: the machine it ran on
+        lines.append(f"  CPU: {summary['cpu']} ({summary['arch']}), int8: {summary['int8_isa_note']}")
     return "\n".join(lines)

@@ -428,16 +428,6 @@ def install_overlay(cache: Path, torch_version: str, torchvision_version: str) -
 
 # ------------------------------------------------------------- x86 model --
 
-INLINE_X86_MODEL = """
-import sys, torch
-from torchvision.models.quantization import mobilenet_v2
-torch.backends.quantized.engine = "qnnpack"
-model = mobilenet_v2(weights=None, quantize=True)
-model.load_state_dict(torch.load(sys.argv[1], map_location="cpu", weights_only=True))
-torch.jit.save(torch.jit.script(model.eval()), sys.argv[2])
-"""
-
-
 def x86_python_env() -> dict[str, str]:
     env = dict(os.environ, QUANTLAB_ASSETS=str(assets_dir()))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "Codes"), os.environ.get("PYTHONPATH", "")]))
@@ -451,7 +441,7 @@ def build_x86_model(cache: Path, weights: Path) -> Path:
     torch_version = run_quiet(
         [sys.executable, "-c", "import torch; print(torch.__version__)"], "import torch on x86", 300
     ).strip()
-    sources = [quantize_script, *kit_sources] if quantize_script.is_file() else []
+    sources = [quantize_script, *kit_sources]
     folder = (
         cache
         / f"x86-{digest(torch_version, DEVICE_CHECKS.read_bytes(), *(p.read_bytes() for p in sources), str(weights))}"
@@ -460,43 +450,43 @@ def build_x86_model(cache: Path, weights: Path) -> Path:
 
     def build(target: Path) -> None:
         env = x86_python_env()
-        if quantize_script.is_file():
-            run_quiet(
-                [
-                    sys.executable,
-                    str(quantize_script),
-                    "--model",
-                    "mobilenet_v2",
-                    "--method",
-                    "static",
-                    "--engine",
-                    "qnnpack",
-                    "--calib-data",
-                    str(assets_dir() / "imagenet-sample"),
-                    "--calib-images",
-                    "32",
-                    "--output",
-                    str(target / model_name),
-                ],
-                "Codes/quantize_model.py --engine qnnpack on x86",
-                BUILD_TIMEOUT_S,
-                env,
-            )
-            run_quiet(  # the ONNX Runtime path of labs/03: the same calibration, a static QDQ file
-                [sys.executable, str(quantize_script), "--model", "mobilenet_v2", "--format", "onnx",
-                 "--calib-data", str(assets_dir() / "imagenet-sample"), "--calib-images", "32",
-                 "--output", str(target / "mobilenet_v2_qdq.onnx")],
-                "Codes/quantize_model.py --format onnx on x86",
-                BUILD_TIMEOUT_S,
-                env,
-            )
-        else:
-            run_quiet(
-                [sys.executable, "-c", INLINE_X86_MODEL, str(weights), str(target / model_name)],
-                "scripting the pretrained int8 model on x86",
-                BUILD_TIMEOUT_S,
-                env,
-            )
+        run_quiet(
+            [
+                sys.executable,
+                str(quantize_script),
+                "--model",
+                "mobilenet_v2",
+                "--method",
+                "static",
+                "--engine",
+                "qnnpack",
+                "--calib-data",
+                str(assets_dir() / "imagenet-sample"),
+                "--calib-images",
+                "32",
+                "--output",
+                str(target / model_name),
+            ],
+            "Codes/quantize_model.py --engine qnnpack on x86",
+            BUILD_TIMEOUT_S,
+            env,
+        )
+        run_quiet(  # the ONNX Runtime path of labs/03: the same calibration, a static QDQ file
+            [sys.executable, str(quantize_script), "--model", "mobilenet_v2", "--format", "onnx",
+             "--calib-data", str(assets_dir() / "imagenet-sample"), "--calib-images", "32",
+             "--output", str(target / "mobilenet_v2_qdq.onnx")],
+            "Codes/quantize_model.py --format onnx on x86",
+            BUILD_TIMEOUT_S,
+            env,
+        )
+        run_quiet(  # PT2E for ARM (XNNPACKQuantizer): does an exported program run with torch alone on the Pi?
+            [sys.executable, str(quantize_script), "--model", "mobilenet_v2", "--engine", "qnnpack",
+             "--calib-data", str(assets_dir() / "imagenet-sample"), "--calib-images", "16",
+             "--output", str(target / "mobilenet_v2_pt2e_arm.pt2")],
+            "Codes/quantize_model.py --output FILE.pt2 --engine qnnpack on x86",
+            BUILD_TIMEOUT_S,
+            env,
+        )
         run_quiet(
             [
                 sys.executable,
@@ -515,8 +505,6 @@ def build_x86_model(cache: Path, weights: Path) -> Path:
         )
 
     start = time.monotonic()
-    if not quantize_script.is_file():
-        note("Codes/quantize_model.py does not exist yet: using the pretrained int8 model, jit-scripted on x86")
     if _build_once(folder, build):
         _prune(cache, "x86", folder)
         note(f"x86 model (torch {torch_version}) and its top-1 made in {time.monotonic() - start:.0f} s")
