@@ -30,29 +30,41 @@ from quantlab import bench, data, engines, files, loading, report
 from quantlab.errors import KitError, run_cli
 
 # ---- settings (command-line flags override them) -----------------------------
-runs = 50          # timed batch-1 runs per model: the median is what the table leads with
-warmup = 10        # untimed runs first: the first calls allocate memory and pick kernels
-size = 224         # input resolution
-eval_batch = 16    # images per batch while measuring accuracy (latency is always batch 1)
+runs = 50  # timed batch-1 runs per model: the median is what the table leads with
+warmup = 10  # untimed runs first: the first calls allocate memory and pick kernels
+size = 224  # input resolution
+eval_batch = 16  # images per batch while measuring accuracy (latency is always batch 1)
 # -------------------------------------------------------------------------------
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True,
-                        help="repeatable: a torchvision name, a state dict, a TorchScript, ONNX or PT2E (.pt2) "
-                             "file, or your own model FILE.py:FUNCTION[@WEIGHTS.pth]")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="repeatable: a torchvision name, a state dict, a TorchScript, ONNX or PT2E (.pt2) "
+        "file, or your own model FILE.py:FUNCTION[@WEIGHTS.pth]",
+    )
     parser.add_argument("--arch", default="mobilenet_v2", help="torchvision architecture of state dict files")
-    parser.add_argument("--data", type=Path, help="photos to measure accuracy on (ImageNet-sample or ImageFolder), "
-                        "or imagenette (torchvision downloads it to ./data on first use; for Colab)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="photos to measure accuracy on (ImageNet-sample or ImageFolder), "
+        "or imagenette (torchvision downloads it to ./data on first use; for Colab)",
+    )
     parser.add_argument("--holdout", type=int, help="skip the first N images of the seeded shuffle (calibration)")
     parser.add_argument("--images", type=int, help="evaluate on at most N images")
     parser.add_argument("--seed", type=int, default=0, help="the shuffle that --holdout and --images pick from")
     parser.add_argument("--runs", type=int, default=runs, help="timed batch-1 runs per model")
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
-    parser.add_argument("--engine", choices=engines.ENGINE_CHOICES, default="auto",
-                        help="int8 engine; auto: a TorchScript file's sidecar engine, else the CPU's fast one")
+    parser.add_argument(
+        "--engine",
+        choices=engines.ENGINE_CHOICES,
+        default="auto",
+        help="int8 engine; auto: a TorchScript file's sidecar engine, else the CPU's fast one",
+    )
     parser.add_argument("--size", type=int, default=size, help="input resolution")
     parser.add_argument("--json", type=Path, help="write the report (schema quantlab.benchmark/1) here")
     parser.add_argument("--csv", type=Path, help="write one row per model here")
@@ -62,8 +74,13 @@ def parse_args() -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad settings before any model loads: a KitError names the flag and the fix."""
-    for flag, value, least in (("runs", args.runs, 1), ("warmup", args.warmup, 0), ("size", args.size, 32),
-                               ("holdout", args.holdout, 1), ("images", args.images, 1)):
+    for flag, value, least in (
+        ("runs", args.runs, 1),
+        ("warmup", args.warmup, 0),
+        ("size", args.size, 32),
+        ("holdout", args.holdout, 1),
+        ("images", args.images, 1),
+    ):
         if value is not None and value < least:
             raise KitError(f"--{flag} must be at least {least}, got {value}")
     if args.data is None:
@@ -109,17 +126,23 @@ def main() -> int:
         for note in model.notes:
             print(note)
         if model.size_mb <= 0:  # sizes are kept to 0.001 MB: "x smaller" would divide by zero
-            raise KitError(f"{model.name} is under 1 kB, which rounds to 0.000 MB: too small to compare sizes "
-                           "with; benchmark a real classifier (MobileNetV2's int8 file is about 4 MB)")
+            raise KitError(
+                f"{model.name} is under 1 kB, which rounds to 0.000 MB: too small to compare sizes "
+                "with; benchmark a real classifier (MobileNetV2's int8 file is about 4 MB)"
+            )
 
     results = []
     for model in loaded:
-        print(f"measuring {model.name} ({model.format}, {model.method}"
-              + (f", engine {model.engine}" if model.engine else "") + f"): {args.warmup} warm-up + {args.runs} runs")
+        print(
+            f"measuring {model.name} ({model.format}, {model.method}"
+            + (f", engine {model.engine}" if model.engine else "")
+            + f"): {args.warmup} warm-up + {args.runs} runs"
+        )
         results.append(bench.benchmark_model(model, batches, args.runs, args.warmup, args.size))
 
-    settings = report.make_settings(args.runs, args.warmup, args.size, args.data, args.holdout, args.seed, threads,
-                                    engine)
+    settings = report.make_settings(
+        args.runs, args.warmup, args.size, args.data, args.holdout, args.seed, threads, engine
+    )
     document = report.make_report(results, settings, bench.machine_info(threads, engine))
     print(report.format_table(document))
     if args.plot:

@@ -34,8 +34,8 @@ from quantlab import bench, engines, grading, sandbox
 from quantlab.errors import KitError, run_cli
 
 # ---- settings (command-line flags override them) -----------------------------
-runs = 50        # timed batch-1 runs per model (with --remeasure)
-warmup = 10      # untimed runs first
+runs = 50  # timed batch-1 runs per model (with --remeasure)
+warmup = 10  # untimed runs first
 batch_size = 16  # images per batch when measuring accuracy
 # -------------------------------------------------------------------------------
 
@@ -43,36 +43,57 @@ batch_size = 16  # images per batch when measuring accuracy
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR", help="one folder per student")
-    parser.add_argument("--data", type=Path, help="photos to measure accuracy on (flat ImageNet-sample layout or "
-                        "one folder per class); needed with --remeasure")
-    parser.add_argument("--remeasure", action="store_true",
-                        help="measure accuracy and latency of every model here instead of trusting the claims")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="photos to measure accuracy on (flat ImageNet-sample layout or "
+        "one folder per class); needed with --remeasure",
+    )
+    parser.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure accuracy and latency of every model here instead of trusting the claims",
+    )
     parser.add_argument("--rubric", type=Path, help="a YAML rubric; its keys override configs/rubric.yaml")
     parser.add_argument("--output", type=Path, help="where the leaderboard files go (default: SUBMISSIONS_DIR)")
-    parser.add_argument("--holdout", type=int, default=None,
-                        help="evaluate on the images after the first N of a seeded shuffle of --data (the N "
-                             "the homework calibrated on; leave out for a private test folder)")
+    parser.add_argument(
+        "--holdout",
+        type=int,
+        default=None,
+        help="evaluate on the images after the first N of a seeded shuffle of --data (the N "
+        "the homework calibrated on; leave out for a private test folder)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the shuffle --holdout uses (as benchmark.py's)")
     parser.add_argument("--images", type=int, default=None, help="evaluate on at most N images")
     parser.add_argument("--runs", type=int, default=runs, help="timed runs per model")
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
-    parser.add_argument("--isolation", choices=("auto", "bwrap", "rlimits"), default=None,
-                        help="how each model runs: bwrap (bubblewrap sandbox), rlimits (child process with limits "
-                             f"only); default auto: bwrap where it works (or ${sandbox.ISOLATION_ENV})")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds one model may take to load, run and be measured (default: 120, plus time "
-                             "per image and per run with --remeasure)")
-    parser.add_argument("--memory-mb", type=int, default=sandbox.Limits.memory_mb,
-                        help="memory one model may use, in MB")
+    parser.add_argument(
+        "--isolation",
+        choices=("auto", "bwrap", "rlimits"),
+        default=None,
+        help="how each model runs: bwrap (bubblewrap sandbox), rlimits (child process with limits "
+        f"only); default auto: bwrap where it works (or ${sandbox.ISOLATION_ENV})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds one model may take to load, run and be measured (default: 120, plus time "
+        "per image and per run with --remeasure)",
+    )
+    parser.add_argument(
+        "--memory-mb", type=int, default=sandbox.Limits.memory_mb, help="memory one model may use, in MB"
+    )
     return parser.parse_args()
 
 
 def check_args(args: argparse.Namespace) -> list[Path]:
     """The student folders; a KitError for what argparse cannot check."""
     if not args.submissions.is_dir():
-        raise KitError(f"submissions folder {args.submissions} does not exist; pass the folder holding one "
-                       "folder per student")
+        raise KitError(
+            f"submissions folder {args.submissions} does not exist; pass the folder holding one folder per student"
+        )
     if args.remeasure and args.data is None:
         raise KitError("--remeasure needs --data FOLDER: the photos every model is measured on")
     for name in ("images", "runs"):
@@ -88,11 +109,14 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     if not 512 <= args.memory_mb <= 1 << 20:
         raise KitError(f"--memory-mb must be between 512 and 1048576, got {args.memory_mb}")
     # a link to a folder is listed too: the grader rejects it with its reason rather than grading a classmate's
-    folders = sorted(p for p in args.submissions.iterdir()
-                     if (p.is_dir() or p.is_symlink()) and not p.name.startswith((".", "_")))
+    folders = sorted(
+        p for p in args.submissions.iterdir() if (p.is_dir() or p.is_symlink()) and not p.name.startswith((".", "_"))
+    )
     if not folders:
-        raise KitError(f"{args.submissions} holds no student folders; each student's files go in a folder "
-                       "named after them (labs/homework.md)")
+        raise KitError(
+            f"{args.submissions} holds no student folders; each student's files go in a folder "
+            "named after them (labs/homework.md)"
+        )
     return folders
 
 
@@ -109,19 +133,34 @@ def main() -> int:
     measure = None
     if args.remeasure:
         evaluation = bench.evaluation_dataset(args.data, 224, args.holdout, args.images, args.seed)
-        measure = grading.MeasureSettings(data=args.data, holdout=args.holdout, images=args.images, seed=args.seed,
-                                          batch_size=batch_size, runs=args.runs, warmup=args.warmup,
-                                          image_count=len(evaluation))
-        print(f"re-measuring on this machine: {len(evaluation)} images from {args.data}, {args.runs} timed runs, "
-              f"{threads} threads")
+        measure = grading.MeasureSettings(
+            data=args.data,
+            holdout=args.holdout,
+            images=args.images,
+            seed=args.seed,
+            batch_size=batch_size,
+            runs=args.runs,
+            warmup=args.warmup,
+            image_count=len(evaluation),
+        )
+        print(
+            f"re-measuring on this machine: {len(evaluation)} images from {args.data}, {args.runs} timed runs, "
+            f"{threads} threads"
+        )
     elif args.data is not None:
         print("note: --data is only used with --remeasure; grading the students' claimed numbers")
     runner = grading.ModelRunner(threads, measure, isolation, args.timeout, args.memory_mb)
     print(f"limits per model: {runner.timeout:.0f} s, {args.memory_mb} MB")
     baseline = grading.Baseline.measure(runner)
-    about_baseline = "baseline fp32 MobileNetV2 " + (
-        f"top-1 {baseline.result['top1']:.1f} %, median {baseline.result['latency_ms']['median']:.2f} ms, "
-        if baseline.result else "") + f"{baseline.size_mb:.2f} MB"
+    about_baseline = (
+        "baseline fp32 MobileNetV2 "
+        + (
+            f"top-1 {baseline.result['top1']:.1f} %, median {baseline.result['latency_ms']['median']:.2f} ms, "
+            if baseline.result
+            else ""
+        )
+        + f"{baseline.size_mb:.2f} MB"
+    )
     print(about_baseline)
 
     students = []
@@ -132,28 +171,39 @@ def main() -> int:
                 students.append(grading.grade_student(folder, rubric, baseline, runner))
             except (KitError, OSError, ValueError, TypeError, KeyError, AttributeError) as error:
                 # one broken submission must not stop the others; its reason is ours, not an internal text
-                students.append(grading.rejected(folder, rubric, f"the grader could not read this submission "
-                                                                 f"({type(error).__name__}); check its files"))
+                students.append(
+                    grading.rejected(
+                        folder,
+                        rubric,
+                        f"the grader could not read this submission ({type(error).__name__}); check its files",
+                    )
+                )
     except KeyboardInterrupt:  # the sandboxed child is killed already; keep what was graded
         interrupted = True
     grading.flag_copies(students)
 
     machine = bench.machine_info(threads, engine=None)
-    mode = (f"re-measured on {machine['cpu']} ({threads} threads, torch {machine['torch']}), "
-            f"{measure.image_count} images of {args.data}" if measure
-            else "students' claimed numbers (run with --remeasure to measure them here)")
+    mode = (
+        f"re-measured on {machine['cpu']} ({threads} threads, torch {machine['torch']}), "
+        f"{measure.image_count} images of {args.data}"
+        if measure
+        else "students' claimed numbers (run with --remeasure to measure them here)"
+    )
     stopped = f" (stopped by Ctrl-C: {len(students)} of {len(folders)} folders)" if interrupted else ""
-    header = [f"{len(students)} submissions graded{stopped}; numbers: {mode}",
-              f"rubric: {args.rubric or grading.DEFAULT_RUBRIC}; {about_baseline}",
-              f"isolation: {sandbox.DESCRIPTIONS[isolation]}; limits per model {runner.timeout:.0f} s, "
-              f"{args.memory_mb} MB"]
+    header = [
+        f"{len(students)} submissions graded{stopped}; numbers: {mode}",
+        f"rubric: {args.rubric or grading.DEFAULT_RUBRIC}; {about_baseline}",
+        f"isolation: {sandbox.DESCRIPTIONS[isolation]}; limits per model {runner.timeout:.0f} s, {args.memory_mb} MB",
+    ]
     # student names follow grading.FOLDER_NAME, so they are safe to print in the Markdown header
     unstable = [student.student for student in students if any(model.unstable for model in student.models)]
     if measure and (baseline.result["unstable"] or unstable):  # the instructor's machine, not the students
-        header.append("WARNING: unstable latencies (the machine was busy or changed speed) for "
-                      + ", ".join((["the fp32 baseline"] if baseline.result["unstable"] else []) + unstable[:10])
-                      + (f" and {len(unstable) - 10} more" if len(unstable) > 10 else "")
-                      + ": speed-ups are unreliable; grade again on a quiet machine")
+        header.append(
+            "WARNING: unstable latencies (the machine was busy or changed speed) for "
+            + ", ".join((["the fp32 baseline"] if baseline.result["unstable"] else []) + unstable[:10])
+            + (f" and {len(unstable) - 10} more" if len(unstable) > 10 else "")
+            + ": speed-ups are unreliable; grade again on a quiet machine"
+        )
     paths = grading.write_leaderboard(students, output, header)
     print(grading.format_summary(students))
     print("\n".join(header))

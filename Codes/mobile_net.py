@@ -25,15 +25,15 @@ from quantlab.errors import KitError, run_cli
 from quantlab.preprocess import Preprocessor
 
 # ---- settings: each is the default of the command-line flag of the same name ------
-quantize = False      # the lab: set this to True and compare the FPS
-source = "0"          # webcam index, "picamera2", "samples", a video file or a folder
-size = 224            # input resolution (the camera is asked for size x size)
-top = 10              # how many classes to print
-skip = 1              # run the model on every K-th frame, reuse the last prediction in between
-engine = "auto"       # int8 engine: qnnpack on ARM; on x86 the faster of x86 and onednn (measured once)
-jit = True            # TorchScript the model
-camera_fps = 36       # frame rate asked of the camera
-warmup_runs = 3       # untimed model runs before the first frame
+quantize = False  # the lab: set this to True and compare the FPS
+source = "0"  # webcam index, "picamera2", "samples", a video file or a folder
+size = 224  # input resolution (the camera is asked for size x size)
+top = 10  # how many classes to print
+skip = 1  # run the model on every K-th frame, reuse the last prediction in between
+engine = "auto"  # int8 engine: qnnpack on ARM; on x86 the faster of x86 and onednn (measured once)
+jit = True  # TorchScript the model
+camera_fps = 36  # frame rate asked of the camera
+warmup_runs = 3  # untimed model runs before the first frame
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -43,8 +43,13 @@ from quantlab.errors import KitError, run_cli
 size = 224  # input resolution
 # -------------------------------------------------------------------------------------------------------------
 
-METHOD_ALIASES = {"static": "static", "post_training": "static", "dynamic": "dynamic",
-                  "qat": "qat", "quantization_aware": "qat"}
+METHOD_ALIASES = {
+    "static": "static",
+    "post_training": "static",
+    "dynamic": "dynamic",
+    "qat": "qat",
+    "quantization_aware": "qat",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,14 +101,24 @@ def check_settings(settings: dict) -> None:
             raise KitError("name the file to write: --output FILE.pt (or quantization.export_dir in --config)")
         suffix = ".onnx" if settings["format"] == "onnx" else ".pt"
         name = Path(str(settings["model"])).stem
-        output = Path(settings["export_dir"]) / f"{name}_{method}{'_' + settings['granularity'] if method != 'dynamic' else ''}{suffix}"
+        output = (
+            Path(settings["export_dir"])
+            / f"{name}_{method}{'_' + settings['granularity'] if method != 'dynamic' else ''}{suffix}"
+        )
     output = Path(output)
-    suffix_format = ("onnx" if output.suffix.lower() in models.ONNX_SUFFIXES
-                     else "pt2" if pt2e.is_exported_file(output) else "torchscript")
+    suffix_format = (
+        "onnx"
+        if output.suffix.lower() in models.ONNX_SUFFIXES
+        else "pt2"
+        if pt2e.is_exported_file(output)
+        else "torchscript"
+    )
     settings["format"] = settings["format"] or suffix_format
     if settings["format"] != suffix_format:
-        raise KitError(f"--output {output} does not fit --format {settings['format']}; "
-                       f"name it FILE{ {'onnx': '.onnx', 'pt2': '.pt2'}.get(settings['format'], '.pt')}")
+        raise KitError(
+            f"--output {output} does not fit --format {settings['format']}; "
+            f"name it FILE{ {'onnx': '.onnx', 'pt2': '.pt2'}.get(settings['format'], '.pt') }"
+        )
     check_own_model_route(settings, method)
     if settings["format"] == "onnx" and method == "qat":
         raise KitError("--format onnx takes static or dynamic quantization; for QAT write TorchScript (FILE.pt)")
@@ -118,26 +133,38 @@ def check_own_model_route(settings: dict, method: str) -> None:
     model = str(settings["model"])
     own, onnx_input = user_model.is_user_model_spec(model), Path(model).suffix.lower() in models.ONNX_SUFFIXES
     if settings["weights"] is not None and not own:
-        raise KitError("--weights is the state dict of --model FILE.py:FUNCTION; for a torchvision architecture "
-                       "pass the state dict itself as --model (with --arch)")
+        raise KitError(
+            "--weights is the state dict of --model FILE.py:FUNCTION; for a torchvision architecture "
+            "pass the state dict itself as --model (with --arch)"
+        )
     if (own or onnx_input) and settings["operation_mode"] != "quantization":
-        raise KitError(f"operation mode {settings['operation_mode']} runs with torchvision models; quantize your "
-                       "own model, then measure it with benchmark.py --model")
+        raise KitError(
+            f"operation mode {settings['operation_mode']} runs with torchvision models; quantize your "
+            "own model, then measure it with benchmark.py --model"
+        )
     if own and settings["format"] == "torchscript":
-        raise KitError(f"--model {model} is your own model: eager mode cannot take a model not written for it, so "
-                       "it goes through PT2E: name the output FILE.pt2 (or FILE.onnx for ONNX Runtime)")
+        raise KitError(
+            f"--model {model} is your own model: eager mode cannot take a model not written for it, so "
+            "it goes through PT2E: name the output FILE.pt2 (or FILE.onnx for ONNX Runtime)"
+        )
     if onnx_input and settings["format"] != "onnx":
-        raise KitError(f"--model {model} is an ONNX file: ONNX Runtime quantizes it; add --format onnx and name "
-                       "the output FILE.onnx")
+        raise KitError(
+            f"--model {model} is an ONNX file: ONNX Runtime quantizes it; add --format onnx and name "
+            "the output FILE.onnx"
+        )
     if settings["format"] == "pt2" and method != "static":
-        raise KitError(f"PT2E (FILE.pt2) does static post-training quantization here, not --method {method}; "
-                       "drop --method")
+        raise KitError(
+            f"PT2E (FILE.pt2) does static post-training quantization here, not --method {method}; drop --method"
+        )
     if settings["format"] == "pt2" and settings["observer"] != "histogram":
-        raise KitError("PT2E's quantizers observe activations with a histogram; drop --observer "
-                       f"{settings['observer']} (or write FILE.onnx for ONNX Runtime's minmax calibration)")
+        raise KitError(
+            "PT2E's quantizers observe activations with a histogram; drop --observer "
+            f"{settings['observer']} (or write FILE.onnx for ONNX Runtime's minmax calibration)"
+        )
 
 
 # ---- the float model -------------------------------------------------------------------
+
 
 def torchvision_fp32(name: str) -> torch.nn.Module:
     """A torchvision classifier with its default pretrained weights (weights API; offline copy for MobileNetV2)."""
@@ -164,23 +191,32 @@ def load_fp32(name_or_path: str, arch: str) -> torch.nn.Module:
                 f"{name} has no eager-mode quantizable version (torchvision.models.quantization provides "
                 f"{', '.join(quantize.QUANTIZABLE_ARCHS)}): eager mode needs QuantStub/DeQuantStub, fusable "
                 "modules and quantized adds written into the model. FX graph mode could trace it, but it is "
-                "deprecated with the rest of torch.ao.quantization; the labs stay in eager mode")
+                "deprecated with the rest of torch.ao.quantization; the labs stay in eager mode"
+            )
     if arch not in quantize.QUANTIZABLE_ARCHS:
         raise KitError(f"--arch '{arch}' is not one of {', '.join(quantize.QUANTIZABLE_ARCHS)}")
     if name_or_path in known:
         return torchvision_fp32(name_or_path)
     path = Path(name_or_path)
     if not path.exists() and (path.suffix or len(path.parts) > 1):
-        raise KitError(f"model file {path} does not exist; check the path, or pass a torchvision name such as mobilenet_v2")
+        raise KitError(
+            f"model file {path} does not exist; check the path, or pass a torchvision name such as mobilenet_v2"
+        )
     if not path.exists():
-        raise KitError(f"--model '{name_or_path}' is neither a torchvision model name nor an existing file; "
-                       f"pass one of {', '.join(quantize.QUANTIZABLE_ARCHS)} or the path of a fp32 state dict")
+        raise KitError(
+            f"--model '{name_or_path}' is neither a torchvision model name nor an existing file; "
+            f"pass one of {', '.join(quantize.QUANTIZABLE_ARCHS)} or the path of a fp32 state dict"
+        )
     if path.suffix.lower() in models.ONNX_SUFFIXES:
-        raise KitError(f"{path} is an ONNX file; quantize_model.py starts from PyTorch fp32 weights "
-                       "(it exports to ONNX itself with --format onnx)")
+        raise KitError(
+            f"{path} is an ONNX file; quantize_model.py starts from PyTorch fp32 weights "
+            "(it exports to ONNX itself with --format onnx)"
+        )
     if models.is_torchscript_file(path):
-        raise KitError(f"{path} is a TorchScript file: it cannot be quantized again in eager mode; "
-                       "pass the fp32 state dict it came from (torch.save(model.state_dict(), PATH))")
+        raise KitError(
+            f"{path} is a TorchScript file: it cannot be quantized again in eager mode; "
+            "pass the fp32 state dict it came from (torch.save(model.state_dict(), PATH))"
+        )
     if arch == "mobilenet_v2":
         return models.mobilenet_v2_fp32(path)
     return build_fp32(arch, models.load_state_dict_file(path), str(path))
@@ -188,13 +224,15 @@ def load_fp32(name_or_path: str, arch: str) -> torch.nn.Module:
 
 # ---- data -----------------------------------------------------------------------------
 
+
 def with_preprocessing(dataset: Dataset, settings: dict) -> Dataset:
     """The config's rescaling / colour order, when it differs from the kit's ImageNet normalisation."""
     if settings["rescale_scale"] is None and settings["rescale_offset"] is None and settings["color_mode"] == "rgb":
         return dataset
     scale, offset = config.default_rescaling()
-    return config.Rescaled(dataset, settings["rescale_scale"] or scale, settings["rescale_offset"] or offset,
-                           settings["color_mode"])
+    return config.Rescaled(
+        dataset, settings["rescale_scale"] or scale, settings["rescale_offset"] or offset, settings["color_mode"]
+    )
 
 
 def data_subsets(settings: dict) -> tuple[Dataset | None, Dataset | None]:
@@ -216,9 +254,11 @@ def data_subsets(settings: dict) -> tuple[Dataset | None, Dataset | None]:
 def calibration_batches(settings: dict, calibration: Dataset | None) -> tuple[list | torch.utils.data.DataLoader, str]:
     """Batches to calibrate on and a description of their source."""
     if calibration is None:
-        print("WARNING: no --calib-data: calibrating on random noise. The file size and speed are real, "
-              "but the accuracy of this model is meaningless; pass --calib-data FOLDER of photos",
-              file=sys.stderr)
+        print(
+            "WARNING: no --calib-data: calibrating on random noise. The file size and speed are real, "
+            "but the accuracy of this model is meaningless; pass --calib-data FOLDER of photos",
+            file=sys.stderr,
+        )
         generator = torch.Generator().manual_seed(settings["seed"])
         noise = torch.randn(settings["calib_images"] or 16, 3, size, size, generator=generator)
         return list(noise.split(16)), "random noise"
@@ -232,13 +272,18 @@ def training_set(settings: dict, calibration: Dataset | None) -> tuple[Dataset, 
     if calibration is None:
         raise KitError("--method qat needs labelled photos: pass --train-data DIR (or --calib-data DIR)")
     data.require_labels(calibration, "QAT on the calibration photos")
-    print(f"note: no --train-data: fine-tuning on the {len(calibration)} calibration photos of {settings['calib_data']}")
+    print(
+        f"note: no --train-data: fine-tuning on the {len(calibration)} calibration photos of {settings['calib_data']}"
+    )
     return calibration, f"{settings['calib_data']} (calibration subset)"
 
 
 # ---- quantize, evaluate, benchmark, save -----------------------------------------------
 
-def quantize_torch(fp32: torch.nn.Module, settings: dict, engine: str, calibration: Dataset | None) -> tuple[torch.nn.Module, dict]:
+
+def quantize_torch(
+    fp32: torch.nn.Module, settings: dict, engine: str, calibration: Dataset | None
+) -> tuple[torch.nn.Module, dict]:
     """The int8 PyTorch model and what the sidecar says about how it was made."""
     method = settings["method"]
     if method == "dynamic":
@@ -247,31 +292,57 @@ def quantize_torch(fp32: torch.nn.Module, settings: dict, engine: str, calibrati
         return quantize.quantize_dynamic(fp32), {"granularity": None, "observer": None, "calibration": None}
     if method == "qat":
         train, source = training_set(settings, calibration)
-        int8 = quantize.quantize_qat(fp32, data.loader(with_preprocessing(train, settings), batch_size=16), engine,
-                                     epochs=settings["epochs"], lr=settings["lr"],
-                                     granularity=settings["granularity"], freeze_bn_epoch=settings["freeze_bn_epoch"],
-                                     freeze_observers_epoch=settings["freeze_observers_epoch"], arch=settings["arch"])
+        int8 = quantize.quantize_qat(
+            fp32,
+            data.loader(with_preprocessing(train, settings), batch_size=16),
+            engine,
+            epochs=settings["epochs"],
+            lr=settings["lr"],
+            granularity=settings["granularity"],
+            freeze_bn_epoch=settings["freeze_bn_epoch"],
+            freeze_observers_epoch=settings["freeze_observers_epoch"],
+            arch=settings["arch"],
+        )
         skipped = data.skipped_count(train)
-        training = {"source": source, "images": len(train) - skipped, "skipped_unreadable": skipped,
-                    "epochs": settings["epochs"], "lr": settings["lr"], "freeze_bn_epoch": settings["freeze_bn_epoch"],
-                    "freeze_observers_epoch": settings["freeze_observers_epoch"]}
-        print(f"QAT: {settings['granularity']} weights, {settings['epochs']} epoch(s) on {training['images']} "
-              f"photos from {source}, lr {settings['lr']}")
-        return int8, {"granularity": settings["granularity"], "observer": "histogram (fake quantization)",
-                      "calibration": None, "training": training}
+        training = {
+            "source": source,
+            "images": len(train) - skipped,
+            "skipped_unreadable": skipped,
+            "epochs": settings["epochs"],
+            "lr": settings["lr"],
+            "freeze_bn_epoch": settings["freeze_bn_epoch"],
+            "freeze_observers_epoch": settings["freeze_observers_epoch"],
+        }
+        print(
+            f"QAT: {settings['granularity']} weights, {settings['epochs']} epoch(s) on {training['images']} "
+            f"photos from {source}, lr {settings['lr']}"
+        )
+        return int8, {
+            "granularity": settings["granularity"],
+            "observer": "histogram (fake quantization)",
+            "calibration": None,
+            "training": training,
+        }
     batches, source = calibration_batches(settings, calibration)
-    int8 = quantize.quantize_static(fp32, batches, engine, settings["granularity"], settings["observer"],
-                                    arch=settings["arch"])
+    int8 = quantize.quantize_static(
+        fp32, batches, engine, settings["granularity"], settings["observer"], arch=settings["arch"]
+    )
     skipped = data.skipped_count(calibration) if calibration is not None else 0
     used = (len(calibration) if calibration is not None else settings["calib_images"] or 16) - skipped
-    print(f"static quantization: {settings['granularity']} weights, {settings['observer']} observer, "
-          f"calibrated on {used} images from {source}" + (f" ({skipped} unreadable skipped)" if skipped else ""))
-    return int8, {"granularity": settings["granularity"], "observer": settings["observer"],
-                  "calibration": {"source": source, "images": used, "skipped_unreadable": skipped}}
+    print(
+        f"static quantization: {settings['granularity']} weights, {settings['observer']} observer, "
+        f"calibrated on {used} images from {source}" + (f" ({skipped} unreadable skipped)" if skipped else "")
+    )
+    return int8, {
+        "granularity": settings["granularity"],
+        "observer": settings["observer"],
+        "calibration": {"source": source, "images": used, "skipped_unreadable": skipped},
+    }
 
 
-def quantize_with_pt2e(fp32: torch.nn.Module, settings: dict, engine: str, calibration: Dataset | None,
-                       sidecar: dict) -> dict:
+def quantize_with_pt2e(
+    fp32: torch.nn.Module, settings: dict, engine: str, calibration: Dataset | None, sidecar: dict
+) -> dict:
     """PT2E: torch.export, the target's quantizer, calibration, convert; saved as FILE.pt2; the sidecar."""
     target = pt2e.target_for(engine)
     pt2e.quantizer_for(target, settings["granularity"])  # fail before the photos load: torchao missing, ...
@@ -279,12 +350,20 @@ def quantize_with_pt2e(fp32: torch.nn.Module, settings: dict, engine: str, calib
     batches, source = calibration_batches(settings, calibration)
     program, facts = pt2e.quantize(program, batches, target, size, settings["granularity"])
     skipped = data.skipped_count(calibration) if calibration is not None else 0
-    print(f"PT2E static quantization for {target}: {facts['quantizer']}; calibrated on "
-          f"{facts['calibration_images']} images from {source}" + (f" ({skipped} unreadable skipped)" if skipped else ""))
+    print(
+        f"PT2E static quantization for {target}: {facts['quantizer']}; calibrated on "
+        f"{facts['calibration_images']} images from {source}" + (f" ({skipped} unreadable skipped)" if skipped else "")
+    )
     del sidecar["engine"]  # the quantizer picks the int8 kernels: inductor's (x86) or XNNPACK's (ARM)
-    sidecar.update(runtime="torch.export", target=target, quantizer=facts["quantizer"], torchao=facts["torchao"],
-                   granularity=facts["granularity"], observer="histogram",  # both quantizers' activation observer
-                   calibration={"source": source, "images": facts["calibration_images"], "skipped_unreadable": skipped})
+    sidecar.update(
+        runtime="torch.export",
+        target=target,
+        quantizer=facts["quantizer"],
+        torchao=facts["torchao"],
+        granularity=facts["granularity"],
+        observer="histogram",  # both quantizers' activation observer
+        calibration={"source": source, "images": facts["calibration_images"], "skipped_unreadable": skipped},
+    )
     return pt2e.save(program, settings["output"], sidecar)
 
 
@@ -305,17 +384,29 @@ def write_onnx(fp32: torch.nn.Module | Path, settings: dict, calibration: Datase
         batches, source = calibration_batches(settings, calibration)
         # ONNX Runtime's histogram-based calibrator that matches PyTorch's HistogramObserver best
         method = "minmax" if settings["observer"] == "minmax" else "percentile"
-        onnx_tools.quantize_onnx_static(fp32_onnx, partial, batches, per_channel=settings["granularity"] == "per_channel",
-                                        calibrate_method=method)
+        onnx_tools.quantize_onnx_static(
+            fp32_onnx, partial, batches, per_channel=settings["granularity"] == "per_channel", calibrate_method=method
+        )
     recorded = onnx_tools.read_metadata(partial)
     used = int(recorded.get("calibration_images", 0))
-    print(f"ONNX Runtime static quantization (QDQ): {settings['granularity']} weights, {method} calibration "
-          f"on {used} images from {source}")
-    print(f"number format: {recorded.get('activation_type')} activations, {recorded.get('weight_type')} weights "
-          f"({recorded.get('format_reason')})")
-    return {**onnx_tools.sidecar_fields(partial), "granularity": settings["granularity"], "observer": method,
-            "calibration": {"source": source, "images": used,
-                            "skipped_unreadable": data.skipped_count(calibration) if calibration is not None else 0}}
+    print(
+        f"ONNX Runtime static quantization (QDQ): {settings['granularity']} weights, {method} calibration "
+        f"on {used} images from {source}"
+    )
+    print(
+        f"number format: {recorded.get('activation_type')} activations, {recorded.get('weight_type')} weights "
+        f"({recorded.get('format_reason')})"
+    )
+    return {
+        **onnx_tools.sidecar_fields(partial),
+        "granularity": settings["granularity"],
+        "observer": method,
+        "calibration": {
+            "source": source,
+            "images": used,
+            "skipped_unreadable": data.skipped_count(calibration) if calibration is not None else 0,
+        },
+    }
 
 
 def evaluate(name: str, model: Callable, evaluation: Dataset, settings: dict) -> dict:
@@ -339,34 +430,46 @@ def main(argv: list[str] | None = None) -> int:
     model = str(settings["model"])
     if Path(model).suffix.lower() in models.ONNX_SUFFIXES:  # your own ONNX classifier: ONNX Runtime takes the file
         facts = user_model.check_onnx_classifier(Path(model), size)
-        print(f"{model}: float ONNX classifier, input '{facts['input_name']}' {facts['input_shape']}, "
-              f"{facts['classes']} classes")
+        print(
+            f"{model}: float ONNX classifier, input '{facts['input_name']}' {facts['input_shape']}, "
+            f"{facts['classes']} classes"
+        )
         fp32 = Path(model)
     elif user_model.is_user_model_spec(model):  # your own PyTorch model (its file runs here, as with python)
         fp32 = user_model.load_user_model(model, settings["weights"])
-        print(f"{model}: {type(fp32).__name__}, {sum(p.numel() for p in fp32.parameters()):,} parameters, "
-              f"{user_model.output_classes(fp32, size)} classes")
+        print(
+            f"{model}: {type(fp32).__name__}, {sum(p.numel() for p in fp32.parameters()):,} parameters, "
+            f"{user_model.output_classes(fp32, size)} classes"
+        )
     else:
         fp32 = load_fp32(model, settings["arch"])
     calibration, evaluation = data_subsets(settings)
     if "evaluate" in steps and (evaluation is None or len(evaluation) == 0):
-        raise KitError(f"operation mode {settings['operation_mode']} evaluates: pass --eval-data DIR "
-                       "(dataset.test_path), or --calib-data with photos left over after calibration")
+        raise KitError(
+            f"operation mode {settings['operation_mode']} evaluates: pass --eval-data DIR "
+            "(dataset.test_path), or --calib-data with photos left over after calibration"
+        )
     accuracy = {}
     if "evaluate" in steps:
         accuracy["fp32"] = evaluate("fp32", fp32, evaluation, settings)
 
-    sidecar = models.make_sidecar(method, settings["format"], engine, str(settings["model"]), settings["arch"],
-                                  settings["seed"], size)
+    sidecar = models.make_sidecar(
+        method, settings["format"], engine, str(settings["model"]), settings["arch"], settings["seed"], size
+    )
     if settings["rescale_scale"] or settings["rescale_offset"] or settings["color_mode"] != "rgb":
-        sidecar["preprocessing"] = {"scale": settings["rescale_scale"], "offset": settings["rescale_offset"],
-                                    "color_mode": settings["color_mode"]}
+        sidecar["preprocessing"] = {
+            "scale": settings["rescale_scale"],
+            "offset": settings["rescale_offset"],
+            "color_mode": settings["color_mode"],
+        }
     if not isinstance(fp32, torch.nn.Module) or user_model.is_user_model_spec(model):
         sidecar.update(arch=None, weights=settings["weights"])  # not a torchvision architecture
     if settings["format"] == "onnx":
         del sidecar["engine"]  # ONNX Runtime has its own int8 kernels: no PyTorch engine to pick
         sidecar["runtime"] = "onnxruntime"
-        sidecar = models.save_with_sidecar(output, lambda partial: write_onnx(fp32, settings, calibration, partial), sidecar)
+        sidecar = models.save_with_sidecar(
+            output, lambda partial: write_onnx(fp32, settings, calibration, partial), sidecar
+        )
         int8_model = models.OnnxModel(output, threads)
     elif settings["format"] == "pt2":
         sidecar = quantize_with_pt2e(fp32, settings, engine, calibration, sidecar)
@@ -379,29 +482,38 @@ def main(argv: list[str] | None = None) -> int:
 
     fp32_mb = user_model.onnx_size_mb(fp32) if isinstance(fp32, Path) else models.serialized_size_mb(fp32)
     int8_mb = sidecar["size_bytes"] / 1e6
-    print(f"size: fp32 {fp32_mb:.2f} MB ({'ONNX file' if isinstance(fp32, Path) else 'state dict'}) -> int8 {int8_mb:.2f} MB ({settings['format']} file), "
-          f"{fp32_mb / int8_mb:.1f}x smaller")
+    print(
+        f"size: fp32 {fp32_mb:.2f} MB ({'ONNX file' if isinstance(fp32, Path) else 'state dict'}) -> int8 {int8_mb:.2f} MB ({settings['format']} file), "
+        f"{fp32_mb / int8_mb:.1f}x smaller"
+    )
     if method == "dynamic" and isinstance(fp32, torch.nn.Module):
-        linear = sum(p.numel() for m in fp32.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LSTM))
-                     for p in m.parameters())
+        linear = sum(
+            p.numel() for m in fp32.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LSTM)) for p in m.parameters()
+        )
         total = sum(p.numel() for p in fp32.parameters())
-        print(f"note: only the Linear/LSTM layers are quantized ({100 * linear / total:.0f}% of the parameters); "
-              "the convolutions stay fp32, so a CNN shrinks little and runs at fp32 speed; "
-              "--method static quantizes them too")
+        print(
+            f"note: only the Linear/LSTM layers are quantized ({100 * linear / total:.0f}% of the parameters); "
+            "the convolutions stay fp32, so a CNN shrinks little and runs at fp32 speed; "
+            "--method static quantizes them too"
+        )
     print(f"wrote {output} ({settings['format']}, {int8_mb:.2f} MB) and {models.sidecar_path(output)}")
 
     if "evaluate" in steps:
         accuracy["int8"] = evaluate("int8", int8_model, evaluation, settings)
         drop = accuracy["fp32"]["top1"] - accuracy["int8"]["top1"]
-        print(f"top-1 change: {-drop:+.1f} points (fp32 {accuracy['fp32']['top1']:.1f} % -> "
-              f"int8 {accuracy['int8']['top1']:.1f} %)")
+        print(
+            f"top-1 change: {-drop:+.1f} points (fp32 {accuracy['fp32']['top1']:.1f} % -> "
+            f"int8 {accuracy['int8']['top1']:.1f} %)"
+        )
     if "benchmark" in steps:
         fp32_latency = bench.measure_latency(models.script(fp32), size, settings["runs"], settings["warmup"])
         engines.set_engine(engine)
         int8_latency = bench.measure_latency(int8_model, size, settings["runs"], settings["warmup"])
-        print(f"latency (batch 1, {threads} threads, median of {settings['runs']}): fp32 TorchScript "
-              f"{fp32_latency['median_ms']:.2f} ms, int8 {int8_latency['median_ms']:.2f} ms "
-              f"({int8_latency['median_ms'] / fp32_latency['median_ms']:.2f}x the fp32 time)")
+        print(
+            f"latency (batch 1, {threads} threads, median of {settings['runs']}): fp32 TorchScript "
+            f"{fp32_latency['median_ms']:.2f} ms, int8 {int8_latency['median_ms']:.2f} ms "
+            f"({int8_latency['median_ms'] / fp32_latency['median_ms']:.2f}x the fp32 time)"
+        )
         for name, latency in (("fp32", fp32_latency), ("int8", int8_latency)):
             if latency["unstable"]:
                 print(f"! UNSTABLE {name} latency: {latency['unstable']}")

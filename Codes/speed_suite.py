@@ -33,12 +33,12 @@ from quantlab.assets import IMAGENET_SAMPLE, asset_path
 from quantlab.errors import KitError, run_cli
 
 # ---- settings (command-line flags override them) -----------------------------
-runs = 50              # timed batch-1 runs per path: the table leads with their median
-warmup = 10            # untimed runs first: the first calls allocate memory and pick kernels
-calib_images = 16      # photos that calibrate each int8 model and check its top-1 against fp32
-min_agreement = 1.0    # an int8 path counts as correct when its top-1 matches fp32's on this share of the photos (all)
-size = 224             # input resolution
-seed = 0               # picks the calibration photos
+runs = 50  # timed batch-1 runs per path: the table leads with their median
+warmup = 10  # untimed runs first: the first calls allocate memory and pick kernels
+calib_images = 16  # photos that calibrate each int8 model and check its top-1 against fp32
+min_agreement = 1.0  # an int8 path counts as correct when its top-1 matches fp32's on this share of the photos (all)
+size = 224  # input resolution
+seed = 0  # picks the calibration photos
 # -------------------------------------------------------------------------------
 
 SCHEMA = "quantlab.speed_suite/1"
@@ -49,8 +49,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=runs, help="timed batch-1 runs per path")
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
-    parser.add_argument("--calib-data", type=Path, help="calibration photos (default: the offline ImageNet sample "
-                        "when $QUANTLAB_ASSETS has it, else random noise)")
+    parser.add_argument(
+        "--calib-data",
+        type=Path,
+        help="calibration photos (default: the offline ImageNet sample "
+        "when $QUANTLAB_ASSETS has it, else random noise)",
+    )
     parser.add_argument("--calib-images", type=int, default=calib_images, help="how many photos to calibrate on")
     parser.add_argument("--weights", type=Path, help="a fp32 MobileNetV2 state dict (default: torchvision's)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -73,8 +77,10 @@ def calibration_photos(folder: Path | None, count: int) -> tuple[torch.Tensor, s
     """count photos as one Nx3xSxS tensor, where they came from, and whether they are real photos."""
     folder = folder if folder is not None else asset_path(IMAGENET_SAMPLE)
     if folder is None:
-        print("WARNING: no --calib-data and no offline ImageNet sample: calibrating on random noise. The "
-              "latencies are real, but the int8 models' ranges (and the top-1 check) mean nothing.")
+        print(
+            "WARNING: no --calib-data and no offline ImageNet sample: calibrating on random noise. The "
+            "latencies are real, but the int8 models' ranges (and the top-1 check) mean nothing."
+        )
         noise = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(seed))
         return noise, "random noise", False
     chosen, _ = data.split(data.image_dataset(folder, size, need_labels=False), first_n=count, seed=seed)
@@ -101,11 +107,13 @@ def int8_builder(fp32: torch.nn.Module, calibration: list, engine: str, jit: boo
         if engine not in made:  # calibrated for this engine: it decides how weights are packed and activations rounded
             made[engine] = quantize.quantize_static(fp32, calibration, engine, progress=False)
         return models.script(made[engine]) if jit else made[engine]
+
     return build
 
 
 def pt2e_builder(fp32: torch.nn.Module, calibration: list, folder: Path):
     """PT2E int8 for inductor: export, X86InductorQuantizer, calibrate, convert, save, load compiled (as benchmark.py runs a .pt2)."""
+
     def build():
         if not pt2e.inductor_int8_available():
             raise KitError("PT2E int8 runs fast through inductor on x86 only (on ARM it needs ExecuTorch)")
@@ -116,6 +124,7 @@ def pt2e_builder(fp32: torch.nn.Module, calibration: list, folder: Path):
         if not loaded.compiled:  # an uncompiled exported program is correct but says nothing about PT2E's speed
             raise KitError(loaded.note or "torch.compile did not compile the PT2E model")
         return loaded
+
     return build
 
 
@@ -126,10 +135,12 @@ def onnx_builder(fp32: torch.nn.Module, calibration: list | None, folder: Path, 
             onnx_tools.export_onnx(fp32, fp32_file, size)
         if calibration is None:
             return models.OnnxModel(fp32_file, threads)
-        int8_file = onnx_tools.quantize_onnx_static(fp32_file, folder / "mobilenet_v2_int8.onnx", calibration,
-                                                    progress=False)
+        int8_file = onnx_tools.quantize_onnx_static(
+            fp32_file, folder / "mobilenet_v2_int8.onnx", calibration, progress=False
+        )
         facts.update(onnx_tools.read_metadata(int8_file))  # the number format it picked for this CPU, and why
         return models.OnnxModel(int8_file, threads)
+
     return build
 
 
@@ -142,8 +153,10 @@ def shown(value, spec: str) -> str:
 
 
 def format_table(results: list[dict], photos_note: str) -> str:
-    header = (f"{'path':<28}{'median ms':>10}{'p90 ms':>9}{'x fp32 eager':>14}{'x ORT fp32':>12}{'top-1 = fp32':>14}"
-              f"  {'int8 ISA':<12}{'peak MB':>8}")
+    header = (
+        f"{'path':<28}{'median ms':>10}{'p90 ms':>9}{'x fp32 eager':>14}{'x ORT fp32':>12}{'top-1 = fp32':>14}"
+        f"  {'int8 ISA':<12}{'peak MB':>8}"
+    )
     lines = [header, "-" * len(header)]
     for result in results:
         if result["error"]:
@@ -151,14 +164,18 @@ def format_table(results: list[dict], photos_note: str) -> str:
             continue
         agreement = result["top1_agreement"]
         median = ("!" if result.get("unstable") else "") + f"{result['median_ms']:.2f}"
-        lines.append(f"{result['name']:<28}{median:>10}{result['p90_ms']:>9.2f}"
-                     f"{shown(result['vs_fp32_eager'], '.2f'):>13}x{shown(result['vs_onnxruntime_fp32'], '.2f'):>11}x"
-                     f"{shown(agreement and 100 * agreement, '.0f'):>13}%  {result['int8_isa'] or '':<12}"
-                     f"{shown(result.get('peak_rss_mb'), '.0f'):>8}")
-    lines.append(f"x fp32 eager / x ORT fp32: this path's median latency over theirs (0.20x = 5 times faster); "
-                 f"top-1 = fp32: photos whose top-1 class matches fp32 eager's ({photos_note}); int8 ISA: the "
-                 f"instruction level the int8 path runs with (avx2, avx512: no VNNI, sums can saturate); peak MB: "
-                 f"the process's peak resident memory during that path's timed runs")
+        lines.append(
+            f"{result['name']:<28}{median:>10}{result['p90_ms']:>9.2f}"
+            f"{shown(result['vs_fp32_eager'], '.2f'):>13}x{shown(result['vs_onnxruntime_fp32'], '.2f'):>11}x"
+            f"{shown(agreement and 100 * agreement, '.0f'):>13}%  {result['int8_isa'] or '':<12}"
+            f"{shown(result.get('peak_rss_mb'), '.0f'):>8}"
+        )
+    lines.append(
+        f"x fp32 eager / x ORT fp32: this path's median latency over theirs (0.20x = 5 times faster); "
+        f"top-1 = fp32: photos whose top-1 class matches fp32 eager's ({photos_note}); int8 ISA: the "
+        f"instruction level the int8 path runs with (avx2, avx512: no VNNI, sums can saturate); peak MB: "
+        f"the process's peak resident memory during that path's timed runs"
+    )
     for result in results:
         if not result["error"] and result.get("unstable"):
             lines.append(f"! UNSTABLE latency of {result['name']}: {result['unstable']}")
@@ -181,14 +198,22 @@ def write_plot(report: dict, path: Path) -> None:
     left = min(medians) / 2  # a log axis has no zero: bars start below the fastest path
     axes.barh(names, [m - left for m in medians], left=left, xerr=whiskers, color=colours, capsize=3)
     for index, result in enumerate(results):
-        axes.text(result["p90_ms"] * 1.05, index, f"{result['median_ms']:.2f} ms = "
-                  f"{shown(result['vs_fp32_eager'], '.2f')}x fp32 eager", va="center", fontsize=8)
+        axes.text(
+            result["p90_ms"] * 1.05,
+            index,
+            f"{result['median_ms']:.2f} ms = {shown(result['vs_fp32_eager'], '.2f')}x fp32 eager",
+            va="center",
+            fontsize=8,
+        )
     axes.set_xscale("log")  # equal distances are equal ratios
     axes.invert_yaxis()  # the first path on top, as in the table
     machine, settings = report["machine"], report["settings"]
     axes.set_xlabel("median batch-1 latency, ms, log scale (whisker: p90; lower is better). orange: int8, blue: fp32")
-    axes.set_title(f"MobileNetV2 {settings['input_size']}x{settings['input_size']} on {machine['cpu']}, "
-                   f"{settings['threads']} threads, torch {machine['torch']}", fontsize=9)
+    axes.set_title(
+        f"MobileNetV2 {settings['input_size']}x{settings['input_size']} on {machine['cpu']}, "
+        f"{settings['threads']} threads, torch {machine['torch']}",
+        fontsize=9,
+    )
     axes.set_xlim(left, max(r["p90_ms"] for r in results) * 6)  # room for the labels
     axes.grid(axis="x", which="both", alpha=0.3)
     figure.tight_layout()
@@ -207,7 +232,9 @@ def main() -> int:
     fp32 = models.mobilenet_v2_fp32(args.weights)
     auto_engine, auto_reason = engines.resolve_engine("auto")
     print(f"int8: {cpu.describe()}")
-    print(f"threads: {threads} (of {engines.physical_cores()} physical cores); engine auto: {auto_engine} ({auto_reason})")
+    print(
+        f"threads: {threads} (of {engines.physical_cores()} physical cores); engine auto: {auto_engine} ({auto_reason})"
+    )
 
     with tempfile.TemporaryDirectory(prefix="quantlab-speed-") as folder:
         paths = [  # (name, precision, engine, build): build() makes the runnable model
@@ -223,16 +250,28 @@ def main() -> int:
         paths.append(("int8 PT2E inductor", "int8", None, pt2e_builder(fp32, calibration, Path(folder))))
         onnx_facts: dict = {}
         paths.append(("ONNX Runtime fp32", "fp32", None, onnx_builder(fp32, None, Path(folder), threads, {})))
-        paths.append(("ONNX Runtime int8 static", "int8", None,
-                      onnx_builder(fp32, calibration, Path(folder), threads, onnx_facts)))
+        paths.append(
+            (
+                "ONNX Runtime int8 static",
+                "int8",
+                None,
+                onnx_builder(fp32, calibration, Path(folder), threads, onnx_facts),
+            )
+        )
 
         results, reference = [], None
         for name, precision, engine, build in tqdm(paths, desc="paths", unit="path"):
             runtime = "onnxruntime" if name.startswith("ONNX") else "inductor" if "PT2E" in name else "pytorch"
             kernels = "onednn" if "PT2E" in name else engine  # inductor lowers PT2E int8 to oneDNN's kernels
             isa = None if precision == "fp32" else cpu.engine_isa(kernels) if kernels else cpu.int8_isa()
-            result = {"name": name, "precision": precision, "engine": engine, "runtime": runtime,
-                      "int8_isa": isa and isa.name, "error": None}
+            result = {
+                "name": name,
+                "precision": precision,
+                "engine": engine,
+                "runtime": runtime,
+                "int8_isa": isa and isa.name,
+                "error": None,
+            }
             try:
                 model = build()
             except Exception as error:  # a path this machine cannot take: say why, measure the others
@@ -245,22 +284,33 @@ def main() -> int:
             reference = predictions if reference is None else reference  # fp32 eager comes first
             memory.reset_peak()  # the peak of this path's timed runs (the process, every path built so far)
             latency = bench.measure_latency(model, size, args.runs, args.warmup)
-            results.append({**result, "median_ms": latency["median_ms"], "p90_ms": latency["p90_ms"],
-                            "mean_ms": latency["mean_ms"], "fps": latency["fps"], "unstable": latency["unstable"],
-                            "peak_rss_mb": memory.peak_rss_mb(),
-                            "top1_agreement": round(float((predictions == reference).float().mean()), 4)})
+            results.append(
+                {
+                    **result,
+                    "median_ms": latency["median_ms"],
+                    "p90_ms": latency["p90_ms"],
+                    "mean_ms": latency["mean_ms"],
+                    "fps": latency["fps"],
+                    "unstable": latency["unstable"],
+                    "peak_rss_mb": memory.peak_rss_mb(),
+                    "top1_agreement": round(float((predictions == reference).float().mean()), 4),
+                }
+            )
 
     measured = [r for r in results if not r["error"]]
     eager = next(r["median_ms"] for r in measured if r["name"] == "fp32 eager")
     onnx_fp32 = next((r["median_ms"] for r in measured if r["name"] == "ONNX Runtime fp32"), None)
     for result in measured:
-        result.update(vs_fp32_eager=ratio(result["median_ms"], eager),
-                      vs_onnxruntime_fp32=ratio(result["median_ms"], onnx_fp32))
+        result.update(
+            vs_fp32_eager=ratio(result["median_ms"], eager), vs_onnxruntime_fp32=ratio(result["median_ms"], onnx_fp32)
+        )
     print(format_table(results, photos_note))
 
     if onnx_facts.get("format_reason"):
-        print(f"ONNX Runtime int8 format: {onnx_facts['activation_type']} activations, {onnx_facts['weight_type']} "
-              f"weights ({onnx_facts['format_reason']})")
+        print(
+            f"ONNX Runtime int8 format: {onnx_facts['activation_type']} activations, {onnx_facts['weight_type']} "
+            f"weights ({onnx_facts['format_reason']})"
+        )
     correct_int8 = [r for r in measured if r["precision"] == "int8" and r["top1_agreement"] >= min_agreement]
     best = min(correct_int8, key=lambda r: r["median_ms"], default=None)
     photos_count = len(photos)
@@ -268,16 +318,25 @@ def main() -> int:
     if best is None:
         print(f"no int8 path agrees with fp32's top-1 on {which} {photos_count} check photos")
     else:
-        print(f"fastest int8 path that agrees with fp32 on {which} {photos_count} check photos: {best['name']}, "
-              f"{best['median_ms']:.2f} ms = {shown(best['vs_onnxruntime_fp32'], '.2f')}x ONNX Runtime fp32, "
-              f"{best['vs_fp32_eager']:.2f}x fp32 eager (int8 ISA {best['int8_isa']})")
-    faster_but_wrong = [r for r in measured if r["precision"] == "int8" and r not in correct_int8
-                        and (best is None or r["median_ms"] < best["median_ms"])]
+        print(
+            f"fastest int8 path that agrees with fp32 on {which} {photos_count} check photos: {best['name']}, "
+            f"{best['median_ms']:.2f} ms = {shown(best['vs_onnxruntime_fp32'], '.2f')}x ONNX Runtime fp32, "
+            f"{best['vs_fp32_eager']:.2f}x fp32 eager (int8 ISA {best['int8_isa']})"
+        )
+    faster_but_wrong = [
+        r
+        for r in measured
+        if r["precision"] == "int8" and r not in correct_int8 and (best is None or r["median_ms"] < best["median_ms"])
+    ]
     for result in sorted(faster_but_wrong, key=lambda r: r["median_ms"]):
-        print(f"  faster but disagrees with fp32: {result['name']}, {result['median_ms']:.2f} ms, top-1 = fp32 on "
-              f"{100 * result['top1_agreement']:.0f}% (int8 ISA {result['int8_isa']})")
+        print(
+            f"  faster but disagrees with fp32: {result['name']}, {result['median_ms']:.2f} ms, top-1 = fp32 on "
+            f"{100 * result['top1_agreement']:.0f}% (int8 ISA {result['int8_isa']})"
+        )
     # auto chooses among x86 and onednn (qnnpack on ARM) for TorchScript models, the demo's default
-    choices = [r for r in correct_int8 if r["engine"] in (*engines.X86_CANDIDATES, "qnnpack") and "TorchScript" in r["name"]]
+    choices = [
+        r for r in correct_int8 if r["engine"] in (*engines.X86_CANDIDATES, "qnnpack") and "TorchScript" in r["name"]
+    ]
     fastest_engine = min(choices, key=lambda r: r["median_ms"], default=None)
     if fastest_engine is not None:
         verdict = "agrees" if fastest_engine["engine"] == auto_engine else "differs: the machine may have been busy"
@@ -290,9 +349,18 @@ def main() -> int:
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": bench.machine_info(threads, auto_engine),
         "onnxruntime_int8_format": onnx_facts or None,
-        "settings": {"runs": args.runs, "warmup": args.warmup, "batch_size": 1, "input_size": size, "threads": threads,
-                     "calibration": photos_note, "calibration_is_photos": real_photos,
-                     "min_agreement": min_agreement, "auto_engine": auto_engine, "auto_engine_reason": auto_reason},
+        "settings": {
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "batch_size": 1,
+            "input_size": size,
+            "threads": threads,
+            "calibration": photos_note,
+            "calibration_is_photos": real_photos,
+            "min_agreement": min_agreement,
+            "auto_engine": auto_engine,
+            "auto_engine_reason": auto_reason,
+        },
         "results": results,
         "best_int8": best and best["name"],
     }

@@ -19,8 +19,15 @@ CODES = REPO / "Codes"
 
 
 # Which tests `make test-fast` leaves out, by file: the edit-run loop keeps the in-process checks.
-SLOW_FILES = {"test_benchmark.py", "test_grade.py", "test_onnx.py", "test_own_model.py", "test_quantize_model.py",
-              "test_sandbox.py", "test_speed_suite.py"}
+SLOW_FILES = {
+    "test_benchmark.py",
+    "test_grade.py",
+    "test_onnx.py",
+    "test_own_model.py",
+    "test_quantize_model.py",
+    "test_sandbox.py",
+    "test_speed_suite.py",
+}
 EMULATION = {"test_pi_emulation.py": None, "test_isa.py": {"test_onnx_runtime_format_is_exact_on_an_avx2_cpu"}}
 NOTEBOOK_FILES = {"test_notebooks.py"}
 
@@ -63,7 +70,11 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: float 
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, str(CODES / script), *map(str, args)],
-        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 

@@ -37,21 +37,43 @@ def made(tmp_path_factory, float_weights, sample_photos) -> dict[str, Path]:
     """Model files of every kind, made once: TorchScript int8 (+ sidecar), ONNX fp32, and broken ones."""
     folder = tmp_path_factory.mktemp("bench_models")
     int8 = folder / "int8.pt"
-    result = run_script("quantize_model.py", "--model", float_weights, "--output", int8, "--threads", "2",
-                        "--calib-data", sample_photos, "--calib-images", "8")
+    result = run_script(
+        "quantize_model.py",
+        "--model",
+        float_weights,
+        "--output",
+        int8,
+        "--threads",
+        "2",
+        "--calib-data",
+        sample_photos,
+        "--calib-images",
+        "8",
+    )
     assert result.returncode == 0, result.stderr
     onnx_path = folder / "fp32.onnx"
     # the TorchScript-based exporter: a fifth of the CPU time of onnx_tools.export_onnx (torch.export), and
     # the benchmark only needs a valid file with a dynamic batch axis
-    torch.onnx.export(models.mobilenet_v2_fp32(float_weights), torch.randn(1, 3, 224, 224), str(onnx_path),
-                      input_names=["input"], output_names=["logits"], dynamo=False,
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        models.mobilenet_v2_fp32(float_weights),
+        torch.randn(1, 3, 224, 224),
+        str(onnx_path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamo=False,
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     text = folder / "notes.pt"
     text.write_text("not a model\n")
     fake_onnx = folder / "fake.onnx"
     fake_onnx.write_bytes(b"\x00garbage")
-    return {"int8": int8, "onnx": onnx_path, "fixed_160": _fixed_shape_onnx(folder / "fixed160.onnx"),
-            "text": text, "fake_onnx": fake_onnx}
+    return {
+        "int8": int8,
+        "onnx": onnx_path,
+        "fixed_160": _fixed_shape_onnx(folder / "fixed160.onnx"),
+        "text": text,
+        "fake_onnx": fake_onnx,
+    }
 
 
 def _fixed_shape_onnx(path: Path) -> Path:
@@ -60,9 +82,14 @@ def _fixed_shape_onnx(path: Path) -> Path:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["logits"])],
-        "fixed", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 160, 160])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])])
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["logits"]),
+        ],
+        "fixed",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 160, 160])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     return path
 
@@ -72,16 +99,37 @@ def full_run(made, float_weights, sample_photos, tmp_path_factory) -> dict:
     """One run over all four kinds of model with data, JSON, CSV and plot, as a student runs it."""
     out = tmp_path_factory.mktemp("bench_out")
     files = {"json": out / "report.json", "csv": out / "report.csv", "plot": out / "report.png"}
-    result = run_script("benchmark.py", "--model", float_weights, "--model", made["int8"], "--model", "mobilenet_v2",
-                        "--model", made["onnx"], "--data", sample_photos, "--holdout", "8", "--images", "16", *FAST,
-                        "--json", files["json"], "--csv", files["csv"], "--plot", files["plot"])
+    result = run_script(
+        "benchmark.py",
+        "--model",
+        float_weights,
+        "--model",
+        made["int8"],
+        "--model",
+        "mobilenet_v2",
+        "--model",
+        made["onnx"],
+        "--data",
+        sample_photos,
+        "--holdout",
+        "8",
+        "--images",
+        "16",
+        *FAST,
+        "--json",
+        files["json"],
+        "--csv",
+        files["csv"],
+        "--plot",
+        files["plot"],
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    return {"stdout": result.stdout, "stderr": result.stderr, **files,
-            "report": json.loads(files["json"].read_text())}
+    return {"stdout": result.stdout, "stderr": result.stderr, **files, "report": json.loads(files["json"].read_text())}
 
 
 # ---- the full run ------------------------------------------------------------------
+
 
 def test_report_is_valid_and_covers_every_format(full_run, made, float_weights):
     report = full_run["report"]
@@ -127,7 +175,8 @@ def test_csv_has_a_row_per_model_with_ratios(full_run):
     assert float(rows[1]["size_ratio_vs_first"]) > 3  # int8 weights take a quarter of the bytes
     first, int8 = full_run["report"]["results"][:2]
     assert float(rows[1]["speedup_vs_first"]) == pytest.approx(
-        first["latency_ms"]["median"] / int8["latency_ms"]["median"], rel=1e-2)
+        first["latency_ms"]["median"] / int8["latency_ms"]["median"], rel=1e-2
+    )
 
 
 def test_plot_is_a_png(full_run):
@@ -144,6 +193,7 @@ def test_ratios():
 
 # ---- data: greyscale photos count, unreadable files are skipped and counted ------------------
 
+
 def test_greyscale_and_corrupted_photos(tmp_path, float_weights, sample_photos):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -151,8 +201,19 @@ def test_greyscale_and_corrupted_photos(tmp_path, float_weights, sample_photos):
         shutil.copy(sample_photos / name, photos / name)
     (photos / "n01440764_broken.JPEG").write_bytes(b"\xff\xd8 this is not a JPEG")
     report_path = tmp_path / "r.json"
-    done = run_in_process("benchmark.py", "--model", float_weights, "--data", photos, "--runs", "1",
-                          "--warmup", "0", "--json", report_path)
+    done = run_in_process(
+        "benchmark.py",
+        "--model",
+        float_weights,
+        "--data",
+        photos,
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        report_path,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(report_path.read_text())["results"][0]
     assert result["images"] == 3 and result["skipped"] == 1
@@ -161,10 +222,14 @@ def test_greyscale_and_corrupted_photos(tmp_path, float_weights, sample_photos):
 
 # ---- engines -------------------------------------------------------------------
 
+
 def test_forced_engine_prints_a_note(made):
     made_for = json.loads(made["int8"].with_suffix(".json").read_text())["engine"]
-    other = "qnnpack" if made_for != "qnnpack" else next(e for e in torch.backends.quantized.supported_engines
-                                                         if e not in ("qnnpack", "none"))
+    other = (
+        "qnnpack"
+        if made_for != "qnnpack"
+        else next(e for e in torch.backends.quantized.supported_engines if e not in ("qnnpack", "none"))
+    )
     result = run_in_process("benchmark.py", "--model", made["int8"], "--engine", other, "--runs", "1", "--warmup", "0")
     code, out, err = result.returncode, result.stdout, result.stderr
     assert code == 0, err
@@ -174,31 +239,37 @@ def test_forced_engine_prints_a_note(made):
 
 # ---- bad input: one line, exit 2, no output file --------------------------------------
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing", "no such file"),
-    ("text", "not a model file"),
-    ("fake_onnx", "not an ONNX model"),
-    ("fixed_160", "expects input [1, 3, 160, 160]"),
-    ("wrong_arch", "does not fit"),
-    ("missing_data", "does not exist"),
-    ("empty_data", "holds no images"),
-    ("holdout_too_big", "leaves no image"),
-    ("plot_without_data", "needs --data"),
-    ("zero_runs", "--runs must be at least 1"),
-])
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "no such file"),
+        ("text", "not a model file"),
+        ("fake_onnx", "not an ONNX model"),
+        ("fixed_160", "expects input [1, 3, 160, 160]"),
+        ("wrong_arch", "does not fit"),
+        ("missing_data", "does not exist"),
+        ("empty_data", "holds no images"),
+        ("holdout_too_big", "leaves no image"),
+        ("plot_without_data", "needs --data"),
+        ("zero_runs", "--runs must be at least 1"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(tmp_path, made, float_weights, sample_photos, case, expected):
     empty = tmp_path / "empty"
     empty.mkdir()
-    specs = {"missing": ["--model", tmp_path / "nope.pt"],
-             "text": ["--model", made["text"]],
-             "fake_onnx": ["--model", made["fake_onnx"]],
-             "fixed_160": ["--model", made["fixed_160"]],
-             "wrong_arch": ["--model", float_weights, "--arch", "resnet18"],
-             "missing_data": ["--model", made["fixed_160"], "--data", tmp_path / "no_such_folder"],
-             "empty_data": ["--model", made["fixed_160"], "--data", empty],
-             "holdout_too_big": ["--model", made["fixed_160"], "--data", sample_photos, "--holdout", "5000"],
-             "plot_without_data": ["--model", made["int8"], "--plot", tmp_path / "out.png"],
-             "zero_runs": ["--model", made["int8"], "--runs", "0"]}
+    specs = {
+        "missing": ["--model", tmp_path / "nope.pt"],
+        "text": ["--model", made["text"]],
+        "fake_onnx": ["--model", made["fake_onnx"]],
+        "fixed_160": ["--model", made["fixed_160"]],
+        "wrong_arch": ["--model", float_weights, "--arch", "resnet18"],
+        "missing_data": ["--model", made["fixed_160"], "--data", tmp_path / "no_such_folder"],
+        "empty_data": ["--model", made["fixed_160"], "--data", empty],
+        "holdout_too_big": ["--model", made["fixed_160"], "--data", sample_photos, "--holdout", "5000"],
+        "plot_without_data": ["--model", made["int8"], "--plot", tmp_path / "out.png"],
+        "zero_runs": ["--model", made["int8"], "--runs", "0"],
+    }
     outputs = ["--json", tmp_path / "out.json", "--csv", tmp_path / "out.csv"]
     result = run_in_process("benchmark.py", *specs[case], *outputs)
     code, out, err = result.returncode, result.stdout, result.stderr
@@ -209,6 +280,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, made, float_weights, sample_p
 
 
 # ---- validate_report: what a grader relies on --------------------------------------
+
 
 def _broken(report: dict, change) -> list[str]:
     copied = copy.deepcopy(report)

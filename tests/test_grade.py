@@ -25,8 +25,20 @@ import yaml
 from conftest import run_in_process, run_script
 
 CALIB_IMAGES, IMAGES, RUNS = "8", "16", "2"
-MEASURE = ("--holdout", CALIB_IMAGES, "--images", IMAGES, "--seed", "0", "--runs", RUNS, "--warmup", "1",
-           "--threads", "2")
+MEASURE = (
+    "--holdout",
+    CALIB_IMAGES,
+    "--images",
+    IMAGES,
+    "--seed",
+    "0",
+    "--runs",
+    RUNS,
+    "--warmup",
+    "1",
+    "--threads",
+    "2",
+)
 MODELS = {"static": "mnv2_static.pt", "dynamic": "mnv2_dynamic.pt", "pi": "mnv2_qnnpack.pt"}
 # Timings on a shared CI machine are noise (tests assert behaviour, not speed): no speed points and no
 # speed-up flags here; test_claim_checks covers the speed-up check with fixed numbers.
@@ -55,16 +67,51 @@ def made(tmp_path_factory, float_weights, sample_photos) -> Path:
     folder = tmp_path_factory.mktemp("made")
     common = ("--model", str(float_weights), "--threads", "2")
     calibration = ("--calib-data", str(sample_photos), "--calib-images", CALIB_IMAGES, "--seed", "0")
-    for args in (("--output", folder / MODELS["static"], "--engine", "x86", *calibration),
-                 ("--output", folder / MODELS["pi"], "--engine", "qnnpack", "--granularity", "per_tensor",
-                  "--observer", "minmax", *calibration),
-                 ("--output", folder / MODELS["dynamic"], "--method", "dynamic")):
+    for args in (
+        ("--output", folder / MODELS["static"], "--engine", "x86", *calibration),
+        (
+            "--output",
+            folder / MODELS["pi"],
+            "--engine",
+            "qnnpack",
+            "--granularity",
+            "per_tensor",
+            "--observer",
+            "minmax",
+            *calibration,
+        ),
+        ("--output", folder / MODELS["dynamic"], "--method", "dynamic"),
+    ):
         check(run_script("quantize_model.py", *common, *args))
     models = [arg for name in ("static", "dynamic", "pi") for arg in ("--model", folder / MODELS[name])]
-    check(run_script("benchmark.py", "--model", "mobilenet_v2", *models, "--data", sample_photos, *MEASURE,
-                     "--json", folder / "benchmark.json"))
-    check(run_script("mobile_net.py", "--model", folder / MODELS["pi"], "--source", "samples", "--frames", "3",
-                     "--threads", "2", "--json", folder / "pi_run.json"))
+    check(
+        run_script(
+            "benchmark.py",
+            "--model",
+            "mobilenet_v2",
+            *models,
+            "--data",
+            sample_photos,
+            *MEASURE,
+            "--json",
+            folder / "benchmark.json",
+        )
+    )
+    check(
+        run_script(
+            "mobile_net.py",
+            "--model",
+            folder / MODELS["pi"],
+            "--source",
+            "samples",
+            "--frames",
+            "3",
+            "--threads",
+            "2",
+            "--json",
+            folder / "pi_run.json",
+        )
+    )
     # CI has no Raspberry Pi: the honest run says what mobile_net.py records on one (test_sandbox.py hands in
     # the real x86 run, which the grader refuses)
     run = json.loads((folder / "pi_run.json").read_text())
@@ -120,12 +167,27 @@ def submissions(made, tmp_path_factory) -> tuple[Path, Path]:
     (root / "dan_malformed" / "benchmark.json").write_text('{"schema": "quantlab.benchmark/1", "results": [')
     hand_in(root / "eve_tampered", made, ("fp32", "static"), (static,), tamper)
     hand_in(root / "fay_missing", made, ("fp32", "static"), ())
-    hand_in(root / "gus_schema", made, ("fp32", "static"), (static,),
-            lambda report, _: report.update(schema="quantlab.benchmark/2"))
-    hand_in(root / "hal_pickle", made, ("fp32", "static"), (),
-            lambda report, folder: replace_model(report, folder, pickle.dumps(RunsCodeWhenUnpickled(marker))))
-    hand_in(root / "ivy_text", made, ("fp32", "static"), (),
-            lambda report, folder: replace_model(report, folder, b"my model is in the cloud\n"))
+    hand_in(
+        root / "gus_schema",
+        made,
+        ("fp32", "static"),
+        (static,),
+        lambda report, _: report.update(schema="quantlab.benchmark/2"),
+    )
+    hand_in(
+        root / "hal_pickle",
+        made,
+        ("fp32", "static"),
+        (),
+        lambda report, folder: replace_model(report, folder, pickle.dumps(RunsCodeWhenUnpickled(marker))),
+    )
+    hand_in(
+        root / "ivy_text",
+        made,
+        ("fp32", "static"),
+        (),
+        lambda report, folder: replace_model(report, folder, b"my model is in the cloud\n"),
+    )
 
     def full_model_pickle(report: dict, folder: Path) -> None:
         buffer = io.BytesIO()
@@ -134,10 +196,20 @@ def submissions(made, tmp_path_factory) -> tuple[Path, Path]:
 
     hand_in(root / "jon_full_pickle", made, ("fp32", "static"), (), full_model_pickle)
     truncated = (made / static).read_bytes()[:100_000]
-    hand_in(root / "kim_broken", made, ("fp32", "static"), (),
-            lambda report, folder: replace_model(report, folder, truncated))
-    hand_in(root / "lea_swapped", made, ("fp32", "static"), (),
-            lambda report, folder: shutil.copy(made / dynamic, folder / static))
+    hand_in(
+        root / "kim_broken",
+        made,
+        ("fp32", "static"),
+        (),
+        lambda report, folder: replace_model(report, folder, truncated),
+    )
+    hand_in(
+        root / "lea_swapped",
+        made,
+        ("fp32", "static"),
+        (),
+        lambda report, folder: shutil.copy(made / dynamic, folder / static),
+    )
     (root / "notes.txt").write_text("files beside the student folders are not students\n")
     rubric = root.parent / "test_rubric.yaml"
     rubric.write_text(yaml.safe_dump(TEST_RUBRIC))
@@ -179,12 +251,16 @@ def test_honest_students_are_ranked_by_the_rubric(remeasured, made):
         row = board[name]
         assert (row["status"], row["numbers"], row["reasons"]) == ("ok", "re-measured", ""), row
     ada, ben, cy = (board[name] for name in HONEST)
-    assert (ada["best_model"], ben["best_model"], cy["best_model"]) == (MODELS["static"], MODELS["static"],
-                                                                        MODELS["dynamic"])
+    assert (ada["best_model"], ben["best_model"], cy["best_model"]) == (
+        MODELS["static"],
+        MODELS["static"],
+        MODELS["dynamic"],
+    )
     # the same file is measured once: the same numbers for everyone who handed it in
     assert (ada["top1"], ada["speedup"]) == (ben["top1"], ben["speedup"])
-    assert float(ada["score"]) - float(ben["score"]) == pytest.approx(float(ada["points_parts"])
-                                                                      - float(ben["points_parts"]), abs=0.11)
+    assert float(ada["score"]) - float(ben["score"]) == pytest.approx(
+        float(ada["points_parts"]) - float(ben["points_parts"]), abs=0.11
+    )
     assert (ada["parts"], ada["missing_parts"]) == ("baseline dynamic static pi", "qat")
     assert (ben["parts"], cy["parts"]) == ("baseline static", "baseline dynamic")
     assert float(ada["pi_fps"]) == pytest.approx(json.loads((made / "pi_run.json").read_text())["mean_fps"], abs=0.05)
@@ -250,8 +326,12 @@ def test_rubric_overrides_and_unknown_keys(tmp_path):
     rubric = grading.load_rubric(changed)
     assert (rubric["weights"]["parts"], rubric["penalty_per_flag"]) == (0, 5)
     assert rubric["weights"]["accuracy"] == default["weights"]["accuracy"]  # the rest keeps the defaults
-    for text, named in (("weights:\n  acuracy: 10\n", "weights.acuracy"), ("bonus: 3\n", "'bonus'"),
-                        ("parts: [static, homework]\n", "'homework'"), ("speedup:\n  full_at: 0.5\n", "speedup")):
+    for text, named in (
+        ("weights:\n  acuracy: 10\n", "weights.acuracy"),
+        ("bonus: 3\n", "'bonus'"),
+        ("parts: [static, homework]\n", "'homework'"),
+        ("speedup:\n  full_at: 0.5\n", "speedup"),
+    ):
         changed.write_text(text)
         with pytest.raises(KitError, match=named):
             grading.load_rubric(changed)
@@ -271,11 +351,13 @@ def test_claim_checks():
         return found
 
     assert flags(69.0, 5.0, measured_drop=2.0, measured_speedup=3.0) == []  # drop 1 vs 2, 4x vs 3x: within
-    assert flags(69.0, 5.0, measured_drop=3.5, measured_speedup=1.9) == ["m.pt: claimed speed-up 4.00x, "
-                                                                          "re-measured 1.90x (tolerance x/÷ 2)"]
+    assert flags(69.0, 5.0, measured_drop=3.5, measured_speedup=1.9) == [
+        "m.pt: claimed speed-up 4.00x, re-measured 1.90x (tolerance x/÷ 2)"
+    ]
     assert [f.split(":")[1].strip() for f in flags(70.0, 20.0, measured_drop=5.0, measured_speedup=4.0)] == [
-        "claimed top-1 drop +0.0 points, re-measured +5.0 (tolerance 3)", "claimed speed-up 1.00x, re-measured 4.00x "
-        "(tolerance x/÷ 2)"]
+        "claimed top-1 drop +0.0 points, re-measured +5.0 (tolerance 3)",
+        "claimed speed-up 1.00x, re-measured 4.00x (tolerance x/÷ 2)",
+    ]
 
 
 def test_ramp_and_grade_points():
@@ -289,8 +371,10 @@ def test_bad_command_lines_give_one_error_line(tmp_path):
     (tmp_path / "ada").mkdir()
     rubric = tmp_path / "rubric.yaml"
     rubric.write_text("tolerance:\n  speed: 3\n")
-    for args, message in (((tmp_path, "--rubric", rubric), "unknown key 'tolerance.speed'"),
-                          ((tmp_path, "--remeasure"), "--remeasure needs --data")):
+    for args, message in (
+        ((tmp_path, "--rubric", rubric), "unknown key 'tolerance.speed'"),
+        ((tmp_path, "--remeasure"), "--remeasure needs --data"),
+    ):
         result = run_in_process("grade.py", *args)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()

@@ -29,16 +29,19 @@ NON_VNNI = {cpu.FBGEMM_ENV: "AVX2", cpu.ONEDNN_ENV: "AVX2"}  # what PyTorch's x8
 needs_x86_avx2 = pytest.mark.skipif(not X86 or cpu.int8_isa().name == "sse", reason="needs an x86 CPU with AVX2")
 
 
-@pytest.mark.parametrize(("features", "machine", "expected", "saturates"), [
-    ({"avx2", "avx512bw", "avx512vnni"}, "x86_64", "avx512_vnni", False),   # numpy's names
-    ({"avx2", "avx512bw", "avx512_vnni"}, "x86_64", "avx512_vnni", False),  # Linux's names
-    ({"avx2", "avx_vnni"}, "x86_64", "avx_vnni", False),
-    ({"avx2", "avx512bw"}, "x86_64", "avx512", True),                      # Skylake-SP: AVX-512 without VNNI
-    ({"avx2", "fma"}, "x86_64", "avx2", True),                             # the AMD EPYC of issue #12
-    ({"sse4_2"}, "x86_64", "sse", False),
-    ({"asimd", "asimddp"}, "aarch64", "asimddp", False),                   # Pi 5 (Cortex-A76)
-    ({"asimd"}, "aarch64", "asimd", False),                                # Pi 4 (Cortex-A72)
-])
+@pytest.mark.parametrize(
+    ("features", "machine", "expected", "saturates"),
+    [
+        ({"avx2", "avx512bw", "avx512vnni"}, "x86_64", "avx512_vnni", False),  # numpy's names
+        ({"avx2", "avx512bw", "avx512_vnni"}, "x86_64", "avx512_vnni", False),  # Linux's names
+        ({"avx2", "avx_vnni"}, "x86_64", "avx_vnni", False),
+        ({"avx2", "avx512bw"}, "x86_64", "avx512", True),  # Skylake-SP: AVX-512 without VNNI
+        ({"avx2", "fma"}, "x86_64", "avx2", True),  # the AMD EPYC of issue #12
+        ({"sse4_2"}, "x86_64", "sse", False),
+        ({"asimd", "asimddp"}, "aarch64", "asimddp", False),  # Pi 5 (Cortex-A76)
+        ({"asimd"}, "aarch64", "asimd", False),  # Pi 4 (Cortex-A72)
+    ],
+)
 def test_int8_level_from_cpu_features(features, machine, expected, saturates):
     isa = cpu.isa_from_features(features, machine)
     assert isa.name == expected and isa.saturates_u8s8 is saturates
@@ -49,8 +52,11 @@ def test_engine_levels_honour_the_environment_variables(monkeypatch):
     monkeypatch.setattr(cpu, "int8_isa", lambda: cpu.Int8Isa("avx512_vnni"))
     monkeypatch.delenv(cpu.FBGEMM_ENV, raising=False)
     monkeypatch.delenv(cpu.ONEDNN_ENV, raising=False)
-    assert {e: cpu.engine_isa(e).name for e in ("x86", "onednn", "qnnpack")} == \
-        {"x86": "avx512_vnni", "onednn": "avx512_vnni", "qnnpack": "sse"}
+    assert {e: cpu.engine_isa(e).name for e in ("x86", "onednn", "qnnpack")} == {
+        "x86": "avx512_vnni",
+        "onednn": "avx512_vnni",
+        "qnnpack": "sse",
+    }
     assert cpu.capped_engines() == {} and "held lower" not in cpu.describe()
     for variable, value in NON_VNNI.items():
         monkeypatch.setenv(variable, value)
@@ -72,8 +78,14 @@ def test_every_report_records_the_int8_level():
 
 def run_python(code: str, env: dict[str, str], prefix: tuple[str, ...] = (), timeout: float = 300) -> dict:
     """Run ``code`` in a fresh Python (under ``prefix``, e.g. qemu) and return the JSON it prints last."""
-    result = subprocess.run([*prefix, sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=timeout, cwd=REPO)
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=timeout,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -137,6 +149,7 @@ def test_saturation_probe_tells_the_paths_apart():
 
 # ---- ONNX Runtime on an AVX2 CPU, emulated --------------------------------------
 
+
 @pytest.fixture(scope="session")
 def qemu_haswell() -> tuple[str, ...]:
     """The command prefix that runs a program on an emulated AVX2 CPU without VNNI (qemu-user, installed when
@@ -146,7 +159,9 @@ def qemu_haswell() -> tuple[str, ...]:
     qemu = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
     if qemu is None and os.geteuid() == 0 and shutil.which("apt-get"):
         for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "qemu-user-static"]):
-            subprocess.run(command, capture_output=True, timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            subprocess.run(
+                command, capture_output=True, timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            )
         qemu = shutil.which("qemu-x86_64-static")
     if qemu is None:
         pytest.skip("qemu-x86_64-static not found (apt-get install qemu-user-static, as root)")
@@ -166,9 +181,13 @@ def test_onnx_runtime_format_is_exact_on_an_avx2_cpu(qemu_haswell, tmp_path, flo
     fp32_onnx = onnx_tools.export_onnx(models.mobilenet_v2_fp32(float_weights), tmp_path / "fp32.onnx")
     calibration, check = data.split(data.image_dataset(sample_photos), first_n=8, seed=0)
     for reduce_range in (False, True):
-        onnx_tools.quantize_onnx_static(fp32_onnx, tmp_path / f"reduce_range_{reduce_range}.onnx",
-                                        data.loader(calibration, batch_size=8), progress=False,
-                                        reduce_range=reduce_range)
+        onnx_tools.quantize_onnx_static(
+            fp32_onnx,
+            tmp_path / f"reduce_range_{reduce_range}.onnx",
+            data.loader(calibration, batch_size=8),
+            progress=False,
+            reduce_range=reduce_range,
+        )
     np.save(tmp_path / "images.npy", next(iter(data.loader(check, batch_size=4)))[0].numpy())
     code = f"""
         import json, numpy as np, onnxruntime
@@ -190,14 +209,17 @@ def test_onnx_runtime_format_is_exact_on_an_avx2_cpu(qemu_haswell, tmp_path, flo
     found = run_python(code, {}, prefix=qemu_haswell, timeout=600)
     assert found["isa"] == "avx2", found
     assert found["probe"] > 0.4 and found["probe_reduce_range"] < 0.01, found  # what choose_static_format reads
-    assert found["True"] > 0.96, found                    # the kit's choice for this CPU agrees with fp32
-    assert found["False"] < found["True"] - 0.02, found   # full-range U8S8 saturates here
+    assert found["True"] > 0.96, found  # the kit's choice for this CPU agrees with fp32
+    assert found["False"] < found["True"] - 0.02, found  # full-range U8S8 saturates here
 
 
-@pytest.mark.parametrize(("errors", "reduce_range", "words"), [
-    ({False: 0.0}, False, "U8S8 is exact on this CPU"),
-    ({False: 0.49, True: 0.0}, True, "U8S8 saturates on this CPU"),
-])
+@pytest.mark.parametrize(
+    ("errors", "reduce_range", "words"),
+    [
+        ({False: 0.0}, False, "U8S8 is exact on this CPU"),
+        ({False: 0.49, True: 0.0}, True, "U8S8 saturates on this CPU"),
+    ],
+)
 def test_static_format_follows_the_measurement(monkeypatch, errors, reduce_range, words):
     from quantlab import onnx_tools
 

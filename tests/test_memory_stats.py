@@ -87,8 +87,13 @@ def test_notebook_memory_measures_after_every_code_cell():
     spec = importlib.util.spec_from_file_location("notebook_memory", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("a = 1"),
-                                               nbformat.v4.new_code_cell("b = 2")])
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# t"),
+            nbformat.v4.new_code_cell("a = 1"),
+            nbformat.v4.new_code_cell("b = 2"),
+        ]
+    )
     copy, measured = tool.measured_copy(notebook)
     assert [cell.source == tool.MEASURE for cell in copy.cells] == [True, False, False, True, False, True]
     assert measured == [-1, 1, 2]  # the kernel at start, then each code cell by its index in the notebook

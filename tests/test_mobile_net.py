@@ -35,8 +35,18 @@ def assert_clean_error(result, message: str) -> None:
 def test_samples_prints_fps_top10_and_a_consistent_summary(run, tmp_path, quantized, float_weights, int8_weights):
     weights = int8_weights if quantized else float_weights
     summary_path = tmp_path / "out" / "summary.json"
-    result = run("mobile_net.py", "--source", "samples", "--frames", "12", "--weights", weights,
-                 "--quantize" if quantized else "--no-quantize", "--json", summary_path)
+    result = run(
+        "mobile_net.py",
+        "--source",
+        "samples",
+        "--frames",
+        "12",
+        "--weights",
+        weights,
+        "--quantize" if quantized else "--no-quantize",
+        "--json",
+        summary_path,
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert FPS_LINE.search(out)
@@ -69,8 +79,18 @@ def test_samples_prints_fps_top10_and_a_consistent_summary(run, tmp_path, quanti
 @pytest.mark.parametrize(("frames", "expected"), [(1, range(281, 286)), (2, (967, 968))], ids=["cat", "coffee"])
 def test_int8_model_recognises_the_sample_photos(run, int8_weights, frames, expected):
     # frame 1 of the samples source is scikit-image's cat, frame 2 its coffee cup
-    result = run("mobile_net.py", "--source", "samples", "--frames", frames, "--quantize",
-                 "--weights", int8_weights, "--top", "3")
+    result = run(
+        "mobile_net.py",
+        "--source",
+        "samples",
+        "--frames",
+        frames,
+        "--quantize",
+        "--weights",
+        int8_weights,
+        "--top",
+        "3",
+    )
     assert result.returncode == 0, result.stderr
     (rank, index), *_ = last_top(result.stdout, 3)
     assert rank == 1 and index in expected, result.stdout
@@ -86,9 +106,14 @@ def test_preprocessing_matches_torchvision_eval_transform(sample_photos, float_w
     from quantlab import models
     from quantlab.preprocess import Preprocessor
 
-    reference = torchvision.transforms.Compose([
-        torchvision.transforms.Resize(256), torchvision.transforms.CenterCrop(224), torchvision.transforms.ToTensor(),
-        torchvision.transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    reference = torchvision.transforms.Compose(
+        [
+            torchvision.transforms.Resize(256),
+            torchvision.transforms.CenterCrop(224),
+            torchvision.transforms.ToTensor(),
+            torchvision.transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
     preprocess = Preprocessor(224)
     photos = sorted(sample_photos.iterdir())[::50]  # 20 photos of different classes
     model = models.mobilenet_v2_fp32(float_weights)
@@ -120,8 +145,18 @@ def test_folder_skips_and_counts_unreadable_images(run, tmp_path, sample_photos,
         shutil.copy(photo, folder / photo.name)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     summary_path = tmp_path / "folder.json"
-    result = run("mobile_net.py", "--source", folder, "--weights", float_weights, "--no-jit", "--top", "5",
-                 "--json", summary_path)
+    result = run(
+        "mobile_net.py",
+        "--source",
+        folder,
+        "--weights",
+        float_weights,
+        "--no-jit",
+        "--top",
+        "5",
+        "--json",
+        summary_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "skipped unreadable image broken.jpg" in result.stdout
     summary = json.loads(summary_path.read_text())
@@ -137,8 +172,19 @@ def test_video_file_ends_with_a_summary_and_skip_reuses_predictions(run, tmp_pat
         writer.write(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
     writer.release()
     summary_path = tmp_path / "video.json"
-    result = run("mobile_net.py", "--source", video, "--weights", float_weights, "--skip", "3", "--size", "160",
-                 "--json", summary_path)
+    result = run(
+        "mobile_net.py",
+        "--source",
+        video,
+        "--weights",
+        float_weights,
+        "--skip",
+        "3",
+        "--size",
+        "160",
+        "--json",
+        summary_path,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(summary_path.read_text())
     assert summary["frames"] == 9 and summary["inferences"] == 3 and summary["size"] == 160
@@ -179,30 +225,45 @@ def test_bad_input_exits_2_with_one_line(tmp_path, arguments, message):
 
 
 def test_wrong_weights_for_the_model_kind(float_weights, int8_weights):
-    assert_clean_error(run_in_process("mobile_net.py", "--source", "samples", "--frames", "1", "--quantize",
-                           "--weights", float_weights), "drop --quantize")
-    assert_clean_error(run_in_process("mobile_net.py", "--source", "samples", "--frames", "1",
-                           "--weights", int8_weights), "add --quantize")
+    assert_clean_error(
+        run_in_process(
+            "mobile_net.py", "--source", "samples", "--frames", "1", "--quantize", "--weights", float_weights
+        ),
+        "drop --quantize",
+    )
+    assert_clean_error(
+        run_in_process("mobile_net.py", "--source", "samples", "--frames", "1", "--weights", int8_weights),
+        "add --quantize",
+    )
 
 
 def test_state_dict_passed_as_model_says_use_weights(float_weights):
-    assert_clean_error(run_in_process("mobile_net.py", "--source", "samples", "--frames", "1", "--model", float_weights),
-                       "use --weights")
+    assert_clean_error(
+        run_in_process("mobile_net.py", "--source", "samples", "--frames", "1", "--model", float_weights),
+        "use --weights",
+    )
 
 
 def test_empty_folder_and_unreadable_video(tmp_path, float_weights):
     (tmp_path / "empty").mkdir()
-    assert_clean_error(run_in_process("mobile_net.py", "--source", tmp_path / "empty", "--weights", float_weights), "holds no images")
+    assert_clean_error(
+        run_in_process("mobile_net.py", "--source", tmp_path / "empty", "--weights", float_weights), "holds no images"
+    )
     fake_video = tmp_path / "fake.mp4"
     fake_video.write_bytes(b"\0" * 100)
-    assert_clean_error(run_in_process("mobile_net.py", "--source", fake_video, "--weights", float_weights),
-                       "could not read video")
+    assert_clean_error(
+        run_in_process("mobile_net.py", "--source", fake_video, "--weights", float_weights), "could not read video"
+    )
 
 
 def test_weights_that_cannot_be_downloaded(run, tmp_path):
     # no internet (a dead proxy), an empty torch cache and no offline copy
-    env = {"TORCH_HOME": str(tmp_path / "torch"), "QUANTLAB_ASSETS": str(tmp_path / "none"),
-           "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    env = {
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "QUANTLAB_ASSETS": str(tmp_path / "none"),
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
     result = run("mobile_net.py", "--source", "samples", "--frames", "1", "--quantize", env=env)
     assert_clean_error(result, "could not download torchvision's pretrained weights")
     assert "--weights PATH" in result.stderr

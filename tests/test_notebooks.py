@@ -34,22 +34,29 @@ def test_there_are_notebooks() -> None:
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_in_smoke_mode(notebook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    float_weights: Path, sample_photos: Path) -> None:
+def test_notebook_runs_in_smoke_mode(
+    notebook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, float_weights: Path, sample_photos: Path
+) -> None:
     # the fixtures skip this test when the offline assets are absent (CI has no internet for downloads)
     # the kernel is a subprocess: it inherits this environment; "python" in the kernelspec must be ours
     monkeypatch.setenv("QUANTLAB_SMOKE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     try:
         client.execute()
     except CellExecutionError as error:
         pytest.fail(f"{notebook.name} failed in smoke mode:\n{error}", pytrace=False)
-    noise = [output.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-             for output in cell.get("outputs", []) if output.get("name") == "stderr"]
+    noise = [
+        output.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("name") == "stderr"
+    ]
     warnings = [line for text in noise for line in text.splitlines() if "Warning" in line]
     assert not warnings, f"{notebook.name} prints warnings students should not see:\n" + "\n".join(warnings)
 
@@ -57,10 +64,15 @@ def test_notebook_runs_in_smoke_mode(notebook: Path, tmp_path: Path, monkeypatch
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_stored_without_outputs(notebook: Path) -> None:
     nb = nbformat.read(notebook, as_version=4)
-    dirty = [index for index, cell in enumerate(nb.cells)
-             if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)]
-    assert not dirty, (f"{notebook.name}: cells {dirty} carry outputs or execution counts; "
-                       "run python tools/sync_notebooks.py (it clears them)")
+    dirty = [
+        index
+        for index, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
+    ]
+    assert not dirty, (
+        f"{notebook.name}: cells {dirty} carry outputs or execution counts; "
+        "run python tools/sync_notebooks.py (it clears them)"
+    )
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
@@ -75,19 +87,29 @@ def test_notebook_has_title_badge_and_smoke_switch(notebook: Path) -> None:
 
 def test_colab_links_point_at_notebooks_that_exist() -> None:
     documents = [*NOTEBOOKS, *sorted((REPO / "labs").glob("*.md")), REPO / "README.md"]
-    links = [(document.name, match) for document in documents if document.exists()
-             for match in COLAB_LINK.finditer(document.read_text(encoding="utf-8"))]
+    links = [
+        (document.name, match)
+        for document in documents
+        if document.exists()
+        for match in COLAB_LINK.finditer(document.read_text(encoding="utf-8"))
+    ]
     assert links, "no Colab links found"
     for document, match in links:
         repo, branch, path = match.groups()
-        assert (repo, branch) == (project.REPO, project.BRANCH), \
+        assert (repo, branch) == (project.REPO, project.BRANCH), (
             f"{document}: Colab link to {repo}@{branch}, but quantlab.project says {project.REPO}@{project.BRANCH}"
+        )
         assert (REPO / path).is_file(), f"{document}: Colab link to {path}, which does not exist"
 
 
 def test_badges_and_setup_cells_match_project() -> None:
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "sync_notebooks.py"), "--check"],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "sync_notebooks.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr or result.stdout
 
 
@@ -96,6 +118,9 @@ def test_setup_cell_keeps_colabs_torch() -> None:
     assert "google.colab" in source and "--no-deps" in source
     compile(source, "setup cell", "exec")
     requirements = (REPO / "requirements-colab.txt").read_text(encoding="utf-8").splitlines()
-    pinned = [line.split("=")[0].split(">")[0].strip().lower() for line in requirements
-              if line.strip() and not line.startswith("#")]
+    pinned = [
+        line.split("=")[0].split(">")[0].strip().lower()
+        for line in requirements
+        if line.strip() and not line.startswith("#")
+    ]
     assert "torch" not in pinned and "torchvision" not in pinned, "requirements-colab.txt would reinstall torch"

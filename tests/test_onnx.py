@@ -83,8 +83,13 @@ def test_static_qdq_is_per_channel_small_and_still_right(fp32_onnx: Path, static
     ops = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops
     initializers = {init.name: init for init in graph.initializer}
-    conv_weight_scales = [initializers[node.input[1]] for node in graph.node if node.op_type == "DequantizeLinear"
-                          and node.input[0] in initializers and len(initializers[node.input[0]].dims) == 4]
+    conv_weight_scales = [
+        initializers[node.input[1]]
+        for node in graph.node
+        if node.op_type == "DequantizeLinear"
+        and node.input[0] in initializers
+        and len(initializers[node.input[0]].dims) == 4
+    ]
     assert conv_weight_scales and all(len(scale.dims) == 1 and scale.dims[0] > 1 for scale in conv_weight_scales)
     assert static_onnx.stat().st_size <= 0.3 * fp32_onnx.stat().st_size
     facts = onnx_tools.sidecar_fields(static_onnx)
@@ -102,8 +107,13 @@ def test_static_qdq_with_7_bit_weights_is_still_right(fp32_onnx: Path, sample_ph
     """What the kit writes for CPUs without VNNI (reduce_range). Its kernels do not saturate on any CPU, so
     this machine measures it as one without VNNI would (tests/test_isa.py runs it on an emulated AVX2 CPU)."""
     calibration, _ = data.split(data.image_dataset(sample_photos), first_n=4, seed=0)
-    output = onnx_tools.quantize_onnx_static(fp32_onnx, fp32_onnx.with_name("mnv2_qdq_7bit.onnx"),
-                                             data.loader(calibration, batch_size=4), progress=False, reduce_range=True)
+    output = onnx_tools.quantize_onnx_static(
+        fp32_onnx,
+        fp32_onnx.with_name("mnv2_qdq_7bit.onnx"),
+        data.loader(calibration, batch_size=4),
+        progress=False,
+        reduce_range=True,
+    )
     facts = onnx_tools.read_metadata(output)
     assert facts["reduce_range"] is True and facts["weight_type"] == "int8 (7-bit range)"
     assert "chosen by the caller" in facts["format_reason"]
@@ -141,8 +151,9 @@ class NoOnnxOperator(nn.Module):
         return torch.linalg.eigvals(x[..., :4, :4]).real.flatten(1)  # no ONNX translation for eig
 
 
-@pytest.mark.parametrize("layer, message", [(DataDependent(), "torch.export failed"),
-                                            (NoOnnxOperator(), "cannot translate")])
+@pytest.mark.parametrize(
+    "layer, message", [(DataDependent(), "torch.export failed"), (NoOnnxOperator(), "cannot translate")]
+)
 def test_export_failure_names_the_layer_and_leaves_no_file(tmp_path: Path, layer: nn.Module, message: str) -> None:
     model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Sequential(nn.ReLU(), layer))
     output = tmp_path / "broken.onnx"
@@ -183,14 +194,24 @@ def test_mobile_net_bad_onnx_exits_2_with_one_line(tmp_path: Path, static_onnx: 
 def _quantization_parameters(path: Path) -> dict[str, torch.Tensor]:
     """Every scale and zero point of a QDQ file, by name."""
     graph = onnx.load(str(path)).graph
-    return {init.name: torch.from_numpy(onnx.numpy_helper.to_array(init).astype("float64")).clone()
-            for init in graph.initializer if init.name.endswith(("_scale", "_zero_point"))}
+    return {
+        init.name: torch.from_numpy(onnx.numpy_helper.to_array(init).astype("float64")).clone()
+        for init in graph.initializer
+        if init.name.endswith(("_scale", "_zero_point"))
+    }
 
 
 def _small_cnn_onnx(folder: Path) -> Path:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1000)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 1000),
+    ).eval()
     return onnx_tools.export_onnx(net, folder / "small.onnx", input_size=32)
 
 
@@ -200,10 +221,12 @@ def test_calibration_in_chunks_gives_the_single_pass_ranges(tmp_path, method):
     fp32_file = _small_cnn_onnx(tmp_path)
     images = torch.randn(37, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # 37: no chunk size divides it
     batches = list(images.split(5))
-    at_once = onnx_tools.quantize_onnx_static(fp32_file, tmp_path / "once.onnx", batches, calibrate_method=method,
-                                              progress=False, chunk_images=None)
-    chunked = onnx_tools.quantize_onnx_static(fp32_file, tmp_path / "chunked.onnx", batches, calibrate_method=method,
-                                              progress=False, chunk_images=8)
+    at_once = onnx_tools.quantize_onnx_static(
+        fp32_file, tmp_path / "once.onnx", batches, calibrate_method=method, progress=False, chunk_images=None
+    )
+    chunked = onnx_tools.quantize_onnx_static(
+        fp32_file, tmp_path / "chunked.onnx", batches, calibrate_method=method, progress=False, chunk_images=8
+    )
     assert onnx_tools.read_metadata(chunked)["calibration_chunk_images"] == 8
     assert onnx_tools.read_metadata(at_once)["calibration_chunk_images"] is None
     assert onnx_tools.read_metadata(chunked)["calibration_images"] == 37

@@ -120,14 +120,27 @@ def made(tmp_path_factory, my_net, sample_photos) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("made")
     source, weights = my_net
     common = ("--calib-data", sample_photos, "--calib-images", CALIB_IMAGES, "--seed", "0")
-    files = {"pt2": folder / "my_net_int8.pt2", "onnx": folder / "my_net_qdq.onnx",
-             "float_onnx": folder / "my_net_fp32.onnx", "onnx_from_file": folder / "my_net_fp32_int8.onnx"}
-    runs = [quantize(files["pt2"], "--model", f"{source}:build", "--weights", weights, *common),
-            quantize(files["onnx"], "--model", f"{source}:build@{weights}", *common)]
+    files = {
+        "pt2": folder / "my_net_int8.pt2",
+        "onnx": folder / "my_net_qdq.onnx",
+        "float_onnx": folder / "my_net_fp32.onnx",
+        "onnx_from_file": folder / "my_net_fp32_int8.onnx",
+    }
+    runs = [
+        quantize(files["pt2"], "--model", f"{source}:build", "--weights", weights, *common),
+        quantize(files["onnx"], "--model", f"{source}:build@{weights}", *common),
+    ]
     model = user_model.load_user_model(f"{source}:build", weights)
-    torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(files["float_onnx"]), input_names=["pixels"],
-                      output_names=["scores"], dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}},
-                      dynamo=False, opset_version=18)  # the classic exporter: fast
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, 224, 224),),
+        str(files["float_onnx"]),
+        input_names=["pixels"],
+        output_names=["scores"],
+        dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}},
+        dynamo=False,
+        opset_version=18,
+    )  # the classic exporter: fast
     runs.append(quantize(files["onnx_from_file"], "--model", files["float_onnx"], "--format", "onnx", *common))
     for result in runs:
         assert result.returncode == 0, result.stderr
@@ -173,20 +186,37 @@ def test_float_onnx_file_keeps_its_sidecar_facts(made):
 
 def test_exported_file_runs_with_torch_alone(made):
     """The .pt2 needs no kit: torch.export.load plus the (de)quantize operators torch itself still ships."""
-    script = ("import sys, torch, torch.ao.quantization.fx._decomposed\n"
-              "module = torch.export.load(sys.argv[1]).module()\n"
-              "print(list(module(torch.randn(3, 3, 224, 224)).shape))")
-    result = subprocess.run([sys.executable, "-c", script, str(made["pt2"])], capture_output=True, text=True,
-                            timeout=300)
+    script = (
+        "import sys, torch, torch.ao.quantization.fx._decomposed\n"
+        "module = torch.export.load(sys.argv[1]).module()\n"
+        "print(list(module(torch.randn(3, 3, 224, 224)).shape))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(made["pt2"])], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[3, 1000]"
 
 
 def test_benchmark_takes_the_spec_and_the_exported_file(made, my_net, tmp_path):
     report_path = tmp_path / "bench.json"
-    result = run_script("benchmark.py", "--model", f"{my_net[0]}:build@{my_net[1]}", "--model", made["pt2"],
-                        "--model", made["onnx"], "--runs", "3", "--warmup", "1", "--threads", "2",
-                        "--json", report_path)
+    result = run_script(
+        "benchmark.py",
+        "--model",
+        f"{my_net[0]}:build@{my_net[1]}",
+        "--model",
+        made["pt2"],
+        "--model",
+        made["onnx"],
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--threads",
+        "2",
+        "--json",
+        report_path,
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads(report_path.read_text())["results"]
     assert [r["format"] for r in results] == ["python", "pt2", "onnx"]
@@ -196,7 +226,11 @@ def test_benchmark_takes_the_spec_and_the_exported_file(made, my_net, tmp_path):
 
 def test_spec_parsing():
     assert user_model.parse_spec("my_net.py:build") == (Path("my_net.py"), "build", None)
-    assert user_model.parse_spec(r"C:\labs\my_net.py:build@w.pth") == (Path(r"C:\labs\my_net.py"), "build", Path("w.pth"))
+    assert user_model.parse_spec(r"C:\labs\my_net.py:build@w.pth") == (
+        Path(r"C:\labs\my_net.py"),
+        "build",
+        Path("w.pth"),
+    )
     assert not user_model.is_user_model_spec("my_net.pth") and not user_model.is_user_model_spec("my_net.py")
     with pytest.raises(KitError, match="FILE.py:FUNCTION"):
         user_model.parse_spec("my_net.py")
@@ -210,8 +244,11 @@ def _bad_onnx(folder: Path, kind: str) -> Path:
 
     image = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 3, 224, 224])  # noqa: E731
     if kind == "two inputs":
-        nodes = [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("GlobalAveragePool", ["sum"], ["p"]),
-                 helper.make_node("Flatten", ["p"], ["y"])]
+        nodes = [
+            helper.make_node("Add", ["a", "b"], ["sum"]),
+            helper.make_node("GlobalAveragePool", ["sum"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["y"]),
+        ]
         inputs, initializers = [image("a"), image("b")], []
         outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])]
     else:  # a segmenter: one image in, a map of scores out
@@ -219,30 +256,38 @@ def _bad_onnx(folder: Path, kind: str) -> Path:
         inputs = [image("x")]
         initializers = [numpy_helper.from_array(np.ones((5, 3, 3, 3), np.float32), "w")]
         outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 222, 222])]
-    model = helper.make_model(helper.make_graph(nodes, "bad", inputs, outputs, initializers),
-                              opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "bad", inputs, outputs, initializers), opset_imports=[helper.make_opsetid("", 18)]
+    )
     model.ir_version = 9
     path = folder / f"{kind.replace(' ', '_')}.onnx"
     onnx.save(model, str(path))
     return path
 
 
-@pytest.mark.parametrize(("case", "message"), [
-    ("no such function", "defines no 'missing'; it defines"),
-    ("not a module", "not_a_module() returned dict, not an nn.Module"),
-    ("export fails", "torch.export cannot capture the model at my_net.py line"),
-    ("torchao missing", "PT2E quantization needs torchao"),
-    ("two inputs", "has 2 inputs (a, b)"),
-    ("segmenter", "returns [1, 5, 222, 222] for one image, not class scores"),
-])
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no such function", "defines no 'missing'; it defines"),
+        ("not a module", "not_a_module() returned dict, not an nn.Module"),
+        ("export fails", "torch.export cannot capture the model at my_net.py line"),
+        ("torchao missing", "PT2E quantization needs torchao"),
+        ("two inputs", "has 2 inputs (a, b)"),
+        ("segmenter", "returns [1, 5, 222, 222] for one image, not class scores"),
+    ],
+)
 def test_bad_input_is_one_error_line_and_leaves_no_file(tmp_path, my_net, case, message):
     source = my_net[0]
     env = None
     if case in ("two inputs", "segmenter"):
         output, args = tmp_path / "out.onnx", ("--model", _bad_onnx(tmp_path, case), "--format", "onnx")
     else:
-        function = {"no such function": "missing", "not a module": "not_a_module", "export fails": "branchy",
-                    "torchao missing": "build"}[case]
+        function = {
+            "no such function": "missing",
+            "not a module": "not_a_module",
+            "export fails": "branchy",
+            "torchao missing": "build",
+        }[case]
         output, args = tmp_path / "out.pt2", ("--model", f"{source}:{function}")
     if case == "torchao missing":  # a torchao that fails to import stands in for none installed
         shadow = tmp_path / "shadow" / "torchao"

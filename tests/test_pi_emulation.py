@@ -104,7 +104,15 @@ def test_pinned_requirements_work_on_pi4_and_pi5() -> None:
     done = pi_check("--cpu", "cortex-a72", "--cpu", "cortex-a76", timeout=1200)
     assert done.returncode == 0, explain(done)
     for cpu in ("cortex-a72", "cortex-a76"):
-        for step in ("import-torch", "dependencies", "onnxruntime", "pretrained-int8", "x86-model", "x86-onnx-model", "mobile-net"):
+        for step in (
+            "import-torch",
+            "dependencies",
+            "onnxruntime",
+            "pretrained-int8",
+            "x86-model",
+            "x86-onnx-model",
+            "mobile-net",
+        ):
             assert f"[{cpu}] ok   {step}:" in done.stdout, f"{cpu} {step} missing\n" + explain(done)
     assert "PASS on cortex-a72, cortex-a76" in done.stdout, explain(done)
 

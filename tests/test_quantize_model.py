@@ -49,8 +49,12 @@ def quantize(output: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def classify(photos: list[Path], *models: Path) -> dict:
-    result = subprocess.run([sys.executable, "-c", LOAD_AND_CLASSIFY, ",".join(map(str, photos)), *map(str, models)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_CLASSIFY, ",".join(map(str, photos)), *map(str, models)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -95,11 +99,14 @@ def test_static_models_load_without_the_kit_and_classify(made, sample_photos):
     assert results[str(made["per_channel"])]["logits"] == results[str(made["per_channel_again"])]["logits"]
 
 
-@pytest.mark.parametrize(("name", "granularity", "observer", "engine"), [
-    ("per_channel", "per_channel", "histogram", None),
-    ("per_tensor", "per_tensor", "minmax", "qnnpack"),
-    ("dynamic", None, None, None),
-])
+@pytest.mark.parametrize(
+    ("name", "granularity", "observer", "engine"),
+    [
+        ("per_channel", "per_channel", "histogram", None),
+        ("per_tensor", "per_tensor", "minmax", "qnnpack"),
+        ("dynamic", None, None, None),
+    ],
+)
 def test_sidecar_describes_the_file(made, sample_photos, name, granularity, observer, engine):
     model = made[name]
     sidecar = json.loads(model.with_suffix(".json").read_text())
@@ -178,14 +185,31 @@ def _bad_inputs(tmp_path: Path, float_weights: Path) -> dict:
         "torchscript input": (("--model", torchscript), "cannot be quantized again"),
         "wrong arch": (("--model", float_weights, "--arch", "resnet18"), "does not fit resnet18"),
         "split and count": (("--calib-data", empty, "--calib-split", "0.5", "--calib-images", "3"), "not both"),
-        "bad yaml key": (("--config", yaml_with("quantization:\n  granularty: per_tensor\n")), "'quantization.granularty'"),
+        "bad yaml key": (
+            ("--config", yaml_with("quantization:\n  granularty: per_tensor\n")),
+            "'quantization.granularty'",
+        ),
         "chain without photos": (("--model", float_weights, "--operation-mode", "chain_eqe"), "evaluates"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing model", "not a model", "empty calibration folder", "unknown method",
-                                  "qat without photos", "qat to onnx", "no fx", "torchscript input", "wrong arch",
-                                  "split and count", "bad yaml key", "chain without photos"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing model",
+        "not a model",
+        "empty calibration folder",
+        "unknown method",
+        "qat without photos",
+        "qat to onnx",
+        "no fx",
+        "torchscript input",
+        "wrong arch",
+        "split and count",
+        "bad yaml key",
+        "chain without photos",
+    ],
+)
 def test_bad_input_is_one_error_line_and_leaves_no_file(tmp_path, float_weights, case):
     args, message = _bad_inputs(tmp_path, float_weights)[case]
     output = tmp_path / "out" / "model.pt"
@@ -213,7 +237,7 @@ general: {{model_path: {float_weights}}}
 operation_mode: chain_eqeb
 dataset: {{quantization_path: {sample_photos}, quantization_split: 0.008, seed: 1}}
 preprocessing: {{rescaling: {{scale: 1/255, offset: 0}}, resizing: {{interpolation: bilinear, aspect_ratio: crop}}, color_mode: rgb}}
-quantization: {{granularity: per_tensor, export_dir: {tmp_path / 'exported'}}}
+quantization: {{granularity: per_tensor, export_dir: {tmp_path / "exported"}}}
 benchmarking: {{runs: 2, warmup: 1}}
 """)
     result = run_script("quantize_model.py", "--config", config, "--eval-images", "8", "--granularity", "per_channel")
@@ -227,15 +251,18 @@ benchmarking: {{runs: 2, warmup: 1}}
         assert expected in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("quantization:\n  granularty: per_tensor\n", "unknown key 'quantization.granularty'"),
-    ("dataset:\n  seed: one\n", "'dataset.seed' must be an integer"),
-    ("operation_mode: chain_x\n", "operation_mode 'chain_x' is unknown"),
-    ("preprocessing:\n  resizing: {aspect_ratio: fit}\n", "aspect_ratio 'fit' is not supported"),
-    ("preprocessing:\n  rescaling: {scale: [1, 2]}\n", "'rescaling.scale' must be a number or 3 numbers"),
-    ("- a list\n", "must hold sections"),
-    ("general: {model_path: [unclosed\n", "is not valid YAML at line 2"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("quantization:\n  granularty: per_tensor\n", "unknown key 'quantization.granularty'"),
+        ("dataset:\n  seed: one\n", "'dataset.seed' must be an integer"),
+        ("operation_mode: chain_x\n", "operation_mode 'chain_x' is unknown"),
+        ("preprocessing:\n  resizing: {aspect_ratio: fit}\n", "aspect_ratio 'fit' is not supported"),
+        ("preprocessing:\n  rescaling: {scale: [1, 2]}\n", "'rescaling.scale' must be a number or 3 numbers"),
+        ("- a list\n", "must hold sections"),
+        ("general: {model_path: [unclosed\n", "is not valid YAML at line 2"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path, text, message):
     from quantlab import config
     from quantlab.errors import KitError

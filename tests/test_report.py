@@ -6,13 +6,37 @@ from quantlab import report
 
 
 def _report(median_ms: float, fps: float) -> dict:
-    machine = {"cpu": "c", "arch": "x86_64", "os": "linux", "python": "3.11", "torch": "2", "torchvision": "0",
-               "onnxruntime": None, "threads": 2, "physical_cores": 2, "engine": "x86"}
+    machine = {
+        "cpu": "c",
+        "arch": "x86_64",
+        "os": "linux",
+        "python": "3.11",
+        "torch": "2",
+        "torchvision": "0",
+        "onnxruntime": None,
+        "threads": 2,
+        "physical_cores": 2,
+        "engine": "x86",
+    }
     settings = report.make_settings(5, 1, 224, None, None, 0, 2, "x86")
-    result = {"name": "m.pt", "file": "m.pt", "path": "m.pt", "format": "torchscript", "runtime": "pytorch",
-              "method": "static", "engine": "x86", "sha256": None, "size_mb": 3.9, "parameters": None,
-              "latency_ms": {"median": median_ms, "p90": median_ms, "mean": median_ms}, "fps": fps, "top1": None,
-              "top5": None, "images": None, "skipped": None}
+    result = {
+        "name": "m.pt",
+        "file": "m.pt",
+        "path": "m.pt",
+        "format": "torchscript",
+        "runtime": "pytorch",
+        "method": "static",
+        "engine": "x86",
+        "sha256": None,
+        "size_mb": 3.9,
+        "parameters": None,
+        "latency_ms": {"median": median_ms, "p90": median_ms, "mean": median_ms},
+        "fps": fps,
+        "top1": None,
+        "top5": None,
+        "images": None,
+        "skipped": None,
+    }
     return report.make_report([result], settings, machine)
 
 

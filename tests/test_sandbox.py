@@ -153,39 +153,92 @@ def zip_bomb(path: Path, megabytes: int = 400) -> None:
 
 
 def row(file: str | None, method: str, content: bytes | None, latency: float = 2.0, top1: float = 70.0) -> dict:
-    return {"name": file or "mobilenet_v2", "file": file, "path": file, "format": "torchscript" if file else "torchvision",
-            "runtime": "pytorch", "method": method, "engine": "x86" if file else None,
-            "sha256": hashlib.sha256(content).hexdigest() if content is not None else None,
-            "size_mb": len(content) / 1e6 if content is not None else 14.0, "parameters": 3003,
-            "latency_ms": {"median": latency, "p90": latency * 1.1, "mean": latency}, "fps": round(1e3 / latency, 2),
-            "top1": top1, "top5": 90.0, "images": 16, "skipped": 0}
+    return {
+        "name": file or "mobilenet_v2",
+        "file": file,
+        "path": file,
+        "format": "torchscript" if file else "torchvision",
+        "runtime": "pytorch",
+        "method": method,
+        "engine": "x86" if file else None,
+        "sha256": hashlib.sha256(content).hexdigest() if content is not None else None,
+        "size_mb": len(content) / 1e6 if content is not None else 14.0,
+        "parameters": 3003,
+        "latency_ms": {"median": latency, "p90": latency * 1.1, "mean": latency},
+        "fps": round(1e3 / latency, 2),
+        "top1": top1,
+        "top5": 90.0,
+        "images": 16,
+        "skipped": 0,
+    }
 
 
 def report(rows: list[dict]) -> dict:
-    return {"schema": "quantlab.benchmark/1", "created": "2026-11-26T01:30:00Z",
-            "machine": {"cpu": "x", "arch": "x86_64", "os": "Linux", "python": "3.11", "torch": "2", "torchvision": "0",
-                        "onnxruntime": None, "threads": 2, "physical_cores": 2, "engine": "x86"},
-            "settings": {"runs": 2, "warmup": 1, "batch_size": 1, "input_size": 224, "data": "photos", "holdout": 8,
-                         "seed": 0, "threads": 2, "engine": "x86"},
-            "results": [row(None, "fp32", None, latency=10.0, top1=71.0), *rows]}
+    return {
+        "schema": "quantlab.benchmark/1",
+        "created": "2026-11-26T01:30:00Z",
+        "machine": {
+            "cpu": "x",
+            "arch": "x86_64",
+            "os": "Linux",
+            "python": "3.11",
+            "torch": "2",
+            "torchvision": "0",
+            "onnxruntime": None,
+            "threads": 2,
+            "physical_cores": 2,
+            "engine": "x86",
+        },
+        "settings": {
+            "runs": 2,
+            "warmup": 1,
+            "batch_size": 1,
+            "input_size": 224,
+            "data": "photos",
+            "holdout": 8,
+            "seed": 0,
+            "threads": 2,
+            "engine": "x86",
+        },
+        "results": [row(None, "fp32", None, latency=10.0, top1=71.0), *rows],
+    }
 
 
 def pi_run(model: bytes, **changes) -> dict:
-    run = {"frames": 300, "inferences": 300, "seconds": 10.0, "mean_fps": 30.0, "source": "0", "engine": "qnnpack",
-           "model": "mnv2_qnnpack.pt (0.0 MB)", "model_sha256": hashlib.sha256(model).hexdigest(),
-           "arch": "aarch64", "cpu": "Raspberry Pi 4 Model B Rev 1.4", "threads": 4}
+    run = {
+        "frames": 300,
+        "inferences": 300,
+        "seconds": 10.0,
+        "mean_fps": 30.0,
+        "source": "0",
+        "engine": "qnnpack",
+        "model": "mnv2_qnnpack.pt (0.0 MB)",
+        "model_sha256": hashlib.sha256(model).hexdigest(),
+        "arch": "aarch64",
+        "cpu": "Raspberry Pi 4 Model B Rev 1.4",
+        "threads": 4,
+    }
     return {**run, **changes}
 
 
-def hand_in(folder: Path, files: dict[str, tuple[bytes, str]], extra_rows: list[dict] | None = None,
-            pi: dict | None = None, sidecars: dict[str, str] | None = None, edit=None) -> None:
+def hand_in(
+    folder: Path,
+    files: dict[str, tuple[bytes, str]],
+    extra_rows: list[dict] | None = None,
+    pi: dict | None = None,
+    sidecars: dict[str, str] | None = None,
+    edit=None,
+) -> None:
     """A student folder: each model file with its sidecar and report row, and an optional Pi run."""
     folder.mkdir()
     rows = []
     for name, (content, method, *engine) in files.items():
         (folder / name).write_bytes(content)
-        sidecar = {"method": method, "engine": engine[0] if engine else "x86",
-                   "sha256": hashlib.sha256(content).hexdigest()}
+        sidecar = {
+            "method": method,
+            "engine": engine[0] if engine else "x86",
+            "sha256": hashlib.sha256(content).hexdigest(),
+        }
         text = (sidecars or {}).get(name, json.dumps(sidecar))
         (folder / name).with_suffix(".json").write_text(text)
         rows.append(row(name, method, content, latency=2.5))
@@ -217,32 +270,49 @@ def hostile_class(tmp_path_factory) -> dict:
     hand_in(root / "gil_hog", {"m.pt": (torchscript_bytes(Hog(), work, "m.pt"), "static")})
     zip_bomb(work / "bomb.pt")
     hand_in(root / "hoa_bomb", {"m.pt": ((work / "bomb.pt").read_bytes(), "static")})
-    for name in ("=1+2", '=HYPERLINK("evil.example","x")', "<img src=x onerror=alert(1)>",
-                 "[click](javascript:alert(1))", "nl\n| forged | 100 |"):
+    for name in (
+        "=1+2",
+        '=HYPERLINK("evil.example","x")',
+        "<img src=x onerror=alert(1)>",
+        "[click](javascript:alert(1))",
+        "nl\n| forged | 100 |",
+    ):
         hand_in(root / name, {"tiny.pt": (tiny, "static")})
     (root / "ivy_linked").symlink_to(root / "bo", target_is_directory=True)
     hand_in(root / "jan_linked_pi", {"other.pt": (other, "static")})
     (root / "jan_linked_pi" / "pi_run.json").symlink_to(root / "ada" / "pi_run.json")
-    hand_in(root / "kai_x86", {"other.pt": (other, "static")},
-            pi=pi_run(other, arch="x86_64", cpu="AMD EPYC 7B13", source="samples"))
-    hand_in(root / "lou_10000fps", {"other.pt": (other, "static")},
-            pi=pi_run(other, frames=100000, seconds=10.0, mean_fps=10000.0))
+    hand_in(
+        root / "kai_x86",
+        {"other.pt": (other, "static")},
+        pi=pi_run(other, arch="x86_64", cpu="AMD EPYC 7B13", source="samples"),
+    )
+    hand_in(
+        root / "lou_10000fps",
+        {"other.pt": (other, "static")},
+        pi=pi_run(other, frames=100000, seconds=10.0, mean_fps=10000.0),
+    )
     hand_in(root / "max_copy", {"tiny.pt": (tiny, "static")}, pi=pi_run(tiny))
     (root / "max_copy" / "benchmark.json").write_bytes((root / "ada" / "benchmark.json").read_bytes())
     (root / "max_copy" / "pi_run.json").write_bytes((root / "ada" / "pi_run.json").read_bytes())
     hand_in(root / "ned_triple", {"s.pt": (other, "static"), "d.pt": (other, "dynamic"), "q.pt": (other, "qat")})
     # the same weights in another wrapper, and a float model whose sidecar claims QAT
     hand_in(root / "oli_float_claims_qat", {"f.pt": (torchscript_bytes(Tiny(2), work, "f.pt"), "qat")})
-    numbers = {"nan_size": lambda r: r["results"][1].update(size_mb=math.nan),
-               "inf_latency": lambda r: r["results"][1]["latency_ms"].update(median=math.inf),
-               "huge_latency": lambda r: r["results"][1].update(latency_ms={"median": 1e300, "p90": 1e300,
-                                                                             "mean": 1e300}, fps=1e-297),
-               "zero_fps": lambda r: r["results"][1].update(fps=0),
-               "rows_120000": lambda r: r["results"].extend([r["results"][1]] * 120000)}
+    numbers = {
+        "nan_size": lambda r: r["results"][1].update(size_mb=math.nan),
+        "inf_latency": lambda r: r["results"][1]["latency_ms"].update(median=math.inf),
+        "huge_latency": lambda r: r["results"][1].update(
+            latency_ms={"median": 1e300, "p90": 1e300, "mean": 1e300}, fps=1e-297
+        ),
+        "zero_fps": lambda r: r["results"][1].update(fps=0),
+        "rows_120000": lambda r: r["results"].extend([r["results"][1]] * 120000),
+    }
     for name, edit in numbers.items():
         hand_in(root / f"oz_{name}", {"other.pt": (other, "static")}, edit=edit)
-    hand_in(root / "pat_broken_sidecar", {"tiny.pt": (tiny, "static"), "other.pt": (other, "dynamic")},
-            sidecars={"other.pt": "{not json"})
+    hand_in(
+        root / "pat_broken_sidecar",
+        {"tiny.pt": (tiny, "static"), "other.pt": (other, "dynamic")},
+        sidecars={"other.pt": "{not json"},
+    )
     (root / "pat_broken_sidecar" / "pi_run.json").write_text("[1, 2")
     rubric = work / "rubric.yaml"
     rubric.write_text(TEST_RUBRIC)
@@ -253,22 +323,43 @@ def isolations() -> list:
     from quantlab import sandbox
 
     works = sandbox.isolation("auto") == sandbox.BWRAP
-    return [pytest.param("bwrap", marks=pytest.mark.skipif(not works, reason="bubblewrap is not usable here")),
-            "rlimits"]
+    return [
+        pytest.param("bwrap", marks=pytest.mark.skipif(not works, reason="bubblewrap is not usable here")),
+        "rlimits",
+    ]
 
 
 @pytest.fixture(scope="module", params=isolations())
 def graded(request, hostile_class, tmp_path_factory) -> dict:
     output = tmp_path_factory.mktemp(f"board_{request.param}")
-    result = run_script("grade.py", hostile_class["root"], "--rubric", hostile_class["rubric"], "--output", output,
-                        "--threads", "2", "--timeout", TIMEOUT, "--isolation", request.param)
+    result = run_script(
+        "grade.py",
+        hostile_class["root"],
+        "--rubric",
+        hostile_class["rubric"],
+        "--output",
+        output,
+        "--threads",
+        "2",
+        "--timeout",
+        TIMEOUT,
+        "--isolation",
+        request.param,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     with open(output / "leaderboard.csv", newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
-    return {**hostile_class, "isolation": request.param, "output": output, "stdout": result.stdout,
-            "stderr": result.stderr, "rows": rows, "board": {row["student"]: row for row in rows},
-            "markdown": (output / "leaderboard.md").read_text(encoding="utf-8")}
+    return {
+        **hostile_class,
+        "isolation": request.param,
+        "output": output,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "rows": rows,
+        "board": {row["student"]: row for row in rows},
+        "markdown": (output / "leaderboard.md").read_text(encoding="utf-8"),
+    }
 
 
 def test_isolation_is_named(graded):
@@ -283,8 +374,9 @@ def test_model_code_cannot_write_or_read_files(graded):
     assert "refused" in board["cat_writer"]["reasons"] and "from_file" in board["cat_writer"]["reasons"]
     assert "refused" in board["dee_reader"]["reasons"] and "from_file" in board["dee_reader"]["reasons"]
     assert board["ada"]["status"] == "ok", board["ada"]
-    outputs = [graded["stdout"], graded["stderr"]] + [path.read_bytes().decode("utf-8", "replace")
-                                                      for path in graded["output"].iterdir()]
+    outputs = [graded["stdout"], graded["stderr"]] + [
+        path.read_bytes().decode("utf-8", "replace") for path in graded["output"].iterdir()
+    ]
     assert not any(SECRET in text for text in outputs)
     assert not any("115, 51, 99" in text for text in outputs)  # the secret's first bytes as a shape
 
@@ -309,7 +401,9 @@ def test_leaderboard_injection_is_neutralised(graded):
     for row in rows:
         for value in row.values():
             assert not value.startswith(("=", "+", "@", "\t", "\r")), row
-            assert not (value.startswith("-") and value != "-" and not value.lstrip("-").replace(".", "").isdigit()), row
+            assert not (value.startswith("-") and value != "-" and not value.lstrip("-").replace(".", "").isdigit()), (
+                row
+            )
     injected = [row for row in rows if "rule of labs/homework.md" in row["reasons"]]
     assert len(injected) == 5 and all(row["status"] == "rejected" for row in injected)
     assert "<img" not in markdown and "javascript:alert(1))" not in markdown.replace("\\", "")  # no live link
@@ -359,10 +453,16 @@ def test_nested_loops_are_refused_and_copies_are_told_by_their_weights(tmp_path)
     assert same == wrapped != other and same is not None
 
 
-@pytest.mark.parametrize("student, reason", [
-    ("oz_nan_size", "NaN, which is not a number"), ("oz_inf_latency", "Infinity, which is not a number"),
-    ("oz_huge_latency", "latency_ms.median: must be positive and at most"), ("oz_zero_fps", "fps: must be positive"),
-    ("oz_rows_120000", "benchmark.json is over 1024 kB"), ])
+@pytest.mark.parametrize(
+    "student, reason",
+    [
+        ("oz_nan_size", "NaN, which is not a number"),
+        ("oz_inf_latency", "Infinity, which is not a number"),
+        ("oz_huge_latency", "latency_ms.median: must be positive and at most"),
+        ("oz_zero_fps", "fps: must be positive"),
+        ("oz_rows_120000", "benchmark.json is over 1024 kB"),
+    ],
+)
 def test_report_numbers_must_be_sane(graded, student, reason):
     row = graded["board"][student]
     assert row["status"] == "rejected" and reason in row["reasons"], row["reasons"]
@@ -378,16 +478,19 @@ def test_broken_sidecar_and_pi_run_cost_only_their_part(graded):
 
 # ---- checks without a grader run ------------------------------------------------------
 
+
 def test_report_schema_refuses_bad_numbers():
     from quantlab.report import validate_report
 
     good = report([row("m.pt", "static", b"x" * 1000)])
     assert validate_report(good) == []
-    for edit, problem in ((lambda r: r["results"][1].update(fps=0), "fps: must be positive"),
-                          (lambda r: r["results"][1].update(size_mb=math.nan), "size_mb"),
-                          (lambda r: r["results"][1].update(parameters=-5), "cannot be negative"),
-                          (lambda r: r["results"].extend([r["results"][1]] * 60), "over the 50"),
-                          (lambda r: r["machine"].update(threads=-1), "machine.threads")):
+    for edit, problem in (
+        (lambda r: r["results"][1].update(fps=0), "fps: must be positive"),
+        (lambda r: r["results"][1].update(size_mb=math.nan), "size_mb"),
+        (lambda r: r["results"][1].update(parameters=-5), "cannot be negative"),
+        (lambda r: r["results"].extend([r["results"][1]] * 60), "over the 50"),
+        (lambda r: r["machine"].update(threads=-1), "machine.threads"),
+    ):
         bad = json.loads(json.dumps(good))
         edit(bad)
         assert any(problem in line for line in validate_report(bad)), validate_report(bad)
@@ -421,16 +524,19 @@ def test_load_time_code_is_refused(tmp_path):
     assert "defines __getstate__" in model_checks.check_code_text(path)
 
 
-@pytest.mark.parametrize("script, args, message", [
-    ("grade.py", ["{root}", "--rubric", "{bomb}"], "aliases are not allowed"),
-    ("quantize_model.py", ["--config", "{bomb}"], "aliases are not allowed"),
-    ("quantize_model.py", ["--config", "{mode}"], "operation_mode must be one name"),
-    ("grade.py", ["{root}", "--threads", "100000"], "--threads 100000 is more than this machine can use"),
-    ("quantize_model.py", ["--output", "{root}/m.pt", "--threads", "100000"], "--threads 100000"),
-    ("mobile_net.py", ["--source", "samples", "--frames", "1", "--threads", "100000"], "--threads 100000"),
-    ("speed_suite.py", ["--threads", "100000"], "--threads 100000"),
-    ("benchmark.py", ["--model", "{tiny_onnx}", "--runs", "1", "--warmup", "0", "--threads", "2"], "under 1 kB"),
-])
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("grade.py", ["{root}", "--rubric", "{bomb}"], "aliases are not allowed"),
+        ("quantize_model.py", ["--config", "{bomb}"], "aliases are not allowed"),
+        ("quantize_model.py", ["--config", "{mode}"], "operation_mode must be one name"),
+        ("grade.py", ["{root}", "--threads", "100000"], "--threads 100000 is more than this machine can use"),
+        ("quantize_model.py", ["--output", "{root}/m.pt", "--threads", "100000"], "--threads 100000"),
+        ("mobile_net.py", ["--source", "samples", "--frames", "1", "--threads", "100000"], "--threads 100000"),
+        ("speed_suite.py", ["--threads", "100000"], "--threads 100000"),
+        ("benchmark.py", ["--model", "{tiny_onnx}", "--runs", "1", "--warmup", "0", "--threads", "2"], "under 1 kB"),
+    ],
+)
 def test_error_paths_give_one_short_line(tmp_path, script, args, message):
     import numpy as np
     import onnx
@@ -440,13 +546,22 @@ def test_error_paths_give_one_short_line(tmp_path, script, args, message):
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])
     shape = numpy_helper.from_array(np.array([1, 1000], dtype=np.int64), "shape")
-    graph = helper.make_graph([helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
-                               helper.make_node("Expand", ["mean", "shape"], ["logits"])], "tiny", [x], [y], [shape])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
+            helper.make_node("Expand", ["mean", "shape"], ["logits"]),
+        ],
+        "tiny",
+        [x],
+        [y],
+        [shape],
+    )
     tiny = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     tiny.ir_version = 9
     onnx.save(tiny, str(tmp_path / "tiny.onnx"))  # 179 bytes: 0.000 MB
     levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)
+    ]
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("\n".join(levels) + "\ngeneral: {model_path: *i}\n")
     mode = tmp_path / "mode.yaml"
@@ -460,13 +575,16 @@ def test_error_paths_give_one_short_line(tmp_path, script, args, message):
     assert not (tmp_path / "leaderboard.csv").exists() and not (tmp_path / "m.pt").exists()
 
 
-@pytest.mark.parametrize("script, args, message", [
-    ("mobile_net.py", ["--frames", "0"], "--frames must be at least 1"),
-    ("quantize_model.py", ["--method", "nope", "--output", "{root}/m.pt"], "unknown --method 'nope'"),
-    ("benchmark.py", ["--model", "{root}/nope.pt"], "no such file"),
-    ("grade.py", ["{root}/nobody"], "nobody"),
-    ("speed_suite.py", ["--runs", "0"], "--runs must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("mobile_net.py", ["--frames", "0"], "--frames must be at least 1"),
+        ("quantize_model.py", ["--method", "nope", "--output", "{root}/m.pt"], "unknown --method 'nope'"),
+        ("benchmark.py", ["--model", "{root}/nope.pt"], "no such file"),
+        ("grade.py", ["{root}/nobody"], "nobody"),
+        ("speed_suite.py", ["--runs", "0"], "--runs must be at least 1"),
+    ],
+)
 def test_each_cli_exits_2_in_a_fresh_interpreter(tmp_path, script, args, message):
     """The other error paths run in-process (run_in_process); this is each script as a student starts it."""
     result = run_script(script, *(arg.format(root=tmp_path) for arg in args), timeout=120)
@@ -482,8 +600,20 @@ def test_demo_names_only_imagenet_classes(tmp_path):
             return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1).repeat(1, 4)[:, :10]
 
     torch.jit.save(torch.jit.script(Ten()), str(path))
-    result = run_script("mobile_net.py", "--model", path, "--source", "samples", "--frames", "2", "--threads", "2",
-                        "--json", tmp_path / "run.json", timeout=120)
+    result = run_script(
+        "mobile_net.py",
+        "--model",
+        path,
+        "--source",
+        "samples",
+        "--frames",
+        "2",
+        "--threads",
+        "2",
+        "--json",
+        tmp_path / "run.json",
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "not ImageNet's 1000 classes" in result.stdout and "class 0" in result.stdout
     assert "tench" not in result.stdout  # ImageNet's class 0

@@ -12,16 +12,39 @@ from quantlab import cpu, engines
 from quantlab.errors import KitError
 
 ENGINES = [e for e in torch.backends.quantized.supported_engines if e != "none"]
-EXPECTED_PATHS = ["fp32 eager", "fp32 channels-last", "fp32 TorchScript",
-                  *[f"int8 {e} {how}" for e in ENGINES for how in ("eager", "TorchScript")],
-                  "int8 PT2E inductor", "ONNX Runtime fp32", "ONNX Runtime int8 static"]
+EXPECTED_PATHS = [
+    "fp32 eager",
+    "fp32 channels-last",
+    "fp32 TorchScript",
+    *[f"int8 {e} {how}" for e in ENGINES for how in ("eager", "TorchScript")],
+    "int8 PT2E inductor",
+    "ONNX Runtime fp32",
+    "ONNX Runtime int8 static",
+]
 
 
 def test_suite_measures_every_path_and_checks_int8_against_fp32(run, tmp_path, float_weights, sample_photos):
     report_path, plot_path = tmp_path / "out" / "speed.json", tmp_path / "out" / "speed.png"
-    result = run("speed_suite.py", "--runs", "3", "--warmup", "1", "--threads", "1", "--calib-images", "2",
-                 "--calib-data", sample_photos, "--weights", float_weights, "--json", report_path, "--plot", plot_path,
-                 env={"QUANTLAB_CACHE": str(tmp_path / "cache")})
+    result = run(
+        "speed_suite.py",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--calib-images",
+        "2",
+        "--calib-data",
+        sample_photos,
+        "--weights",
+        float_weights,
+        "--json",
+        report_path,
+        "--plot",
+        plot_path,
+        env={"QUANTLAB_CACHE": str(tmp_path / "cache")},
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(r"^threads: 1 \(of \d+ physical cores\); engine auto: (x86|onednn|qnnpack) \(", out, re.M)
@@ -36,12 +59,14 @@ def test_suite_measures_every_path_and_checks_int8_against_fp32(run, tmp_path, f
         assert r["error"] is None, (name, r["error"])
         assert 0 < r["median_ms"] <= r["p90_ms"]
         assert r["vs_fp32_eager"] == pytest.approx(r["median_ms"] / results["fp32 eager"]["median_ms"], rel=0.01)
-        assert r["vs_onnxruntime_fp32"] == pytest.approx(r["median_ms"] / results["ONNX Runtime fp32"]["median_ms"],
-                                                         rel=0.01)
+        assert r["vs_onnxruntime_fp32"] == pytest.approx(
+            r["median_ms"] / results["ONNX Runtime fp32"]["median_ms"], rel=0.01
+        )
         assert 0 <= r["top1_agreement"] <= 1
         kernels = "onednn" if r["runtime"] == "inductor" else r["engine"]  # inductor's int8 kernels are oneDNN's
-        expected_isa = None if r["precision"] == "fp32" else \
-            cpu.engine_isa(kernels).name if kernels else cpu.int8_isa().name
+        expected_isa = (
+            None if r["precision"] == "fp32" else cpu.engine_isa(kernels).name if kernels else cpu.int8_isa().name
+        )
         assert r["int8_isa"] == expected_isa, name
         # a median marked "!" is flagged UNSTABLE below the table (a busy machine), with the reason
         assert re.search(rf"^{re.escape(name)}\s+!?{r['median_ms']:.2f}\s+{r['p90_ms']:.2f}\s", out, re.M), name
@@ -57,8 +82,10 @@ def test_suite_measures_every_path_and_checks_int8_against_fp32(run, tmp_path, f
     if agreeing:
         best = results[report["best_int8"]]
         assert best["median_ms"] == min(r["median_ms"] for r in agreeing)
-        assert (f"fastest int8 path that agrees with fp32 on all 2 check photos: {best['name']}, "
-                f"{best['median_ms']:.2f} ms = {best['vs_onnxruntime_fp32']:.2f}x ONNX Runtime fp32") in out
+        assert (
+            f"fastest int8 path that agrees with fp32 on all 2 check photos: {best['name']}, "
+            f"{best['median_ms']:.2f} ms = {best['vs_onnxruntime_fp32']:.2f}x ONNX Runtime fp32"
+        ) in out
     else:
         assert report["best_int8"] is None and "no int8 path agrees with fp32's top-1 on all 2 check photos" in out
     onnx_format = report["onnxruntime_int8_format"]
@@ -68,19 +95,31 @@ def test_suite_measures_every_path_and_checks_int8_against_fp32(run, tmp_path, f
     assert not list(report_path.parent.glob("*.partial"))
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    (["--runs", "0"], "--runs must be at least 1"),
-    (["--calib-data", "no/such/folder"], "data folder no/such/folder does not exist"),
-    (["--json", "{tmp}"], "is a folder; name a file"),
-], ids=["runs", "calib-data", "json-folder"])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--runs", "0"], "--runs must be at least 1"),
+        (["--calib-data", "no/such/folder"], "data folder no/such/folder does not exist"),
+        (["--json", "{tmp}"], "is a folder; name a file"),
+    ],
+    ids=["runs", "calib-data", "json-folder"],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(run, tmp_path, float_weights, arguments, message):
     arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
-    result = run("speed_suite.py", "--weights", float_weights, "--plot", tmp_path / "plot.png", *arguments,
-                 env={"QUANTLAB_CACHE": str(tmp_path / "cache")})
+    result = run(
+        "speed_suite.py",
+        "--weights",
+        float_weights,
+        "--plot",
+        tmp_path / "plot.png",
+        *arguments,
+        env={"QUANTLAB_CACHE": str(tmp_path / "cache")},
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
-        line for line in result.stderr.splitlines() if message in line]
+        line for line in result.stderr.splitlines() if message in line
+    ]
     assert not (tmp_path / "plot.png").exists()
 
 

@@ -23,6 +23,7 @@ from quantlab.errors import KitError
 
 # ---- labels from names ------------------------------------------------------------
 
+
 def _link_photos(photos: list[Path], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for photo in photos:
@@ -37,7 +38,8 @@ def test_any_subset_of_the_sample_keeps_each_photos_label(tmp_path, sample_photo
     # the last 800 in sorted order: by position they were labelled 0..799, i.e. all wrong
     subset = data.image_dataset(_link_photos(sorted(sample_photos.iterdir())[200:], tmp_path / "subset"))
     assert {path.name: label for path, label in subset.items} == {
-        name: label_by_name[name] for name in sorted(label_by_name)[200:]}
+        name: label_by_name[name] for name in sorted(label_by_name)[200:]
+    }
     assert subset.items[0][1] == 200
 
 
@@ -87,7 +89,9 @@ def test_unknown_labels_are_refused_for_accuracy_but_fine_for_calibration(tmp_pa
     classes = tmp_path / "classes"
     (classes / "cats").mkdir(parents=True)
     shutil.copy(next(sample_photos.iterdir()), classes / "cats" / "a.jpg")
-    with pytest.raises(KitError, match=r"'cats/'\) are named neither by ImageNet WordNet id nor by ImageNet class name"):
+    with pytest.raises(
+        KitError, match=r"'cats/'\) are named neither by ImageNet WordNet id nor by ImageNet class name"
+    ):
         data.image_dataset(classes)
 
 
@@ -99,6 +103,7 @@ def test_benchmark_refuses_an_unlabelled_folder_in_one_line_and_offers_timing_on
 
 
 # ---- any model file a student hands in -----------------------------------------------
+
 
 class _OldExport(torch.nn.Module):
     """What older exports did: the classifier's input reshaped to a fixed batch of 1."""
@@ -161,8 +166,13 @@ class _Fails(torch.nn.Module):
         return x.reshape(5, -1)  # 150528 values do not split in 5 rows
 
 
-@pytest.mark.parametrize("module, message", [(_TenClasses(), r"returns \[1, 10\] for one image, not the 1000"),
-                                             (_Fails(), "fails when run on one 3x224x224 image")])
+@pytest.mark.parametrize(
+    "module, message",
+    [
+        (_TenClasses(), r"returns \[1, 10\] for one image, not the 1000"),
+        (_Fails(), "fails when run on one 3x224x224 image"),
+    ],
+)
 def test_a_model_that_is_no_imagenet_classifier_is_one_line(tmp_path, module, message):
     path = tmp_path / "student.pt"
     torch.jit.save(torch.jit.script(module), str(path))
@@ -171,10 +181,12 @@ def test_a_model_that_is_no_imagenet_classifier_is_one_line(tmp_path, module, me
     result = run_script("benchmark.py", "--model", path, "--runs", "1", "--warmup", "0")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        line for line in result.stderr.splitlines() if line.startswith("error:") and "student.pt" in line]
+        line for line in result.stderr.splitlines() if line.startswith("error:") and "student.pt" in line
+    ]
 
 
 # ---- honest timing ------------------------------------------------------------------------
+
 
 def test_instability_is_flagged_from_the_spread_or_the_reference_workload():
     steady = [10.0] * 20
@@ -184,12 +196,32 @@ def test_instability_is_flagged_from_the_spread_or_the_reference_workload():
 
 
 def test_unstable_results_are_marked_in_the_table_and_the_json():
-    result = {"name": "busy.pt", "format": "torchscript", "method": "static", "engine": "x86", "size_mb": 3.9,
-              "parameters": None, "latency_ms": {"median": 440.0, "p90": 1200.0, "mean": 600.0}, "fps": 2.27,
-              "top1": None, "top5": None, "images": None, "skipped": None,
-              "unstable": timing.instability([440.0] * 11 + [1200.0] * 9, 5.0, 5.0)}
-    settings = {"runs": 20, "warmup": 1, "batch_size": 1, "input_size": 224, "data": None, "holdout": None,
-                "seed": 0, "threads": 2, "engine": "x86"}
+    result = {
+        "name": "busy.pt",
+        "format": "torchscript",
+        "method": "static",
+        "engine": "x86",
+        "size_mb": 3.9,
+        "parameters": None,
+        "latency_ms": {"median": 440.0, "p90": 1200.0, "mean": 600.0},
+        "fps": 2.27,
+        "top1": None,
+        "top5": None,
+        "images": None,
+        "skipped": None,
+        "unstable": timing.instability([440.0] * 11 + [1200.0] * 9, 5.0, 5.0),
+    }
+    settings = {
+        "runs": 20,
+        "warmup": 1,
+        "batch_size": 1,
+        "input_size": 224,
+        "data": None,
+        "holdout": None,
+        "seed": 0,
+        "threads": 2,
+        "engine": "x86",
+    }
     table = report.format_table(report.make_report([result], settings, bench.machine_info(2, "x86")))
     assert "!440.00" in table and "! UNSTABLE latency of busy.pt: p90 is 2.7x the median" in table
     measured = bench.measure_latency(torch.nn.Identity(), input_size=8, runs=3, warmup=0)
@@ -239,8 +271,18 @@ def test_latency_is_timed_on_a_photo_that_is_scored(sample_photos):
         seen.append(images.clone())
         return torch.zeros(len(images), 1000)
 
-    loaded = loading.LoadedModel(name="recorder", model=recording_model, runtime="pytorch", format="torchscript",
-                               engine=None, path=None, size_mb=1.0, parameters=None, sha256=None, method="fp32")
+    loaded = loading.LoadedModel(
+        name="recorder",
+        model=recording_model,
+        runtime="pytorch",
+        format="torchscript",
+        engine=None,
+        path=None,
+        size_mb=1.0,
+        parameters=None,
+        sha256=None,
+        method="fp32",
+    )
     evaluation = bench.evaluation_dataset(sample_photos, images=3, seed=0)
     bench.benchmark_model(loaded, data.loader(evaluation, batch_size=3), runs=2, warmup=1, progress=False)
     first_photo = evaluation[0][0].unsqueeze(0)

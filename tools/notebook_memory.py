@@ -28,13 +28,12 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from quantlab import cpu, memory, models
+from quantlab import cpu, files, memory
 from quantlab.errors import KitError, run_cli
 
 MARKER = "quantlab-cell-memory:"
 MEASURE = (
-    "from quantlab import memory as _m\n"
-    f"print({MARKER!r}, _m.peak_rss_mb(), _m.current_rss_mb()); _m.reset_peak()"
+    f"from quantlab import memory as _m\nprint({MARKER!r}, _m.peak_rss_mb(), _m.current_rss_mb()); _m.reset_peak()"
 )
 CELL_TIMEOUT_S = 3600  # full mode: a QAT epoch on 2 cores takes minutes
 
@@ -67,17 +66,19 @@ def run_notebook(path: Path, smoke: bool, executed: Path | None = None) -> dict:
         os.environ.clear()
         os.environ.update(environment)  # the kernel inherits this process's environment
         try:
-            NotebookClient(copy, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                           resources={"metadata": {"path": folder}}).execute()
+            NotebookClient(
+                copy, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": folder}}
+            ).execute()
         except CellExecutionError as error:
             raise KitError(f"{path.name} failed: {str(error).strip().splitlines()[-1][:200]}") from None
         finally:
             os.environ.clear()
             os.environ.update(saved)
     if executed is not None:  # the run's outputs, to read its figures (the measuring cells left out)
-        kept = nbformat.v4.new_notebook(metadata=notebook.metadata,
-                                        cells=[cell for cell in copy.cells if cell.source != MEASURE])
-        models.atomic_write(executed / path.name, lambda partial: nbformat.write(kept, str(partial)))
+        kept = nbformat.v4.new_notebook(
+            metadata=notebook.metadata, cells=[cell for cell in copy.cells if cell.source != MEASURE]
+        )
+        files.atomic_write(executed / path.name, lambda partial: nbformat.write(kept, str(partial)))
     readings = []
     for cell in copy.cells:
         if cell.cell_type == "code" and cell.source == MEASURE:
@@ -89,9 +90,15 @@ def run_notebook(path: Path, smoke: bool, executed: Path | None = None) -> dict:
         source = notebook.cells[index].source.strip().splitlines() if index >= 0 else ["(kernel start)"]
         cells.append({"cell": index, "first_line": source[0][:70] if source else "", "peak_mb": peak, "after_mb": now})
     worst = max(cells, key=lambda c: c["peak_mb"])
-    return {"notebook": path.name, "mode": "smoke" if smoke else "full", "peak_mb": worst["peak_mb"],
-            "peak_cell": worst["cell"], "peak_cell_first_line": worst["first_line"],
-            "minutes": round((time.monotonic() - started) / 60, 1), "cells": cells}
+    return {
+        "notebook": path.name,
+        "mode": "smoke" if smoke else "full",
+        "peak_mb": worst["peak_mb"],
+        "peak_cell": worst["cell"],
+        "peak_cell_first_line": worst["first_line"],
+        "minutes": round((time.monotonic() - started) / 60, 1),
+        "cells": cells,
+    }
 
 
 def main() -> int:
@@ -107,6 +114,7 @@ def main() -> int:
             raise KitError(f"notebook {path} does not exist")
     if memory.peak_rss_mb() is None or not memory.reset_peak():
         raise KitError("per-cell peaks need Linux (/proc/self/status and clear_refs)")
+    files.check_writable(args.json, "--json")
     if args.executed is not None:
         args.executed.mkdir(parents=True, exist_ok=True)
     print(f"machine: {cpu.describe()}; {memory.available_mb():.0f} MB available now")
@@ -114,14 +122,18 @@ def main() -> int:
     for path in args.notebooks:
         result = run_notebook(path, args.smoke, args.executed)
         results.append(result)
-        print(f"{result['notebook']} ({result['mode']} mode, {result['minutes']} min): kernel peak "
-              f"{result['peak_mb']:.0f} MB")
-        for cell in sorted(result["cells"], key=lambda c: -c["peak_mb"])[:args.top]:
-            print(f"  cell {cell['cell']:>3}: peak {cell['peak_mb']:>6.0f} MB, {cell['after_mb']:>6.0f} MB after  "
-                  f"{cell['first_line']}")
+        print(
+            f"{result['notebook']} ({result['mode']} mode, {result['minutes']} min): kernel peak "
+            f"{result['peak_mb']:.0f} MB"
+        )
+        for cell in sorted(result["cells"], key=lambda c: -c["peak_mb"])[: args.top]:
+            print(
+                f"  cell {cell['cell']:>3}: peak {cell['peak_mb']:>6.0f} MB, {cell['after_mb']:>6.0f} MB after  "
+                f"{cell['first_line']}"
+            )
     if args.json:
         text = json.dumps(results, indent=2) + "\n"
-        models.atomic_write(args.json, lambda partial: partial.write_text(text, encoding="utf-8"), "--json")
+        files.write_text(args.json, text, "--json")
         print(f"wrote {args.json}")
     return 0
 

@@ -39,11 +39,24 @@ from quantlab.loading import LoadedModel, fixed_batch, load_any
 from quantlab.report import format_table, make_report, validate_report, write_json, write_plot
 
 # the notebooks call these as bench.NAME (loading and the report were split off from this module)
-__all__ = ["LoadedModel", "benchmark_model", "evaluate", "evaluation_dataset", "format_table", "load_any",
-           "machine_info", "make_report", "measure_latency", "validate_report", "write_json", "write_plot"]
+__all__ = [
+    "LoadedModel",
+    "benchmark_model",
+    "evaluate",
+    "evaluation_dataset",
+    "format_table",
+    "load_any",
+    "machine_info",
+    "make_report",
+    "measure_latency",
+    "validate_report",
+    "write_json",
+    "write_plot",
+]
 
 
 # ---- the machine ---------------------------------------------------------------
+
 
 def _version(package: str) -> str | None:
     try:
@@ -71,8 +84,14 @@ def machine_info(threads: int, engine: str | None) -> dict:
 
 # ---- measuring -----------------------------------------------------------------
 
-def measure_latency(model: Callable[[torch.Tensor], torch.Tensor], input_size: int = 224, runs: int = 50,
-                    warmup: int = 10, image: torch.Tensor | None = None) -> dict:
+
+def measure_latency(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    input_size: int = 224,
+    runs: int = 50,
+    warmup: int = 10,
+    image: torch.Tensor | None = None,
+) -> dict:
     """Batch-1 latency of ``model`` on ``image`` (default: a fixed random one): median, p90, mean (ms), FPS.
 
     ``unstable`` says why the figures should not be trusted (``timing.instability``), or is None.
@@ -102,9 +121,9 @@ def measure_latency(model: Callable[[torch.Tensor], torch.Tensor], input_size: i
     }
 
 
-
-def evaluate(model: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, progress: bool = True,
-             one_at_a_time: bool = False) -> dict:
+def evaluate(
+    model: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, progress: bool = True, one_at_a_time: bool = False
+) -> dict:
     """Top-1 and top-5 accuracy (percent) over (images, labels) batches; None batches (unreadable) are skipped.
 
     ``one_at_a_time``: feed the photos singly, for models that only take batch 1
@@ -118,17 +137,23 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, p
                 continue
             inputs, labels = batch
             if int(labels.min()) < 0:  # data.UNLABELLED: fine for calibration, not for accuracy
-                raise KitError(f"accuracy needs labelled photos, and the kit cannot tell the class of some; it "
-                               f"reads labels from names: {data.LAYOUTS}")
+                raise KitError(
+                    f"accuracy needs labelled photos, and the kit cannot tell the class of some; it "
+                    f"reads labels from names: {data.LAYOUTS}"
+                )
             # a model exported or traced for batch 1 takes the images one at a time
             chunks = inputs.split(fixed) if fixed else (inputs,)
             logits = torch.cat([model(chunk) for chunk in chunks])
             if logits.shape[0] != labels.numel():  # never score a batch against another batch's answers
-                raise KitError(f"the model returned {logits.shape[0]} answers for {labels.numel()} photos; it may "
-                               "take batch 1 only: load it with bench.load_any, which finds out")
+                raise KitError(
+                    f"the model returned {logits.shape[0]} answers for {labels.numel()} photos; it may "
+                    "take batch 1 only: load it with bench.load_any, which finds out"
+                )
             if int(labels.max()) >= logits.shape[1]:
-                raise KitError(f"a label ({int(labels.max())}) is beyond the model's {logits.shape[1]} classes; "
-                               "use a data set labelled with the model's class indices (ImageNet-1k order)")
+                raise KitError(
+                    f"a label ({int(labels.max())}) is beyond the model's {logits.shape[1]} classes; "
+                    "use a data set labelled with the model's class indices (ImageNet-1k order)"
+                )
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = top == labels.unsqueeze(1)
             correct1 += int(hits[:, 0].sum())
@@ -139,8 +164,9 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, p
     return {"top1": round(100 * correct1 / images, 2), "top5": round(100 * correct5 / images, 2), "images": images}
 
 
-def evaluation_dataset(path: str | Path, size: int = 224, holdout: int | None = None, images: int | None = None,
-                       seed: int = 0) -> Dataset:
+def evaluation_dataset(
+    path: str | Path, size: int = 224, holdout: int | None = None, images: int | None = None, seed: int = 0
+) -> Dataset:
     """The images accuracy is measured on, as benchmark.py picks them (graders re-measure on the same ones).
 
     ``holdout`` N: the images left after the first N of ``data.split``'s seeded
@@ -162,6 +188,7 @@ def evaluation_dataset(path: str | Path, size: int = 224, holdout: int | None = 
 
 # ---- one model's results ---------------------------------------------------------
 
+
 def _first_photo(batches: Iterable | None) -> torch.Tensor | None:
     """The first readable photo of ``batches`` as a 1x3xSxS tensor; None without photos."""
     if batches is None:
@@ -172,8 +199,9 @@ def _first_photo(batches: Iterable | None) -> torch.Tensor | None:
     return None
 
 
-def benchmark_model(loaded: LoadedModel, batches: Iterable | None, runs: int, warmup: int,
-                    input_size: int = 224, progress: bool = True) -> dict:
+def benchmark_model(
+    loaded: LoadedModel, batches: Iterable | None, runs: int, warmup: int, input_size: int = 224, progress: bool = True
+) -> dict:
     """Measure one model: one entry of the report's "results" (see docs/benchmark_schema.md)."""
     if loaded.engine is not None:
         engines.set_engine(loaded.engine)  # quantized ops dispatch on the active engine too
@@ -207,5 +235,3 @@ def benchmark_model(loaded: LoadedModel, batches: Iterable | None, runs: int, wa
         "skipped": skipped,
         "peak_rss_mb": memory.peak_rss_mb(),
     }
-
-

@@ -78,66 +78,174 @@ class Setting:
     """One setting of quantize_model.py, declared once: its default, its flag and its key in a --config file."""
 
     default: Any
-    help: str | None = None                  # the command-line flag's help; None: no flag (set it in --config)
-    flag_type: Callable[[str], Any] = str    # how the flag's text becomes the value
-    choices: tuple[str, ...] | None = None   # the flag's allowed values
-    yaml: str | None = None                  # "section.key" in a --config file
-    convert: Callable[[Any], Any] = _text    # how the YAML value becomes the value
-    expected: str = ""                       # what the YAML value must be, for the error message
+    help: str | None = None  # the command-line flag's help; None: no flag (set it in --config)
+    flag_type: Callable[[str], Any] = str  # how the flag's text becomes the value
+    choices: tuple[str, ...] | None = None  # the flag's allowed values
+    yaml: str | None = None  # "section.key" in a --config file
+    convert: Callable[[Any], Any] = _text  # how the YAML value becomes the value
+    expected: str = ""  # what the YAML value must be, for the error message
 
 
 FORMATS = ("torchscript", "onnx", "pt2")  # pt2: PT2E's exported program (your own model)
 
 # quantize_model.py's settings: a --config file overrides the defaults, command-line flags override both
 SETTINGS: dict[str, Setting] = {
-    "model": Setting("mobilenet_v2", "a torchvision name (mobilenet_v2, resnet18, ...), a fp32 state dict file, your "
-                     "own model as FILE.py:FUNCTION (PT2E, output FILE.pt2), or a float ONNX classifier FILE.onnx "
-                     "(with --format onnx)", yaml="general.model_path", expected="a torchvision name or a file path"),
+    "model": Setting(
+        "mobilenet_v2",
+        "a torchvision name (mobilenet_v2, resnet18, ...), a fp32 state dict file, your "
+        "own model as FILE.py:FUNCTION (PT2E, output FILE.pt2), or a float ONNX classifier FILE.onnx "
+        "(with --format onnx)",
+        yaml="general.model_path",
+        expected="a torchvision name or a file path",
+    ),
     "weights": Setting(None, "the fp32 state dict of --model FILE.py:FUNCTION"),
-    "arch": Setting("mobilenet_v2", "the architecture of a state dict (default mobilenet_v2)", yaml="general.arch",
-                    expected="an architecture name"),
+    "arch": Setting(
+        "mobilenet_v2",
+        "the architecture of a state dict (default mobilenet_v2)",
+        yaml="general.arch",
+        expected="an architecture name",
+    ),
     "output": Setting(None, "the file to write: FILE.pt (TorchScript), FILE.onnx or FILE.pt2 (PT2E)", Path),
-    "format": Setting(None, "torchscript, onnx or pt2 (default: from --output's suffix)", choices=FORMATS,
-                      yaml="quantization.format", expected="torchscript or onnx"),
-    "method": Setting("static", "static (= post_training), dynamic (nn.Linear/LSTM only), or qat "
-                      "(= quantization_aware)", yaml="quantization.method", expected="static, dynamic or qat"),
-    "granularity": Setting("per_channel", "weight scales per output channel, or per_tensor: one per layer",
-                           choices=GRANULARITIES, yaml="quantization.granularity",
-                           expected="per_channel or per_tensor"),
-    "observer": Setting("histogram", "how activation ranges are estimated", choices=OBSERVERS,
-                        yaml="quantization.observer", expected="histogram or minmax"),
-    "engine": Setting("auto", "int8 engine: qnnpack for the Pi; auto picks the fast one for this CPU",
-                      choices=ENGINE_CHOICES, yaml="quantization.engine", expected="an engine name"),
-    "operation_mode": Setting("quantization", "quantization, or a chain: chain_eqe (evaluate, quantize, evaluate), "
-                              "chain_qb (quantize, benchmark), chain_eqeb (all)", choices=tuple(OPERATION_MODES)),
-    "calib_data": Setting(None, "a folder of photos (flat, or one folder per class), or imagenette (Colab)", Path,
-                          yaml="dataset.quantization_path", convert=Path, expected="a folder"),
-    "calib_images": Setting(100, "how many photos to calibrate on (default 100)", int,
-                            yaml="quantization.calibration_images", convert=_integer, expected="an integer"),
-    "calib_split": Setting(None, "or: the fraction of --calib-data to calibrate on", float,
-                           yaml="dataset.quantization_split", convert=_number, expected="a fraction between 0 and 1"),
-    "eval_data": Setting(None, "evaluation photos for the chains (default: the photos of --calib-data not used for "
-                         "calibration)", Path, yaml="dataset.test_path", convert=Path, expected="a folder"),
+    "format": Setting(
+        None,
+        "torchscript, onnx or pt2 (default: from --output's suffix)",
+        choices=FORMATS,
+        yaml="quantization.format",
+        expected="torchscript or onnx",
+    ),
+    "method": Setting(
+        "static",
+        "static (= post_training), dynamic (nn.Linear/LSTM only), or qat (= quantization_aware)",
+        yaml="quantization.method",
+        expected="static, dynamic or qat",
+    ),
+    "granularity": Setting(
+        "per_channel",
+        "weight scales per output channel, or per_tensor: one per layer",
+        choices=GRANULARITIES,
+        yaml="quantization.granularity",
+        expected="per_channel or per_tensor",
+    ),
+    "observer": Setting(
+        "histogram",
+        "how activation ranges are estimated",
+        choices=OBSERVERS,
+        yaml="quantization.observer",
+        expected="histogram or minmax",
+    ),
+    "engine": Setting(
+        "auto",
+        "int8 engine: qnnpack for the Pi; auto picks the fast one for this CPU",
+        choices=ENGINE_CHOICES,
+        yaml="quantization.engine",
+        expected="an engine name",
+    ),
+    "operation_mode": Setting(
+        "quantization",
+        "quantization, or a chain: chain_eqe (evaluate, quantize, evaluate), "
+        "chain_qb (quantize, benchmark), chain_eqeb (all)",
+        choices=tuple(OPERATION_MODES),
+    ),
+    "calib_data": Setting(
+        None,
+        "a folder of photos (flat, or one folder per class), or imagenette (Colab)",
+        Path,
+        yaml="dataset.quantization_path",
+        convert=Path,
+        expected="a folder",
+    ),
+    "calib_images": Setting(
+        100,
+        "how many photos to calibrate on (default 100)",
+        int,
+        yaml="quantization.calibration_images",
+        convert=_integer,
+        expected="an integer",
+    ),
+    "calib_split": Setting(
+        None,
+        "or: the fraction of --calib-data to calibrate on",
+        float,
+        yaml="dataset.quantization_split",
+        convert=_number,
+        expected="a fraction between 0 and 1",
+    ),
+    "eval_data": Setting(
+        None,
+        "evaluation photos for the chains (default: the photos of --calib-data not used for calibration)",
+        Path,
+        yaml="dataset.test_path",
+        convert=Path,
+        expected="a folder",
+    ),
     "eval_images": Setting(None, "evaluate on at most this many photos", int),
-    "train_data": Setting(None, "QAT: labelled photos (default: the calibration subset)", Path,
-                          yaml="training.train_path", convert=Path, expected="a folder"),
-    "epochs": Setting(1, "QAT: passes over the training photos", int, yaml="training.epochs", convert=_integer,
-                      expected="an integer"),
-    "lr": Setting(3e-5, "QAT: learning rate (SGD with momentum)", float, yaml="training.learning_rate",
-                  convert=_number, expected="a number"),
-    "freeze_bn_epoch": Setting(0, "QAT: freeze BatchNorm statistics from this epoch", int,
-                               yaml="training.freeze_bn_epoch", convert=_integer, expected="an integer"),
-    "freeze_observers_epoch": Setting(None, "QAT: freeze int8 ranges from this epoch (default: the last)", int,
-                                      yaml="training.freeze_observers_epoch", convert=_integer,
-                                      expected="an integer"),
-    "seed": Setting(0, "picks the calibration photos and random inputs", int, yaml="dataset.seed",
-                    convert=_integer, expected="an integer"),
-    "threads": Setting(None, "CPU threads (default: physical cores)", int, yaml="benchmarking.threads",
-                       convert=_integer, expected="an integer"),
-    "runs": Setting(50, "chains with benchmarking: timed runs per model", int, yaml="benchmarking.runs",
-                    convert=_integer, expected="an integer"),
-    "warmup": Setting(10, "chains with benchmarking: untimed runs first", int, yaml="benchmarking.warmup",
-                      convert=_integer, expected="an integer"),
+    "train_data": Setting(
+        None,
+        "QAT: labelled photos (default: the calibration subset)",
+        Path,
+        yaml="training.train_path",
+        convert=Path,
+        expected="a folder",
+    ),
+    "epochs": Setting(
+        1, "QAT: passes over the training photos", int, yaml="training.epochs", convert=_integer, expected="an integer"
+    ),
+    "lr": Setting(
+        3e-5,
+        "QAT: learning rate (SGD with momentum)",
+        float,
+        yaml="training.learning_rate",
+        convert=_number,
+        expected="a number",
+    ),
+    "freeze_bn_epoch": Setting(
+        0,
+        "QAT: freeze BatchNorm statistics from this epoch",
+        int,
+        yaml="training.freeze_bn_epoch",
+        convert=_integer,
+        expected="an integer",
+    ),
+    "freeze_observers_epoch": Setting(
+        None,
+        "QAT: freeze int8 ranges from this epoch (default: the last)",
+        int,
+        yaml="training.freeze_observers_epoch",
+        convert=_integer,
+        expected="an integer",
+    ),
+    "seed": Setting(
+        0,
+        "picks the calibration photos and random inputs",
+        int,
+        yaml="dataset.seed",
+        convert=_integer,
+        expected="an integer",
+    ),
+    "threads": Setting(
+        None,
+        "CPU threads (default: physical cores)",
+        int,
+        yaml="benchmarking.threads",
+        convert=_integer,
+        expected="an integer",
+    ),
+    "runs": Setting(
+        50,
+        "chains with benchmarking: timed runs per model",
+        int,
+        yaml="benchmarking.runs",
+        convert=_integer,
+        expected="an integer",
+    ),
+    "warmup": Setting(
+        10,
+        "chains with benchmarking: untimed runs first",
+        int,
+        yaml="benchmarking.warmup",
+        convert=_integer,
+        expected="an integer",
+    ),
     "export_dir": Setting(None, yaml="quantization.export_dir", convert=Path, expected="a folder"),
     "rescale_scale": Setting(None, yaml="rescaling.scale", convert=_numbers, expected="a number or 3 numbers"),
     "rescale_offset": Setting(None, yaml="rescaling.offset", convert=_numbers, expected="a number or 3 numbers"),
@@ -156,15 +264,27 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting that has one (``--calib-data`` for calib_data); a flag not given stays None."""
     for name, setting in SETTINGS.items():
         if setting.help is not None:
-            parser.add_argument(f"--{name.replace('_', '-')}", type=setting.flag_type, choices=setting.choices,
-                                default=None, help=setting.help)
+            parser.add_argument(
+                f"--{name.replace('_', '-')}",
+                type=setting.flag_type,
+                choices=setting.choices,
+                default=None,
+                help=setting.help,
+            )
 
 
 def _schema() -> dict[str, dict[str, tuple[str, Callable, str] | None]]:
     """section -> key -> (flat setting name, converter, what the value must be); None: a nested section."""
     schema: dict[str, dict[str, tuple[str, Callable, str] | None]] = {
-        "general": {}, "dataset": {}, "preprocessing": {"rescaling": None, "resizing": None}, "rescaling": {},
-        "resizing": {}, "quantization": {}, "training": {}, "benchmarking": {}}
+        "general": {},
+        "dataset": {},
+        "preprocessing": {"rescaling": None, "resizing": None},
+        "rescaling": {},
+        "resizing": {},
+        "quantization": {},
+        "training": {},
+        "benchmarking": {},
+    }
     for name, setting in SETTINGS.items():
         if setting.yaml:
             section, key = setting.yaml.split(".")
@@ -182,8 +302,9 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.constructor.ConstructorError(None, None, "YAML aliases (*name) are not allowed here; "
-                                                    "write the values out", event.start_mark)
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases (*name) are not allowed here; write the values out", event.start_mark
+            )
         return super().compose_node(parent, index)
 
 
@@ -229,8 +350,9 @@ def _section(config: dict, name: str, where: str, settings: dict) -> None:
         raise KitError(f"{where}: '{name}' must be a section of keys, got {type(body).__name__}")
     for key, value in body.items():
         if key not in SCHEMA[name]:
-            raise KitError(f"{where}: unknown key '{name}.{_name(key)}'; known keys of '{name}': "
-                           f"{', '.join(SCHEMA[name])}")
+            raise KitError(
+                f"{where}: unknown key '{name}.{_name(key)}'; known keys of '{name}': {', '.join(SCHEMA[name])}"
+            )
         rule = SCHEMA[name][key]
         if rule is None:  # a nested section
             _section(body, key, where, settings)
@@ -258,10 +380,14 @@ def load_config(path: Path) -> dict[str, Any]:
     if "operation_mode" in config:
         mode = config["operation_mode"]
         if not isinstance(mode, str):  # e.g. [quantization]: one mode per file
-            raise KitError(f"{where}: operation_mode must be one name, e.g. quantization, not {_short(mode)}; "
-                           f"use one of {', '.join(OPERATION_MODES)}")
+            raise KitError(
+                f"{where}: operation_mode must be one name, e.g. quantization, not {_short(mode)}; "
+                f"use one of {', '.join(OPERATION_MODES)}"
+            )
         if mode not in OPERATION_MODES:
-            raise KitError(f"{where}: operation_mode {_short(mode)} is unknown; use one of {', '.join(OPERATION_MODES)}")
+            raise KitError(
+                f"{where}: operation_mode {_short(mode)} is unknown; use one of {', '.join(OPERATION_MODES)}"
+            )
         settings["operation_mode"] = mode
     for name in TOP_LEVEL:
         if name != "operation_mode":
@@ -272,12 +398,17 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def check_preprocessing(settings: dict) -> None:
     """Refuse resizing the kit's pipeline does not do, instead of silently ignoring it."""
-    for key, allowed in (("interpolation", INTERPOLATIONS), ("aspect_ratio", ASPECT_RATIOS),
-                         ("color_mode", COLOR_MODES)):
+    for key, allowed in (
+        ("interpolation", INTERPOLATIONS),
+        ("aspect_ratio", ASPECT_RATIOS),
+        ("color_mode", COLOR_MODES),
+    ):
         value = settings.get(key)
         if value is not None and value not in allowed:
-            raise KitError(f"preprocessing {key} '{value}' is not supported: the kit resizes like torchvision's "
-                           f"evaluation transform (centre crop, bilinear); use {' or '.join(allowed)}")
+            raise KitError(
+                f"preprocessing {key} '{value}' is not supported: the kit resizes like torchvision's "
+                f"evaluation transform (centre crop, bilinear); use {' or '.join(allowed)}"
+            )
 
 
 def default_rescaling() -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -294,8 +425,9 @@ class Rescaled(Dataset):
     and applies the config's rescaling, for models trained with other inputs.
     """
 
-    def __init__(self, dataset: Dataset, scale: tuple[float, ...], offset: tuple[float, ...],
-                 color_mode: str = "rgb") -> None:
+    def __init__(
+        self, dataset: Dataset, scale: tuple[float, ...], offset: tuple[float, ...], color_mode: str = "rgb"
+    ) -> None:
         self.dataset = dataset
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)

@@ -42,9 +42,16 @@ from dataclasses import dataclass
 
 # from least to most capable; a runtime capped by an environment variable takes the lower of the two
 X86_LEVELS = ("sse", "avx2", "avx512", "avx_vnni", "avx512_vnni")
-LABELS = {"sse": "SSE4 (no AVX2)", "avx2": "AVX2, no VNNI", "avx512": "AVX-512, no VNNI",
-          "avx_vnni": "AVX-VNNI", "avx512_vnni": "AVX-512 VNNI",
-          "asimddp": "ARM NEON with dot product (asimddp)", "asimd": "ARM NEON, no dot product", "unknown": "unknown"}
+LABELS = {
+    "sse": "SSE4 (no AVX2)",
+    "avx2": "AVX2, no VNNI",
+    "avx512": "AVX-512, no VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_vnni": "AVX-512 VNNI",
+    "asimddp": "ARM NEON with dot product (asimddp)",
+    "asimd": "ARM NEON, no dot product",
+    "unknown": "unknown",
+}
 FBGEMM_ENV = "FBGEMM_ENABLE_INSTRUCTIONS"
 ONEDNN_ENV = "ONEDNN_MAX_CPU_ISA"
 
@@ -74,6 +81,7 @@ class Int8Isa:
 
 
 # ---- what the CPU has -------------------------------------------------------------
+
 
 def _numpy_features() -> set[str]:
     """The features numpy read with CPUID at import (it sees what an emulator such as qemu pretends to be)."""
@@ -127,14 +135,22 @@ def int8_isa() -> Int8Isa:
 
 # ---- what PyTorch's engines use ---------------------------------------------------
 
+
 def _cap_from_env(variable: str) -> str | None:
     """The x86 level an engine's environment variable allows, or None when it is unset or not understood."""
     value = os.environ.get(variable, "").strip().upper()
     if not value or value in ("ALL", "DEFAULT"):
         return None
     if variable == FBGEMM_ENV:  # fbgemm: AVX2, AVX512, AVX512_256, AVX512_E1 (E1 = VNNI), AVX512_E1_256
-        return "avx512_vnni" if "E1" in value else "avx512" if value.startswith("AVX512") else \
-            "avx2" if value == "AVX2" else None
+        return (
+            "avx512_vnni"
+            if "E1" in value
+            else "avx512"
+            if value.startswith("AVX512")
+            else "avx2"
+            if value == "AVX2"
+            else None
+        )
     # oneDNN: SSE41, AVX, AVX2, AVX2_VNNI(_2), AVX512_CORE, AVX512_CORE_VNNI, AVX512_CORE_BF16, ..._AMX, AVX10_*
     if value in ("SSE41", "AVX"):
         return "sse"
@@ -187,10 +203,15 @@ def capped_engines() -> dict[str, str]:
 def describe() -> str:
     """One line for every report: the CPU's int8 level, what it means, and any engine held below it."""
     isa = int8_isa()
-    meaning = ("exact int8 dot products" if isa.dot_product
-               else "uint8 x int8 pairs add in 16 bits and can saturate" if isa.saturates_u8s8
-               else "int8 kernels widen before adding, exact" if isa.name in ("sse", "asimd")
-               else "")
+    meaning = (
+        "exact int8 dot products"
+        if isa.dot_product
+        else "uint8 x int8 pairs add in 16 bits and can saturate"
+        if isa.saturates_u8s8
+        else "int8 kernels widen before adding, exact"
+        if isa.name in ("sse", "asimd")
+        else ""
+    )
     line = f"{isa.label}" + (f": {meaning}" if meaning else "")
     capped = capped_engines()
     if capped:
@@ -201,29 +222,46 @@ def describe() -> str:
 def machine_fields() -> dict[str, object]:
     """The int8 facts a benchmark report records about its machine."""
     isa = int8_isa()
-    return {"int8_isa": isa.name, "int8_isa_note": describe(), "int8_dot_product": isa.dot_product,
-            "int8_isa_engines": {engine: engine_isa(engine).name for engine in ("x86", "onednn", "qnnpack")}}
+    return {
+        "int8_isa": isa.name,
+        "int8_isa_note": describe(),
+        "int8_dot_product": isa.dot_product,
+        "int8_isa_engines": {engine: engine_isa(engine).name for engine in ("x86", "onednn", "qnnpack")},
+    }
 
 
 # ---- what ONNX Runtime's kernels do here, measured ---------------------------------
+
 
 def _u8s8_probe_model(weight_value: int) -> bytes:
     """A QDQ model of one 1x1 convolution: 64 uint8 inputs times int8 weights of ``weight_value``."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    constants = {"x_scale": np.float32(1 / 255), "x_zero": np.uint8(0),
-                 "w": np.full((8, 64, 1, 1), weight_value, np.int8), "w_scale": np.float32(1 / weight_value),
-                 "w_zero": np.int8(0), "y_scale": np.float32(64 / 255), "y_zero": np.uint8(0)}
-    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"]),
-             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
-             helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["w_dq"]),
-             helper.make_node("Conv", ["x_dq", "w_dq"], ["y"]),
-             helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zero"], ["y_q"]),
-             helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero"], ["out"])]
-    graph = helper.make_graph(nodes, "u8s8_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 4, 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 4])],
-                              [numpy_helper.from_array(np.asarray(value), name) for name, value in constants.items()])
+    constants = {
+        "x_scale": np.float32(1 / 255),
+        "x_zero": np.uint8(0),
+        "w": np.full((8, 64, 1, 1), weight_value, np.int8),
+        "w_scale": np.float32(1 / weight_value),
+        "w_zero": np.int8(0),
+        "y_scale": np.float32(64 / 255),
+        "y_zero": np.uint8(0),
+    }
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["w_dq"]),
+        helper.make_node("Conv", ["x_dq", "w_dq"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zero"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "u8s8_probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [numpy_helper.from_array(np.asarray(value), name) for name, value in constants.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9  # what onnxruntime 1.14 and later read
     return model.SerializeToString()
@@ -242,8 +280,9 @@ def onnxruntime_u8s8_error(reduce_range: bool = False) -> float:
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(_u8s8_probe_model(63 if reduce_range else 127), options,
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        _u8s8_probe_model(63 if reduce_range else 127), options, providers=["CPUExecutionProvider"]
+    )
     image = np.ones((1, 64, 4, 4), np.float32)
     image[..., ::2] = 0.0  # 0s as well, so 1.0 is uint8 255; every output channel's largest value is 64
     got = float(session.run(None, {"x": image})[0].max())

@@ -45,8 +45,10 @@ from quantlab.sources import IMAGE_SUFFIXES
 
 UNLABELLED = -1  # the label of a photo whose class the kit cannot tell (fine for calibration)
 WNID_PATTERN = re.compile(r"^(n\d{8})(?![0-9])")  # a WordNet id at the start of a name: n01440764_tench.JPEG
-LAYOUTS = ("photos named by WordNet id (n01440764_tench.JPEG, as in the ImageNet sample), or class folders named "
-           "by WordNet id (n01440764/) or by ImageNet class name (tench/)")
+LAYOUTS = (
+    "photos named by WordNet id (n01440764_tench.JPEG, as in the ImageNet sample), or class folders named "
+    "by WordNet id (n01440764/) or by ImageNet class name (tench/)"
+)
 
 
 @lru_cache(maxsize=1)
@@ -141,21 +143,31 @@ def image_dataset(path: str | Path, size: int = 224, need_labels: bool = True) -
     flat = _images_in(root)
     folders_with_images = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _images_in(d)]
     if flat and folders_with_images:  # which photos were meant? a stray cover photo would hide every class folder
-        raise KitError(f"data folder {root} holds photos ('{flat[0].name}', ...) and class folders "
-                       f"('{folders_with_images[0].name}/', ...) side by side; keep one layout: {LAYOUTS}")
+        raise KitError(
+            f"data folder {root} holds photos ('{flat[0].name}', ...) and class folders "
+            f"('{folders_with_images[0].name}/', ...) side by side; keep one layout: {LAYOUTS}"
+        )
     if flat:
         items = [(p, label_of_file(p.name)) for p in flat]
         unknown = [p.name for p, label in items if label is None]
-        where = f"{len(unknown)} of the {len(items)} photos in {root} (e.g. '{unknown[0]}') do not start their name " \
-                "with an ImageNet WordNet id" if unknown else ""
+        where = (
+            f"{len(unknown)} of the {len(items)} photos in {root} (e.g. '{unknown[0]}') do not start their name "
+            "with an ImageNet WordNet id"
+            if unknown
+            else ""
+        )
     else:
         folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         labelled = [(d, label_of_folder(d.name)) for d in folders]
         labelled = [(d, label) for d, label in labelled if _images_in(d)]  # empty folders do not matter
         items = [(p, label) for d, label in labelled for p in _images_in(d)]
         unknown = [d.name for d, label in labelled if label is None]
-        where = f"{len(unknown)} of the {len(labelled)} class folders in {root} (e.g. '{unknown[0]}/') are " \
-                "named neither by ImageNet WordNet id nor by ImageNet class name" if unknown else ""
+        where = (
+            f"{len(unknown)} of the {len(labelled)} class folders in {root} (e.g. '{unknown[0]}/') are "
+            "named neither by ImageNet WordNet id nor by ImageNet class name"
+            if unknown
+            else ""
+        )
     if not items:
         raise KitError(
             f"data folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}), neither directly "
@@ -173,12 +185,15 @@ def require_labels(dataset: Dataset, purpose: str) -> None:
     while not isinstance(dataset, ImageFiles) and hasattr(dataset, "dataset"):
         dataset = dataset.dataset
     if getattr(dataset, "unlabelled", 0):
-        raise KitError(f"{purpose} needs labelled photos, and the kit cannot tell the class of "
-                       f"{dataset.unlabelled} of them; it reads labels from names: {LAYOUTS}")
+        raise KitError(
+            f"{purpose} needs labelled photos, and the kit cannot tell the class of "
+            f"{dataset.unlabelled} of them; it reads labels from names: {LAYOUTS}"
+        )
 
 
-def split(dataset: Dataset, first_n: int | None = None, fraction: float | None = None,
-          seed: int = 0) -> tuple[Subset, Subset]:
+def split(
+    dataset: Dataset, first_n: int | None = None, fraction: float | None = None, seed: int = 0
+) -> tuple[Subset, Subset]:
     """Disjoint (calibration, evaluation) subsets: a seeded shuffle, then first_n (or fraction) of it."""
     total = len(dataset)
     if (first_n is None) == (fraction is None):
@@ -203,8 +218,9 @@ def drop_unreadable(batch: list) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 def loader(dataset: Dataset, batch_size: int = 16, num_workers: int = 0) -> DataLoader:
     """Batches in order (no shuffling: ``split`` already shuffled), unreadable images dropped."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=drop_unreadable)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=drop_unreadable
+    )
 
 
 def skipped_count(dataset: Dataset) -> int:
@@ -216,8 +232,16 @@ def skipped_count(dataset: Dataset) -> int:
 
 # Imagenette's 10 WordNet ids and their ImageNet-1k class indices (torchvision's order)
 IMAGENETTE_TO_IMAGENET = {
-    "n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
-    "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888257": 701,
+    "n01440764": 0,
+    "n02102040": 217,
+    "n02979186": 482,
+    "n03000684": 491,
+    "n03028079": 497,
+    "n03394916": 566,
+    "n03417042": 569,
+    "n03425413": 571,
+    "n03445777": 574,
+    "n03888257": 701,
 }
 
 
@@ -228,9 +252,11 @@ def imagenette(root: str | Path = "data", split: str = "val", size: int = 224, d
     try:
         source = Imagenette(str(root), split=split, size="320px", download=download)
     except Exception as error:  # no internet, a half-downloaded archive, a full disk
-        raise KitError(f"could not get Imagenette into {root} ({type(error).__name__}: "
-                       f"{str(error).splitlines()[0][:100] if str(error) else 'no details'}); it downloads once (330 MB) "
-                       "and needs the internet: otherwise pass a folder of photos") from None
+        raise KitError(
+            f"could not get Imagenette into {root} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:100] if str(error) else 'no details'}); it downloads once (330 MB) "
+            "and needs the internet: otherwise pass a folder of photos"
+        ) from None
     index_to_wnid = {index: wnid for wnid, index in source.wnid_to_idx.items()}
     items = [(Path(path), IMAGENETTE_TO_IMAGENET[index_to_wnid[label]]) for path, label in source._samples]
     return ImageFiles(items, size)

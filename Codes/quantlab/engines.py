@@ -33,9 +33,9 @@ from quantlab.quantize import qconfig_for, quantize_static
 ENGINE_CHOICES = ("auto", "qnnpack", "x86", "fbgemm", "onednn")
 X86_CANDIDATES = ("x86", "onednn")  # the fast int8 engines on x86 CPUs; auto picks the faster
 CACHE_ENV = "QUANTLAB_CACHE"
-PROBE_SECONDS = 0.5          # timing budget of auto's measurement (quantizing the probe for each engine adds to it)
-MAX_THREADS_PER_CPU = 4      # --threads above 4x the logical CPUs is refused (a typo, not an experiment)
-PROBE_MIN_COSINE = 0.98      # an engine whose int8 output strays further from fp32 than this is not "correct"
+PROBE_SECONDS = 0.5  # timing budget of auto's measurement (quantizing the probe for each engine adds to it)
+MAX_THREADS_PER_CPU = 4  # --threads above 4x the logical CPUs is refused (a typo, not an experiment)
+PROBE_MIN_COSINE = 0.98  # an engine whose int8 output strays further from fp32 than this is not "correct"
 SATURATION_MAX_ERROR = 0.05  # relative error of the saturation probe above which an engine's int8 sums saturate
 
 _resolved: dict[str, tuple[str, str]] = {}  # auto's answer, once per process
@@ -64,7 +64,9 @@ def resolve_engine(requested: str = "auto") -> tuple[str, str]:
         return "qnnpack", f"auto: {platform.machine()} CPU, qnnpack is PyTorch's int8 engine for ARM"
     candidates = [engine for engine in X86_CANDIDATES if engine in supported]
     if len(candidates) == 1:
-        return candidates[0], f"auto: {platform.machine()} CPU, {candidates[0]} is the only fast int8 engine in this PyTorch build"
+        return candidates[
+            0
+        ], f"auto: {platform.machine()} CPU, {candidates[0]} is the only fast int8 engine in this PyTorch build"
     if not candidates:
         fallback = "fbgemm" if "fbgemm" in supported else "qnnpack"
         return fallback, f"auto: no x86 or onednn engine in this PyTorch build, using {fallback}"
@@ -79,6 +81,7 @@ def set_engine(engine: str) -> None:
 
 
 # ---- auto on x86: measure once, cache per CPU model and torch version ----------
+
 
 def cache_dir() -> Path:
     """Where the kit caches what it measured: $QUANTLAB_CACHE, else ~/.cache/quantlab."""
@@ -120,19 +123,33 @@ def _fastest_x86_engine(candidates: list[str]) -> tuple[str, str]:
     milliseconds, rejected = measure_engines(candidates)
     seconds = time.perf_counter() - started
     if not milliseconds:  # every engine failed the probe: say so, and use PyTorch's default for x86
-        return "x86", f"auto: the engine probe failed ({'; '.join(f'{e}: {why}' for e, why in rejected.items())}); using x86"
+        return (
+            "x86",
+            f"auto: the engine probe failed ({'; '.join(f'{e}: {why}' for e, why in rejected.items())}); using x86",
+        )
     chosen = min(milliseconds, key=milliseconds.get)
-    entries[key] = {"engine": chosen, "ms": milliseconds, "rejected": rejected, "threads": torch.get_num_threads(),
-                    "measured": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    "seconds": round(seconds, 2)}
-    return chosen, _reason(chosen, milliseconds, rejected, f"measured now in {seconds:.1f} s; " + _write_cache(path, entries))
+    entries[key] = {
+        "engine": chosen,
+        "ms": milliseconds,
+        "rejected": rejected,
+        "threads": torch.get_num_threads(),
+        "measured": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": round(seconds, 2),
+    }
+    return chosen, _reason(
+        chosen, milliseconds, rejected, f"measured now in {seconds:.1f} s; " + _write_cache(path, entries)
+    )
 
 
 def _reason(chosen: str, milliseconds: dict, rejected: dict, where: str) -> str:
-    figures = ", ".join(f"{engine} {ms:.2f} ms" for engine, ms in sorted(milliseconds.items(), key=lambda item: item[1]))
+    figures = ", ".join(
+        f"{engine} {ms:.2f} ms" for engine, ms in sorted(milliseconds.items(), key=lambda item: item[1])
+    )
     wrong = "".join(f"; {engine} rejected: {why}" for engine, why in rejected.items())
-    return (f"auto: the faster int8 engine that matches fp32 on this CPU (int8: {cpu.describe()}); "
-            f"a small quantized MobileNetV2 ran {figures}{wrong} ({where})")
+    return (
+        f"auto: the faster int8 engine that matches fp32 on this CPU (int8: {cpu.describe()}); "
+        f"a small quantized MobileNetV2 ran {figures}{wrong} ({where})"
+    )
 
 
 def _probe_model() -> torch.nn.Module:
@@ -203,7 +220,9 @@ def measure_engines(candidates: list[str], seconds: float = PROBE_SECONDS) -> tu
                     model = quantize_static(probe, [image], engine, observer="minmax", progress=False)
                     output = model(image)
                 except Exception as error:  # an engine this CPU cannot run: leave it out, say why
-                    rejected[engine] = f"{type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else ''}"
+                    rejected[engine] = (
+                        f"{type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else ''}"
+                    )
                     continue
                 cosine = float(torch.nn.functional.cosine_similarity(output.flatten(), reference.flatten(), dim=0))
                 if cosine < PROBE_MIN_COSINE:
@@ -211,9 +230,11 @@ def measure_engines(candidates: list[str], seconds: float = PROBE_SECONDS) -> tu
                     continue
                 error, got, expected = saturation_error(engine)
                 if error > SATURATION_MAX_ERROR:  # random weights rarely reach full range: this probe does
-                    rejected[engine] = (f"its int8 sums saturate here ({cpu.engine_isa(engine).label}): a 64-channel "
-                                        f"convolution of full-range values (255 x 127 per product) gave {got:.0f} "
-                                        f"where fp32 gives {expected:.0f}")
+                    rejected[engine] = (
+                        f"its int8 sums saturate here ({cpu.engine_isa(engine).label}): a 64-channel "
+                        f"convolution of full-range values (255 x 127 per product) gave {got:.0f} "
+                        f"where fp32 gives {expected:.0f}"
+                    )
                     continue
                 quantized[engine] = model
             times: dict[str, list[float]] = {engine: [] for engine in quantized}
@@ -233,6 +254,7 @@ def measure_engines(candidates: list[str], seconds: float = PROBE_SECONDS) -> tu
 
 
 # ---- the CPU and its threads ------------------------------------------------------
+
 
 def cpu_name() -> str:
     """The CPU model as the OS names it (x86: 'model name'; Raspberry Pi: the board 'Model')."""
@@ -281,7 +303,9 @@ def set_threads(threads: int | None) -> int:
         raise KitError(f"--threads must be at least 1, got {threads}")
     cpus = os.cpu_count() or 1
     if threads > MAX_THREADS_PER_CPU * cpus:  # oversubscribing a little is an experiment; 100000 threads is a typo
-        raise KitError(f"--threads {threads} is more than this machine can use: it has {cpus} CPUs (at most "
-                       f"{MAX_THREADS_PER_CPU * cpus}; leave --threads out for the physical cores)")
+        raise KitError(
+            f"--threads {threads} is more than this machine can use: it has {cpus} CPUs (at most "
+            f"{MAX_THREADS_PER_CPU * cpus}; leave --threads out for the physical cores)"
+        )
     torch.set_num_threads(threads)
     return threads

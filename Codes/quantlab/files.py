@@ -35,8 +35,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], flag: str | 
         write(partial)
         os.replace(partial, path)
     except OSError as error:
-        raise KitError(f"could not write {path} ({error.strerror or type(error).__name__}); "
-                       f"pick a writable path{f' for {flag}' if flag else ''}") from None
+        raise KitError(
+            f"could not write {path} ({error.strerror or type(error).__name__}); "
+            f"pick a writable path{f' for {flag}' if flag else ''}"
+        ) from None
     finally:
         partial.unlink(missing_ok=True)
 

@@ -42,8 +42,8 @@ from pathlib import Path
 from quantlab import config, engines, files, loading, model_checks, models, report, sandbox
 from quantlab.errors import KitError
 
-REPORT_FILE = "benchmark.json"   # Codes/benchmark.py --json
-PI_RUN_FILE = "pi_run.json"      # Codes/mobile_net.py --json, on the Pi
+REPORT_FILE = "benchmark.json"  # Codes/benchmark.py --json
+PI_RUN_FILE = "pi_run.json"  # Codes/mobile_net.py --json, on the Pi
 RESERVED_STEMS = {Path(REPORT_FILE).stem, Path(PI_RUN_FILE).stem}  # a model named so would share their JSON name
 TORCH_SUFFIXES = (".pt", ".pth", ".ptl")
 MODEL_SUFFIXES = TORCH_SUFFIXES + models.ONNX_SUFFIXES
@@ -56,21 +56,22 @@ PICKLE_MAGIC = b"\x80"  # pickle protocol 2 and later start with PROTO
 
 # labs/homework.md: a student folder is named with letters, digits, '-' and '_' (it is the leaderboard name)
 FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-MAX_REPORT_BYTES = 1 << 20      # an honest benchmark.json of five models is about 10 kB
-MAX_SIDECAR_BYTES = 64 << 10    # a sidecar is under 1 kB
-MAX_PI_RUN_BYTES = 256 << 10    # a mobile_net.py --json summary is about 2 kB
-MAX_TEXT = 160                  # characters of any student-controlled string shown in the leaderboard
-MAX_REASONS = 8                 # reasons listed per student (the rest are counted)
-PI_ARCHES = ("aarch64",)        # 64-bit Raspberry Pi OS (labs/01_pi_setup_and_realtime.md)
-PI_FPS_TOLERANCE = 0.05         # mean_fps against frames / seconds
+MAX_REPORT_BYTES = 1 << 20  # an honest benchmark.json of five models is about 10 kB
+MAX_SIDECAR_BYTES = 64 << 10  # a sidecar is under 1 kB
+MAX_PI_RUN_BYTES = 256 << 10  # a mobile_net.py --json summary is about 2 kB
+MAX_TEXT = 160  # characters of any student-controlled string shown in the leaderboard
+MAX_REASONS = 8  # reasons listed per student (the rest are counted)
+PI_ARCHES = ("aarch64",)  # 64-bit Raspberry Pi OS (labs/01_pi_setup_and_realtime.md)
+PI_FPS_TOLERANCE = 0.05  # mean_fps against frames / seconds
 
 
 # ---- reading what students send ----------------------------------------------------
 
+
 def clean_text(value: object, limit: int = MAX_TEXT) -> str:
     """A student-controlled value as one short printable line (control characters and newlines replaced)."""
     text = "".join(ch if ch.isprintable() else " " for ch in str(value))
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def link_problem(path: Path, what: str) -> str | None:
@@ -115,6 +116,7 @@ def _no_constant(name: str) -> float:
 
 # ---- the rubric ----------------------------------------------------------------
 
+
 def _overlay(defaults: dict, overrides: dict, where: str, source: Path) -> dict:
     """``defaults`` with ``overrides`` on top; an unknown key or a wrong type is a KitError naming it."""
     merged = dict(defaults)
@@ -122,7 +124,9 @@ def _overlay(defaults: dict, overrides: dict, where: str, source: Path) -> dict:
         name = f"{where}.{key}" if where else str(key)
         if key not in defaults:
             known = ", ".join(map(str, defaults))
-            raise KitError(f"rubric {source}: unknown key '{clean_text(name, 60)}' (known here: {known}); fix its spelling")
+            raise KitError(
+                f"rubric {source}: unknown key '{clean_text(name, 60)}' (known here: {known}); fix its spelling"
+            )
         default = defaults[key]
         if isinstance(default, dict):
             if not isinstance(value, dict):
@@ -132,10 +136,15 @@ def _overlay(defaults: dict, overrides: dict, where: str, source: Path) -> dict:
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise KitError(f"rubric {source}: '{name}' must be a list of names, e.g. {default}")
             if len(value) > len(KNOWN_PARTS) * 2:
-                raise KitError(f"rubric {source}: '{name}' lists {len(value)} names; the parts are {', '.join(KNOWN_PARTS)}")
+                raise KitError(
+                    f"rubric {source}: '{name}' lists {len(value)} names; the parts are {', '.join(KNOWN_PARTS)}"
+                )
             merged[key] = value
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                (isinstance(value, float) and not math.isfinite(value)):
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not math.isfinite(value))
+        ):
             raise KitError(f"rubric {source}: '{name}' must be a number, got {clean_text(repr(value), 60)}")
         else:
             merged[key] = value
@@ -147,7 +156,9 @@ def _read_yaml(path: Path) -> dict:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise KitError(f"rubric {path} must be a YAML mapping (weights:, accuracy:, ...), not a {type(loaded).__name__}")
+        raise KitError(
+            f"rubric {path} must be a YAML mapping (weights:, accuracy:, ...), not a {type(loaded).__name__}"
+        )
     return loaded
 
 
@@ -162,11 +173,16 @@ def load_rubric(path: Path | None) -> dict:
     source = path or f"quantlab/{DEFAULT_RUBRIC}"
     unknown = [part for part in rubric["parts"] if part not in KNOWN_PARTS]
     if unknown:
-        raise KitError(f"rubric {source}: unknown part '{clean_text(unknown[0], 40)}' in parts (known: {', '.join(KNOWN_PARTS)})")
+        raise KitError(
+            f"rubric {source}: unknown part '{clean_text(unknown[0], 40)}' in parts (known: {', '.join(KNOWN_PARTS)})"
+        )
     if any(value < 0 for value in rubric["weights"].values()) or sum(rubric["weights"].values()) <= 0:
         raise KitError(f"rubric {source}: weights must be zero or more, and not all zero")
-    for section, low, high in (("accuracy", "full_at_drop", "zero_at_drop"), ("speedup", "zero_at", "full_at"),
-                               ("size", "zero_at", "full_at")):
+    for section, low, high in (
+        ("accuracy", "full_at_drop", "zero_at_drop"),
+        ("speedup", "zero_at", "full_at"),
+        ("size", "zero_at", "full_at"),
+    ):
         if not rubric[section][low] < rubric[section][high]:
             raise KitError(f"rubric {source}: {section}.{low} must be below {section}.{high}")
     if rubric["pi"]["max_fps"] <= 0:
@@ -182,6 +198,7 @@ def ramp(value: float, zero_at: float, full_at: float) -> float:
 
 
 # ---- running students' models (in the sandbox) ---------------------------------------
+
 
 @dataclass
 class MeasureSettings:
@@ -203,8 +220,14 @@ class ModelRunner:
     Identical files with identical sidecars get identical numbers, and are run once.
     """
 
-    def __init__(self, threads: int, measure: MeasureSettings | None, isolation: str,
-                 timeout: float | None = None, memory_mb: int = sandbox.Limits.memory_mb) -> None:
+    def __init__(
+        self,
+        threads: int,
+        measure: MeasureSettings | None,
+        isolation: str,
+        timeout: float | None = None,
+        memory_mb: int = sandbox.Limits.memory_mb,
+    ) -> None:
         self.threads = threads
         self.measure = measure
         self.isolation = isolation
@@ -231,10 +254,15 @@ class ModelRunner:
             if self.measure is not None:
                 settings = self.measure
                 request["task"] = "measure"
-                request["data"] = {"path": str(Path(settings.data).resolve()), "holdout": settings.holdout,
-                                   "images": settings.images, "seed": settings.seed,
-                                   "batch_size": settings.batch_size, "runs": settings.runs,
-                                   "warmup": settings.warmup}
+                request["data"] = {
+                    "path": str(Path(settings.data).resolve()),
+                    "holdout": settings.holdout,
+                    "images": settings.images,
+                    "seed": settings.seed,
+                    "batch_size": settings.batch_size,
+                    "runs": settings.runs,
+                    "warmup": settings.warmup,
+                }
                 read_only = [Path(settings.data).resolve()]
             limits = sandbox.Limits(wall_seconds=self.timeout, memory_mb=self.memory_mb, threads=self.threads)
             self.cache[key] = sandbox.run_model(path, sidecar, request, limits, self.isolation, read_only)
@@ -287,12 +315,15 @@ class Baseline:
         numbers = measured_numbers(outcome.result) if outcome.result and outcome.result.get("ok") else None
         if numbers is None:
             why = outcome.failure or clean_text((outcome.result or {}).get("reason", "no numbers"))
-            raise KitError(f"the fp32 baseline could not be measured in the grader's sandbox ({why}); "
-                           "check --data and the memory and time limits")
+            raise KitError(
+                f"the fp32 baseline could not be measured in the grader's sandbox ({why}); "
+                "check --data and the memory and time limits"
+            )
         return cls(size_mb=loaded.size_mb, result=numbers)
 
 
 # ---- one student -----------------------------------------------------------------
+
 
 @dataclass
 class ModelGrade:
@@ -301,16 +332,16 @@ class ModelGrade:
     file: str
     method: str
     engine: str | None = None
-    size_mb: float | None = None       # the file's size, measured here
-    top1: float | None = None          # re-measured, or claimed without --remeasure
-    top1_drop: float | None = None     # vs fp32 (the grader's with --remeasure, the report's row without)
+    size_mb: float | None = None  # the file's size, measured here
+    top1: float | None = None  # re-measured, or claimed without --remeasure
+    top1_drop: float | None = None  # vs fp32 (the grader's with --remeasure, the report's row without)
     speedup: float | None = None
     size_ratio: float | None = None
     points: dict[str, float] = field(default_factory=dict)
-    excluded: str | None = None        # why the model is not scored
-    unstable: bool = False             # its re-measured latency was unstable (the grader's machine was busy)
-    sha256: str | None = None          # the file's bytes
-    weights: str | None = None         # its weights, whatever the file's name or metadata
+    excluded: str | None = None  # why the model is not scored
+    unstable: bool = False  # its re-measured latency was unstable (the grader's machine was busy)
+    sha256: str | None = None  # the file's bytes
+    weights: str | None = None  # its weights, whatever the file's name or metadata
 
     @property
     def total(self) -> float:
@@ -323,17 +354,17 @@ class StudentGrade:
 
     student: str
     score: float = 0.0
-    status: str = "ok"                 # ok | problems | flagged | rejected
-    numbers: str = "claimed"           # re-measured | claimed
+    status: str = "ok"  # ok | problems | flagged | rejected
+    numbers: str = "claimed"  # re-measured | claimed
     best: ModelGrade | None = None
     models: list[ModelGrade] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     points: dict[str, float] = field(default_factory=dict)
     pi_fps: float | None = None
-    flags: list[str] = field(default_factory=list)     # claims that disagree with the files or re-measurements
+    flags: list[str] = field(default_factory=list)  # claims that disagree with the files or re-measurements
     problems: list[str] = field(default_factory=list)  # everything else that is wrong
-    copying: list[str] = field(default_factory=list)   # files identical to another student's (for the instructor)
+    copying: list[str] = field(default_factory=list)  # files identical to another student's (for the instructor)
     fingerprints: dict[str, str] = field(default_factory=dict)  # what copying is detected on: label -> digest
 
     @property
@@ -398,7 +429,10 @@ def _claimed(row: dict, reference: dict | None) -> dict | None:
 def _safe_file(folder: Path, name: str) -> tuple[Path | None, str | None]:
     """The model file ``name`` inside ``folder``, or why it cannot be graded."""
     if name != Path(name).name or name.startswith(".") or "\\" in name:
-        return None, f"{clean_text(name, 60)}: a model file must be named without folders (benchmark.json lists basenames)"
+        return (
+            None,
+            f"{clean_text(name, 60)}: a model file must be named without folders (benchmark.json lists basenames)",
+        )
     path = folder / name
     why = link_problem(path, name)
     if why:
@@ -406,7 +440,10 @@ def _safe_file(folder: Path, name: str) -> tuple[Path | None, str | None]:
     if not path.is_file():
         return None, f"missing model file {name} (listed in {REPORT_FILE})"
     if path.stem in RESERVED_STEMS:
-        return None, f"{name}: its sidecar would be {path.stem}.json, which the submission uses for something else; rename it"
+        return (
+            None,
+            f"{name}: its sidecar would be {path.stem}.json, which the submission uses for something else; rename it",
+        )
     return path, None
 
 
@@ -419,7 +456,11 @@ def read_sidecar(path: Path, digest: str) -> tuple[dict | None, str | None, bool
     if why:
         return None, f"{path.name}: its sidecar {why}; hand in the sidecar quantize_model.py wrote", False
     if not isinstance(sidecar, dict):
-        return None, f"{path.name}: its sidecar {side.name} is not a JSON object; hand in the one quantize_model.py wrote", False
+        return (
+            None,
+            f"{path.name}: its sidecar {side.name} is not a JSON object; hand in the one quantize_model.py wrote",
+            False,
+        )
     if sidecar.get("sha256") not in (None, digest):
         return None, f"{path.name}: sha256 differs from its sidecar {side.name}", True
     engine, method = sidecar.get("engine"), sidecar.get("method")
@@ -440,8 +481,15 @@ def _child_reason(name: str, result: dict, memory_mb: int) -> str:
     return f"{name} {reason if reason.startswith('does not') else 'does not load: ' + reason}"
 
 
-def grade_model(folder: Path, row: dict, reference: dict | None, rubric: dict, baseline: Baseline,
-                runner: ModelRunner, flags: list[str]) -> ModelGrade:
+def grade_model(
+    folder: Path,
+    row: dict,
+    reference: dict | None,
+    rubric: dict,
+    baseline: Baseline,
+    runner: ModelRunner,
+    flags: list[str],
+) -> ModelGrade:
     """Check one model row of the report against its file, run it in the sandbox, and give it points."""
     name = row["file"]
     grade = ModelGrade(file=clean_text(name, 80), method=row["method"], engine=row["engine"])
@@ -472,24 +520,38 @@ def grade_model(folder: Path, row: dict, reference: dict | None, rubric: dict, b
     result = outcome.result or {}
     if result.get("ok") is not True:
         grade.excluded = _child_reason(name, result, runner.memory_mb)
-        if "does not load" in grade.excluded and not models.is_torchscript_file(path) and \
-                path.suffix.lower() in TORCH_SUFFIXES:
+        if (
+            "does not load" in grade.excluded
+            and not models.is_torchscript_file(path)
+            and path.suffix.lower() in TORCH_SUFFIXES
+        ):
             grade.excluded += " (a torch.save of a Python object, e.g. a whole model, is refused: hand in TorchScript)"
         return grade
     method, engine = result.get("method"), result.get("engine")
     if sidecar and sidecar.get("method") and path.suffix.lower() in TORCH_SUFFIXES:
         method = sidecar["method"]
-    if method in ("static", "dynamic", "qat") and result.get("quantized") is False and path.suffix.lower() in \
-            TORCH_SUFFIXES:  # the sidecar is the student's word; the loaded graph is the file's
-        grade.excluded = (f"{name}: its sidecar says {method}, but the model holds no int8 layers (it runs in "
-                          "fp32): quantize it with Codes/quantize_model.py")
+    if (
+        method in ("static", "dynamic", "qat")
+        and result.get("quantized") is False
+        and path.suffix.lower() in TORCH_SUFFIXES
+    ):  # the sidecar is the student's word; the loaded graph is the file's
+        grade.excluded = (
+            f"{name}: its sidecar says {method}, but the model holds no int8 layers (it runs in "
+            "fp32): quantize it with Codes/quantize_model.py"
+        )
         flags.append(grade.excluded)
         return grade
     grade.method = method if method in KNOWN_METHODS else "int8"
     grade.engine = engine if engine in engines.ENGINE_CHOICES else None
-    grade.weights = model_checks.archive_content_hash(path) if path.suffix.lower() in TORCH_SUFFIXES else (
-        result.get("weights_sha256") if isinstance(result.get("weights_sha256"), str)
-        and re.fullmatch(r"[0-9a-f]{64}", result["weights_sha256"]) else None)
+    grade.weights = (
+        model_checks.archive_content_hash(path)
+        if path.suffix.lower() in TORCH_SUFFIXES
+        else (
+            result.get("weights_sha256")
+            if isinstance(result.get("weights_sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", result["weights_sha256"])
+            else None
+        )
+    )
     if row["method"] != grade.method:
         flags.append(f"{name}: {REPORT_FILE} says method {row['method']}, its sidecar says {grade.method}")
     grade.size_mb = files.file_size_mb(path)
@@ -516,8 +578,9 @@ def grade_model(folder: Path, row: dict, reference: dict | None, rubric: dict, b
     return grade
 
 
-def _check_claims(name: str, row: dict, claimed: dict | None, grade: ModelGrade, tolerance: dict,
-                  flags: list[str]) -> None:
+def _check_claims(
+    name: str, row: dict, claimed: dict | None, grade: ModelGrade, tolerance: dict, flags: list[str]
+) -> None:
     """Flag claims that disagree with the re-measured numbers beyond the rubric's tolerance.
 
     Ratios against the report's own fp32 row are compared, not raw numbers:
@@ -526,25 +589,32 @@ def _check_claims(name: str, row: dict, claimed: dict | None, grade: ModelGrade,
     points = tolerance["top1_points"]
     if claimed is not None and claimed["top1_drop"] is not None:
         if abs(claimed["top1_drop"] - grade.top1_drop) > points:
-            flags.append(f"{name}: claimed top-1 drop {claimed['top1_drop']:+.1f} points, re-measured "
-                         f"{grade.top1_drop:+.1f} (tolerance {points:g})")
+            flags.append(
+                f"{name}: claimed top-1 drop {claimed['top1_drop']:+.1f} points, re-measured "
+                f"{grade.top1_drop:+.1f} (tolerance {points:g})"
+            )
     elif row["top1"] is not None and abs(row["top1"] - grade.top1) > points:  # no fp32 row: raw top-1
-        flags.append(f"{name}: claimed top-1 {row['top1']:.1f} %, re-measured {grade.top1:.1f} % "
-                     f"(tolerance {points:g} points)")
+        flags.append(
+            f"{name}: claimed top-1 {row['top1']:.1f} %, re-measured {grade.top1:.1f} % (tolerance {points:g} points)"
+        )
     factor = tolerance["speedup_factor"]
     if claimed is not None and not 1 / factor <= claimed["speedup"] / grade.speedup <= factor:
-        flags.append(f"{name}: claimed speed-up {claimed['speedup']:.2f}x, re-measured {grade.speedup:.2f}x "
-                     f"(tolerance x/÷ {factor:g})")
+        flags.append(
+            f"{name}: claimed speed-up {claimed['speedup']:.2f}x, re-measured {grade.speedup:.2f}x "
+            f"(tolerance x/÷ {factor:g})"
+        )
 
 
 def _give_points(grade: ModelGrade, rubric: dict) -> None:
     weights = rubric["weights"]
     accuracy, speedup, size = rubric["accuracy"], rubric["speedup"], rubric["size"]
     grade.points = {
-        "accuracy": 0.0 if grade.top1_drop is None else
-        weights["accuracy"] * ramp(grade.top1_drop, accuracy["zero_at_drop"], accuracy["full_at_drop"]),
-        "speedup": 0.0 if grade.speedup is None else
-        weights["speedup"] * ramp(grade.speedup, speedup["zero_at"], speedup["full_at"]),
+        "accuracy": 0.0
+        if grade.top1_drop is None
+        else weights["accuracy"] * ramp(grade.top1_drop, accuracy["zero_at_drop"], accuracy["full_at_drop"]),
+        "speedup": 0.0
+        if grade.speedup is None
+        else weights["speedup"] * ramp(grade.speedup, speedup["zero_at"], speedup["full_at"]),
         "size": weights["size"] * ramp(grade.size_ratio, size["zero_at"], size["full_at"]),
     }
 
@@ -562,41 +632,68 @@ def check_pi_run(path: Path, graded: list[ModelGrade], rubric: dict) -> tuple[fl
     run, why = read_json_file(path, MAX_PI_RUN_BYTES, made_by)
     if why:
         return None, why
-    fields = {"frames": int, "seconds": (int, float), "mean_fps": (int, float), "engine": str, "model": str,
-              "source": str, "arch": str, "cpu": str}
-    if not isinstance(run, dict) or any(isinstance(run.get(key), bool) or not isinstance(run.get(key), kind)
-                                        for key, kind in fields.items()):
-        return None, f"{path.name} is not a Codes/mobile_net.py --json summary (needs {', '.join(fields)}); run it again"
+    fields = {
+        "frames": int,
+        "seconds": (int, float),
+        "mean_fps": (int, float),
+        "engine": str,
+        "model": str,
+        "source": str,
+        "arch": str,
+        "cpu": str,
+    }
+    if not isinstance(run, dict) or any(
+        isinstance(run.get(key), bool) or not isinstance(run.get(key), kind) for key, kind in fields.items()
+    ):
+        return (
+            None,
+            f"{path.name} is not a Codes/mobile_net.py --json summary (needs {', '.join(fields)}); run it again",
+        )
     fps, frames, seconds = run["mean_fps"], run["frames"], run["seconds"]
     if not all(math.isfinite(value) for value in (fps, seconds)) or fps <= 0 or frames <= 0 or seconds <= 0:
         return None, f"{path.name}: frames, seconds and mean_fps must be positive numbers; run the demo again"
     shown_fps = float(fps) if fps <= 1e6 else None
     if run["arch"] not in PI_ARCHES or "raspberry pi" not in run["cpu"].lower():
-        return shown_fps, (f"{path.name} was recorded on {clean_text(run['cpu'], 50)} ({clean_text(run['arch'], 20)}), "
-                           "not a Raspberry Pi with 64-bit Raspberry Pi OS: run the demo on the Pi")
+        return shown_fps, (
+            f"{path.name} was recorded on {clean_text(run['cpu'], 50)} ({clean_text(run['arch'], 20)}), "
+            "not a Raspberry Pi with 64-bit Raspberry Pi OS: run the demo on the Pi"
+        )
     source = run["source"]
     if not (source.isdigit() or source == "picamera2"):
-        return shown_fps, (f"{path.name} read its frames from '{clean_text(source, 40)}', not a camera: run the demo "
-                           "with the webcam (default) or --source picamera2")
+        return shown_fps, (
+            f"{path.name} read its frames from '{clean_text(source, 40)}', not a camera: run the demo "
+            "with the webcam (default) or --source picamera2"
+        )
     if run["engine"] != "qnnpack":
-        return shown_fps, f"{path.name}: engine {clean_text(run['engine'], 20)}, not qnnpack: not a run of an int8 model on the Pi"
+        return (
+            shown_fps,
+            f"{path.name}: engine {clean_text(run['engine'], 20)}, not qnnpack: not a run of an int8 model on the Pi",
+        )
     minimum = rubric["pi"]["min_frames"]
     if frames < minimum:
         return shown_fps, f"{path.name}: {frames} frames, the rubric asks for {minimum:g} or more"
     if not math.isclose(fps, frames / seconds, rel_tol=PI_FPS_TOLERANCE):
-        return shown_fps, (f"{path.name}: mean_fps {fps:g} is not its frames / seconds ({frames / seconds:.1f}): "
-                           "the file was edited; hand in the demo's own output")
+        return shown_fps, (
+            f"{path.name}: mean_fps {fps:g} is not its frames / seconds ({frames / seconds:.1f}): "
+            "the file was edited; hand in the demo's own output"
+        )
     if fps > rubric["pi"]["max_fps"]:
-        return shown_fps, (f"{path.name}: {fps:g} FPS is more than a Raspberry Pi reaches with MobileNetV2 "
-                           f"(the rubric's limit is {rubric['pi']['max_fps']:g}); hand in the demo's own output")
+        return shown_fps, (
+            f"{path.name}: {fps:g} FPS is more than a Raspberry Pi reaches with MobileNetV2 "
+            f"(the rubric's limit is {rubric['pi']['max_fps']:g}); hand in the demo's own output"
+        )
     recorded = run.get("model_sha256")
     matching = [m for m in graded if m.sha256 and m.sha256 == recorded]
     if not isinstance(recorded, str) or not matching:
-        return shown_fps, (f"{path.name} ran '{clean_text(run['model'], 60)}', whose sha256 (recorded by "
-                           "mobile_net.py) is not that of a submitted model that passed the checks")
+        return shown_fps, (
+            f"{path.name} ran '{clean_text(run['model'], 60)}', whose sha256 (recorded by "
+            "mobile_net.py) is not that of a submitted model that passed the checks"
+        )
     if not any(model.engine == "qnnpack" for model in matching):  # the file's engine, not the run's word
-        return shown_fps, (f"{path.name} ran a submitted model that is not int8 for qnnpack (its sidecar and "
-                           "graph say otherwise): run the qnnpack model on the Pi")
+        return shown_fps, (
+            f"{path.name} ran a submitted model that is not int8 for qnnpack (its sidecar and "
+            "graph say otherwise): run the qnnpack model on the Pi"
+        )
     return float(fps), None
 
 
@@ -609,8 +706,10 @@ def _duplicate_methods(student: StudentGrade) -> None:
         key = grade.weights or grade.sha256
         first = first_by_weights.setdefault(key, grade) if key else grade
         if first is not grade and first.method != grade.method:
-            grade.excluded = (f"{grade.file} holds the same weights as {first.file} ({first.method}), handed in again "
-                              f"as {grade.method}: counted once")
+            grade.excluded = (
+                f"{grade.file} holds the same weights as {first.file} ({first.method}), handed in again "
+                f"as {grade.method}: counted once"
+            )
             student.flags.append(grade.excluded)
 
 
@@ -650,8 +749,11 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
         try:
             grade = grade_model(folder, row, reference, rubric, baseline, runner, student.flags)
         except (OSError, ValueError, KitError):  # an unreadable file costs that model, never the submission
-            grade = ModelGrade(file=clean_text(row["file"], 80), method=row["method"],
-                               excluded=f"{clean_text(row['file'], 80)} cannot be read by the grader; hand it in again")
+            grade = ModelGrade(
+                file=clean_text(row["file"], 80),
+                method=row["method"],
+                excluded=f"{clean_text(row['file'], 80)} cannot be read by the grader; hand it in again",
+            )
         student.models.append(grade)
     _duplicate_methods(student)
     for grade in student.models:
@@ -705,8 +807,10 @@ def folder_problem(folder: Path) -> str | None:
     if folder.is_symlink():
         return "the student folder is a link (to another student's folder?): hand in a folder of your own"
     if not FOLDER_NAME.fullmatch(folder.name):
-        return ("the folder name breaks the rule of labs/homework.md (letters, digits, '-' and '_', at most 64, "
-                "starting with a letter or digit): rename it")
+        return (
+            "the folder name breaks the rule of labs/homework.md (letters, digits, '-' and '_', at most 64, "
+            "starting with a letter or digit): rename it"
+        )
     return None
 
 
@@ -720,9 +824,12 @@ def flag_copies(students: list[StudentGrade]) -> None:
         notes = []
         for label, digest in student.fingerprints.items():
             others = sorted({name for name, _ in owners[digest] if name != student.student})
-            same_file = f"model {label[len('weights of '):]}"
-            if label.startswith("weights") and same_file in student.fingerprints and \
-                    len(owners[student.fingerprints[same_file]]) > 1:
+            same_file = f"model {label[len('weights of ') :]}"
+            if (
+                label.startswith("weights")
+                and same_file in student.fingerprints
+                and len(owners[student.fingerprints[same_file]]) > 1
+            ):
                 continue  # the identical file is listed already
             if others:
                 kind = "same weights as" if label.startswith("weights") else "identical to"
@@ -733,8 +840,13 @@ def flag_copies(students: list[StudentGrade]) -> None:
 
 def rejected(folder: Path, rubric: dict, reason: str) -> StudentGrade:
     """A leaderboard line for a folder that could not be graded at all."""
-    return StudentGrade(student=display_name(folder.name), status="rejected", numbers="", problems=[reason],
-                        missing=list(rubric["parts"]))
+    return StudentGrade(
+        student=display_name(folder.name),
+        status="rejected",
+        numbers="",
+        problems=[reason],
+        missing=list(rubric["parts"]),
+    )
 
 
 def ranked(students: list[StudentGrade]) -> list[StudentGrade]:
@@ -744,10 +856,31 @@ def ranked(students: list[StudentGrade]) -> list[StudentGrade]:
 
 # ---- the leaderboard -------------------------------------------------------------
 
-LEADERBOARD_COLUMNS = ("rank", "student", "score", "status", "numbers", "best_model", "method", "engine",
-                       "top1", "top1_drop", "speedup", "size_mb", "size_ratio", "points_accuracy",
-                       "points_speedup", "points_size", "points_parts", "penalty", "parts", "missing_parts",
-                       "pi_fps", "reasons", "possible_copying")
+LEADERBOARD_COLUMNS = (
+    "rank",
+    "student",
+    "score",
+    "status",
+    "numbers",
+    "best_model",
+    "method",
+    "engine",
+    "top1",
+    "top1_drop",
+    "speedup",
+    "size_mb",
+    "size_ratio",
+    "points_accuracy",
+    "points_speedup",
+    "points_size",
+    "points_parts",
+    "penalty",
+    "parts",
+    "missing_parts",
+    "pi_fps",
+    "reasons",
+    "possible_copying",
+)
 
 
 def _rounded(value: float | None, digits: int = 2) -> float | None:
@@ -768,28 +901,30 @@ def leaderboard_rows(students: list[StudentGrade]) -> list[dict]:
     for rank, student in enumerate(ranked(students), start=1):
         best = student.best
         points = student.points
-        rows.append({
-            "rank": "-" if student.status == "rejected" else rank,
-            "student": clean_text(student.student, 64),
-            "score": student.score,
-            "status": student.status,
-            "numbers": student.numbers,
-            "best_model": clean_text(best.file, 80) if best else None,
-            "method": best.method if best else None,
-            "engine": best.engine if best else None,
-            "top1": _rounded(best.top1) if best else None,
-            "top1_drop": _rounded(best.top1_drop) if best else None,
-            "speedup": _rounded(best.speedup) if best else None,
-            "size_mb": _rounded(best.size_mb, 3) if best else None,
-            "size_ratio": _rounded(best.size_ratio) if best else None,
-            **{f"points_{key}": _rounded(points.get(key), 1) for key in ("accuracy", "speedup", "size", "parts")},
-            "penalty": _rounded(points.get("penalty"), 1),
-            "parts": " ".join(student.parts),
-            "missing_parts": " ".join(student.missing),
-            "pi_fps": _rounded(student.pi_fps, 1),
-            "reasons": " | ".join(capped_reasons(student.reasons)),
-            "possible_copying": " | ".join(capped_reasons(student.copying)),
-        })
+        rows.append(
+            {
+                "rank": "-" if student.status == "rejected" else rank,
+                "student": clean_text(student.student, 64),
+                "score": student.score,
+                "status": student.status,
+                "numbers": student.numbers,
+                "best_model": clean_text(best.file, 80) if best else None,
+                "method": best.method if best else None,
+                "engine": best.engine if best else None,
+                "top1": _rounded(best.top1) if best else None,
+                "top1_drop": _rounded(best.top1_drop) if best else None,
+                "speedup": _rounded(best.speedup) if best else None,
+                "size_mb": _rounded(best.size_mb, 3) if best else None,
+                "size_ratio": _rounded(best.size_ratio) if best else None,
+                **{f"points_{key}": _rounded(points.get(key), 1) for key in ("accuracy", "speedup", "size", "parts")},
+                "penalty": _rounded(points.get("penalty"), 1),
+                "parts": " ".join(student.parts),
+                "missing_parts": " ".join(student.missing),
+                "pi_fps": _rounded(student.pi_fps, 1),
+                "reasons": " | ".join(capped_reasons(student.reasons)),
+                "possible_copying": " | ".join(capped_reasons(student.copying)),
+            }
+        )
     return rows
 
 
@@ -827,8 +962,9 @@ def _cell(value) -> str:
     return md_text(value)
 
 
-def _notes_by_student(students: list[StudentGrade], notes_of: Callable[[StudentGrade], list[str]],
-                      with_status: bool) -> list[str]:
+def _notes_by_student(
+    students: list[StudentGrade], notes_of: Callable[[StudentGrade], list[str]], with_status: bool
+) -> list[str]:
     """Markdown bullets: each student with notes (ranked), their notes escaped and capped below; "None." if none."""
     lines = []
     for student in ranked(students):
@@ -842,18 +978,51 @@ def _notes_by_student(students: list[StudentGrade], notes_of: Callable[[StudentG
 def markdown_text(students: list[StudentGrade], header: list[str]) -> str:
     """The leaderboard as Markdown: the context, the ranking, then every submission's problems."""
     rows = leaderboard_rows(students)
-    shown = ("rank", "student", "score", "status", "best_model", "method", "top1_drop", "speedup", "size_ratio",
-             "parts", "pi_fps")
-    titles = ("rank", "student", "score", "status", "best model", "method", "top-1 drop (points)", "speed-up",
-              "smaller", "parts", "Pi FPS")
-    lines = ["# Leaderboard", "", *(md_text(line) for line in header), "",
-             "| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    shown = (
+        "rank",
+        "student",
+        "score",
+        "status",
+        "best_model",
+        "method",
+        "top1_drop",
+        "speedup",
+        "size_ratio",
+        "parts",
+        "pi_fps",
+    )
+    titles = (
+        "rank",
+        "student",
+        "score",
+        "status",
+        "best model",
+        "method",
+        "top-1 drop (points)",
+        "speed-up",
+        "smaller",
+        "parts",
+        "Pi FPS",
+    )
+    lines = [
+        "# Leaderboard",
+        "",
+        *(md_text(line) for line in header),
+        "",
+        "| " + " | ".join(titles) + " |",
+        "|" + "---|" * len(titles),
+    ]
     lines += ["| " + " | ".join(_cell(row[key]) for key in shown) + " |" for row in rows]
     lines += ["", "## Problems", "", *_notes_by_student(students, lambda student: student.reasons, with_status=True)]
-    lines += ["", "## Possible copying", "",
-              "Files byte-identical to another student's, or the same weights under another name. Deterministic "
-              "quantization with the same seed and photos gives identical models; identical reports or Pi runs "
-              "(they hold timings and times) deserve a look.", ""]
+    lines += [
+        "",
+        "## Possible copying",
+        "",
+        "Files byte-identical to another student's, or the same weights under another name. Deterministic "
+        "quantization with the same seed and photos gives identical models; identical reports or Pi runs "
+        "(they hold timings and times) deserve a look.",
+        "",
+    ]
     lines += _notes_by_student(students, lambda student: student.copying, with_status=False)
     return "\n".join(lines) + "\n"
 
@@ -869,19 +1038,34 @@ def write_plot(students: list[StudentGrade], path: Path, title: str) -> None:
     names = [s.student for s in ordered]
     figure, axes = plt.subplots(figsize=(8, 1.2 + 0.4 * len(names)))
     left = [0.0] * len(names)
-    for key, colour in (("accuracy", "tab:green"), ("speedup", "tab:blue"), ("size", "tab:orange"),
-                        ("parts", "tab:purple")):
+    for key, colour in (
+        ("accuracy", "tab:green"),
+        ("speedup", "tab:blue"),
+        ("size", "tab:orange"),
+        ("parts", "tab:purple"),
+    ):
         widths = [s.points.get(key, 0.0) for s in ordered]
         axes.barh(names, widths, left=left, color=colour, label=key)
         left = [a + b for a, b in zip(left, widths)]
     penalised = [(index, -s.points["penalty"]) for index, s in enumerate(ordered) if s.points.get("penalty")]
     if penalised:  # hatched over the points they took off
-        axes.barh([names[i] for i, _ in penalised], [width for _, width in penalised],
-                  left=[left[i] - width for i, width in penalised], color="none", edgecolor="tab:red", hatch="//",
-                  label="penalty (taken off)")
+        axes.barh(
+            [names[i] for i, _ in penalised],
+            [width for _, width in penalised],
+            left=[left[i] - width for i, width in penalised],
+            color="none",
+            edgecolor="tab:red",
+            hatch="//",
+            label="penalty (taken off)",
+        )
     for index, student in enumerate(ordered):
-        axes.text(max(left[index], 0) + 1, index, f"{student.score:g}" if student.status != "rejected" else "rejected",
-                  va="center", fontsize=8)
+        axes.text(
+            max(left[index], 0) + 1,
+            index,
+            f"{student.score:g}" if student.status != "rejected" else "rejected",
+            va="center",
+            fontsize=8,
+        )
     axes.invert_yaxis()  # rank 1 on top
     axes.set_xlabel("points")
     axes.set_title(title, fontsize=9)
@@ -911,14 +1095,18 @@ def _shown(value, spec: str, unit: str = "") -> str:
 
 def format_summary(students: list[StudentGrade]) -> str:
     """The leaderboard as a text table for the terminal."""
-    header = (f"{'rank':>4}  {'student':<16}{'score':>7}  {'status':<9}{'best model':<22}{'drop':>8}"
-              f"{'faster':>10}{'smaller':>9}  {'parts':<28}{'problems':>8}")
+    header = (
+        f"{'rank':>4}  {'student':<16}{'score':>7}  {'status':<9}{'best model':<22}{'drop':>8}"
+        f"{'faster':>10}{'smaller':>9}  {'parts':<28}{'problems':>8}"
+    )
     lines = [header, "-" * len(header)]
     for row in leaderboard_rows(students):
         reasons = row["reasons"].count(" | ") + 1 if row["reasons"] else 0
-        lines.append(f"{row['rank']:>4}  {row['student'][:15]:<16}{row['score']:>7.1f}  {row['status']:<9}"
-                     f"{(row['best_model'] or '-')[:21]:<22}{_shown(row['top1_drop'], '+.1f'):>8}"
-                     f"{_shown(row['speedup'], '.2f', 'x'):>10}{_shown(row['size_ratio'], '.2f', 'x'):>9}  "
-                     f"{row['parts'][:27]:<28}{reasons:>8}")
+        lines.append(
+            f"{row['rank']:>4}  {row['student'][:15]:<16}{row['score']:>7.1f}  {row['status']:<9}"
+            f"{(row['best_model'] or '-')[:21]:<22}{_shown(row['top1_drop'], '+.1f'):>8}"
+            f"{_shown(row['speedup'], '.2f', 'x'):>10}{_shown(row['size_ratio'], '.2f', 'x'):>9}  "
+            f"{row['parts'][:27]:<28}{reasons:>8}"
+        )
     lines.append("drop: top-1 points lost vs fp32; faster, smaller: vs fp32; problems: see leaderboard.md")
     return "\n".join(lines)

@@ -32,9 +32,15 @@ TORCHVISION_NAMES = {
     "mobilenet_v2": "torchvision's pretrained fp32 MobileNetV2",
     "mobilenet_v2_int8": "torchvision's pretrained int8 MobileNetV2 (quantization-aware trained for qnnpack)",
 }
-QUANTIZED_ONNX_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
-                      "QLinearMatMul", "ConvInteger", "MatMulInteger"}
-
+QUANTIZED_ONNX_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+}
 
 
 def fixed_batch(model: Callable) -> int | None:
@@ -49,17 +55,17 @@ class LoadedModel:
 
     name: str
     model: Callable[[torch.Tensor], torch.Tensor]
-    runtime: str                 # pytorch | onnxruntime
-    format: str                  # torchvision | state_dict | torchscript | onnx
-    engine: str | None           # PyTorch's int8 engine it runs on; None for fp32 and ONNX Runtime
+    runtime: str  # pytorch | onnxruntime
+    format: str  # torchvision | state_dict | torchscript | onnx
+    engine: str | None  # PyTorch's int8 engine it runs on; None for fp32 and ONNX Runtime
     path: str | None
     size_mb: float
     parameters: int | None
     sha256: str | None
-    method: str                  # fp32 | static | dynamic | qat | int8 (quantized, method unknown)
+    method: str  # fp32 | static | dynamic | qat | int8 (quantized, method unknown)
     sidecar: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # one-line remarks for the user (engine overrides, ...)
-    batch_one: bool = False      # takes one photo at a time only (traced or exported for batch 1)
+    batch_one: bool = False  # takes one photo at a time only (traced or exported for batch 1)
 
 
 def count_parameters(model: Callable) -> int | None:
@@ -98,13 +104,23 @@ def _onnx_facts(path: Path) -> tuple[int | None, bool]:
         return None, False
     quantized = any(node.op_type in QUANTIZED_ONNX_OPS for node in graph.node)
     # scales and zero points of QuantizeLinear/DequantizeLinear are not weights
-    quant_params = {name for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
-                    for name in node.input[1:]}
-    counted = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-               onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32)
+    quant_params = {
+        name for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear") for name in node.input[1:]
+    }
+    counted = (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.INT32,
+    )
     # rank 0 initializers are constants such as Clip's bounds (ReLU6), not weights
-    total = sum(math.prod(init.dims) for init in graph.initializer
-                if init.dims and init.name not in quant_params and init.data_type in counted)
+    total = sum(
+        math.prod(init.dims)
+        for init in graph.initializer
+        if init.dims and init.name not in quant_params and init.data_type in counted
+    )
     return total or None, quantized
 
 
@@ -113,8 +129,10 @@ def _frozen(model: nn.Module) -> torch.jit.ScriptModule:
     return models.script(model)
 
 
-_QNNPACK_WEIGHTS_NOTE = ("note: {name}: torchvision's pretrained int8 weights were made for qnnpack; on {engine} "
-                         "they round differently and may run slowly (pass --engine qnnpack to match the Pi)")
+_QNNPACK_WEIGHTS_NOTE = (
+    "note: {name}: torchvision's pretrained int8 weights were made for qnnpack; on {engine} "
+    "they round differently and may run slowly (pass --engine qnnpack to match the Pi)"
+)
 
 
 def _load_torchvision(name: str, engine: str) -> LoadedModel:
@@ -128,9 +146,19 @@ def _load_torchvision(name: str, engine: str) -> LoadedModel:
             notes.append(_QNNPACK_WEIGHTS_NOTE.format(name=name, engine=used_engine))
     size = models.serialized_size_mb(module)
     scripted = _frozen(module)
-    return LoadedModel(name=name, model=scripted, runtime="pytorch", format="torchvision", engine=used_engine,
-                       path=None, size_mb=round(size, 3), parameters=count_parameters(scripted), sha256=None,
-                       method=method, notes=notes)
+    return LoadedModel(
+        name=name,
+        model=scripted,
+        runtime="pytorch",
+        format="torchvision",
+        engine=used_engine,
+        path=None,
+        size_mb=round(size, 3),
+        parameters=count_parameters(scripted),
+        sha256=None,
+        method=method,
+        notes=notes,
+    )
 
 
 def _load_state_dict(path: Path, state_dict: dict, engine: str, arch: str) -> LoadedModel:
@@ -149,10 +177,19 @@ def _load_state_dict(path: Path, state_dict: dict, engine: str, arch: str) -> Lo
             raise KitError(f"{path} holds int8 weights; the kit rebuilds int8 models for --arch mobilenet_v2 only")
         module = models.torchvision_model(arch, state_dict, str(path))
     scripted = _frozen(module)
-    return LoadedModel(name=path.name, model=scripted, runtime="pytorch", format="state_dict", engine=used_engine,
-                       path=str(path), size_mb=round(file_size_mb(path), 3),
-                       parameters=count_parameters(scripted), sha256=sha256_of(path),
-                       method="int8" if int8 else "fp32", notes=notes)
+    return LoadedModel(
+        name=path.name,
+        model=scripted,
+        runtime="pytorch",
+        format="state_dict",
+        engine=used_engine,
+        path=str(path),
+        size_mb=round(file_size_mb(path), 3),
+        parameters=count_parameters(scripted),
+        sha256=sha256_of(path),
+        method="int8" if int8 else "fp32",
+        notes=notes,
+    )
 
 
 def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
@@ -161,8 +198,10 @@ def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
     notes = []
     if engine == "auto":
         if made_for and made_for not in torch.backends.quantized.supported_engines:
-            raise KitError(f"{path.name} was quantized for {made_for}, which this PyTorch build lacks; quantize "
-                           f"it again here (quantize_model.py --engine auto), e.g. qnnpack for a Raspberry Pi")
+            raise KitError(
+                f"{path.name} was quantized for {made_for}, which this PyTorch build lacks; quantize "
+                f"it again here (quantize_model.py --engine auto), e.g. qnnpack for a Raspberry Pi"
+            )
         if made_for is None:  # the search loads the file on the engine it settles on: no need to load it again
             used_engine, notes, scripted = _engine_without_sidecar(path, threads)
         else:
@@ -170,17 +209,29 @@ def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
     else:
         used_engine, _ = engines.resolve_engine(engine)
         if made_for and made_for != used_engine:
-            notes.append(f"note: {path.name} was quantized for {made_for} (its sidecar says so) but --engine "
-                         f"forces {used_engine}: expect other speed and accuracy than on {made_for}")
+            notes.append(
+                f"note: {path.name} was quantized for {made_for} (its sidecar says so) but --engine "
+                f"forces {used_engine}: expect other speed and accuracy than on {made_for}"
+            )
     if engine != "auto" or made_for is not None:
         engines.set_engine(used_engine)  # int8 weights are packed for the engine active while they load
         scripted = models.load_model_file(path, threads)
     quantized = "quantized::" in str(scripted.inlined_graph)
     method = sidecar.get("method") or ("int8" if quantized else "fp32")
-    return LoadedModel(name=path.name, model=scripted, runtime="pytorch", format="torchscript",
-                       engine=used_engine if quantized else None, path=str(path),
-                       size_mb=round(file_size_mb(path), 3), parameters=count_parameters(scripted),
-                       sha256=sha256_of(path), method=method, sidecar=sidecar, notes=notes)
+    return LoadedModel(
+        name=path.name,
+        model=scripted,
+        runtime="pytorch",
+        format="torchscript",
+        engine=used_engine if quantized else None,
+        path=str(path),
+        size_mb=round(file_size_mb(path), 3),
+        parameters=count_parameters(scripted),
+        sha256=sha256_of(path),
+        method=method,
+        sidecar=sidecar,
+        notes=notes,
+    )
 
 
 def _packed_weights(scripted: torch.jit.ScriptModule) -> list[torch.ScriptObject]:
@@ -189,10 +240,16 @@ def _packed_weights(scripted: torch.jit.ScriptModule) -> list[torch.ScriptObject
     Frozen files keep them as graph constants, others as the ``_packed_params``
     attribute of each quantized layer: both are read.
     """
-    found = [node.output().toIValue() for node in scripted.graph.nodes()
-             if node.kind() == "prim::Constant" and node.hasAttribute("value")]
-    found += [module._c.getattr("_packed_params") for _, module in scripted.named_modules()
-              if module._c.hasattr("_packed_params")]
+    found = [
+        node.output().toIValue()
+        for node in scripted.graph.nodes()
+        if node.kind() == "prim::Constant" and node.hasAttribute("value")
+    ]
+    found += [
+        module._c.getattr("_packed_params")
+        for _, module in scripted.named_modules()
+        if module._c.hasattr("_packed_params")
+    ]
     return [value for value in found if isinstance(value, torch.ScriptObject) and hasattr(value, "unpack")]
 
 
@@ -218,8 +275,11 @@ def _engine_without_sidecar(path: Path, threads: int) -> tuple[str, list[str], t
         return fast, [], loaded_on[fast]  # fp32: the engine does not matter
     per_tensor = schemes <= {torch.per_tensor_affine, torch.per_tensor_symmetric}
     guess = "qnnpack" if per_tensor and "qnnpack" in supported else fast
-    why = ("its int8 weights are per-tensor, as qnnpack's defaults make them" if guess == "qnnpack"
-           else "its int8 weights are per-channel, as the x86 engines' defaults make them")
+    why = (
+        "its int8 weights are per-tensor, as qnnpack's defaults make them"
+        if guess == "qnnpack"
+        else "its int8 weights are per-channel, as the x86 engines' defaults make them"
+    )
     failures = []
     for candidate in dict.fromkeys([guess, fast, *(e for e in engines.ENGINE_CHOICES if e in supported)]):
         if candidate == "auto":
@@ -234,11 +294,15 @@ def _engine_without_sidecar(path: Path, threads: int) -> tuple[str, list[str], t
             continue
         if candidate != guess:
             why = f"it does not run on {guess}, the first guess"
-        note = (f"note: {path.name} has no sidecar {models.sidecar_path(path).name}; running it on {candidate} "
-                f"({why}); pass --engine if it was quantized for another engine")
+        note = (
+            f"note: {path.name} has no sidecar {models.sidecar_path(path).name}; running it on {candidate} "
+            f"({why}); pass --engine if it was quantized for another engine"
+        )
         return candidate, [note], model
-    raise KitError(f"{path.name} is int8 with no sidecar and runs on none of this PyTorch's engines "
-                   f"({'; '.join(failures)}); pass --engine ENGINE it was quantized for")
+    raise KitError(
+        f"{path.name} is int8 with no sidecar and runs on none of this PyTorch's engines "
+        f"({'; '.join(failures)}); pass --engine ENGINE it was quantized for"
+    )
 
 
 BATCH_AGREEMENT = 0.95  # cosine between an image's scores alone and in a batch, below which batches are not trusted
@@ -272,12 +336,15 @@ def probe(loaded: LoadedModel, input_size: int = 224, classes: int = 1000) -> No
     except KitError:
         raise
     except Exception as error:  # noqa: BLE001 - a handed-in model can fail in any way inside torch
-        raise KitError(f"{name} fails when run on one 3x{input_size}x{input_size} image "
-                       f"({_first_line(error)})") from None
+        raise KitError(
+            f"{name} fails when run on one 3x{input_size}x{input_size} image ({_first_line(error)})"
+        ) from None
     if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, classes):
         shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise KitError(f"{name} returns {shape} for one image, not the {classes} ImageNet class scores "
-                       f"[1, {classes}]; the kit measures ImageNet-1k classifiers")
+        raise KitError(
+            f"{name} returns {shape} for one image, not the {classes} ImageNet class scores "
+            f"[1, {classes}]; the kit measures ImageNet-1k classifiers"
+        )
     if not torch.isfinite(output).all():
         raise KitError(f"{name} returns NaN or infinite scores for an image; it is broken")
     if fixed_batch(loaded.model) == 1:
@@ -293,16 +360,20 @@ def probe(loaded: LoadedModel, input_size: int = 224, classes: int = 1000) -> No
         takes_batches = False
     if not takes_batches:
         loaded.batch_one = True
-        loaded.notes.append(f"note: {name} takes one image at a time only (traced or exported for batch 1); "
-                            "its accuracy is measured photo by photo")
+        loaded.notes.append(
+            f"note: {name} takes one image at a time only (traced or exported for batch 1); "
+            "its accuracy is measured photo by photo"
+        )
         return
     # latency is timed on batch 1: a model that answers a photo otherwise alone than in a batch would be
     # timed on one computation and scored on another (dynamic quantization's ranges move a little: cosine ~1)
     agreement = float(torch.nn.functional.cosine_similarity(pair[0].float(), output[0].float(), dim=0))
     if agreement < BATCH_AGREEMENT:
         loaded.batch_one = True
-        loaded.notes.append(f"note: {name} answers an image differently alone than in a batch (cosine "
-                            f"{agreement:.2f}); its accuracy is measured photo by photo, as its latency is")
+        loaded.notes.append(
+            f"note: {name} answers an image differently alone than in a batch (cosine "
+            f"{agreement:.2f}); its accuracy is measured photo by photo, as its latency is"
+        )
 
 
 def _shape_fix(shape: list) -> str:
@@ -322,15 +393,26 @@ def _load_onnx(path: Path, threads: int, input_size: int) -> LoadedModel:
     expected = [1, 3, input_size, input_size]
     shape = onnx_model.input_shape
     if len(shape) != 4 or any(isinstance(want, int) and want != got for want, got in zip(shape, expected)):
-        raise KitError(f"{path} expects input {shape} but the benchmark feeds {expected} (batch 1, --size "
-                       f"{input_size}); {_shape_fix(shape)}")
+        raise KitError(
+            f"{path} expects input {shape} but the benchmark feeds {expected} (batch 1, --size "
+            f"{input_size}); {_shape_fix(shape)}"
+        )
     parameters, quantized = _onnx_facts(path)
     # quantlab.onnx_tools records how it quantized a file in the file itself
     made = onnx_tools.read_metadata(path) or models.read_sidecar(path)
-    return LoadedModel(name=path.name, model=onnx_model, runtime="onnxruntime", format="onnx", engine=None,
-                       path=str(path), size_mb=round(file_size_mb(path), 3), parameters=parameters,
-                       sha256=sha256_of(path), method=made.get("method") or ("int8" if quantized else "fp32"),
-                       sidecar=made)
+    return LoadedModel(
+        name=path.name,
+        model=onnx_model,
+        runtime="onnxruntime",
+        format="onnx",
+        engine=None,
+        path=str(path),
+        size_mb=round(file_size_mb(path), 3),
+        parameters=parameters,
+        sha256=sha256_of(path),
+        method=made.get("method") or ("int8" if quantized else "fp32"),
+        sidecar=made,
+    )
 
 
 def load_any(spec: str, engine: str, threads: int, arch: str = "mobilenet_v2", input_size: int = 224) -> LoadedModel:
@@ -359,8 +441,10 @@ def _load_file(spec: str, engine: str, threads: int, arch: str, input_size: int)
     if path.is_file() and pt2e.is_exported_file(path):
         return _load_exported(path, input_size)
     if not path.exists():
-        raise KitError(f"--model {spec}: no such file, and not a model name the kit knows "
-                       f"({', '.join(TORCHVISION_NAMES)}); check the path")
+        raise KitError(
+            f"--model {spec}: no such file, and not a model name the kit knows "
+            f"({', '.join(TORCHVISION_NAMES)}); check the path"
+        )
     if not path.is_file():
         raise KitError(f"--model {spec} is a folder; pass a model file (.pt, .pth or .onnx)")
     if path.suffix.lower() in models.ONNX_SUFFIXES:
@@ -370,8 +454,10 @@ def _load_file(spec: str, engine: str, threads: int, arch: str, input_size: int)
     try:
         state_dict = models.load_state_dict_file(path)
     except KitError:
-        raise KitError(f"{path} is not a model file the kit can load: neither TorchScript (torch.jit.save), "
-                       "a state dict (torch.save) nor ONNX (.onnx)") from None
+        raise KitError(
+            f"{path} is not a model file the kit can load: neither TorchScript (torch.jit.save), "
+            "a state dict (torch.save) nor ONNX (.onnx)"
+        ) from None
     return _load_state_dict(path, state_dict, engine, arch)
 
 
@@ -383,12 +469,24 @@ def _load_exported(path: Path, input_size: int) -> LoadedModel:
     sidecar = models.read_sidecar(path)
     notes = [loaded.note] if loaded.note else []
     if loaded.compiled:
-        notes.append(f"note: {path.name} runs through torch.compile (inductor, freezing): compiled for batch 1, "
-                     "it compiles again for each new batch size (the evaluation's)")
-    return LoadedModel(name=path.name, model=loaded, runtime="pytorch", format="pt2", engine=None, path=str(path),
-                       size_mb=round(file_size_mb(path), 3), parameters=None, sha256=sha256_of(path),
-                       method=sidecar.get("method") or ("int8" if loaded.quantized else "fp32"), sidecar=sidecar,
-                       notes=notes)
+        notes.append(
+            f"note: {path.name} runs through torch.compile (inductor, freezing): compiled for batch 1, "
+            "it compiles again for each new batch size (the evaluation's)"
+        )
+    return LoadedModel(
+        name=path.name,
+        model=loaded,
+        runtime="pytorch",
+        format="pt2",
+        engine=None,
+        path=str(path),
+        size_mb=round(file_size_mb(path), 3),
+        parameters=None,
+        sha256=sha256_of(path),
+        method=sidecar.get("method") or ("int8" if loaded.quantized else "fp32"),
+        sidecar=sidecar,
+        notes=notes,
+    )
 
 
 def _load_user_model(spec: str, input_size: int) -> LoadedModel:
@@ -401,15 +499,24 @@ def _load_user_model(spec: str, input_size: int) -> LoadedModel:
         model: Callable = _frozen(module)  # the same deployment form as the kit's fp32 baseline
     except Exception as error:  # noqa: BLE001 - many models do not script; eager mode still measures them
         model = module
-        notes.append(f"note: {spec} does not compile to TorchScript ({_first_line(error)[:100]}); "
-                     "measured in eager mode (usually slower)")
+        notes.append(
+            f"note: {spec} does not compile to TorchScript ({_first_line(error)[:100]}); "
+            "measured in eager mode (usually slower)"
+        )
     weights = user_model.parse_spec(spec)[2]
-    return LoadedModel(name=spec, model=model, runtime="pytorch", format="python", engine=None,
-                       path=str(weights) if weights else None, size_mb=round(models.serialized_size_mb(module), 3),
-                       parameters=sum(p.numel() for p in module.parameters()),
-                       sha256=sha256_of(weights) if weights else None, method="fp32", notes=notes)
-
-
+    return LoadedModel(
+        name=spec,
+        model=model,
+        runtime="pytorch",
+        format="python",
+        engine=None,
+        path=str(weights) if weights else None,
+        size_mb=round(models.serialized_size_mb(module), 3),
+        parameters=sum(p.numel() for p in module.parameters()),
+        sha256=sha256_of(weights) if weights else None,
+        method="fp32",
+        notes=notes,
+    )
 
 
 def load_for_demo(path: Path, engine: str, input_size: int, threads: int) -> tuple[Callable, str, str]:

@@ -83,7 +83,9 @@ def check_room(peak_mb: float, what: str) -> None:
         return
     more = max(0.0, peak_mb - (current_rss_mb() or 0.0))
     if more > available:
-        raise KitError(f"{what} needs about {more:.0f} MB more memory and this machine has {available:.0f} MB "
-                       "available: close other notebooks or programs (Colab: Runtime > Manage sessions), or run "
-                       "in smoke mode")
+        raise KitError(
+            f"{what} needs about {more:.0f} MB more memory and this machine has {available:.0f} MB "
+            "available: close other notebooks or programs (Colab: Runtime > Manage sessions), or run "
+            "in smoke mode"
+        )
     print(f"memory: {what} needs about {more:.0f} MB more; {available:.0f} MB available")

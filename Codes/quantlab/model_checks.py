@@ -42,47 +42,252 @@ MAX_LOOP_TRIPS = 10_000
 # Operators a quantized (or float) image classifier needs: convolution, linear, activations, pooling,
 # shapes, quantize/dequantize, and the checks TorchScript inserts (size, len, ne, If, RaiseException).
 ALLOWED_ATEN = {
-    "conv1d", "conv2d", "conv3d", "_convolution", "convolution", "linear", "matmul", "mm", "addmm", "bmm",
-    "batch_norm", "layer_norm", "group_norm", "instance_norm",
-    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_",
-    "sigmoid", "sigmoid_", "tanh", "tanh_", "silu", "silu_", "gelu", "elu", "leaky_relu", "leaky_relu_",
-    "softmax", "log_softmax", "clamp", "clamp_", "clamp_min", "clamp_max",
-    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "rsub", "pow", "sqrt", "rsqrt", "exp",
-    "cat", "stack", "flatten", "reshape", "view", "contiguous", "permute", "transpose", "t", "squeeze",
-    "unsqueeze", "chunk", "split", "narrow", "slice", "select", "expand", "expand_as", "channel_shuffle",
-    "pixel_shuffle", "pad", "constant_pad_nd", "upsample_bilinear2d", "upsample_nearest2d",
-    "mean", "sum", "amax", "max", "min", "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "adaptive_max_pool2d",
-    "dropout", "dropout_", "feature_dropout", "alpha_dropout", "detach", "clone",
-    "quantize_per_tensor", "quantize_per_channel", "dequantize", "q_scale", "q_zero_point", "int_repr",
-    "size", "dim", "len", "numel", "eq", "ne", "gt", "lt", "ge", "le", "__not__", "__and__", "__or__",
-    "__is__", "__isnot__", "__getitem__", "Int", "Float", "Bool", "ScalarImplicit", "floordiv", "remainder",
-    "floor", "ceil", "abs", "to", "type_as", "list", "append", "format", "str", "warn_if_unused",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "_convolution",
+    "convolution",
+    "linear",
+    "matmul",
+    "mm",
+    "addmm",
+    "bmm",
+    "batch_norm",
+    "layer_norm",
+    "group_norm",
+    "instance_norm",
+    "relu",
+    "relu_",
+    "relu6",
+    "hardtanh",
+    "hardtanh_",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "hardsigmoid_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "silu",
+    "silu_",
+    "gelu",
+    "elu",
+    "leaky_relu",
+    "leaky_relu_",
+    "softmax",
+    "log_softmax",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_max",
+    "add",
+    "add_",
+    "sub",
+    "sub_",
+    "mul",
+    "mul_",
+    "div",
+    "div_",
+    "neg",
+    "rsub",
+    "pow",
+    "sqrt",
+    "rsqrt",
+    "exp",
+    "cat",
+    "stack",
+    "flatten",
+    "reshape",
+    "view",
+    "contiguous",
+    "permute",
+    "transpose",
+    "t",
+    "squeeze",
+    "unsqueeze",
+    "chunk",
+    "split",
+    "narrow",
+    "slice",
+    "select",
+    "expand",
+    "expand_as",
+    "channel_shuffle",
+    "pixel_shuffle",
+    "pad",
+    "constant_pad_nd",
+    "upsample_bilinear2d",
+    "upsample_nearest2d",
+    "mean",
+    "sum",
+    "amax",
+    "max",
+    "min",
+    "adaptive_avg_pool2d",
+    "avg_pool2d",
+    "max_pool2d",
+    "adaptive_max_pool2d",
+    "dropout",
+    "dropout_",
+    "feature_dropout",
+    "alpha_dropout",
+    "detach",
+    "clone",
+    "quantize_per_tensor",
+    "quantize_per_channel",
+    "dequantize",
+    "q_scale",
+    "q_zero_point",
+    "int_repr",
+    "size",
+    "dim",
+    "len",
+    "numel",
+    "eq",
+    "ne",
+    "gt",
+    "lt",
+    "ge",
+    "le",
+    "__not__",
+    "__and__",
+    "__or__",
+    "__is__",
+    "__isnot__",
+    "__getitem__",
+    "Int",
+    "Float",
+    "Bool",
+    "ScalarImplicit",
+    "floordiv",
+    "remainder",
+    "floor",
+    "ceil",
+    "abs",
+    "to",
+    "type_as",
+    "list",
+    "append",
+    "format",
+    "str",
+    "warn_if_unused",
 }
 ALLOWED_PRIM = {
-    "Constant", "If", "ListConstruct", "ListUnpack", "TupleConstruct", "TupleUnpack", "TupleIndex",
-    "GetAttr", "RaiseException", "dtype", "device", "NumToTensor", "Uninitialized", "unchecked_cast",
-    "min", "max", "shape", "layout", "is_quantized", "data", "Loop", "requires_grad", "isinstance",
+    "Constant",
+    "If",
+    "ListConstruct",
+    "ListUnpack",
+    "TupleConstruct",
+    "TupleUnpack",
+    "TupleIndex",
+    "GetAttr",
+    "RaiseException",
+    "dtype",
+    "device",
+    "NumToTensor",
+    "Uninitialized",
+    "unchecked_cast",
+    "min",
+    "max",
+    "shape",
+    "layout",
+    "is_quantized",
+    "data",
+    "Loop",
+    "requires_grad",
+    "isinstance",
 }
 ALLOWED_OPS_NOTE = "convolution, linear, activations, pooling, reshaping, quantize/dequantize"
 # Named in the refusal when found, even where the allowlist would refuse them anyway.
-BANNED_NAMES = ("from_file", "save", "load", "Print", "print", "open", "system", "popen", "exec", "eval",
-                "__import__", "_load_for_mobile", "_jit_pass", "warn")
+BANNED_NAMES = (
+    "from_file",
+    "save",
+    "load",
+    "Print",
+    "print",
+    "open",
+    "system",
+    "popen",
+    "exec",
+    "eval",
+    "__import__",
+    "_load_for_mobile",
+    "_jit_pass",
+    "warn",
+)
 
 ALLOWED_ONNX_OPS = {
-    "": {"Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "Add", "Sub",
-         "Mul", "Div", "Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Softmax", "LeakyRelu",
-         "GlobalAveragePool", "AveragePool", "MaxPool", "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape",
-         "Transpose", "Squeeze", "Unsqueeze", "Concat", "Identity", "Dropout", "BatchNormalization",
-         "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Cast", "Shape", "Gather", "Constant",
-         "Pad", "Split", "Slice", "Erf", "Sqrt", "Pow"},
-    "com.microsoft": {"QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
-                      "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QGemm", "QuantizeLinear",
-                      "DequantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FusedConv",
-                      "FusedGemm", "QLinearConv"},
+    "": {
+        "Conv",
+        "ConvInteger",
+        "QLinearConv",
+        "MatMul",
+        "MatMulInteger",
+        "QLinearMatMul",
+        "Gemm",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Relu",
+        "Clip",
+        "HardSigmoid",
+        "HardSwish",
+        "Sigmoid",
+        "Tanh",
+        "Softmax",
+        "LeakyRelu",
+        "GlobalAveragePool",
+        "AveragePool",
+        "MaxPool",
+        "GlobalMaxPool",
+        "ReduceMean",
+        "Flatten",
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Concat",
+        "Identity",
+        "Dropout",
+        "BatchNormalization",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "Cast",
+        "Shape",
+        "Gather",
+        "Constant",
+        "Pad",
+        "Split",
+        "Slice",
+        "Erf",
+        "Sqrt",
+        "Pow",
+    },
+    "com.microsoft": {
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearGlobalAveragePool",
+        "QLinearAveragePool",
+        "QLinearConcat",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QGemm",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "FusedConv",
+        "FusedGemm",
+        "QLinearConv",
+    },
 }
 
 
 # ---- in the grader, before anything loads the file ----------------------------------
+
 
 def check_zip(path: Path) -> str | None:
     """Why the zip archive must not be opened (a bomb, too large, unreadable); None when it may."""
@@ -96,11 +301,15 @@ def check_zip(path: Path) -> str | None:
     total = sum(entry.file_size for entry in entries)
     size = max(1, path.stat().st_size)
     if total > MAX_UNCOMPRESSED_BYTES:
-        return (f"{path.name} expands to {total / 1e6:.0f} MB, over the grader's limit of "
-                f"{MAX_UNCOMPRESSED_BYTES / 1e6:.0f} MB: refused unopened (a zip bomb, or not a classifier)")
+        return (
+            f"{path.name} expands to {total / 1e6:.0f} MB, over the grader's limit of "
+            f"{MAX_UNCOMPRESSED_BYTES / 1e6:.0f} MB: refused unopened (a zip bomb, or not a classifier)"
+        )
     if total / size > MAX_RATIO:
-        return (f"{path.name} expands {total / size:.0f}x (TorchScript stores tensors uncompressed, about 1x): "
-                "refused unopened as a zip bomb")
+        return (
+            f"{path.name} expands {total / size:.0f}x (TorchScript stores tensors uncompressed, about 1x): "
+            "refused unopened as a zip bomb"
+        )
     return None
 
 
@@ -108,8 +317,9 @@ def check_code_text(path: Path) -> str | None:
     """Why the TorchScript code in the archive is refused before loading; None when it may load."""
     try:
         with zipfile.ZipFile(path) as archive:
-            code = [entry for entry in archive.infolist()
-                    if "/code/" in entry.filename and entry.filename.endswith(".py")]
+            code = [
+                entry for entry in archive.infolist() if "/code/" in entry.filename and entry.filename.endswith(".py")
+            ]
             if sum(entry.file_size for entry in code) > MAX_CODE_BYTES:
                 return f"{path.name} holds over {MAX_CODE_BYTES // 2**20} MB of TorchScript code: refused"
             texts = {entry.filename: archive.read(entry).decode("utf-8") for entry in code}
@@ -122,8 +332,10 @@ def check_code_text(path: Path) -> str | None:
             return f"{path.name}: its TorchScript code ({Path(name).name}) is not what torch.jit.save writes: refused"
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and node.name in ("__setstate__", "__getstate__"):
-                return (f"{path.name} defines {node.name}, code that would run while the grader loads it: "
-                        "refused (quantize_model.py never writes one)")
+                return (
+                    f"{path.name} defines {node.name}, code that would run while the grader loads it: "
+                    "refused (quantize_model.py never writes one)"
+                )
             banned = _banned_name(node)
             if banned:
                 return f"{path.name} calls '{banned}', which a classifier never needs (files, printing): refused"
@@ -176,6 +388,7 @@ def archive_content_hash(path: Path) -> str | None:
 
 # ---- in the sandboxed child, after loading, before running ---------------------------
 
+
 def graph_problem(model) -> str | None:
     """The first operator of ``model.forward`` outside the allowlist, named; None when all are allowed."""
     try:
@@ -197,10 +410,15 @@ def _block_problem(block, trips_around: int) -> str | None:
                 return why
             inner_trips = trips_around * int(next(iter(node.inputs())).toIValue())
             if inner_trips > MAX_LOOP_TRIPS:  # three nested loops of 10,000 run 10^12 times
-                return (f"it runs nested loops of {inner_trips} iterations in all ('prim::Loop'), over the "
-                        f"grader's {MAX_LOOP_TRIPS}: refused")
-        elif not (namespace == "quantized" or (namespace == "aten" and op in ALLOWED_ATEN)
-                  or (namespace == "prim" and op in ALLOWED_PRIM)):
+                return (
+                    f"it runs nested loops of {inner_trips} iterations in all ('prim::Loop'), over the "
+                    f"grader's {MAX_LOOP_TRIPS}: refused"
+                )
+        elif not (
+            namespace == "quantized"
+            or (namespace == "aten" and op in ALLOWED_ATEN)
+            or (namespace == "prim" and op in ALLOWED_PRIM)
+        ):
             return f"it runs '{kind}', which is not an operator a quantized image classifier needs ({ALLOWED_OPS_NOTE})"
         for inner in node.blocks():
             why = _block_problem(inner, inner_trips)
@@ -242,7 +460,9 @@ def onnx_problem(path: Path) -> str | None:
         allowed = ALLOWED_ONNX_OPS.get(node.domain if node.domain != "ai.onnx" else "", set())
         if node.op_type not in allowed:
             op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-            return f"{path.name} runs ONNX operator '{op[:60]}', which a quantized image classifier never needs: refused"
+            return (
+                f"{path.name} runs ONNX operator '{op[:60]}', which a quantized image classifier never needs: refused"
+            )
     return None
 
 

@@ -82,14 +82,26 @@ def run(request: dict) -> dict:
     measured = None
     if request.get("task") == "measure":
         settings = request["data"]
-        evaluation = bench.evaluation_dataset(settings["path"], 224, settings["holdout"], settings["images"],
-                                              settings["seed"])
-        result = bench.benchmark_model(loaded, data.loader(evaluation, settings["batch_size"]), settings["runs"],
-                                       settings["warmup"], progress=False)
+        evaluation = bench.evaluation_dataset(
+            settings["path"], 224, settings["holdout"], settings["images"], settings["seed"]
+        )
+        result = bench.benchmark_model(
+            loaded,
+            data.loader(evaluation, settings["batch_size"]),
+            settings["runs"],
+            settings["warmup"],
+            progress=False,
+        )
         measured = {key: result[key] for key in ("top1", "top5", "images", "fps", "latency_ms")}
         measured["unstable"] = bool(result["unstable"])  # a busy grader machine: the speed-up is not to be trusted
-    return {"ok": True, "method": loaded.method, "engine": loaded.engine, "quantized": loaded.engine is not None,
-            "weights_sha256": weights, "measured": measured}
+    return {
+        "ok": True,
+        "method": loaded.method,
+        "engine": loaded.engine,
+        "quantized": loaded.engine is not None,
+        "weights_sha256": weights,
+        "measured": measured,
+    }
 
 
 def main() -> None:

@@ -93,8 +93,12 @@ def mobilenet_v2_weights(model: nn.Module, path: str | Path | None = None) -> di
         hint = "drop --quantize (these are fp32 weights)" if want_int8 else "add --quantize (these are int8 weights)"
         raise KitError(f"{source} does not fit {what}; {hint}")
     unfit = sorted(set(expected) ^ set(state_dict)) or [
-        key for key, value in state_dict.items()
-        if isinstance(value, torch.Tensor) and isinstance(expected[key], torch.Tensor) and value.shape != expected[key].shape]
+        key
+        for key, value in state_dict.items()
+        if isinstance(value, torch.Tensor)
+        and isinstance(expected[key], torch.Tensor)
+        and value.shape != expected[key].shape
+    ]
     if unfit:
         raise KitError(f"{source} does not fit {what} (first mismatch: {unfit[0][:80]}); pass MobileNetV2 weights")
     return state_dict
@@ -146,8 +150,10 @@ def torchvision_model(arch: str, state_dict: dict, source: str, quantizable: boo
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:
-        raise KitError(f"{source} does not fit {arch} ({str(error).splitlines()[0][:100]}); "
-                       "pass --arch with the model's architecture") from None
+        raise KitError(
+            f"{source} does not fit {arch} ({str(error).splitlines()[0][:100]}); "
+            "pass --arch with the model's architecture"
+        ) from None
     return model.eval()
 
 
@@ -234,8 +240,10 @@ def load_model_file(path: str | Path, threads: int) -> Callable[[torch.Tensor], 
         with quiet_native_warnings():
             model = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:
-        raise KitError(f"{path} is not a TorchScript model torch.jit.load can read ({type(error).__name__}); "
-                       "make a model file with quantize_model.py") from None
+        raise KitError(
+            f"{path} is not a TorchScript model torch.jit.load can read ({type(error).__name__}); "
+            "make a model file with quantize_model.py"
+        ) from None
     return model.eval()
 
 
@@ -246,15 +254,32 @@ def _looks_like_state_dict(path: Path) -> bool:
         return False
 
 
-def make_sidecar(method: str, format: str, engine: str | None, model: str, arch: str | None, seed: int,
-                 input_size: int, **facts: object) -> dict:
+def make_sidecar(
+    method: str,
+    format: str,
+    engine: str | None,
+    model: str,
+    arch: str | None,
+    seed: int,
+    input_size: int,
+    **facts: object,
+) -> dict:
     """The JSON written beside a model file (``save_with_sidecar`` adds its sha256 and size).
 
     ``engine`` None: no PyTorch engine to pick (ONNX Runtime, PT2E); ``facts``: how it was made
     (granularity, observer, calibration, training, ...).
     """
-    sidecar = {"method": method, "format": format, "engine": engine, "model": model, "arch": arch, "seed": seed,
-               "input_size": [1, 3, input_size, input_size], "torch": torch.__version__, **facts}
+    sidecar = {
+        "method": method,
+        "format": format,
+        "engine": engine,
+        "model": model,
+        "arch": arch,
+        "seed": seed,
+        "input_size": [1, 3, input_size, input_size],
+        "torch": torch.__version__,
+        **facts,
+    }
     if engine is None:
         del sidecar["engine"]
     return sidecar
@@ -291,6 +316,7 @@ def save_torchscript(model: nn.Module, output: Path, sidecar: dict) -> dict:
 
     Set the engine the model was quantized for first: scripting packs int8 weights for it.
     """
+
     def write(path: Path) -> dict:
         torch.jit.save(script(model), str(path))
         return {}

@@ -63,6 +63,7 @@ PROBE_MAX_ERROR = 0.05  # relative error of cpu.onnxruntime_u8s8_error above whi
 
 # ---- export ---------------------------------------------------------------------
 
+
 def _refuse_quantized(model: nn.Module) -> None:
     """An eager int8 model has no ONNX translation: name its first int8 layer and the fix."""
     for name, module in model.named_modules():
@@ -86,8 +87,11 @@ def _layer_tracker(model: nn.Module) -> Iterator[list[str]]:
     def leave(_module: nn.Module, _inputs, _output) -> None:
         stack.pop()
 
-    handles = [handle for module in model.modules()
-               for handle in (module.register_forward_pre_hook(enter), module.register_forward_hook(leave))]
+    handles = [
+        handle
+        for module in model.modules()
+        for handle in (module.register_forward_pre_hook(enter), module.register_forward_hook(leave))
+    ]
     try:
         yield stack
     finally:
@@ -107,8 +111,10 @@ def _first_line(error: BaseException) -> str:
     """The exception's own first line; torch.export prefixes long advice, so prefer the 'Exception summary'."""
     text = str(error)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    summary = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.startswith("## Exception summary")),
-                   lines[0] if lines else type(error).__name__)
+    summary = next(
+        (lines[i + 1] for i, line in enumerate(lines[:-1]) if line.startswith("## Exception summary")),
+        lines[0] if lines else type(error).__name__,
+    )
     return re.sub(r"^<class '[\w.]+'>:\s*", "", summary)[:200]  # drop the "<class '...'>: " prefix
 
 
@@ -116,8 +122,10 @@ def _first_line(error: BaseException) -> str:
 def _quiet_exporter() -> Iterator[None]:
     """torch.export prints whole graphs and guard warnings on failure, the exporter its progress:
     students get one line instead (the KitError)."""
-    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export", "torch.fx", "torch._dynamo",
-                                                    "torch.onnx", "onnxscript")]
+    loggers = [
+        logging.getLogger(name)
+        for name in ("torch.export", "torch._export", "torch.fx", "torch._dynamo", "torch.onnx", "onnxscript")
+    ]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
@@ -145,8 +153,9 @@ def _name_batch_axis(path: Path) -> None:
     import onnx
 
     model = onnx.load(str(path))
-    symbols = {dim.dim_param for value in model.graph.input for dim in value.type.tensor_type.shape.dim[:1]
-               if dim.dim_param}
+    symbols = {
+        dim.dim_param for value in model.graph.input for dim in value.type.tensor_type.shape.dim[:1] if dim.dim_param
+    }
     for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in symbols:
@@ -154,8 +163,13 @@ def _name_batch_axis(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def export_onnx(model_fp32: nn.Module, path: Path, input_size: int = 224, opset: int = OPSET,
-                example_input: torch.Tensor | None = None) -> Path:
+def export_onnx(
+    model_fp32: nn.Module,
+    path: Path,
+    input_size: int = 224,
+    opset: int = OPSET,
+    example_input: torch.Tensor | None = None,
+) -> Path:
     """Export a float model to ONNX: input "input" [batch, 3, S, S], output "logits", dynamic batch axis.
 
     ``example_input`` (batch first, batch of 2 or more) replaces the 3xSxS image
@@ -180,11 +194,22 @@ def export_onnx(model_fp32: nn.Module, path: Path, input_size: int = 224, opset:
                 program = torch.export.export(model_fp32, (example,), dynamic_shapes=({0: batch},), strict=False)
             except Exception as error:
                 where = _describe_layer(model_fp32, running[-1]) if running else "the model's own forward"
-                raise KitError(f"cannot export layer {where} to ONNX: torch.export failed ({_first_line(error)})") from None
+                raise KitError(
+                    f"cannot export layer {where} to ONNX: torch.export failed ({_first_line(error)})"
+                ) from None
+
         def write(partial: Path) -> None:
             with _quiet_exporter():
-                torch.onnx.export(program, f=str(partial), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  opset_version=opset, dynamo=True, external_data=False, verbose=False)
+                torch.onnx.export(
+                    program,
+                    f=str(partial),
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    opset_version=opset,
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
+                )
             _name_batch_axis(partial)
 
         try:
@@ -295,7 +320,9 @@ def _check_onnx_file(path: Path) -> None:
     except ImportError:
         raise KitError("onnx is not installed; pip install onnx onnxruntime") from None
     except Exception as error:
-        raise KitError(f"{path} is not a valid ONNX model ({_first_line(error)[:120]}); export one with export_onnx") from None
+        raise KitError(
+            f"{path} is not a valid ONNX model ({_first_line(error)[:120]}); export one with export_onnx"
+        ) from None
 
 
 def _preprocess(fp32_onnx: Path, folder: Path) -> Path:
@@ -306,8 +333,10 @@ def _preprocess(fp32_onnx: Path, folder: Path) -> Path:
     try:
         quant_pre_process(str(fp32_onnx), str(prepared))
     except Exception as error:
-        raise KitError(f"ONNX Runtime could not pre-process {fp32_onnx} for quantization ({_first_line(error)}); "
-                       "export it again with export_onnx") from None
+        raise KitError(
+            f"ONNX Runtime could not pre-process {fp32_onnx} for quantization ({_first_line(error)}); "
+            "export it again with export_onnx"
+        ) from None
     return prepared
 
 
@@ -349,8 +378,13 @@ def quantize_onnx_dynamic(fp32_onnx: Path, output: Path) -> Path:
 
     def run(prepared: Path, quantized: Path) -> dict[str, object]:
         quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8)
-        return {"method": "dynamic", "quant_format": "QOperator", "granularity": "per_tensor",
-                "weight_type": "int8", "activation_type": "uint8, quantized at run time"}
+        return {
+            "method": "dynamic",
+            "quant_format": "QOperator",
+            "granularity": "per_tensor",
+            "weight_type": "int8",
+            "activation_type": "uint8, quantized at run time",
+        }
 
     return _quantize(fp32_onnx, output, run)
 
@@ -369,22 +403,37 @@ def choose_static_format(reduce_range: bool | None = None) -> dict[str, object]:
         full_error = cpu.onnxruntime_u8s8_error(reduce_range=False)
         if full_error <= PROBE_MAX_ERROR:
             reduce_range = False
-            reason = (f"U8S8 is exact on this CPU ({isa.label}): a full-range probe convolution (255 x 127) "
-                      f"matched fp32 within {100 * full_error:.1f} %")
+            reason = (
+                f"U8S8 is exact on this CPU ({isa.label}): a full-range probe convolution (255 x 127) "
+                f"matched fp32 within {100 * full_error:.1f} %"
+            )
         else:
             reduce_range = True
             reduced_error = cpu.onnxruntime_u8s8_error(reduce_range=True)
-            reason = (f"U8S8 saturates on this CPU ({isa.label}): a full-range probe convolution (255 x 127) gave "
-                      f"{100 * (1 - full_error):.0f} % of fp32's sum; with 7-bit weights (reduce_range) "
-                      f"it was within {100 * reduced_error:.1f} %")
-    return {"activation_type": "uint8", "weight_type": "int8 (7-bit range)" if reduce_range else "int8",
-            "reduce_range": reduce_range, "target_int8_isa": isa.name, "format_reason": reason}
+            reason = (
+                f"U8S8 saturates on this CPU ({isa.label}): a full-range probe convolution (255 x 127) gave "
+                f"{100 * (1 - full_error):.0f} % of fp32's sum; with 7-bit weights (reduce_range) "
+                f"it was within {100 * reduced_error:.1f} %"
+            )
+    return {
+        "activation_type": "uint8",
+        "weight_type": "int8 (7-bit range)" if reduce_range else "int8",
+        "reduce_range": reduce_range,
+        "target_int8_isa": isa.name,
+        "format_reason": reason,
+    }
 
 
-def quantize_onnx_static(fp32_onnx: Path, output: Path, calibration_batches: Iterable,
-                         per_channel: bool = True, calibrate_method: str = "percentile",
-                         progress: bool = True, reduce_range: bool | None = None,
-                         chunk_images: int | None = CALIBRATION_CHUNK) -> Path:
+def quantize_onnx_static(
+    fp32_onnx: Path,
+    output: Path,
+    calibration_batches: Iterable,
+    per_channel: bool = True,
+    calibrate_method: str = "percentile",
+    progress: bool = True,
+    reduce_range: bool | None = None,
+    chunk_images: int | None = CALIBRATION_CHUNK,
+) -> Path:
     """ONNX Runtime static quantization in QDQ format, activation ranges calibrated on ``calibration_batches``.
 
     ``calibration_batches`` yields image tensors (Nx3xSxS), (images, labels)
@@ -403,8 +452,11 @@ def quantize_onnx_static(fp32_onnx: Path, output: Path, calibration_batches: Ite
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
     if calibrate_method not in methods:
         raise KitError(f"unknown calibrate_method '{calibrate_method}'; use one of {', '.join(CALIBRATE_METHODS)}")
 
@@ -415,23 +467,38 @@ def quantize_onnx_static(fp32_onnx: Path, output: Path, calibration_batches: Ite
         chunk = reader.chunk = chunk_images if chunk_images and reader.planned else None
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
-                quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ,
-                                per_channel=per_channel, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, calibrate_method=methods[calibrate_method],
-                                reduce_range=bool(number_format["reduce_range"]),
-                                extra_options={"CalibStridedMinMax": chunk} if chunk else {})
+                quantize_static(
+                    str(prepared),
+                    str(quantized),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=methods[calibrate_method],
+                    reduce_range=bool(number_format["reduce_range"]),
+                    extra_options={"CalibStridedMinMax": chunk} if chunk else {},
+                )
         except KitError:
             raise
         except Exception as error:
             if reader.images == 0:
                 raise KitError("no calibration image could be read; pass a folder of readable photos") from None
-            raise KitError(f"ONNX Runtime static quantization failed ({_first_line(error)}); check that the "
-                           f"calibration images match the model's input") from None
+            raise KitError(
+                f"ONNX Runtime static quantization failed ({_first_line(error)}); check that the "
+                f"calibration images match the model's input"
+            ) from None
         if reader.images == 0:
             raise KitError("no calibration image could be read; pass a folder of readable photos")
-        return {"method": "static", "quant_format": "QDQ", "granularity": "per_channel" if per_channel else "per_tensor",
-                "calibrate_method": calibrate_method, "calibration_images": reader.images,
-                "calibration_chunk_images": chunk if reader.chunks else None, **number_format}
+        return {
+            "method": "static",
+            "quant_format": "QDQ",
+            "granularity": "per_channel" if per_channel else "per_tensor",
+            "calibrate_method": calibrate_method,
+            "calibration_images": reader.images,
+            "calibration_chunk_images": chunk if reader.chunks else None,
+            **number_format,
+        }
 
     return _quantize(fp32_onnx, output, run)
 
@@ -441,9 +508,9 @@ def _metadata_of(model) -> dict[str, object]:
     for entry in model.metadata_props:
         if entry.key.startswith(METADATA_PREFIX):
             try:
-                facts[entry.key[len(METADATA_PREFIX):]] = json.loads(entry.value)
+                facts[entry.key[len(METADATA_PREFIX) :]] = json.loads(entry.value)
             except ValueError:
-                facts[entry.key[len(METADATA_PREFIX):]] = entry.value
+                facts[entry.key[len(METADATA_PREFIX) :]] = entry.value
     return facts
 
 
@@ -469,8 +536,12 @@ def sidecar_fields(onnx_path: Path) -> dict[str, object]:
     (model_input,), outputs = model.graph.input, model.graph.output
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
     return {
-        "method": "fp32", "format": "onnx", "runtime": "onnxruntime", "onnxruntime": onnxruntime.__version__,
-        "opset": opset, "input_name": model_input.name,
+        "method": "fp32",
+        "format": "onnx",
+        "runtime": "onnxruntime",
+        "onnxruntime": onnxruntime.__version__,
+        "opset": opset,
+        "input_name": model_input.name,
         "input_shape": [d.dim_param or d.dim_value for d in model_input.type.tensor_type.shape.dim],
         "output_name": outputs[0].name if outputs else None,
         **_metadata_of(model),

@@ -60,7 +60,9 @@ class Preprocessor:
         self._normalized = self.buffer.permute(0, 2, 3, 1)[0].numpy()
         self._resized = np.empty((size, size, 3), dtype=np.uint8)
         self._as_float = np.empty((size, size, 3), dtype=np.float32)
-        self._shrunk = np.empty((0, 0, 3), dtype=np.uint8)  # the area filter's output, reused while the frame size stays
+        self._shrunk = np.empty(
+            (0, 0, 3), dtype=np.uint8
+        )  # the area filter's output, reused while the frame size stays
 
     def resize(self, frame: np.ndarray) -> np.ndarray:
         """Centre-crop and resize to SIZE x SIZE, channels in the frame's order (a reused uint8 buffer)."""
@@ -76,8 +78,12 @@ class Preprocessor:
             shrunk = side // factor
             if self._shrunk.shape[0] != shrunk:
                 self._shrunk = np.empty((shrunk, shrunk, 3), dtype=np.uint8)
-            cv2.resize(frame[top : top + side, left : left + side], (shrunk, shrunk), dst=self._shrunk,
-                       interpolation=cv2.INTER_AREA)
+            cv2.resize(
+                frame[top : top + side, left : left + side],
+                (shrunk, shrunk),
+                dst=self._shrunk,
+                interpolation=cv2.INTER_AREA,
+            )
             crop = self._shrunk
         else:
             crop = frame[top : top + side, left : left + side]

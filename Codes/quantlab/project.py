@@ -48,8 +48,9 @@ def pip_install_commands() -> list[list[str]]:
 
 def setup_cell_source() -> str:
     """The code of every notebook's setup cell (Colab installs the kit; elsewhere it is installed)."""
-    calls = "\n".join(f"    subprocess.run([sys.executable, \"-m\", \"pip\", *{args!r}], check=True)"
-                      for args in pip_install_commands())
+    calls = "\n".join(
+        f'    subprocess.run([sys.executable, "-m", "pip", *{args!r}], check=True)' for args in pip_install_commands()
+    )
     return (
         "# Setup. On Colab: install the kit from GitHub, keeping Colab's own torch and torchvision\n"
         "# (requirements-colab.txt leaves them out, and the kit goes in with --no-deps).\n"
@@ -58,6 +59,6 @@ def setup_cell_source() -> str:
         "import subprocess\n"
         "import sys\n"
         "\n"
-        "if \"google.colab\" in sys.modules:\n"
+        'if "google.colab" in sys.modules:\n'
         f"{calls}\n"
     )

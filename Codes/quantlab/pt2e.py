@@ -68,23 +68,38 @@ def require_torchao() -> str:
             import torchao  # noqa: F401
             from torchao.quantization.pt2e import quantize_pt2e  # noqa: F401
     except ImportError as error:
-        raise KitError(f"PT2E quantization needs torchao, which is not installed or does not load "
-                       f"({type(error).__name__}: {str(error).splitlines()[0][:80]}); {TORCHAO_HINT}") from None
+        raise KitError(
+            f"PT2E quantization needs torchao, which is not installed or does not load "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:80]}); {TORCHAO_HINT}"
+        ) from None
     return torchao.__version__
 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """torch.export and torchao warn about internals a student cannot act on (deprecations, pytree notes)."""
-    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export", "torch.utils._pytree", "torch.utils.cpp_extension",
-                                                      "torch._dynamo", "torch._inductor", "torch.fx")]
+    loggers = [
+        logging.getLogger(name)
+        for name in (
+            "torch.export",
+            "torch._export",
+            "torch.utils._pytree",
+            "torch.utils.cpp_extension",
+            "torch._dynamo",
+            "torch._inductor",
+            "torch.fx",
+        )
+    ]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
         # a failed capture prints the partial graph (dozens of lines) before raising: the error says enough
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -109,8 +124,10 @@ def quantizer_for(target: str, granularity: str = "per_channel"):
     require_torchao()
     if target == "x86":
         if granularity != "per_channel":
-            raise KitError("X86InductorQuantizer quantizes weights per channel only; drop --granularity per_tensor "
-                           "(or use --engine qnnpack for the ARM quantizer, which has both)")
+            raise KitError(
+                "X86InductorQuantizer quantizes weights per channel only; drop --granularity per_tensor "
+                "(or use --engine qnnpack for the ARM quantizer, which has both)"
+            )
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
             X86InductorQuantizer,
             get_default_x86_inductor_quantization_config,
@@ -126,9 +143,11 @@ def quantizer_for(target: str, granularity: str = "per_channel"):
                 XNNPACKQuantizer,
                 get_symmetric_quantization_config,
             )
+
             where = "ExecuTorch"
         except ImportError:
             from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+
             where = "torchao's copy; pip install executorch to run it with XNNPACK"
         quantizer = XNNPACKQuantizer()
         quantizer.set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
@@ -142,8 +161,9 @@ def _where_in_model(error: BaseException, model: nn.Module) -> str:
         own_file = Path(inspect.getfile(type(model))).resolve()
     except (TypeError, OSError):
         return ""
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if Path(frame.filename).resolve() == own_file]
+    frames = [
+        frame for frame in traceback.extract_tb(error.__traceback__) if Path(frame.filename).resolve() == own_file
+    ]
     # non-strict export runs the forward in Python: errors raised inside it carry its frames
     user_frame = frames[-1] if frames else None
     if user_frame is None:  # strict-mode errors keep the user's stack in the message instead
@@ -172,12 +192,19 @@ def export(model: nn.Module, input_size: int, batch: int = 2) -> torch.export.Ex
         with _quiet():
             return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
     except Exception as error:  # noqa: BLE001 - whatever export refuses, the student needs the line and why
-        raise KitError(f"torch.export cannot capture the model{_where_in_model(error, model)} ({_summary(error)}); "
-                       "PT2E needs a forward without data-dependent Python control flow, .item() or numpy calls") from None
+        raise KitError(
+            f"torch.export cannot capture the model{_where_in_model(error, model)} ({_summary(error)}); "
+            "PT2E needs a forward without data-dependent Python control flow, .item() or numpy calls"
+        ) from None
 
 
-def quantize(model: nn.Module | torch.export.ExportedProgram, calibration_batches: Iterable, target: str,
-             input_size: int, granularity: str = "per_channel") -> tuple[torch.export.ExportedProgram, dict]:
+def quantize(
+    model: nn.Module | torch.export.ExportedProgram,
+    calibration_batches: Iterable,
+    target: str,
+    input_size: int,
+    granularity: str = "per_channel",
+) -> tuple[torch.export.ExportedProgram, dict]:
     """Export (unless ``model`` is exported already), annotate for ``target``, calibrate on
     ``calibration_batches``, convert, export again.
 
@@ -197,8 +224,13 @@ def quantize(model: nn.Module | torch.export.ExportedProgram, calibration_batche
     _drop_unused_weights(converted)
     quantized = export(converted, input_size)
     quantized.example_inputs = None  # torch.export.save would store them: 1.2 MB of noise at 224x224
-    return quantized, {"quantizer": described, "target": target, "calibration_images": images,
-                       "torchao": torchao_version, "granularity": granularity}
+    return quantized, {
+        "quantizer": described,
+        "target": target,
+        "calibration_images": images,
+        "torchao": torchao_version,
+        "granularity": granularity,
+    }
 
 
 def _drop_unused_weights(graph_module: torch.fx.GraphModule) -> None:
@@ -217,6 +249,7 @@ def _drop_unused_weights(graph_module: torch.fx.GraphModule) -> None:
 
 def save(program: torch.export.ExportedProgram, output: Path, sidecar: dict) -> dict:
     """``torch.export.save`` into ``output`` (.pt2) with its JSON sidecar, atomically; the sidecar."""
+
     def write(path: Path) -> dict:
         with _quiet():
             torch.export.save(program, str(path))
@@ -254,9 +287,15 @@ def _load_program(path: Path) -> torch.export.ExportedProgram:
         with _quiet():
             return torch.export.load(str(path))
     except Exception as error:  # noqa: BLE001 - a corrupt, foreign or newer-format file
-        hint = f"; if it is PT2E-quantized: {TORCHAO_HINT}" if "torchao" in str(error) or "quantized_decomposed" in str(error) else ""
-        raise KitError(f"{path} is not an exported program torch.export.load can read ({_summary(error)[:160]})"
-                       f"{hint}; make one with quantize_model.py --model FILE.py:FUNCTION") from None
+        hint = (
+            f"; if it is PT2E-quantized: {TORCHAO_HINT}"
+            if "torchao" in str(error) or "quantized_decomposed" in str(error)
+            else ""
+        )
+        raise KitError(
+            f"{path} is not an exported program torch.export.load can read ({_summary(error)[:160]})"
+            f"{hint}; make one with quantize_model.py --model FILE.py:FUNCTION"
+        ) from None
 
 
 def load_exported(path: Path, input_size: int = 224, compile: bool | None = None) -> ExportedModel:
@@ -281,8 +320,10 @@ def load_exported(path: Path, input_size: int = 224, compile: bool | None = None
             with _quiet():
                 importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
         except ImportError:
-            note = (f"note: {path.name} runs uncompiled: inductor's int8 kernels for PT2E files come with torchao; "
-                    f"{TORCHAO_HINT}")
+            note = (
+                f"note: {path.name} runs uncompiled: inductor's int8 kernels for PT2E files come with torchao; "
+                f"{TORCHAO_HINT}"
+            )
             return ExportedModel(module, compiled=False, note=note, quantized=quantized)
     # freezing makes the weights constants: inductor then folds quantize/dequantize pairs into int8 kernels
     # (MobileNetV2 measured 14 ms with it, 23 ms without on an AVX2 CPU); a process-wide inductor setting
@@ -290,15 +331,21 @@ def load_exported(path: Path, input_size: int = 224, compile: bool | None = None
 
     inductor_config.freezing = True
     # inductor's int8 lowering warns about its own tensor copy each time it compiles (e.g. a new batch size)
-    warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning,
-                            module="torch._inductor.mkldnn_lowerings")
+    warnings.filterwarnings(
+        "ignore",
+        message="To copy construct from a tensor",
+        category=UserWarning,
+        module="torch._inductor.mkldnn_lowerings",
+    )
     compiled = torch.compile(module, dynamic=False)
     try:
         with _quiet(), torch.no_grad():
             compiled(torch.randn(1, 3, input_size, input_size))
     except Exception as error:  # noqa: BLE001 - no C++ compiler, an unsupported CPU, ...
-        note = (f"note: {path.name}: torch.compile failed ({_summary(error)[:120]}); running the exported program "
-                "uncompiled (correct, slower)")
+        note = (
+            f"note: {path.name}: torch.compile failed ({_summary(error)[:120]}); running the exported program "
+            "uncompiled (correct, slower)"
+        )
         return ExportedModel(module, compiled=False, note=note, quantized=quantized)
     return ExportedModel(_NoGrad(compiled), compiled=True, note=None, quantized=quantized)
 

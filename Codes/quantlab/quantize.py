@@ -31,9 +31,20 @@ from quantlab.models import torchvision_model
 GRANULARITIES = ("per_channel", "per_tensor")
 OBSERVERS = ("histogram", "minmax")
 # the architectures torchvision.models.quantization provides in an eager-mode quantizable form
-QUANTIZABLE_ARCHS = ("mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50", "resnext101_32x8d",
-                     "resnext101_64x4d", "googlenet", "inception_v3", "shufflenet_v2_x0_5",
-                     "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0")
+QUANTIZABLE_ARCHS = (
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "resnet18",
+    "resnet50",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "googlenet",
+    "inception_v3",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
+)
 
 
 def _activation_quant_max(engine: str) -> int:
@@ -65,9 +76,13 @@ def qat_qconfig_for(engine: str, granularity: str = "per_channel") -> tq.QConfig
     _check_choice(granularity)
     # activation ranges from histograms, as in static PTQ: a fine-tune this short cannot undo
     # the coarser ranges a min/max observer would give
-    activation = tq.FakeQuantize.with_args(observer=tq.HistogramObserver, dtype=torch.quint8,
-                                           quant_min=0, quant_max=_activation_quant_max(engine),
-                                           qscheme=torch.per_tensor_affine)
+    activation = tq.FakeQuantize.with_args(
+        observer=tq.HistogramObserver,
+        dtype=torch.quint8,
+        quant_min=0,
+        quant_max=_activation_quant_max(engine),
+        qscheme=torch.per_tensor_affine,
+    )
     weight = tq.default_per_channel_weight_fake_quant if granularity == "per_channel" else tq.default_weight_fake_quant
     return tq.QConfig(activation=activation, weight=weight)
 
@@ -77,8 +92,10 @@ def quantizable_model(model_fp32: nn.Module, arch: str = "mobilenet_v2") -> nn.M
     if hasattr(model_fp32, "fuse_model"):
         return copy.deepcopy(model_fp32)
     if arch not in QUANTIZABLE_ARCHS:
-        raise KitError(f"'{arch}' has no eager-mode quantizable version in torchvision.models.quantization; "
-                       f"use one of {', '.join(QUANTIZABLE_ARCHS)}")
+        raise KitError(
+            f"'{arch}' has no eager-mode quantizable version in torchvision.models.quantization; "
+            f"use one of {', '.join(QUANTIZABLE_ARCHS)}"
+        )
     return torchvision_model(arch, model_fp32.state_dict(), "the fp32 model", quantizable=True)
 
 
@@ -112,9 +129,15 @@ def calibrate(model: Callable[[torch.Tensor], object], calibration_batches: Iter
     return seen
 
 
-def quantize_static(model_fp32: nn.Module, calibration_batches: Iterable, engine: str,
-                    granularity: str = "per_channel", observer: str = "histogram",
-                    progress: bool = True, arch: str = "mobilenet_v2") -> nn.Module:
+def quantize_static(
+    model_fp32: nn.Module,
+    calibration_batches: Iterable,
+    engine: str,
+    granularity: str = "per_channel",
+    observer: str = "histogram",
+    progress: bool = True,
+    arch: str = "mobilenet_v2",
+) -> nn.Module:
     """Post-training static quantization: fuse, observe activations on calibration data, convert to int8.
 
     ``model_fp32`` is left untouched. ``calibration_batches`` yields image tensors
@@ -136,10 +159,19 @@ def quantize_dynamic(model_fp32: nn.Module) -> nn.Module:
     return tq.quantize_dynamic(copy.deepcopy(model_fp32).eval(), {nn.Linear, nn.LSTM}, dtype=torch.qint8)
 
 
-def quantize_qat(model_fp32: nn.Module, train_batches: Iterable, engine: str, epochs: int = 1,
-                 lr: float = 3e-5, granularity: str = "per_channel", freeze_bn_epoch: int = 0,
-                 freeze_observers_epoch: int | None = None, max_batches_per_epoch: int | None = None,
-                 progress: bool = True, arch: str = "mobilenet_v2") -> nn.Module:
+def quantize_qat(
+    model_fp32: nn.Module,
+    train_batches: Iterable,
+    engine: str,
+    epochs: int = 1,
+    lr: float = 3e-5,
+    granularity: str = "per_channel",
+    freeze_bn_epoch: int = 0,
+    freeze_observers_epoch: int | None = None,
+    max_batches_per_epoch: int | None = None,
+    progress: bool = True,
+    arch: str = "mobilenet_v2",
+) -> nn.Module:
     """Quantization-aware training: fine-tune with fake quantization, then convert to int8.
 
     ``train_batches`` yields (images, labels) pairs (labels: ImageNet-1k indices);
@@ -171,8 +203,13 @@ def quantize_qat(model_fp32: nn.Module, train_batches: Iterable, engine: str, ep
         if epoch >= freeze_observers_epoch:
             model.apply(tq.disable_observer)
         batches = itertools.islice(train_batches, max_batches_per_epoch)
-        bar = tqdm(batches, desc=f"QAT epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress,
-                   total=max_batches_per_epoch)
+        bar = tqdm(
+            batches,
+            desc=f"QAT epoch {epoch + 1}/{epochs}",
+            unit="batch",
+            disable=not progress,
+            total=max_batches_per_epoch,
+        )
         for batch in bar:
             if batch is None:
                 continue

@@ -53,9 +53,9 @@ RLIMITS = "rlimits"
 DESCRIPTIONS = {
     BWRAP: "bubblewrap sandbox (no network, read-only copy of one model, scratch folder) + resource limits",
     RLIMITS: "child process with resource limits on a read-only copy (bubblewrap not available: the child has "
-             "the grader's user rights, the static checks guard files)",
+    "the grader's user rights, the static checks guard files)",
 }
-RESULT_LIMIT = 1 << 20   # bytes of JSON the grader reads back from a child
+RESULT_LIMIT = 1 << 20  # bytes of JSON the grader reads back from a child
 SANDBOX_MODEL_DIR = "/submission"
 SANDBOX_SCRATCH = "/scratch"
 PR_SET_PDEATHSIG = 1
@@ -66,10 +66,10 @@ class Limits:
     """What one child may use."""
 
     wall_seconds: float
-    memory_mb: int = 3072      # RLIMIT_DATA: torch, MobileNetV2 and a batch of 16 photos fit in about 1.5 GB
-    file_mb: int = 64          # RLIMIT_FSIZE: anything it writes (its scratch folder, its log)
-    open_files: int = 512      # RLIMIT_NOFILE: Python and torch open a few dozen
-    threads: int = 1           # CPU time allowed = wall time x threads
+    memory_mb: int = 3072  # RLIMIT_DATA: torch, MobileNetV2 and a batch of 16 photos fit in about 1.5 GB
+    file_mb: int = 64  # RLIMIT_FSIZE: anything it writes (its scratch folder, its log)
+    open_files: int = 512  # RLIMIT_NOFILE: Python and torch open a few dozen
+    threads: int = 1  # CPU time allowed = wall time x threads
 
     @property
     def cpu_seconds(self) -> int:
@@ -86,6 +86,7 @@ class Outcome:
 
 # ---- which isolation ---------------------------------------------------------------
 
+
 def isolation(requested: str | None = None) -> str:
     """``bubblewrap`` where ``bwrap`` is installed and works here, else ``rlimits``; ``requested`` forces one."""
     wanted = (requested or os.environ.get(ISOLATION_ENV) or "auto").lower()
@@ -96,8 +97,10 @@ def isolation(requested: str | None = None) -> str:
     if _bwrap_works():
         return BWRAP
     if wanted != "auto":
-        raise KitError("bubblewrap was asked for but 'bwrap' is missing or cannot create namespaces here; "
-                       "install it (apt-get install bubblewrap) or use auto")
+        raise KitError(
+            "bubblewrap was asked for but 'bwrap' is missing or cannot create namespaces here; "
+            "install it (apt-get install bubblewrap) or use auto"
+        )
     return RLIMITS
 
 
@@ -106,14 +109,28 @@ def _bwrap_works() -> bool:
     if not shutil.which("bwrap"):
         return False
     try:  # containers may forbid the namespaces bwrap needs: try once
-        probe = subprocess.run(["bwrap", "--unshare-all", "--die-with-parent", *_system_binds(), "--proc", "/proc",
-                                "--dev", "/dev", "true"], capture_output=True, timeout=20)
+        probe = subprocess.run(
+            [
+                "bwrap",
+                "--unshare-all",
+                "--die-with-parent",
+                *_system_binds(),
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "true",
+            ],
+            capture_output=True,
+            timeout=20,
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return probe.returncode == 0
 
 
 # ---- the child --------------------------------------------------------------------
+
 
 def _system_binds() -> list[str]:
     """Read-only binds of the system's programs and libraries (merged-/usr aware)."""
@@ -124,8 +141,7 @@ def _system_binds() -> list[str]:
             args += ["--symlink", os.readlink(path), top]
         elif path.is_dir():
             args += ["--ro-bind", top, top]
-    for config in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
-                   "/etc/localtime"):
+    for config in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime"):
         if Path(config).exists():
             args += ["--ro-bind", config, config]
     return args
@@ -147,23 +163,43 @@ def _python_binds() -> list[str]:
 def _bwrap_command(copy: Path, scratch: Path, read_only: list[Path]) -> list[str]:
     # The empty /tmp comes first: bubblewrap mounts in order, so a kit, venv or photo folder that
     # lives under /tmp (a clone in /tmp) is bound on top of it instead of being hidden by it.
-    command = ["bwrap", "--unshare-all", "--die-with-parent", "--tmpfs", "/tmp",
-               *_system_binds(), *_python_binds()]
+    command = ["bwrap", "--unshare-all", "--die-with-parent", "--tmpfs", "/tmp", *_system_binds(), *_python_binds()]
     for folder in read_only:  # the photos: at their own path, so the request's paths stay valid
         command += ["--ro-bind", str(folder), str(folder)]
-    command += ["--ro-bind", str(copy), SANDBOX_MODEL_DIR, "--bind", str(scratch), SANDBOX_SCRATCH,
-                "--proc", "/proc", "--dev", "/dev",
-                "--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu",
-                "--chdir", SANDBOX_SCRATCH, "--clearenv"]
+    command += [
+        "--ro-bind",
+        str(copy),
+        SANDBOX_MODEL_DIR,
+        "--bind",
+        str(scratch),
+        SANDBOX_SCRATCH,
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--ro-bind-try",
+        "/sys/devices/system/cpu",
+        "/sys/devices/system/cpu",
+        "--chdir",
+        SANDBOX_SCRATCH,
+        "--clearenv",
+    ]
     for key, value in _child_env(Path(SANDBOX_SCRATCH), Path("/tmp")).items():
         command += ["--setenv", key, value]
     return command + ["--", sys.executable, "-m", "quantlab.model_runner"]
 
 
 def _child_env(scratch: Path, temporary: Path) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(temporary), "LANG": "C.UTF-8",
-            "QUANTLAB_CACHE": str(scratch / "cache"), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-            "MPLCONFIGDIR": str(scratch / "mpl")}
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(scratch),
+        "TMPDIR": str(temporary),
+        "LANG": "C.UTF-8",
+        "QUANTLAB_CACHE": str(scratch / "cache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "MPLCONFIGDIR": str(scratch / "mpl"),
+    }
 
 
 def _limit_child(limits: Limits):
@@ -205,8 +241,9 @@ def private_copy(files: list[Path], into: Path) -> Path:
     return copy
 
 
-def run_model(model: Path, sidecar: dict | None, request: dict, limits: Limits, kind: str,
-              read_only: list[Path] = ()) -> Outcome:
+def run_model(
+    model: Path, sidecar: dict | None, request: dict, limits: Limits, kind: str, read_only: list[Path] = ()
+) -> Outcome:
     """Run ``quantlab.model_runner`` on a private copy of ``model`` (plus ``sidecar``), within ``limits``.
 
     ``request`` is what the child does (see ``quantlab.model_runner``); its
@@ -233,7 +270,10 @@ def run_model(model: Path, sidecar: dict | None, request: dict, limits: Limits, 
         else:
             command = [sys.executable, "-m", "quantlab.model_runner"]
             request = {**request, "model": str(copy / model.name)}
-            env, cwd = {**_child_env(scratch, scratch), "PYTHONPATH": str(Path(quantlab.__file__).resolve().parents[1])}, scratch
+            env, cwd = (
+                {**_child_env(scratch, scratch), "PYTHONPATH": str(Path(quantlab.__file__).resolve().parents[1])},
+                scratch,
+            )
         return _run(command, request, limits, base / "child.log", env, cwd)
     finally:
         for folder in (base / "model",):
@@ -244,14 +284,23 @@ def run_model(model: Path, sidecar: dict | None, request: dict, limits: Limits, 
 
 def _run(command: list[str], request: dict, limits: Limits, log: Path, env: dict | None, cwd: Path | None) -> Outcome:
     with open(log, "wb") as errors:
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, env=env,
-                                   cwd=cwd, start_new_session=True, preexec_fn=_limit_child(limits))
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_limit_child(limits),
+        )
         try:
             output, _ = process.communicate(json.dumps(request).encode(), timeout=limits.wall_seconds)
         except subprocess.TimeoutExpired:
             _kill(process)
-            return Outcome(None, f"did not finish within {limits.wall_seconds:.0f} s (an endless loop, or far too "
-                                 "slow): stopped")
+            return Outcome(
+                None, f"did not finish within {limits.wall_seconds:.0f} s (an endless loop, or far too slow): stopped"
+            )
         except BaseException:  # Ctrl-C in the grader: the child must not outlive it
             _kill(process)
             raise

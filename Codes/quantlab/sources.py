@@ -70,8 +70,10 @@ class SampleSource(FrameSource):
             raise KitError("the samples source needs scikit-image; pip install scikit-image") from None
         width, height = webcam_mode(size)
         self.frames = [camera_frame(getattr(data, name)(), width, height) for name in SAMPLE_PHOTOS]
-        self.description = (f"samples: {len(self.frames)} scikit-image photos ({', '.join(SAMPLE_PHOTOS)}) as "
-                            f"{width}x{height} frames (what a webcam grants when asked for {size}x{size}), cycled")
+        self.description = (
+            f"samples: {len(self.frames)} scikit-image photos ({', '.join(SAMPLE_PHOTOS)}) as "
+            f"{width}x{height} frames (what a webcam grants when asked for {size}x{size}), cycled"
+        )
         self.skipped = 0
         self.count = 0
 
@@ -87,7 +89,9 @@ def camera_frame(photo: np.ndarray, width: int, height: int) -> np.ndarray:
         photo = cv2.cvtColor(photo, cv2.COLOR_GRAY2RGB)
     scale = max(width / photo.shape[1], height / photo.shape[0])
     covering = (max(width, round(photo.shape[1] * scale)), max(height, round(photo.shape[0] * scale)))
-    resized = cv2.resize(np.ascontiguousarray(photo[:, :, :3]), covering, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    resized = cv2.resize(
+        np.ascontiguousarray(photo[:, :, :3]), covering, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    )
     top, left = (covering[1] - height) // 2, (covering[0] - width) // 2
     return np.ascontiguousarray(resized[top : top + height, left : left + width])
 
@@ -100,7 +104,9 @@ class FolderSource(FrameSource):
     def __init__(self, folder: Path) -> None:
         self.paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
-            raise KitError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); pass another --source")
+            raise KitError(
+                f"folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); pass another --source"
+            )
         self.description = f"folder {folder}: {len(self.paths)} images"
         self.skipped = 0
         self.index = 0
@@ -160,7 +166,9 @@ def open_webcam(index: int, size: int, fps: float) -> CaptureSource:
     height, width = frame.shape[:2]
     granted_fps = capture.get(cv2.CAP_PROP_FPS)
     note = "" if (width, height) == (size, size) else f"; centre-cropping and resizing to {size}x{size}"
-    description = f"camera {index}: asked {size}x{size} at {fps:g} fps, got {width}x{height} at {granted_fps:g} fps{note}"
+    description = (
+        f"camera {index}: asked {size}x{size} at {fps:g} fps, got {width}x{height} at {granted_fps:g} fps{note}"
+    )
     return CaptureSource(capture, description, frame)
 
 
@@ -169,7 +177,9 @@ def open_video(path: Path) -> CaptureSource:
     ok, frame = capture.read() if capture.isOpened() else (False, None)
     if not ok or frame is None:
         capture.release()
-        raise KitError(f"could not read video {path}: not a video OpenCV can decode; convert it with ffmpeg -i {path.name} out.mp4")
+        raise KitError(
+            f"could not read video {path}: not a video OpenCV can decode; convert it with ffmpeg -i {path.name} out.mp4"
+        )
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     return CaptureSource(capture, f"video {path}: {frame.shape[1]}x{frame.shape[0]}, {frames} frames", frame)
 

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -46,8 +46,9 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired_difference(hits_a: torch.Tensor, hits_b: torch.Tensor, resamples: int = 10_000, seed: int = 0,
-                      confidence: float = 0.95) -> dict:
+def paired_difference(
+    hits_a: torch.Tensor, hits_b: torch.Tensor, resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
+) -> dict:
     """Top-1 of A minus top-1 of B in points, its paired-bootstrap interval and McNemar's p.
 
     ``noise`` is True when the interval contains 0: the photos cannot tell the two models apart.
@@ -60,16 +61,29 @@ def paired_difference(hits_a: torch.Tensor, hits_b: torch.Tensor, resamples: int
     differences = 100 * (a[picks].mean(1) - b[picks].mean(1))
     low, high = torch.quantile(differences, torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2])).tolist()
     only_a, only_b = int((hits_a & ~hits_b).sum()), int((~hits_a & hits_b).sum())
-    return {"difference": round(100 * float(a.mean() - b.mean()), 2), "low": round(low, 2), "high": round(high, 2),
-            "confidence": confidence, "only_a": only_a, "only_b": only_b, "photos": a.numel(),
-            "mcnemar_p": round(mcnemar_p(only_a, only_b), 4), "noise": low <= 0 <= high}
+    return {
+        "difference": round(100 * float(a.mean() - b.mean()), 2),
+        "low": round(low, 2),
+        "high": round(high, 2),
+        "confidence": confidence,
+        "only_a": only_a,
+        "only_b": only_b,
+        "photos": a.numel(),
+        "mcnemar_p": round(mcnemar_p(only_a, only_b), 4),
+        "noise": low <= 0 <= high,
+    }
 
 
 def describe(difference: dict, name_a: str, name_b: str) -> str:
     """One line: the difference, its interval, the discordant photos and the verdict."""
-    verdict = ("noise: these photos cannot tell them apart" if difference["noise"]
-               else f"{name_a} is {'better' if difference['difference'] > 0 else 'worse'}")
-    return (f"{name_a} - {name_b}: {difference['difference']:+.2f} points, {100 * difference['confidence']:.0f}% "
-            f"interval [{difference['low']:+.2f}, {difference['high']:+.2f}] on {difference['photos']} photos "
-            f"(only {name_a} right: {difference['only_a']}, only {name_b} right: {difference['only_b']}, "
-            f"McNemar p = {difference['mcnemar_p']:.3f}): {verdict}")
+    verdict = (
+        "noise: these photos cannot tell them apart"
+        if difference["noise"]
+        else f"{name_a} is {'better' if difference['difference'] > 0 else 'worse'}"
+    )
+    return (
+        f"{name_a} - {name_b}: {difference['difference']:+.2f} points, {100 * difference['confidence']:.0f}% "
+        f"interval [{difference['low']:+.2f}, {difference['high']:+.2f}] on {difference['photos']} photos "
+        f"(only {name_a} right: {difference['only_a']}, only {name_b} right: {difference['only_b']}, "
+        f"McNemar p = {difference['mcnemar_p']:.3f}): {verdict}"
+    )

@@ -52,12 +52,15 @@ def instability(times_ms: list[float], reference_before_ms: float, reference_aft
         reasons.append(f"p90 is {p90 / median:.1f}x the median")
     drift = max(reference_before_ms, reference_after_ms) / max(min(reference_before_ms, reference_after_ms), 1e-9)
     if drift > UNSTABLE_REFERENCE_DRIFT:
-        reasons.append(f"a fixed reference workload took {reference_before_ms:.2f} ms before and "
-                       f"{reference_after_ms:.2f} ms after")
+        reasons.append(
+            f"a fixed reference workload took {reference_before_ms:.2f} ms before and {reference_after_ms:.2f} ms after"
+        )
     if not reasons:
         return None
-    return ("; ".join(reasons) + ": the machine was busy or changed speed; rerun on a quiet machine, "
-            "or with fewer --threads than cores when something else must run")
+    return (
+        "; ".join(reasons) + ": the machine was busy or changed speed; rerun on a quiet machine, "
+        "or with fewer --threads than cores when something else must run"
+    )
 
 
 class FrameTimer:
@@ -108,9 +111,14 @@ class FrameTimer:
         totals = per_frame.sum(axis=0)
         stats = {}
         for name, values in [*zip(STAGES, per_frame), ("total", totals)]:
-            stats[name] = {key: round(float(statistic(values)), 3) if len(values) else None
-                           for key, statistic in (("p50_ms", np.median), ("p95_ms", lambda v: np.percentile(v, 95)),
-                                                  ("mean_ms", np.mean))}
+            stats[name] = {
+                key: round(float(statistic(values)), 3) if len(values) else None
+                for key, statistic in (
+                    ("p50_ms", np.median),
+                    ("p95_ms", lambda v: np.percentile(v, 95)),
+                    ("mean_ms", np.mean),
+                )
+            }
         model_seconds = float(per_frame[STAGES.index("inference"), self.inferred].sum()) / 1e3
         end_to_end = self.frames / wall if wall > 0 else 0.0
         model_only = self.inferences / model_seconds if model_seconds > 0 else None
@@ -134,11 +142,15 @@ def format_summary(summary: dict) -> str:
         f"  {'stage':<11}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}",
     ]
     for stage, values in summary["stages_ms"].items():
-        cells = "".join("-".rjust(9) if values[key] is None else f"{values[key]:9.2f}" for key in ("p50_ms", "p95_ms", "mean_ms"))
+        cells = "".join(
+            "-".rjust(9) if values[key] is None else f"{values[key]:9.2f}" for key in ("p50_ms", "p95_ms", "mean_ms")
+        )
         lines.append(f"  {stage:<11}{cells}")
     if summary["model_fps"]:
-        lines.append(f"  end to end {summary['mean_fps']:.1f} FPS = {summary['end_to_end_vs_model']:.2f} x the model-only "
-                     f"{summary['model_fps']:.1f} FPS (inferences / seconds in the model)")
+        lines.append(
+            f"  end to end {summary['mean_fps']:.1f} FPS = {summary['end_to_end_vs_model']:.2f} x the model-only "
+            f"{summary['model_fps']:.1f} FPS (inferences / seconds in the model)"
+        )
     if summary.get("peak_rss_mb") is not None:
         lines.append(f"  peak resident memory: {summary['peak_rss_mb']:.0f} MB")
     if summary.get("skipped_unreadable"):

@@ -35,15 +35,18 @@ def parse_spec(spec: str) -> tuple[Path, str, Path | None]:
     """(the Python file, the function name, the state dict or None) of ``FILE.py:FUNCTION[@WEIGHTS.pth]``."""
     match = SPEC_PATTERN.match(str(spec))
     if match is None:
-        raise KitError(f"--model {spec}: write your own model as FILE.py:FUNCTION, e.g. my_net.py:build "
-                       "(with its weights: my_net.py:build@my_net.pth)")
+        raise KitError(
+            f"--model {spec}: write your own model as FILE.py:FUNCTION, e.g. my_net.py:build "
+            "(with its weights: my_net.py:build@my_net.pth)"
+        )
     return Path(match["file"]), match["function"], Path(match["weights"]) if match["weights"] else None
 
 
 def _where_in(error: BaseException, path: Path) -> str:
     """'my_net.py line 12' of the last traceback frame inside the student's file, or ''."""
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if Path(frame.filename).resolve() == path.resolve()]
+    frames = [
+        frame for frame in traceback.extract_tb(error.__traceback__) if Path(frame.filename).resolve() == path.resolve()
+    ]
     if not frames:
         return ""
     frame = frames[-1]
@@ -85,22 +88,33 @@ def build_user_model(spec: str) -> nn.Module:
     module = import_file(path)
     function = getattr(module, function_name, None)
     if function is None:
-        defined = sorted(name for name, value in vars(module).items()
-                         if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == module.__name__)
-        raise KitError(f"{path} defines no '{function_name}'"
-                       + (f"; it defines {', '.join(defined)}" if defined else "")
-                       + f"; pass --model {path}:NAME of a function that returns your nn.Module")
+        defined = sorted(
+            name
+            for name, value in vars(module).items()
+            if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+        )
+        raise KitError(
+            f"{path} defines no '{function_name}'"
+            + (f"; it defines {', '.join(defined)}" if defined else "")
+            + f"; pass --model {path}:NAME of a function that returns your nn.Module"
+        )
     if not callable(function):
-        raise KitError(f"{path}:{function_name} is a {type(function).__name__}, not a function; "
-                       "pass a function that returns your nn.Module")
+        raise KitError(
+            f"{path}:{function_name} is a {type(function).__name__}, not a function; "
+            "pass a function that returns your nn.Module"
+        )
     try:
         model = function()
     except Exception as error:  # noqa: BLE001 - the student's code can fail in any way
-        raise KitError(f"calling {path.name}:{function_name}() failed{_where_in(error, path)} "
-                       f"({_first_line(error)}); it must take no arguments and return an nn.Module") from None
+        raise KitError(
+            f"calling {path.name}:{function_name}() failed{_where_in(error, path)} "
+            f"({_first_line(error)}); it must take no arguments and return an nn.Module"
+        ) from None
     if not isinstance(model, nn.Module):
-        raise KitError(f"{path.name}:{function_name}() returned {type(model).__name__}, not an nn.Module; "
-                       "return the model itself (e.g. `return MyNet()`)")
+        raise KitError(
+            f"{path.name}:{function_name}() returned {type(model).__name__}, not an nn.Module; "
+            "return the model itself (e.g. `return MyNet()`)"
+        )
     return model.eval()
 
 
@@ -119,7 +133,9 @@ def load_user_model(spec: str, weights: str | Path | None = None) -> nn.Module:
             model.load_state_dict(state_dict)
         except (RuntimeError, KeyError, ValueError) as error:
             first = str(error).splitlines()[0][:160]
-            raise KitError(f"{weights} does not fit {spec} ({first}); pass the state dict saved from this model") from None
+            raise KitError(
+                f"{weights} does not fit {spec} ({first}); pass the state dict saved from this model"
+            ) from None
     if any(p.is_quantized for p in model.parameters()) or any(b.is_quantized for b in model.buffers()):
         raise KitError(f"{spec} is already quantized; return the float model")
     return model.eval()
@@ -131,8 +147,10 @@ def output_classes(model: nn.Module, input_size: int) -> int:
         with torch.inference_mode():
             output = model(torch.randn(1, 3, input_size, input_size))
     except Exception as error:  # noqa: BLE001 - the student's forward can fail in any way
-        raise KitError(f"the model fails on one 3x{input_size}x{input_size} image ({_first_line(error)}); "
-                       "the kit feeds RGB photos, batch first") from None
+        raise KitError(
+            f"the model fails on one 3x{input_size}x{input_size} image ({_first_line(error)}); "
+            "the kit feeds RGB photos, batch first"
+        ) from None
     if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
         shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise KitError(f"the model returns {shape} for one image; a classifier returns [1, classes] scores")
@@ -141,8 +159,15 @@ def output_classes(model: nn.Module, input_size: int) -> int:
 
 # ---- your own ONNX model ----------------------------------------------------------------
 
-QUANTIZED_ONNX_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
-                      "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+QUANTIZED_ONNX_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+}
 
 
 def check_onnx_classifier(path: Path, input_size: int) -> dict:
@@ -162,24 +187,32 @@ def check_onnx_classifier(path: Path, input_size: int) -> dict:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # noqa: BLE001 - protobuf raises several kinds
-        raise KitError(f"{path} is not an ONNX file ({_first_line(error)[:100]}); export one with torch.onnx.export") from None
+        raise KitError(
+            f"{path} is not an ONNX file ({_first_line(error)[:100]}); export one with torch.onnx.export"
+        ) from None
     initializers = {init.name for init in model.graph.initializer}
     inputs = [value for value in model.graph.input if value.name not in initializers]
     if len(inputs) != 1:
         names = ", ".join(value.name for value in inputs) or "none"
-        raise KitError(f"{path} has {len(inputs)} inputs ({names}); the kit quantizes classifiers with one image "
-                       "input (batch x 3 x S x S)")
+        raise KitError(
+            f"{path} has {len(inputs)} inputs ({names}); the kit quantizes classifiers with one image "
+            "input (batch x 3 x S x S)"
+        )
     tensor_type = inputs[0].type.tensor_type
     if tensor_type.elem_type != onnx.TensorProto.FLOAT:
         kind = onnx.TensorProto.DataType.Name(tensor_type.elem_type) if tensor_type.elem_type else "not a tensor"
-        raise KitError(f"{path}'s input '{inputs[0].name}' is {kind}, not float32 images; "
-                       "export the float model")
+        raise KitError(f"{path}'s input '{inputs[0].name}' is {kind}, not float32 images; export the float model")
     shape = [dim.dim_param or (dim.dim_value if dim.HasField("dim_value") else "?") for dim in tensor_type.shape.dim]
     fixed = dict(enumerate(shape))
-    if (len(shape) != 4 or (isinstance(fixed[1], int) and fixed[1] != 3)
-            or any(isinstance(fixed[axis], int) and fixed[axis] != input_size for axis in (2, 3))):
-        raise KitError(f"{path}'s input '{inputs[0].name}' is {shape}, not images of batch x 3 x {input_size} x "
-                       f"{input_size}; the kit quantizes image classifiers on {input_size}x{input_size} RGB photos")
+    if (
+        len(shape) != 4
+        or (isinstance(fixed[1], int) and fixed[1] != 3)
+        or any(isinstance(fixed[axis], int) and fixed[axis] != input_size for axis in (2, 3))
+    ):
+        raise KitError(
+            f"{path}'s input '{inputs[0].name}' is {shape}, not images of batch x 3 x {input_size} x "
+            f"{input_size}; the kit quantizes image classifiers on {input_size}x{input_size} RGB photos"
+        )
     if any(node.op_type in QUANTIZED_ONNX_OPS for node in model.graph.node):
         raise KitError(f"{path} is already quantized (it holds QuantizeLinear/QLinear operators); pass the float model")
     session = models.OnnxModel(path, threads=torch.get_num_threads())
@@ -188,11 +221,14 @@ def check_onnx_classifier(path: Path, input_size: int) -> dict:
     except KitError:
         raise
     except Exception as error:  # noqa: BLE001 - ONNX Runtime's errors name the node
-        raise KitError(f"ONNX Runtime fails on one 3x{input_size}x{input_size} image with {path} "
-                       f"({_first_line(error)[:160]})") from None
+        raise KitError(
+            f"ONNX Runtime fails on one 3x{input_size}x{input_size} image with {path} ({_first_line(error)[:160]})"
+        ) from None
     if output.dim() != 2 or output.shape[0] != 1:
-        raise KitError(f"{path} returns {list(output.shape)} for one image, not class scores [1, classes]; "
-                       "the kit quantizes classifiers")
+        raise KitError(
+            f"{path} returns {list(output.shape)} for one image, not class scores [1, classes]; "
+            "the kit quantizes classifiers"
+        )
     return {"input_name": inputs[0].name, "input_shape": shape, "classes": int(output.shape[1])}
 
 
@@ -210,8 +246,10 @@ def with_input_named(path: Path, input_name: str, folder: Path) -> Path:
         return path
     old = graph_input.name
     if any(input_name in (*node.input, *node.output) for node in model.graph.node):
-        raise KitError(f"{path} already uses the name '{input_name}' inside its graph; rename its input to "
-                       f"'{input_name}' when exporting")
+        raise KitError(
+            f"{path} already uses the name '{input_name}' inside its graph; rename its input to "
+            f"'{input_name}' when exporting"
+        )
     graph_input.name = input_name
     for node in model.graph.node:
         for index, name in enumerate(node.input):
@@ -231,7 +269,12 @@ def onnx_size_mb(path: Path) -> float:
     from onnx.external_data_helper import uses_external_data
 
     model = onnx.load(str(path), load_external_data=False)
-    locations = {entry.value for tensor in model.graph.initializer if uses_external_data(tensor)
-                 for entry in tensor.external_data if entry.key == "location"}
+    locations = {
+        entry.value
+        for tensor in model.graph.initializer
+        if uses_external_data(tensor)
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
     files = [Path(path), *(Path(path).parent / location for location in locations)]
     return sum(file.stat().st_size for file in files if file.is_file()) / 1e6

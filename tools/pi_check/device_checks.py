@@ -284,13 +284,18 @@ def step_x86_onnx(x86_dir: Path) -> str:
     logits = _run_onnx_file(x86_dir / reference["onnx_model_file"], inputs)
     top1 = [int(i) for i in logits.argmax(dim=1)]
     max_diff = float((logits - torch.from_numpy(numpy.load(x86_dir / "onnx_logits.npy"))).abs().max())
-    mismatches = [f"{name}: pi {pi} vs x86 {x86}" for name, pi, x86
-                  in zip(reference["names"], top1, reference["onnx_top1"], strict=False) if pi != x86]
+    mismatches = [
+        f"{name}: pi {pi} vs x86 {x86}"
+        for name, pi, x86 in zip(reference["names"], top1, reference["onnx_top1"], strict=False)
+        if pi != x86
+    ]
     if mismatches:
         raise RuntimeError(f"ONNX top-1 differs from x86 ({'; '.join(mismatches)}); max |logit diff| {max_diff:.4f}")
-    return (f"{reference['onnx_model_file']} (static QDQ from x86, onnxruntime {reference['onnxruntime']}) runs "
-            f"on onnxruntime {onnxruntime.__version__}; top-1 equal on {len(top1)} images, "
-            f"max |logit diff| {max_diff:.4f}")
+    return (
+        f"{reference['onnx_model_file']} (static QDQ from x86, onnxruntime {reference['onnxruntime']}) runs "
+        f"on onnxruntime {onnxruntime.__version__}; top-1 equal on {len(top1)} images, "
+        f"max |logit diff| {max_diff:.4f}"
+    )
 
 
 PT2E_MODEL = "mobilenet_v2_pt2e_arm.pt2"  # quantize_model.py --engine qnnpack --output X.pt2 (XNNPACKQuantizer) on x86
@@ -319,12 +324,17 @@ def step_x86_pt2e(x86_dir: Path) -> str:
     logits = _run_pt2e_file(x86_dir / reference["pt2e_model_file"], inputs)
     top1 = [int(i) for i in logits.argmax(dim=1)]
     max_diff = float((logits - torch.from_numpy(numpy.load(x86_dir / "pt2e_logits.npy"))).abs().max())
-    mismatches = [f"{name}: pi {pi} vs x86 {x86}" for name, pi, x86
-                  in zip(reference["names"], top1, reference["pt2e_top1"], strict=False) if pi != x86]
+    mismatches = [
+        f"{name}: pi {pi} vs x86 {x86}"
+        for name, pi, x86 in zip(reference["names"], top1, reference["pt2e_top1"], strict=False)
+        if pi != x86
+    ]
     if mismatches:  # logits differ by up to ~1 between CPUs' float kernels; the class must not
         raise RuntimeError(f"PT2E top-1 differs from x86 ({'; '.join(mismatches)}); max |logit diff| {max_diff:.4f}")
-    return (f"{reference['pt2e_model_file']} (PT2E, torch {reference['torch']} on x86) loads with torch.export.load "
-            f"on torch {torch.__version__}; top-1 equal on {len(top1)} images, max |logit diff| {max_diff:.4f}")
+    return (
+        f"{reference['pt2e_model_file']} (PT2E, torch {reference['torch']} on x86) loads with torch.export.load "
+        f"on torch {torch.__version__}; top-1 equal on {len(top1)} images, max |logit diff| {max_diff:.4f}"
+    )
 
 
 def step_x86_model(x86_dir: Path) -> str:
@@ -410,8 +420,11 @@ def run_x86_reference(x86_dir: Path, model_file: str, sample_dir: Path | None, c
 
         onnx_logits = _run_onnx_file(x86_dir / ONNX_MODEL, inputs)
         numpy.save(x86_dir / "onnx_logits.npy", onnx_logits.numpy())
-        reference.update(onnx_model_file=ONNX_MODEL, onnxruntime=onnxruntime.__version__,
-                         onnx_top1=[int(i) for i in onnx_logits.argmax(dim=1)])
+        reference.update(
+            onnx_model_file=ONNX_MODEL,
+            onnxruntime=onnxruntime.__version__,
+            onnx_top1=[int(i) for i in onnx_logits.argmax(dim=1)],
+        )
     if (x86_dir / PT2E_MODEL).is_file():
         pt2e_logits = _run_pt2e_file(x86_dir / PT2E_MODEL, inputs[:PT2E_IMAGES])
         numpy.save(x86_dir / "pt2e_logits.npy", pt2e_logits.numpy())

@@ -428,6 +428,7 @@ def install_overlay(cache: Path, torch_version: str, torchvision_version: str) -
 
 # ------------------------------------------------------------- x86 model --
 
+
 def x86_python_env() -> dict[str, str]:
     env = dict(os.environ, QUANTLAB_ASSETS=str(assets_dir()))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "Codes"), os.environ.get("PYTHONPATH", "")]))
@@ -472,17 +473,39 @@ def build_x86_model(cache: Path, weights: Path) -> Path:
             env,
         )
         run_quiet(  # the ONNX Runtime path of labs/03: the same calibration, a static QDQ file
-            [sys.executable, str(quantize_script), "--model", "mobilenet_v2", "--format", "onnx",
-             "--calib-data", str(assets_dir() / "imagenet-sample"), "--calib-images", "32",
-             "--output", str(target / "mobilenet_v2_qdq.onnx")],
+            [
+                sys.executable,
+                str(quantize_script),
+                "--model",
+                "mobilenet_v2",
+                "--format",
+                "onnx",
+                "--calib-data",
+                str(assets_dir() / "imagenet-sample"),
+                "--calib-images",
+                "32",
+                "--output",
+                str(target / "mobilenet_v2_qdq.onnx"),
+            ],
             "Codes/quantize_model.py --format onnx on x86",
             BUILD_TIMEOUT_S,
             env,
         )
         run_quiet(  # PT2E for ARM (XNNPACKQuantizer): does an exported program run with torch alone on the Pi?
-            [sys.executable, str(quantize_script), "--model", "mobilenet_v2", "--engine", "qnnpack",
-             "--calib-data", str(assets_dir() / "imagenet-sample"), "--calib-images", "16",
-             "--output", str(target / "mobilenet_v2_pt2e_arm.pt2")],
+            [
+                sys.executable,
+                str(quantize_script),
+                "--model",
+                "mobilenet_v2",
+                "--engine",
+                "qnnpack",
+                "--calib-data",
+                str(assets_dir() / "imagenet-sample"),
+                "--calib-images",
+                "16",
+                "--output",
+                str(target / "mobilenet_v2_pt2e_arm.pt2"),
+            ],
             "Codes/quantize_model.py --output FILE.pt2 --engine qnnpack on x86",
             BUILD_TIMEOUT_S,
             env,
@@ -688,8 +711,15 @@ def demo_runs(x86_dir: Path | None, every_kind: bool) -> list[tuple[str, list[st
     return runs
 
 
-def run_mobile_net(emulator: Emulator, cpu: str, frames: int, result: CpuResult, versions: dict[str, str],
-                   name: str = "mobile-net", flags: Sequence[str] = ("--quantize", "--engine", "qnnpack")) -> list[str]:
+def run_mobile_net(
+    emulator: Emulator,
+    cpu: str,
+    frames: int,
+    result: CpuResult,
+    versions: dict[str, str],
+    name: str = "mobile-net",
+    flags: Sequence[str] = ("--quantize", "--engine", "qnnpack"),
+) -> list[str]:
     script = REPO / "Codes" / "mobile_net.py"
     step = result.step(name)
     args = [str(script), "--source", "samples", "--frames", str(frames), *flags]
@@ -826,12 +856,17 @@ def run(args: argparse.Namespace) -> int:
         results = []
         for cpu in args.cpu:
             cpu_start = time.monotonic()
-            results.append(check_cpu(emulator, cpu, weights, x86_dir, versions, args.frames, not args.no_mobile_net,
-                                     args.demo_memory))
+            results.append(
+                check_cpu(
+                    emulator, cpu, weights, x86_dir, versions, args.frames, not args.no_mobile_net, args.demo_memory
+                )
+            )
             note(f"[{cpu}] done in {time.monotonic() - cpu_start:.0f} s")
     for result in results:
         for command, peak in result.demo_memory.items():
-            note(f"[{result.cpu}] demo memory: {peak if peak is not None else '?'} MB peak resident (qemu included): {command}")
+            note(
+                f"[{result.cpu}] demo memory: {peak if peak is not None else '?'} MB peak resident (qemu included): {command}"
+            )
     failures = [failure for result in results for failure in result.failures]
     elapsed = time.monotonic() - start
     for failure in failures:
