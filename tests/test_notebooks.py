@@ -124,3 +124,14 @@ def test_setup_cell_keeps_colabs_torch() -> None:
         if line.strip() and not line.startswith("#")
     ]
     assert "torch" not in pinned and "torchvision" not in pinned, "requirements-colab.txt would reinstall torch"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_says_before_it_starts_whether_the_machine_can_hold_it(notebook: Path) -> None:
+    """A Colab runtime that runs out of memory dies without a word: the first cell that uses the kit checks
+    first, with the notebook's full-mode peak measured by tools/notebook_memory.py."""
+    nb = nbformat.read(notebook, as_version=4)
+    first = next(cell for cell in nb.cells if cell.cell_type == "code" and "from quantlab import" in cell.source)
+    match = re.search(r"memory\.check_room\((\d+),", first.source)
+    assert match, f"{notebook.name}: its first kit cell should call memory.check_room(FULL_MODE_PEAK_MB, ...)"
+    assert 1000 <= int(match.group(1)) <= 8000, "a free Colab runtime has about 12.7 GB: keep full mode well below"
