@@ -32,15 +32,6 @@ TORCHVISION_NAMES = {
     "mobilenet_v2": "torchvision's pretrained fp32 MobileNetV2",
     "mobilenet_v2_int8": "torchvision's pretrained int8 MobileNetV2 (quantization-aware trained for qnnpack)",
 }
-QUANTIZED_ONNX_OPS = {
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "DynamicQuantizeLinear",
-    "QLinearConv",
-    "QLinearMatMul",
-    "ConvInteger",
-    "MatMulInteger",
-}
 
 
 def fixed_batch(model: Callable) -> int | None:
@@ -102,7 +93,7 @@ def _onnx_facts(path: Path) -> tuple[int | None, bool]:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception:  # noqa: BLE001 - an ORT-format (.ort) file or a damaged one: ONNX Runtime ran it, onnx cannot read it
         return None, False
-    quantized = any(node.op_type in QUANTIZED_ONNX_OPS for node in graph.node)
+    quantized = any(node.op_type in onnx_tools.QUANTIZED_ONNX_OPS for node in graph.node)
     # scales and zero points of QuantizeLinear/DequantizeLinear are not weights
     quant_params = {
         name for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear") for name in node.input[1:]

@@ -237,6 +237,17 @@ def max_abs_diff(model_fp32: nn.Module, onnx_path: Path, batch: torch.Tensor) ->
 
 # ---- quantization ------------------------------------------------------------------
 
+# operators that only a quantized ONNX graph holds: how the kit tells int8 files from float ones
+QUANTIZED_ONNX_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+}
+
 CALIBRATION_CHUNK = 16  # images whose activations ONNX Runtime holds at once while calibrating
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantlab import models
+from quantlab import models, onnx_tools
 from quantlab.errors import KitError
 
 # FILE.py:FUNCTION[@WEIGHTS]: FILE may hold colons of its own (C:\...), the function name cannot
@@ -159,16 +159,6 @@ def output_classes(model: nn.Module, input_size: int) -> int:
 
 # ---- your own ONNX model ----------------------------------------------------------------
 
-QUANTIZED_ONNX_OPS = {
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "DynamicQuantizeLinear",
-    "QLinearConv",
-    "QLinearMatMul",
-    "ConvInteger",
-    "MatMulInteger",
-}
-
 
 def check_onnx_classifier(path: Path, input_size: int) -> dict:
     """Check that ``path`` is a float ONNX classifier with one image input; facts about it.
@@ -213,7 +203,7 @@ def check_onnx_classifier(path: Path, input_size: int) -> dict:
             f"{path}'s input '{inputs[0].name}' is {shape}, not images of batch x 3 x {input_size} x "
             f"{input_size}; the kit quantizes image classifiers on {input_size}x{input_size} RGB photos"
         )
-    if any(node.op_type in QUANTIZED_ONNX_OPS for node in model.graph.node):
+    if any(node.op_type in onnx_tools.QUANTIZED_ONNX_OPS for node in model.graph.node):
         raise KitError(f"{path} is already quantized (it holds QuantizeLinear/QLinear operators); pass the float model")
     session = models.OnnxModel(path, threads=torch.get_num_threads())
     try:

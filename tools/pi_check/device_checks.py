@@ -274,27 +274,44 @@ def _run_onnx_file(model_file: Path, inputs: Any) -> Any:
     return torch.from_numpy(session.run(None, {name: inputs.numpy()})[0])
 
 
-def step_x86_onnx(x86_dir: Path) -> str:
+def _compare_with_x86(
+    x86_dir: Path,
+    what: str,
+    run: Callable[[Path, Any], Any],
+    file_key: str,
+    logits_file: str,
+    top1_key: str,
+    images: int | None = None,
+) -> tuple[dict, list[int], float]:
+    """Run the x86-made file named by ``reference[file_key]`` on the saved inputs; fail unless every top-1 equals
+    x86's. Returns (reference, the top-1 classes, max |logit difference|)."""
     import numpy
-    import onnxruntime
     import torch
 
     reference = json.loads((x86_dir / "reference.json").read_text(encoding="utf-8"))
-    inputs = torch.from_numpy(numpy.load(x86_dir / "inputs.npy"))
-    logits = _run_onnx_file(x86_dir / reference["onnx_model_file"], inputs)
+    inputs = torch.from_numpy(numpy.load(x86_dir / "inputs.npy"))[:images]
+    logits = run(x86_dir / reference[file_key], inputs)
     top1 = [int(i) for i in logits.argmax(dim=1)]
-    max_diff = float((logits - torch.from_numpy(numpy.load(x86_dir / "onnx_logits.npy"))).abs().max())
+    max_diff = float((logits - torch.from_numpy(numpy.load(x86_dir / logits_file))).abs().max())
     mismatches = [
         f"{name}: pi {pi} vs x86 {x86}"
-        for name, pi, x86 in zip(reference["names"], top1, reference["onnx_top1"], strict=False)
+        for name, pi, x86 in zip(reference["names"], top1, reference[top1_key], strict=False)
         if pi != x86
     ]
-    if mismatches:
-        raise RuntimeError(f"ONNX top-1 differs from x86 ({'; '.join(mismatches)}); max |logit diff| {max_diff:.4f}")
+    if mismatches:  # logits differ by up to ~1 between CPUs' kernels; the class must not
+        raise RuntimeError(f"{what} top-1 differs from x86 ({'; '.join(mismatches)}); max |logit diff| {max_diff:.4f}")
+    return reference, top1, max_diff
+
+
+def step_x86_onnx(x86_dir: Path) -> str:
+    import onnxruntime
+
+    reference, top1, max_diff = _compare_with_x86(
+        x86_dir, "ONNX", _run_onnx_file, "onnx_model_file", "onnx_logits.npy", "onnx_top1"
+    )
     return (
         f"{reference['onnx_model_file']} (static QDQ from x86, onnxruntime {reference['onnxruntime']}) runs "
-        f"on onnxruntime {onnxruntime.__version__}; top-1 equal on {len(top1)} images, "
-        f"max |logit diff| {max_diff:.4f}"
+        f"on onnxruntime {onnxruntime.__version__}; top-1 equal on {len(top1)} images, max |logit diff| {max_diff:.4f}"
     )
 
 
@@ -316,21 +333,11 @@ def _run_pt2e_file(model_file: Path, inputs: Any) -> Any:
 
 
 def step_x86_pt2e(x86_dir: Path) -> str:
-    import numpy
     import torch
 
-    reference = json.loads((x86_dir / "reference.json").read_text(encoding="utf-8"))
-    inputs = torch.from_numpy(numpy.load(x86_dir / "inputs.npy"))[:PT2E_IMAGES]
-    logits = _run_pt2e_file(x86_dir / reference["pt2e_model_file"], inputs)
-    top1 = [int(i) for i in logits.argmax(dim=1)]
-    max_diff = float((logits - torch.from_numpy(numpy.load(x86_dir / "pt2e_logits.npy"))).abs().max())
-    mismatches = [
-        f"{name}: pi {pi} vs x86 {x86}"
-        for name, pi, x86 in zip(reference["names"], top1, reference["pt2e_top1"], strict=False)
-        if pi != x86
-    ]
-    if mismatches:  # logits differ by up to ~1 between CPUs' float kernels; the class must not
-        raise RuntimeError(f"PT2E top-1 differs from x86 ({'; '.join(mismatches)}); max |logit diff| {max_diff:.4f}")
+    reference, top1, max_diff = _compare_with_x86(
+        x86_dir, "PT2E", _run_pt2e_file, "pt2e_model_file", "pt2e_logits.npy", "pt2e_top1", PT2E_IMAGES
+    )
     return (
         f"{reference['pt2e_model_file']} (PT2E, torch {reference['torch']} on x86) loads with torch.export.load "
         f"on torch {torch.__version__}; top-1 equal on {len(top1)} images, max |logit diff| {max_diff:.4f}"
@@ -338,23 +345,10 @@ def step_x86_pt2e(x86_dir: Path) -> str:
 
 
 def step_x86_model(x86_dir: Path) -> str:
-    import numpy
-    import torch
-
-    reference = json.loads((x86_dir / "reference.json").read_text(encoding="utf-8"))
-    inputs = torch.from_numpy(numpy.load(x86_dir / "inputs.npy"))
-    logits = _run_model_file(x86_dir / reference["model_file"], inputs)
-    top1 = [int(i) for i in logits.argmax(dim=1)]
-    x86_logits = torch.from_numpy(numpy.load(x86_dir / "logits.npy"))
-    max_diff = float((logits - x86_logits).abs().max())
+    reference, top1, max_diff = _compare_with_x86(
+        x86_dir, "TorchScript", _run_model_file, "model_file", "logits.npy", "top1"
+    )
     names = reference["names"]
-    mismatches = [
-        f"{name}: pi {pi} vs x86 {x86}"
-        for name, pi, x86 in zip(names, top1, reference["top1"], strict=False)
-        if pi != x86
-    ]
-    if mismatches:
-        raise RuntimeError(f"top-1 differs from x86 ({'; '.join(mismatches)}); max |logit diff| {max_diff:.4f}")
     return (
         f"{reference['model_file']} from x86 (torch {reference['torch']}) loads with torch.jit.load; "
         f"top-1 equal on {len(top1)} images ({', '.join(f'{n}={t}' for n, t in zip(names, top1, strict=False))}), "
