@@ -1,6 +1,6 @@
 """The checks that run inside the emulated Raspberry Pi (and the x86 reference they compare with).
 
-``pi_check.py`` starts this file in two roles:
+``pi_check.py`` starts this file in three roles:
 
 * ``pi``: under ``qemu-aarch64-static -cpu cortex-a72`` (or ``-a76``) with the
   aarch64 Python 3.11 of a Debian Bookworm root and the wheels of
@@ -9,9 +9,12 @@
   classifies ``skimage.data.chelsea()`` with the pretrained int8 MobileNetV2
   (qnnpack, TorchScript). Given ``--x86-dir`` it also loads the TorchScript
   file that ``Codes/quantize_model.py`` wrote on x86 and compares top-1; the same
-  for its ``--format onnx`` static QDQ file under ONNX Runtime.
+  for its ``--format onnx`` static QDQ file under ONNX Runtime and for its PT2E
+  ``.pt2`` file, run by torch alone (``torch.export.load``).
 * ``x86-reference``: on the x86 host, next to that model file: save the input
   tensors and the x86 top-1 the Pi side must reproduce.
+* ``x86-tiny-onnx``: on the x86 host, with the onnx package: the small ONNX
+  graph the Pi's onnxruntime runs (the Pi installs no onnx package).
 
 Every step prints ``PI_CHECK STEP <name>`` before it starts (flushed), so that
 when the emulated CPU kills the process (SIGILL) the caller knows which step
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 import sys
 import time
 import traceback
@@ -96,58 +98,38 @@ def categories() -> list[str]:
 # ------------------------------------------------------------- onnx model --
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+TINY_WEIGHT = [[1.0, -1.0], [2.0, 0.5], [-1.0, 1.0]]
+TINY_BIAS = [0.5, -4.0]
 
 
-def _field(number: int, payload: bytes | int | str) -> bytes:
-    """One protobuf field: varint for int, length-delimited for bytes/str."""
-    if isinstance(payload, int):
-        return _varint(number << 3) + _varint(payload)
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _varint((number << 3) | 2) + _varint(len(data)) + data
+def write_tiny_onnx(output: Path) -> int:
+    """x86 side: y = Relu(x @ TINY_WEIGHT + TINY_BIAS) as an ONNX file, written with the onnx package.
 
-
-def tiny_onnx_model(weight: list[list[float]], bias: list[float]) -> bytes:
-    """ONNX bytes for y = Relu(x @ weight + bias), written without the onnx package.
-
-    Field numbers are those of onnx.proto (ModelProto, GraphProto, NodeProto,
-    TensorProto, ValueInfoProto); FLOAT is element type 1.
+    The Pi needs no onnx package (requirements-pi.txt installs onnxruntime only): the file is made here.
     """
-    rows, cols = len(weight), len(weight[0])
+    import numpy
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    def tensor(name: str, dims: list[int], values: list[float]) -> bytes:
-        raw = struct.pack(f"<{len(values)}f", *values)
-        return b"".join(_field(1, d) for d in dims) + _field(2, 1) + _field(8, name) + _field(9, raw)
-
-    def value_info(name: str, dims: list[int | str]) -> bytes:
-        shape = b"".join(_field(1, _field(1, d) if isinstance(d, int) else _field(2, d)) for d in dims)
-        tensor_type = _field(1, 1) + _field(2, shape)
-        return _field(1, name) + _field(2, _field(1, tensor_type))
-
-    def node(op: str, inputs: list[str], output: str) -> bytes:
-        return b"".join(_field(1, i) for i in inputs) + _field(2, output) + _field(3, op.lower()) + _field(4, op)
-
-    graph = (
-        _field(1, node("MatMul", ["x", "w"], "xw"))
-        + _field(1, node("Add", ["xw", "b"], "z"))
-        + _field(1, node("Relu", ["z"], "y"))
-        + _field(2, "pi_check_tiny")
-        + _field(5, tensor("w", [rows, cols], [v for row in weight for v in row]))
-        + _field(5, tensor("b", [cols], bias))
-        + _field(11, value_info("x", ["batch", rows]))
-        + _field(12, value_info("y", ["batch", cols]))
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["z"]),
+            helper.make_node("Relu", ["z"], ["y"]),
+        ],
+        "pi_check_tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(TINY_WEIGHT)])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", len(TINY_BIAS)])],
+        [
+            numpy_helper.from_array(numpy.array(TINY_WEIGHT, dtype=numpy.float32), "w"),
+            numpy_helper.from_array(numpy.array(TINY_BIAS, dtype=numpy.float32), "b"),
+        ],
     )
-    opset = _field(1, "") + _field(2, 13)
-    return _field(1, 8) + _field(2, "pi_check") + _field(7, graph) + _field(8, opset)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="pi_check")
+    model.ir_version = 8  # what onnxruntime 1.23 (the Pi's pin) reads
+    onnx.checker.check_model(model)
+    onnx.save(model, str(output))
+    return 0
 
 
 # --------------------------------------------------------------- pi steps --
@@ -207,18 +189,17 @@ def step_dependencies() -> str:
     return f"{len(installed)} distributions, every declared dependency present"
 
 
-def step_onnxruntime() -> str:
+def step_onnxruntime(tiny_onnx: Path) -> str:
     import numpy
     import onnxruntime
 
-    weight = [[1.0, -1.0], [2.0, 0.5], [-1.0, 1.0]]
-    bias = [0.5, -4.0]
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(tiny_onnx_model(weight, bias), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(tiny_onnx), options, providers=["CPUExecutionProvider"])
     x = numpy.array([[1.0, 2.0, 3.0], [0.0, -1.0, 1.0]], dtype=numpy.float32)
     (y,) = session.run(None, {"x": x})
-    expected = numpy.maximum(x @ numpy.array(weight, dtype=numpy.float32) + numpy.array(bias, dtype=numpy.float32), 0)
+    weight, bias = numpy.array(TINY_WEIGHT, dtype=numpy.float32), numpy.array(TINY_BIAS, dtype=numpy.float32)
+    expected = numpy.maximum(x @ weight + bias, 0)
     if not numpy.allclose(y, expected, atol=1e-5):
         raise RuntimeError(f"onnxruntime computed {y.tolist()}, expected {expected.tolist()}")
     return f"onnxruntime {onnxruntime.__version__} ran an ONNX graph on CPUExecutionProvider, output correct"
@@ -356,14 +337,15 @@ def step_x86_model(x86_dir: Path) -> str:
     )
 
 
-def run_pi(weights: Path | None, x86_dir: Path | None) -> int:
+def run_pi(weights: Path | None, x86_dir: Path | None, tiny_onnx: Path | None) -> int:
     steps = Steps()
     if not steps.run("import-torch", step_import_torch):
         return 1  # nothing else can run without torch
     for name in IMPORTS:
         steps.run(f"import-{name}", lambda name=name: step_import(name))  # type: ignore[misc]
     steps.run("dependencies", step_dependencies)
-    steps.run("onnxruntime", step_onnxruntime)
+    if tiny_onnx is not None:
+        steps.run("onnxruntime", lambda: step_onnxruntime(tiny_onnx))
     if weights is not None:
         steps.run("pretrained-int8", lambda: step_pretrained_int8(weights))
     if x86_dir is not None:
@@ -434,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     pi = roles.add_parser("pi", help="checks to run inside the emulated Pi")
     pi.add_argument("--weights", type=Path, help="mobilenet_v2_qnnpack_int8.pth (state dict)")
     pi.add_argument("--x86-dir", type=Path, help="folder written by the x86-reference role")
+    pi.add_argument("--tiny-onnx", type=Path, help="the file written by the x86-tiny-onnx role")
+    tiny = roles.add_parser("x86-tiny-onnx", help="x86 side: the small ONNX graph the Pi's onnxruntime runs")
+    tiny.add_argument("--output", type=Path, required=True)
     ref = roles.add_parser("x86-reference", help="x86 side: inputs and top-1 for a TorchScript model")
     ref.add_argument("--x86-dir", type=Path, required=True)
     ref.add_argument("--model-file", required=True, help="file name inside --x86-dir")
@@ -441,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     ref.add_argument("--count", type=int, default=4, help="sample photos to add to chelsea and coffee")
     args = parser.parse_args(argv)
     if args.role == "pi":
-        return run_pi(args.weights, args.x86_dir)
+        return run_pi(args.weights, args.x86_dir, args.tiny_onnx)
+    if args.role == "x86-tiny-onnx":
+        return write_tiny_onnx(args.output)
     return run_x86_reference(args.x86_dir, args.model_file, args.samples, args.count)
 
 

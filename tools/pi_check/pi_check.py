@@ -661,11 +661,12 @@ def check_cpu(
     versions: dict[str, str],
     frames: int,
     mobile_net: bool,
+    tiny_onnx: Path,
     every_demo: bool = False,
 ) -> CpuResult:
     result = CpuResult(cpu)
     note(f"[{cpu}] {PI_CPUS.get(cpu, cpu)}: running the checks in emulation")
-    args = [str(DEVICE_CHECKS), "pi", "--weights", str(weights)]
+    args = [str(DEVICE_CHECKS), "pi", "--weights", str(weights), "--tiny-onnx", str(tiny_onnx)]
     if x86_dir is not None:
         args += ["--x86-dir", str(x86_dir)]
     outcome = emulator.python(cpu, args, GUEST_TIMEOUT_S, "device-checks", result)
@@ -852,13 +853,28 @@ def run(args: argparse.Namespace) -> int:
         if args.torch:
             pythonpath.insert(0, install_overlay(cache, args.torch, args.torchvision))
         x86_dir = None if args.no_x86_model else build_x86_model(cache, weights)
+        tiny_onnx = cache / "x86-tiny.onnx"  # the Pi has no onnx package: the graph its onnxruntime runs is made here
+        run_quiet(
+            [sys.executable, str(DEVICE_CHECKS), "x86-tiny-onnx", "--output", str(tiny_onnx)],
+            "writing the small ONNX graph with the onnx package on x86",
+            300,
+            x86_python_env(),
+        )
         emulator = Emulator(root, tools["qemu-aarch64-static"], pythonpath, args.verbose, cache / "logs")
         results = []
         for cpu in args.cpu:
             cpu_start = time.monotonic()
             results.append(
                 check_cpu(
-                    emulator, cpu, weights, x86_dir, versions, args.frames, not args.no_mobile_net, args.demo_memory
+                    emulator,
+                    cpu,
+                    weights,
+                    x86_dir,
+                    versions,
+                    args.frames,
+                    not args.no_mobile_net,
+                    tiny_onnx,
+                    args.demo_memory,
                 )
             )
             note(f"[{cpu}] done in {time.monotonic() - cpu_start:.0f} s")
