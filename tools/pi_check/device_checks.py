@@ -337,7 +337,7 @@ def step_x86_model(x86_dir: Path) -> str:
     )
 
 
-def run_pi(weights: Path | None, x86_dir: Path | None, tiny_onnx: Path | None) -> int:
+def run_pi(weights: Path | None, x86_dir: Path | None, tiny_onnx: Path | None, pt2e: bool) -> int:
     steps = Steps()
     if not steps.run("import-torch", step_import_torch):
         return 1  # nothing else can run without torch
@@ -353,7 +353,7 @@ def run_pi(weights: Path | None, x86_dir: Path | None, tiny_onnx: Path | None) -
         reference = json.loads((x86_dir / "reference.json").read_text(encoding="utf-8"))
         if "onnx_model_file" in reference:
             steps.run("x86-onnx-model", lambda: step_x86_onnx(x86_dir))
-        if "pt2e_model_file" in reference:
+        if pt2e and "pt2e_model_file" in reference:
             steps.run("x86-pt2e-model", lambda: step_x86_pt2e(x86_dir))
     return 1 if steps.failed else 0
 
@@ -417,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     pi.add_argument("--weights", type=Path, help="mobilenet_v2_qnnpack_int8.pth (state dict)")
     pi.add_argument("--x86-dir", type=Path, help="folder written by the x86-reference role")
     pi.add_argument("--tiny-onnx", type=Path, help="the file written by the x86-tiny-onnx role")
+    pi.add_argument("--pt2e", action="store_true", help="also run the PT2E file from --x86-dir (slow: float kernels)")
     tiny = roles.add_parser("x86-tiny-onnx", help="x86 side: the small ONNX graph the Pi's onnxruntime runs")
     tiny.add_argument("--output", type=Path, required=True)
     ref = roles.add_parser("x86-reference", help="x86 side: inputs and top-1 for a TorchScript model")
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     ref.add_argument("--count", type=int, default=4, help="sample photos to add to chelsea and coffee")
     args = parser.parse_args(argv)
     if args.role == "pi":
-        return run_pi(args.weights, args.x86_dir, args.tiny_onnx)
+        return run_pi(args.weights, args.x86_dir, args.tiny_onnx, args.pt2e)
     if args.role == "x86-tiny-onnx":
         return write_tiny_onnx(args.output)
     return run_x86_reference(args.x86_dir, args.model_file, args.samples, args.count)
