@@ -451,65 +451,18 @@ def build_x86_model(cache: Path, weights: Path) -> Path:
 
     def build(target: Path) -> None:
         env = x86_python_env()
-        run_quiet(
-            [
-                sys.executable,
-                str(quantize_script),
-                "--model",
-                "mobilenet_v2",
-                "--method",
-                "static",
-                "--engine",
-                "qnnpack",
-                "--calib-data",
-                str(assets_dir() / "imagenet-sample"),
-                "--calib-images",
-                "8",
-                "--output",
-                str(target / model_name),
-            ],
-            "Codes/quantize_model.py --engine qnnpack on x86",
-            BUILD_TIMEOUT_S,
-            env,
+        photos = str(assets_dir() / "imagenet-sample")
+        made = (  # (file, flags): the files the Pi side loads, each quantized on 8 photos by the kit's own tool
+            (model_name, ["--method", "static", "--engine", "qnnpack"]),  # TorchScript for the Pi's engine
+            ("mobilenet_v2_qdq.onnx", ["--format", "onnx"]),  # the ONNX Runtime path of labs/03: static QDQ
+            ("mobilenet_v2_pt2e_arm.pt2", ["--engine", "qnnpack"]),  # PT2E, XNNPACKQuantizer: runs with torch alone?
         )
-        run_quiet(  # the ONNX Runtime path of labs/03: the same calibration, a static QDQ file
-            [
-                sys.executable,
-                str(quantize_script),
-                "--model",
-                "mobilenet_v2",
-                "--format",
-                "onnx",
-                "--calib-data",
-                str(assets_dir() / "imagenet-sample"),
-                "--calib-images",
-                "8",
-                "--output",
-                str(target / "mobilenet_v2_qdq.onnx"),
-            ],
-            "Codes/quantize_model.py --format onnx on x86",
-            BUILD_TIMEOUT_S,
-            env,
-        )
-        run_quiet(  # PT2E for ARM (XNNPACKQuantizer): does an exported program run with torch alone on the Pi?
-            [
-                sys.executable,
-                str(quantize_script),
-                "--model",
-                "mobilenet_v2",
-                "--engine",
-                "qnnpack",
-                "--calib-data",
-                str(assets_dir() / "imagenet-sample"),
-                "--calib-images",
-                "8",
-                "--output",
-                str(target / "mobilenet_v2_pt2e_arm.pt2"),
-            ],
-            "Codes/quantize_model.py --output FILE.pt2 --engine qnnpack on x86",
-            BUILD_TIMEOUT_S,
-            env,
-        )
+        for name, flags in made:
+            command = [sys.executable, str(quantize_script), "--model", "mobilenet_v2", *flags]
+            command += ["--calib-data", photos, "--calib-images", "8", "--output", str(target / name)]
+            run_quiet(
+                command, f"Codes/quantize_model.py {' '.join(flags)} --output {name} on x86", BUILD_TIMEOUT_S, env
+            )
         run_quiet(
             [
                 sys.executable,
