@@ -22,8 +22,9 @@ demo: setup
 	$(PY) Codes/mobile_net.py --source samples --frames 50
 	$(PY) Codes/mobile_net.py --source samples --frames 50 --quantize
 
+# two workers, one test file each at a time (pytest-xdist): the Pi emulation and the notebooks run side by side
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not emulation and not notebooks"

@@ -294,7 +294,7 @@ def quantize_torch(
         train, source = training_set(settings, calibration)
         int8 = quantize.quantize_qat(
             fp32,
-            data.loader(with_preprocessing(train, settings), batch_size=16),
+            data.loader(with_preprocessing(train, settings), batch_size=16, shuffle_seed=settings["seed"]),
             engine,
             epochs=settings["epochs"],
             lr=settings["lr"],
@@ -302,6 +302,7 @@ def quantize_torch(
             freeze_bn_epoch=settings["freeze_bn_epoch"],
             freeze_observers_epoch=settings["freeze_observers_epoch"],
             arch=settings["arch"],
+            teacher=fp32 if settings["qat_loss"] == "distill" else None,
         )
         skipped = data.skipped_count(train)
         training = {
@@ -310,16 +311,17 @@ def quantize_torch(
             "skipped_unreadable": skipped,
             "epochs": settings["epochs"],
             "lr": settings["lr"],
+            "loss": "distillation from the float model" if settings["qat_loss"] == "distill" else "cross-entropy",
             "freeze_bn_epoch": settings["freeze_bn_epoch"],
             "freeze_observers_epoch": settings["freeze_observers_epoch"],
         }
         print(
             f"QAT: {settings['granularity']} weights, {settings['epochs']} epoch(s) on {training['images']} "
-            f"photos from {source}, lr {settings['lr']}"
+            f"photos from {source}, lr {settings['lr']}, {training['loss']}"
         )
         return int8, {
             "granularity": settings["granularity"],
-            "observer": "histogram (fake quantization)",
+            "observer": "moving-average min/max (fake quantization)",
             "calibration": None,
             "training": training,
         }

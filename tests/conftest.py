@@ -24,6 +24,7 @@ SLOW_FILES = {
     "test_grade.py",
     "test_onnx.py",
     "test_own_model.py",
+    "test_quantize.py",
     "test_quantize_model.py",
     "test_sandbox.py",
     "test_speed_suite.py",
@@ -32,7 +33,14 @@ EMULATION = {"test_pi_emulation.py": None, "test_isa.py": {"test_onnx_runtime_fo
 NOTEBOOK_FILES = {"test_notebooks.py"}
 
 
+# The longest files first: `make test` runs the files on two workers (pytest-xdist, --dist loadfile), which take
+# them in this order, so the Pi emulation and the notebooks do not start last and leave one worker idle.
+LONGEST_FIRST = ["test_pi_emulation.py", "test_notebooks.py", "test_sandbox.py", "test_isa.py", "test_grade.py"]
+
+
 def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
     for item in items:
         file = item.path.name
         if file in SLOW_FILES:

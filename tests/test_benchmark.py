@@ -245,7 +245,7 @@ def test_forced_engine_prints_a_note(made):
     [
         ("missing", "no such file"),
         ("text", "not a model file"),
-        ("fake_onnx", "not an ONNX model"),
+        ("fake_onnx", "cannot load"),
         ("fixed_160", "expects input [1, 3, 160, 160]"),
         ("wrong_arch", "does not fit"),
         ("missing_data", "does not exist"),

@@ -1,15 +1,19 @@
-"""The notebooks: each runs top to bottom in smoke mode, is stored clean, and its badge and setup cell
-match Codes/quantlab/project.py.
+"""The notebooks: each runs top to bottom in smoke mode, its student edition fails at every exercise until
+the exercise is written, both are stored clean, and their badges and setup cells match Codes/quantlab/project.py.
 
-Every ``notebooks/*.ipynb`` is executed with nbclient in a fresh kernel, with
-``QUANTLAB_SMOKE=1`` (few photos, short training, few timing runs) and the
-working folder set to a temporary directory (what a notebook writes lands there).
-They need the offline assets (weights and sample photos): without them they skip.
-A failing cell fails its test with the cell's source and traceback.
+Every ``notebooks/*.ipynb`` (the solutions) is executed with nbclient in a fresh
+kernel, with ``QUANTLAB_SMOKE=1`` (few photos, short training, few timing runs)
+and the working folder set to a temporary directory (what a notebook writes
+lands there). At each exercise the same kernel first runs the student edition's
+cell (``notebooks/student/``) and its self-check, which must stop with "your
+code here", then the solution. They need the offline assets (weights and sample
+photos): without them they skip. A failing cell fails its test with the cell's
+source and traceback.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -25,6 +29,7 @@ from quantlab import project
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / project.NOTEBOOKS_DIR).glob("*.ipynb"))
+STUDENT = REPO / project.STUDENT_DIR
 CELL_TIMEOUT_S = 240  # one cell; the whole suite of notebooks stays under 5 minutes on 2 idle cores
 COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/([^/\s)]+/[^/\s)]+)/blob/([^/\s)]+)/([^\s)]+)")
 
@@ -33,8 +38,23 @@ def test_there_are_notebooks() -> None:
     assert len(NOTEBOOKS) >= 5, f"expected the course notebooks in {REPO / project.NOTEBOOKS_DIR}"
 
 
+def _unwritten_exercise_stops(client: NotebookClient, student: list, index: int) -> str:
+    """Run the student edition's exercise cell, then its self-check if the cell itself ran: one of them must stop
+    with NotImplementedError("your code here"). Returns where it stopped."""
+    for where in (index, index + 1):
+        cell = copy.deepcopy(student[where])
+        try:
+            client.execute_cell(cell, where)
+        except CellExecutionError as error:
+            assert error.ename == "NotImplementedError" and "your code here" in error.evalue, (
+                f"cell {where} of the student edition failed, but not with 'your code here':\n{error}"
+            )
+            return "exercise" if where == index else "self-check"
+    raise AssertionError(f"the student edition's exercise at cell {index} and its self-check ran without the code")
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_in_smoke_mode(
+def test_solutions_run_and_student_exercises_fail_until_written(
     notebook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, float_weights: Path, sample_photos: Path
 ) -> None:
     # the fixtures skip this test when the offline assets are absent (CI has no internet for downloads)
@@ -43,13 +63,23 @@ def test_notebook_runs_in_smoke_mode(
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     nb = nbformat.read(notebook, as_version=4)
+    student = nbformat.read(STUDENT / notebook.name, as_version=4).cells
+    assert len(student) == len(nb.cells), f"{notebook.name}: student edition out of date (tools/sync_notebooks.py)"
     client = NotebookClient(
         nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
-    try:
-        client.execute()
-    except CellExecutionError as error:
-        pytest.fail(f"{notebook.name} failed in smoke mode:\n{error}", pytrace=False)
+    stops = []
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            if student[index].source != cell.source:
+                stops.append(_unwritten_exercise_stops(client, student, index))
+            try:
+                client.execute_cell(cell, index)
+            except CellExecutionError as error:
+                pytest.fail(f"{notebook.name} failed in smoke mode at cell {index}:\n{error}", pytrace=False)
+    assert stops, f"{notebook.name}: no exercise differs between the solution and the student edition"
     noise = [
         output.get("text", "")
         for cell in nb.cells
@@ -81,12 +111,19 @@ def test_notebook_has_title_badge_and_smoke_switch(notebook: Path) -> None:
     first = nb.cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# "), f"{notebook.name}: no H1 title first"
     assert project.colab_badge(notebook.name) in first.source, f"{notebook.name}: no Colab badge for itself"
+    student_title = nbformat.read(STUDENT / notebook.name, as_version=4).cells[0].source
+    assert project.colab_badge(notebook.name, student=True) in student_title, "student edition: no badge for itself"
     code = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
     assert 'os.environ.get("QUANTLAB_SMOKE") == "1"' in code, f"{notebook.name}: no smoke switch"
 
 
 def test_colab_links_point_at_notebooks_that_exist() -> None:
-    documents = [*NOTEBOOKS, *sorted((REPO / "labs").glob("*.md")), REPO / "README.md"]
+    documents = [
+        *NOTEBOOKS,
+        *sorted(STUDENT.glob("*.ipynb")),
+        *sorted((REPO / "labs").glob("*.md")),
+        REPO / "README.md",
+    ]
     links = [
         (document.name, match)
         for document in documents
@@ -135,3 +172,64 @@ def test_notebook_says_before_it_starts_whether_the_machine_can_hold_it(notebook
     match = re.search(r"memory\.check_room\((\d+),", first.source)
     assert match, f"{notebook.name}: its first kit cell should call memory.check_room(FULL_MODE_PEAK_MB, ...)"
     assert 1000 <= int(match.group(1)) <= 8000, "a free Colab runtime has about 12.7 GB: keep full mode well below"
+
+
+def _sync_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync_notebooks", REPO / "tools" / "sync_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_student_edition_keeps_hints_and_hides_every_solution_line() -> None:
+    sync = _sync_tool()
+    solution = (
+        "def f(x):\n"
+        f"    {sync.SOLUTION_START}\n"
+        "    # hint: double it\n"
+        "    y = 2 * x\n"
+        "    return y\n"
+        f"    {sync.SOLUTION_END}\n"
+        "\n"
+        f"{sync.SOLUTION_START}\n"
+        "answer = f(21)\n"
+        f"{sync.SOLUTION_END}\n"
+        "print(answer)"
+    )
+    student, hidden = sync.hide_solutions(solution, "cell")
+    assert hidden == 2
+    assert "# hint: double it" in student and "2 * x" not in student and "f(21)" not in student
+    assert student.count(sync.NOT_WRITTEN) == 2 and student.endswith("print(answer)")
+    namespace: dict = {}
+    exec(compile(student.split("\n\n")[0], "exercise", "exec"), namespace)  # the function still defines
+    with pytest.raises(NotImplementedError, match="your code here"):
+        namespace["f"](1)
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ("{start}\nx = 1\n", "without"),
+        ("x = 1\n{end}\n", "without"),
+        ("{start}\n# hint: only a hint\n{end}\n", "holds no solution"),
+    ],
+)
+def test_broken_exercise_markers_are_named(broken: str, message: str) -> None:
+    sync = _sync_tool()
+    source = broken.format(start=sync.SOLUTION_START, end=sync.SOLUTION_END)
+    with pytest.raises(Exception, match=message):
+        sync.hide_solutions(source, "03_static_ptq.ipynb cell 15")
+
+
+def test_clone_commands_name_the_kits_repository() -> None:
+    """The Pi lab's `git clone` line follows Codes/quantlab/project.py, as the badges do."""
+    clones = [
+        (document.name, match.group(1))
+        for document in [*sorted((REPO / "labs").glob("*.md")), REPO / "README.md"]
+        for match in re.finditer(r"git clone https://github\.com/(\S+?)(?:\.git)?\s", document.read_text("utf-8"))
+    ]
+    assert clones, "no git clone command in the labs or the README"
+    for document, repo in clones:
+        assert repo == project.REPO, f"{document}: clones {repo}, but quantlab.project says {project.REPO}"

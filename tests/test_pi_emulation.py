@@ -103,7 +103,15 @@ def test_pinned_requirements_work_on_pi4_and_pi5() -> None:
     """requirements-pi.txt on cortex-a72 (Pi 4) and cortex-a76 (Pi 5): imports, int8 model, mobile_net.py."""
     done = pi_check("--cpu", "cortex-a72", "--cpu", "cortex-a76", timeout=1200)
     assert done.returncode == 0, explain(done)
-    every_cpu = ("import-torch", "dependencies", "onnxruntime", "pretrained-int8", "x86-model", "x86-onnx-model")
+    every_cpu = (
+        "import-torch",
+        "dependencies",
+        "onnxruntime",
+        "pretrained-int8",
+        "x86-model",
+        "x86-onnx-model",
+        "x86-onnx-dynamic-model",  # uint8 weights: onnxruntime 1.23.2 has no ConvInteger kernel for int8 ones
+    )
     first_cpu = ("x86-pt2e-model", "mobile-net")  # the same Python on every CPU: the first runs them (CI time)
     for cpu, steps in (("cortex-a72", every_cpu + first_cpu), ("cortex-a76", every_cpu)):
         for step in steps:
@@ -114,12 +122,11 @@ def test_pinned_requirements_work_on_pi4_and_pi5() -> None:
 
 @emulation
 def test_torch_2_10_is_reported_as_sigill_on_pi4() -> None:
-    """The known-bad pin: torch 2.10.0 dies at import on the Pi 4's CPU, and the check says so."""
-    done = pi_check("--torch", "2.10.0", "--cpu", "cortex-a72", timeout=900)
-    assert done.returncode == 1, explain(done)
-    assert "torch 2.10.0 dies with Illegal instruction (SIGILL) on cortex-a72: `import torch`" in done.stdout, explain(
-        done
+    """The known-bad pin: torch 2.10.0 dies at import on the Pi 4's CPU, and the check says so (one run, with
+    --expect-fail: the failure is printed as without it, and the exit status says it was expected)."""
+    done = pi_check("--torch", "2.10.0", "--cpu", "cortex-a72", "--expect-fail", "--no-x86-model", timeout=900)
+    assert done.returncode == 0, explain(done)
+    assert "FAIL torch 2.10.0 dies with Illegal instruction (SIGILL) on cortex-a72: `import torch`" in done.stdout, (
+        explain(done)
     )
-    expected = pi_check("--torch", "2.10.0", "--cpu", "cortex-a72", "--expect-fail", "--no-x86-model", timeout=900)
-    assert expected.returncode == 0, explain(expected)
-    assert "expected failure observed" in expected.stdout, explain(expected)
+    assert "expected failure observed" in done.stdout, explain(done)

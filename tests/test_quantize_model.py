@@ -76,7 +76,7 @@ def made(tmp_path_factory, float_weights, sample_photos) -> dict[str, Path]:
         "per_channel_again": (*common, "--method", "post_training", "--seed", "3"),
         "per_tensor": (*common, "--granularity", "per_tensor", "--observer", "minmax", "--engine", "qnnpack"),
         "dynamic": ("--model", str(float_weights), "--method", "dynamic"),
-        "qat": (*common, "--method", "quantization_aware", "--epochs", "1", "--lr", "1e-5"),
+        "qat": (*common, "--method", "quantization_aware", "--epochs", "1", "--lr", "1e-5", "--qat-loss", "distill"),
     }
     outputs = {}
     for name, args in runs.items():
@@ -226,6 +226,7 @@ def test_qat_sidecar_records_the_fine_tune(made):
     sidecar = json.loads(made["qat"].with_suffix(".json").read_text())
     assert sidecar["method"] == "qat" and sidecar["calibration"] is None
     assert sidecar["training"]["images"] == int(CALIB_IMAGES) and sidecar["training"]["epochs"] == 1
+    assert sidecar["training"]["loss"] == "distillation from the float model"
     assert "QAT epoch 1/1" in made["qat.stdout"] or "QAT:" in made["qat.stdout"]
 
 

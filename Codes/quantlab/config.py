@@ -7,7 +7,8 @@
                      color_mode: rgb}
     quantization:   {method: static, granularity: per_channel, observer: histogram, engine: auto,
                      calibration_images: 100, format: torchscript, export_dir: DIR}
-    training:       {train_path: DIR, epochs: 1, learning_rate: 1e-4, freeze_bn_epoch: 0, freeze_observers_epoch: 1}
+    training:       {train_path: DIR, epochs: 3, learning_rate: 1e-4, loss: distill, freeze_bn_epoch: 0,
+                     freeze_observers_epoch: 1}
     benchmarking:   {runs: 50, warmup: 10, threads: 2}
 
 ``SETTINGS`` declares each of quantize_model.py's settings once: its default,
@@ -198,21 +199,29 @@ SETTINGS: dict[str, Setting] = {
         convert=_number,
         expected="a number",
     ),
+    "qat_loss": Setting(
+        "labels",
+        "QAT: learn from the labels (cross-entropy), or distill: from the float model's predictions (no labels "
+        "used; better when the photos cover few classes, notebook 4)",
+        choices=("labels", "distill"),
+        yaml="training.loss",
+        expected="labels or distill",
+    ),
     "freeze_bn_epoch": Setting(
         0,
-        "QAT: freeze BatchNorm statistics from this epoch",
-        int,
+        "QAT: freeze BatchNorm statistics from this epoch (counted from 0; 0.5 = halfway through the first)",
+        float,
         yaml="training.freeze_bn_epoch",
-        convert=_integer,
-        expected="an integer",
+        convert=_number,
+        expected="a number of epochs",
     ),
     "freeze_observers_epoch": Setting(
         None,
-        "QAT: freeze int8 ranges from this epoch (default: the last)",
-        int,
+        "QAT: freeze int8 ranges from this epoch (default: the last, or halfway through a single epoch)",
+        float,
         yaml="training.freeze_observers_epoch",
-        convert=_integer,
-        expected="an integer",
+        convert=_number,
+        expected="a number of epochs",
     ),
     "seed": Setting(
         0,

@@ -216,10 +216,17 @@ def drop_unreadable(batch: list) -> tuple[torch.Tensor, torch.Tensor] | None:
     return torch.stack(images), torch.tensor(labels)
 
 
-def loader(dataset: Dataset, batch_size: int = 16, num_workers: int = 0) -> DataLoader:
-    """Batches in order (no shuffling: ``split`` already shuffled), unreadable images dropped."""
+def loader(dataset: Dataset, batch_size: int = 16, num_workers: int = 0, shuffle_seed: int | None = None) -> DataLoader:
+    """Batches, unreadable images dropped: in order (``split`` already shuffled), or with ``shuffle_seed`` in a new
+    seeded order on every pass (training: each epoch sees other batches; two loaders with one seed agree)."""
+    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=drop_unreadable
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle_seed is not None,
+        generator=generator,
+        num_workers=num_workers,
+        collate_fn=drop_unreadable,
     )
 
 

@@ -72,7 +72,12 @@ def is_int8_state_dict(state_dict: dict) -> bool:
 
 
 def mobilenet_v2_weights(model: nn.Module, path: str | Path | None = None) -> dict:
-    """Weights for ``model``, torchvision's fp32 or int8 MobileNetV2: the state dict at ``path``, else
+    """Weights for ``model`` (see ``mobilenet_v2_weights_and_source``)."""
+    return mobilenet_v2_weights_and_source(model, path)[0]
+
+
+def mobilenet_v2_weights_and_source(model: nn.Module, path: str | Path | None = None) -> tuple[dict, str]:
+    """Weights for ``model`` and where they came from: ``model``'s torchvision's fp32 or int8 MobileNetV2: the state dict at ``path``, else
     torchvision's pretrained ones (downloaded once, then cached; the offline copy when there is no internet).
 
     They are checked against ``model`` first: ``model.load_state_dict`` then cannot fail halfway, and a
@@ -101,14 +106,39 @@ def mobilenet_v2_weights(model: nn.Module, path: str | Path | None = None) -> di
     ]
     if unfit:
         raise KitError(f"{source} does not fit {what} (first mismatch: {unfit[0][:80]}); pass MobileNetV2 weights")
-    return state_dict
+    return state_dict, source
 
 
 def mobilenet_v2_fp32(weights_path: str | Path | None = None) -> nn.Module:
-    """Float MobileNetV2: torchvision's IMAGENET1K_V1 weights, or a state dict file."""
+    """Float MobileNetV2: torchvision's IMAGENET1K_V1 weights, or a state dict file.
+
+    ``model.weights_source`` records which (``describe_weights`` says what that means for the numbers).
+    """
     model = torchvision.models.mobilenet_v2(weights=None)
-    model.load_state_dict(mobilenet_v2_weights(model, weights_path))
+    state_dict, source = mobilenet_v2_weights_and_source(model, weights_path)
+    model.load_state_dict(state_dict)
+    model.weights_source = source
     return model.eval()
+
+
+def describe_weights(model: nn.Module) -> str:
+    """One line for a notebook: which float weights ``model`` holds, and what that means for its numbers."""
+    source = getattr(model, "weights_source", None)
+    if source is None:
+        return "weights: not loaded by models.mobilenet_v2_fp32 (source unknown)"
+    if source.startswith("torchvision "):
+        return (
+            f"weights: {source.removeprefix('torchvision ')}, torchvision's own float weights (downloaded): "
+            "the quantization losses you measure are the ones the course discusses"
+        )
+    offline = asset_path(FLOAT_WEIGHTS)
+    if offline is not None and Path(source).resolve() == offline.resolve():
+        return (
+            f"weights: the kit's offline copy {source}, derived from torchvision's int8 model: they already lie "
+            "on an int8 grid, so post-training quantization loses less here than with torchvision's downloaded "
+            "float weights (Colab)"
+        )
+    return f"weights: {source} (a state dict you passed)"
 
 
 def mobilenet_v2_int8(engine: str, weights_path: str | Path | None = None) -> nn.Module:
@@ -192,9 +222,15 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:
+            said = " ".join(str(error).split())[:300] or type(error).__name__  # ONNX Runtime's own words, one line
+            if "NOT_IMPLEMENTED" in said:
+                raise KitError(
+                    f"onnxruntime {ort.__version__} has no kernel for an operator of {path}: {said}; quantize it "
+                    "another way (quantize_model.py --format onnx: static QDQ, or --method dynamic, uint8 weights)"
+                ) from None
             raise KitError(
-                f"{path} is not an ONNX model ONNX Runtime can load ({type(error).__name__}); "
-                "export one with quantize_model.py --format onnx"
+                f"onnxruntime {ort.__version__} cannot load {path}: {said}; "
+                "export an ONNX model with quantize_model.py --format onnx"
             ) from None
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name

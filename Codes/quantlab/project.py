@@ -9,7 +9,8 @@ from __future__ import annotations
 
 REPO = "quantlab-edu/edge-quantization-labs"  # GitHub owner/name
 BRANCH = "main"
-NOTEBOOKS_DIR = "notebooks"  # relative to the repository root
+NOTEBOOKS_DIR = "notebooks"  # relative to the repository root: the instructors' editions, with solutions (CI runs them)
+STUDENT_DIR = "notebooks/student"  # the students' editions, generated from them by tools/sync_notebooks.py
 
 COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
@@ -19,14 +20,15 @@ def repo_url() -> str:
     return f"https://github.com/{REPO}"
 
 
-def colab_url(notebook: str) -> str:
-    """The address that opens ``notebooks/<notebook>`` from GitHub in Google Colab."""
-    return f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/{NOTEBOOKS_DIR}/{notebook}"
+def colab_url(notebook: str, student: bool = False) -> str:
+    """The address that opens ``notebooks/<notebook>`` (or its student edition) from GitHub in Google Colab."""
+    folder = STUDENT_DIR if student else NOTEBOOKS_DIR
+    return f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/{folder}/{notebook}"
 
 
-def colab_badge(notebook: str) -> str:
-    """The Markdown "Open in Colab" badge for ``notebooks/<notebook>``."""
-    return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({colab_url(notebook)})"
+def colab_badge(notebook: str, student: bool = False) -> str:
+    """The Markdown "Open in Colab" badge for ``notebooks/<notebook>`` (or its student edition)."""
+    return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({colab_url(notebook, student)})"
 
 
 def requirements_colab_url() -> str:

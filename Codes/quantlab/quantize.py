@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.ao import quantization as tq
+from torch.ao.nn import intrinsic
 from torch.ao.nn.intrinsic import qat as intrinsic_qat
 from tqdm import tqdm
 
@@ -59,25 +61,41 @@ def _check_choice(granularity: str, observer: str = "histogram") -> None:
         raise KitError(f"unknown observer '{observer}'; use one of {', '.join(OBSERVERS)}")
 
 
-def qconfig_for(engine: str, granularity: str = "per_channel", observer: str = "histogram") -> tq.QConfig:
-    """Observers for activations (uint8) and weights (int8, symmetric) that ``engine`` can run."""
+def qconfig_for(
+    engine: str, granularity: str = "per_channel", observer: str = "histogram", weight_bits: int = 8
+) -> tq.QConfig:
+    """Observers for activations (uint8) and weights (int8, symmetric) that ``engine`` can run.
+
+    ``weight_bits`` below 8 keeps the weights to fewer levels ([-32, 31] for 6 bits), run by the same int8
+    kernels: how a lower-precision weight format would round, measured on this CPU.
+    """
     _check_choice(granularity, observer)
+    if not 2 <= weight_bits <= 8:
+        raise KitError(f"weight_bits must be between 2 and 8 (int8 kernels run them), got {weight_bits}")
     activation_class = tq.HistogramObserver if observer == "histogram" else tq.MinMaxObserver
     activation = activation_class.with_args(dtype=torch.quint8, quant_min=0, quant_max=_activation_quant_max(engine))
+    weight_range = (
+        {} if weight_bits == 8 else {"quant_min": -(2 ** (weight_bits - 1)), "quant_max": 2 ** (weight_bits - 1) - 1}
+    )
     if granularity == "per_channel":  # one scale per output channel: depthwise convs need this
-        weight = tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        weight = tq.PerChannelMinMaxObserver.with_args(
+            dtype=torch.qint8, qscheme=torch.per_channel_symmetric, **weight_range
+        )
     else:
-        weight = tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        weight = tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, **weight_range)
     return tq.QConfig(activation=activation, weight=weight)
 
 
 def qat_qconfig_for(engine: str, granularity: str = "per_channel") -> tq.QConfig:
-    """Fake quantizers for QAT: round to the int8 grid in the forward pass, let gradients through."""
+    """Fake quantizers for QAT: round to the int8 grid in the forward pass, let gradients through.
+
+    PyTorch's standard choice for activations: a moving average of each batch's min and max
+    (``MovingAverageMinMaxObserver``), which follows the activations as the weights train; a histogram
+    observer would keep every batch since the start, and costs a histogram search on every step.
+    """
     _check_choice(granularity)
-    # activation ranges from histograms, as in static PTQ: a fine-tune this short cannot undo
-    # the coarser ranges a min/max observer would give
     activation = tq.FakeQuantize.with_args(
-        observer=tq.HistogramObserver,
+        observer=tq.MovingAverageMinMaxObserver,
         dtype=torch.quint8,
         quant_min=0,
         quant_max=_activation_quant_max(engine),
@@ -129,6 +147,36 @@ def calibrate(model: Callable[[torch.Tensor], object], calibration_batches: Iter
     return seen
 
 
+def weighted_layers(model: nn.Module) -> list[str]:
+    """The names of a fused quantizable model's layers that hold weights, what quantization rounds: each conv or
+    Linear, or the fused module (ConvReLU2d) that holds it."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, intrinsic.ConvReLU2d) or (
+            isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(_parent(model, name), intrinsic.ConvReLU2d)
+        ):
+            names.append(name)
+    return names
+
+
+def _parent(model: nn.Module, name: str) -> nn.Module:
+    parent_name = name.rpartition(".")[0]
+    return model.get_submodule(parent_name) if parent_name else model
+
+
+def keep_float(model: nn.Module, names: Iterable[str]) -> None:
+    """Leave the named layers of a fused, not yet prepared model in float: a DeQuantStub before each, a
+    QuantStub after it, so that int8 tensors come in and go out as the neighbours expect."""
+    known = set(weighted_layers(model))
+    for name in names:
+        if name not in known:
+            raise KitError(f"no layer with weights named {name!r} (one of: {', '.join(sorted(known)[:5])}, ...)")
+        parent, child = _parent(model, name), name.rpartition(".")[2]
+        layer = getattr(parent, child)
+        layer.qconfig = None  # prepare and convert leave a module whose qconfig is None alone
+        setattr(parent, child, nn.Sequential(tq.DeQuantStub(), layer, tq.QuantStub()))
+
+
 def quantize_static(
     model_fp32: nn.Module,
     calibration_batches: Iterable,
@@ -137,16 +185,20 @@ def quantize_static(
     observer: str = "histogram",
     progress: bool = True,
     arch: str = "mobilenet_v2",
+    float_layers: Iterable[str] = (),
+    weight_bits: int = 8,
 ) -> nn.Module:
     """Post-training static quantization: fuse, observe activations on calibration data, convert to int8.
 
     ``model_fp32`` is left untouched. ``calibration_batches`` yields image tensors
-    (Nx3xSxS) or (images, labels) pairs.
+    (Nx3xSxS) or (images, labels) pairs. ``float_layers`` (names from
+    ``weighted_layers``) stay in float (``keep_float``); ``weight_bits`` as in ``qconfig_for``.
     """
-    qconfig = qconfig_for(engine, granularity, observer)
+    qconfig = qconfig_for(engine, granularity, observer, weight_bits)
     torch.backends.quantized.engine = engine  # prepare/convert pack weights for the active engine
     model = quantizable_model(model_fp32, arch).eval()
     model.fuse_model()  # conv + BN + ReLU become one op: fewer rounding steps, faster
+    keep_float(model, float_layers)
     model.qconfig = qconfig
     tq.prepare(model, inplace=True)
     calibrate(model, calibration_batches, progress)
@@ -155,8 +207,22 @@ def quantize_static(
 
 
 def quantize_dynamic(model_fp32: nn.Module) -> nn.Module:
-    """Dynamic quantization of the nn.Linear and nn.LSTM layers (weights int8, activations quantized on the fly)."""
-    return tq.quantize_dynamic(copy.deepcopy(model_fp32).eval(), {nn.Linear, nn.LSTM}, dtype=torch.qint8)
+    """Dynamic quantization of the nn.Linear, nn.LSTM and nn.GRU layers (weights int8, activations quantized on
+    the fly)."""
+    return tq.quantize_dynamic(copy.deepcopy(model_fp32).eval(), {nn.Linear, nn.LSTM, nn.GRU}, dtype=torch.qint8)
+
+
+def distillation_loss(teacher: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss(logits, images)``: KL divergence of the model's predicted distribution from ``teacher``'s on the
+    same images (knowledge distillation at temperature 1)."""
+    teacher = teacher.eval()
+
+    def loss(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(images).log_softmax(dim=1)
+        return nn.functional.kl_div(logits.log_softmax(dim=1), target, log_target=True, reduction="batchmean")
+
+    return loss
 
 
 def quantize_qat(
@@ -166,19 +232,27 @@ def quantize_qat(
     epochs: int = 1,
     lr: float = 3e-5,
     granularity: str = "per_channel",
-    freeze_bn_epoch: int = 0,
-    freeze_observers_epoch: int | None = None,
+    freeze_bn_epoch: float = 0,
+    freeze_observers_epoch: float | None = None,
     max_batches_per_epoch: int | None = None,
     progress: bool = True,
     arch: str = "mobilenet_v2",
+    teacher: nn.Module | None = None,
 ) -> nn.Module:
     """Quantization-aware training: fine-tune with fake quantization, then convert to int8.
 
     ``train_batches`` yields (images, labels) pairs (labels: ImageNet-1k indices);
-    it is iterated once per epoch. BatchNorm statistics are frozen from epoch
-    ``freeze_bn_epoch`` (0 = from the start: small fine-tuning batches give noisy
-    statistics), observers from ``freeze_observers_epoch`` (default: the last
-    epoch, so the final weights are trained against fixed int8 ranges).
+    it is iterated once per epoch, after one pass without gradients that sets the
+    observers' ranges from the photos (as PTQ's calibration would). The loss is
+    cross-entropy on the labels or, with ``teacher`` (usually the float model),
+    distillation: the KL divergence from the teacher's predicted distribution,
+    which needs no labels and does not pull the model towards the classes of
+    the few training photos. Freezing is staged, in epochs counted from 0
+    (a fraction is part of an epoch: 0.5 is halfway through the first):
+    BatchNorm statistics from ``freeze_bn_epoch`` (0 = from the start: small
+    fine-tuning batches give noisy statistics), observers from
+    ``freeze_observers_epoch`` (default: the last epoch, or halfway through a
+    single one, so the final weights are trained against fixed int8 ranges).
     ``model_fp32`` is left untouched.
     """
     if epochs < 1:
@@ -186,38 +260,54 @@ def quantize_qat(
     if lr <= 0:
         raise KitError(f"the learning rate must be positive, got {lr}")
     if freeze_observers_epoch is None:
-        freeze_observers_epoch = epochs - 1 if epochs > 1 else epochs
+        freeze_observers_epoch = epochs - 1 if epochs > 1 else 0.5
+    try:
+        batches_per_epoch = len(train_batches)  # type: ignore[arg-type]
+    except TypeError:
+        batches_per_epoch = None
+    if max_batches_per_epoch is not None:
+        batches_per_epoch = min(batches_per_epoch or max_batches_per_epoch, max_batches_per_epoch)
+    for name, when in (("freeze_bn_epoch", freeze_bn_epoch), ("freeze_observers_epoch", freeze_observers_epoch)):
+        if not math.isfinite(when) or when < 0:
+            raise KitError(f"{name} must be a number of epochs, 0 or more, got {when}")
+        if when != int(when) and not batches_per_epoch:
+            raise KitError(f"{name}={when} is part of an epoch: pass a sized loader or max_batches_per_epoch")
     qconfig = qat_qconfig_for(engine, granularity)
     torch.backends.quantized.engine = engine
     model = quantizable_model(model_fp32, arch).train()
     model.fuse_model(is_qat=True)  # conv+BN stay separate inside a QAT module, so BN keeps training
     model.qconfig = qconfig
     tq.prepare_qat(model, inplace=True)
+    model.eval()  # ranges first: the observers see the photos; eval mode leaves BatchNorm's statistics alone
+    with torch.no_grad():
+        for batch in itertools.islice(train_batches, max_batches_per_epoch):
+            if batch is not None and not isinstance(batch, torch.Tensor):
+                model(batch[0])
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    loss_function = nn.CrossEntropyLoss()
+    loss_function = distillation_loss(teacher) if teacher is not None else nn.CrossEntropyLoss()
     seen = 0
     for epoch in range(epochs):
         model.train()
-        if epoch >= freeze_bn_epoch:
-            model.apply(intrinsic_qat.freeze_bn_stats)
-        if epoch >= freeze_observers_epoch:
-            model.apply(tq.disable_observer)
-        batches = itertools.islice(train_batches, max_batches_per_epoch)
         bar = tqdm(
-            batches,
+            itertools.islice(train_batches, max_batches_per_epoch),
             desc=f"QAT epoch {epoch + 1}/{epochs}",
             unit="batch",
             disable=not progress,
-            total=max_batches_per_epoch,
+            total=batches_per_epoch,
         )
-        for batch in bar:
+        for step, batch in enumerate(bar):
+            done = epoch + step / batches_per_epoch if batches_per_epoch else epoch  # epochs trained so far
+            if done >= freeze_bn_epoch:
+                model.apply(intrinsic_qat.freeze_bn_stats)
+            if done >= freeze_observers_epoch:
+                model.apply(tq.disable_observer)
             if batch is None:
                 continue
             if isinstance(batch, torch.Tensor):
                 raise KitError("QAT needs labelled images: pass (images, labels) batches, e.g. from data.loader")
             images, labels = batch[0], batch[1]
             optimizer.zero_grad()
-            loss = loss_function(model(images), labels)
+            loss = loss_function(model(images), labels if teacher is None else images)
             loss.backward()
             optimizer.step()
             seen += images.shape[0]

@@ -9,7 +9,7 @@
   classifies ``skimage.data.chelsea()`` with the pretrained int8 MobileNetV2
   (qnnpack, TorchScript). Given ``--x86-dir`` it also loads the TorchScript
   file that ``Codes/quantize_model.py`` wrote on x86 and compares top-1; the same
-  for its ``--format onnx`` static QDQ file under ONNX Runtime and for its PT2E
+  for its ``--format onnx`` static QDQ and dynamic files under ONNX Runtime and for its PT2E
   ``.pt2`` file, run by torch alone (``torch.export.load``).
 * ``x86-reference``: on the x86 host, next to that model file: save the input
   tensors and the x86 top-1 the Pi side must reproduce.
@@ -241,7 +241,12 @@ def _run_model_file(model_file: Path, inputs: Any) -> Any:
         return torch.cat([model(inputs[i : i + 1]) for i in range(inputs.shape[0])])
 
 
-ONNX_MODEL = "mobilenet_v2_qdq.onnx"  # quantize_model.py --format onnx (static QDQ) on x86, when present
+# quantize_model.py --format onnx on x86, when present: reference key -> (file, what it is)
+ONNX_MODELS = {
+    "onnx": ("mobilenet_v2_qdq.onnx", "static QDQ"),
+    "onnx_dynamic": ("mobilenet_v2_dynamic.onnx", "dynamic, uint8 weights"),
+}
+ONNX_DYNAMIC_IMAGES = 2  # ConvInteger runs slowly emulated
 
 
 def _run_onnx_file(model_file: Path, inputs: Any) -> Any:
@@ -284,15 +289,17 @@ def _compare_with_x86(
     return reference, top1, max_diff
 
 
-def step_x86_onnx(x86_dir: Path) -> str:
+def step_x86_onnx(x86_dir: Path, key: str) -> str:
     import onnxruntime
 
+    images = ONNX_DYNAMIC_IMAGES if key == "onnx_dynamic" else None
     reference, top1, max_diff = _compare_with_x86(
-        x86_dir, "ONNX", _run_onnx_file, "onnx_model_file", "onnx_logits.npy", "onnx_top1"
+        x86_dir, "ONNX", _run_onnx_file, f"{key}_model_file", f"{key}_logits.npy", f"{key}_top1", images
     )
     return (
-        f"{reference['onnx_model_file']} (static QDQ from x86, onnxruntime {reference['onnxruntime']}) runs "
-        f"on onnxruntime {onnxruntime.__version__}; top-1 equal on {len(top1)} images, max |logit diff| {max_diff:.4f}"
+        f"{reference[f'{key}_model_file']} ({ONNX_MODELS[key][1]} from x86, onnxruntime {reference['onnxruntime']}) "
+        f"runs on onnxruntime {onnxruntime.__version__}; top-1 equal on {len(top1)} images, "
+        f"max |logit diff| {max_diff:.4f}"
     )
 
 
@@ -352,7 +359,9 @@ def run_pi(weights: Path | None, x86_dir: Path | None, tiny_onnx: Path | None, p
         steps.run("x86-model", lambda: step_x86_model(x86_dir))
         reference = json.loads((x86_dir / "reference.json").read_text(encoding="utf-8"))
         if "onnx_model_file" in reference:
-            steps.run("x86-onnx-model", lambda: step_x86_onnx(x86_dir))
+            steps.run("x86-onnx-model", lambda: step_x86_onnx(x86_dir, "onnx"))
+        if "onnx_dynamic_model_file" in reference:
+            steps.run("x86-onnx-dynamic-model", lambda: step_x86_onnx(x86_dir, "onnx_dynamic"))
         if pt2e and "pt2e_model_file" in reference:
             steps.run("x86-pt2e-model", lambda: step_x86_pt2e(x86_dir))
     return 1 if steps.failed else 0
@@ -391,15 +400,20 @@ def run_x86_reference(x86_dir: Path, model_file: str, sample_dir: Path | None, c
         "names": [name for name, _ in images],
         "top1": [int(i) for i in logits.argmax(dim=1)],
     }
-    if (x86_dir / ONNX_MODEL).is_file():
+    for key, (onnx_file, _) in ONNX_MODELS.items():
+        if not (x86_dir / onnx_file).is_file():
+            continue
         import onnxruntime
 
-        onnx_logits = _run_onnx_file(x86_dir / ONNX_MODEL, inputs)
-        numpy.save(x86_dir / "onnx_logits.npy", onnx_logits.numpy())
+        count = ONNX_DYNAMIC_IMAGES if key == "onnx_dynamic" else None
+        onnx_logits = _run_onnx_file(x86_dir / onnx_file, inputs[:count])
+        numpy.save(x86_dir / f"{key}_logits.npy", onnx_logits.numpy())
         reference.update(
-            onnx_model_file=ONNX_MODEL,
-            onnxruntime=onnxruntime.__version__,
-            onnx_top1=[int(i) for i in onnx_logits.argmax(dim=1)],
+            {
+                f"{key}_model_file": onnx_file,
+                "onnxruntime": onnxruntime.__version__,
+                f"{key}_top1": [int(i) for i in onnx_logits.argmax(dim=1)],
+            }
         )
     if (x86_dir / PT2E_MODEL).is_file():
         pt2e_logits = _run_pt2e_file(x86_dir / PT2E_MODEL, inputs[:PT2E_IMAGES])

@@ -118,6 +118,7 @@ STEP_TEXT = {
     "pretrained-int8": "jit-scripting and running the pretrained int8 MobileNetV2",
     "x86-model": "loading and running the x86-made TorchScript model",
     "x86-onnx-model": "running the x86-made static QDQ ONNX model under ONNX Runtime",
+    "x86-onnx-dynamic-model": "running the x86-made dynamic ONNX model (uint8 weights) under ONNX Runtime",
     "mobile-net": "Codes/mobile_net.py",
 }
 
@@ -455,6 +456,7 @@ def build_x86_model(cache: Path, weights: Path) -> Path:
         made = (  # (file, flags): the files the Pi side loads, each quantized on 8 photos by the kit's own tool
             (model_name, ["--method", "static", "--engine", "qnnpack"]),  # TorchScript for the Pi's engine
             ("mobilenet_v2_qdq.onnx", ["--format", "onnx"]),  # the ONNX Runtime path of labs/03: static QDQ
+            ("mobilenet_v2_dynamic.onnx", ["--format", "onnx", "--method", "dynamic"]),  # labs/03's dynamic file
             ("mobilenet_v2_pt2e_arm.pt2", ["--engine", "qnnpack"]),  # PT2E, XNNPACKQuantizer: runs with torch alone?
         )
         for name, flags in made:
