@@ -14,12 +14,15 @@ def test_offline_copy_is_named_with_what_it_means(float_weights: Path) -> None:
     fp32 = models.mobilenet_v2_fp32(float_weights)
     line = models.describe_weights(fp32)
     assert line.startswith("weights: the kit's offline copy") and "int8 grid" in line, line
+    assert models.holds_offline_copy(fp32)
 
 
 def test_another_state_dict_is_named_as_yours(float_weights: Path, tmp_path: Path) -> None:
     mine = tmp_path / "my_weights.pth"
     shutil.copyfile(float_weights, mine)
-    assert models.describe_weights(models.mobilenet_v2_fp32(mine)) == f"weights: {mine} (a state dict you passed)"
+    yours = models.mobilenet_v2_fp32(mine)
+    assert models.describe_weights(yours) == f"weights: {mine} (a state dict you passed)"
+    assert not models.holds_offline_copy(yours)
 
 
 def test_downloaded_weights_and_unknown_models() -> None:

@@ -121,6 +121,12 @@ def mobilenet_v2_fp32(weights_path: str | Path | None = None) -> nn.Module:
     return model.eval()
 
 
+def holds_offline_copy(model: nn.Module) -> bool:
+    """Whether ``model`` was loaded from the kit's offline float weights (derived from the int8 model)."""
+    source, offline = getattr(model, "weights_source", None), asset_path(FLOAT_WEIGHTS)
+    return source is not None and offline is not None and Path(source).resolve() == offline.resolve()
+
+
 def describe_weights(model: nn.Module) -> str:
     """One line for a notebook: which float weights ``model`` holds, and what that means for its numbers."""
     source = getattr(model, "weights_source", None)
@@ -131,8 +137,7 @@ def describe_weights(model: nn.Module) -> str:
             f"weights: {source.removeprefix('torchvision ')}, torchvision's own float weights (downloaded): "
             "the quantization losses you measure are the ones the course discusses"
         )
-    offline = asset_path(FLOAT_WEIGHTS)
-    if offline is not None and Path(source).resolve() == offline.resolve():
+    if holds_offline_copy(model):
         return (
             f"weights: the kit's offline copy {source}, derived from torchvision's int8 model: they already lie "
             "on an int8 grid, so post-training quantization loses less here than with torchvision's downloaded "
