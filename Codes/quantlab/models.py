@@ -77,8 +77,8 @@ def mobilenet_v2_weights(model: nn.Module, path: str | Path | None = None) -> di
 
 
 def mobilenet_v2_weights_and_source(model: nn.Module, path: str | Path | None = None) -> tuple[dict, str]:
-    """Weights for ``model`` and where they came from: ``model``'s torchvision's fp32 or int8 MobileNetV2: the state dict at ``path``, else
-    torchvision's pretrained ones (downloaded once, then cached; the offline copy when there is no internet).
+    """Weights for ``model`` (torchvision's fp32 or int8 MobileNetV2) and where they came from: the state dict at
+    ``path``, else torchvision's pretrained ones (downloaded once, then cached; the offline copy when there is no internet).
 
     They are checked against ``model`` first: ``model.load_state_dict`` then cannot fail halfway, and a
     KitError says what does not fit (fp32 weights for the int8 model, another architecture's weights).

@@ -285,7 +285,7 @@ def quantize_qat(
                 model(batch[0])
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_function = distillation_loss(teacher) if teacher is not None else nn.CrossEntropyLoss()
-    seen = 0
+    seen, bn_frozen, ranges_frozen = 0, False, False
     for epoch in range(epochs):
         model.train()
         bar = tqdm(
@@ -297,10 +297,12 @@ def quantize_qat(
         )
         for step, batch in enumerate(bar):
             done = epoch + step / batches_per_epoch if batches_per_epoch else epoch  # epochs trained so far
-            if done >= freeze_bn_epoch:
+            if not bn_frozen and done >= freeze_bn_epoch:  # once: the flags stay set through train()
                 model.apply(intrinsic_qat.freeze_bn_stats)
-            if done >= freeze_observers_epoch:
+                bn_frozen = True
+            if not ranges_frozen and done >= freeze_observers_epoch:
                 model.apply(tq.disable_observer)
+                ranges_frozen = True
             if batch is None:
                 continue
             if isinstance(batch, torch.Tensor):

@@ -241,12 +241,12 @@ def _run_model_file(model_file: Path, inputs: Any) -> Any:
         return torch.cat([model(inputs[i : i + 1]) for i in range(inputs.shape[0])])
 
 
-# quantize_model.py --format onnx on x86, when present: reference key -> (file, what it is)
+# quantize_model.py --format onnx on x86, when present: reference key -> (file, what it is, images to compare;
+# None: all of them)
 ONNX_MODELS = {
-    "onnx": ("mobilenet_v2_qdq.onnx", "static QDQ"),
-    "onnx_dynamic": ("mobilenet_v2_dynamic.onnx", "dynamic, uint8 weights"),
+    "onnx": ("mobilenet_v2_qdq.onnx", "static QDQ", None),
+    "onnx_dynamic": ("mobilenet_v2_dynamic.onnx", "dynamic, uint8 weights", 2),  # ConvInteger runs slowly emulated
 }
-ONNX_DYNAMIC_IMAGES = 2  # ConvInteger runs slowly emulated
 
 
 def _run_onnx_file(model_file: Path, inputs: Any) -> Any:
@@ -292,12 +292,12 @@ def _compare_with_x86(
 def step_x86_onnx(x86_dir: Path, key: str) -> str:
     import onnxruntime
 
-    images = ONNX_DYNAMIC_IMAGES if key == "onnx_dynamic" else None
+    _, what, images = ONNX_MODELS[key]
     reference, top1, max_diff = _compare_with_x86(
         x86_dir, "ONNX", _run_onnx_file, f"{key}_model_file", f"{key}_logits.npy", f"{key}_top1", images
     )
     return (
-        f"{reference[f'{key}_model_file']} ({ONNX_MODELS[key][1]} from x86, onnxruntime {reference['onnxruntime']}) "
+        f"{reference[f'{key}_model_file']} ({what} from x86, onnxruntime {reference['onnxruntime']}) "
         f"runs on onnxruntime {onnxruntime.__version__}; top-1 equal on {len(top1)} images, "
         f"max |logit diff| {max_diff:.4f}"
     )
@@ -400,12 +400,11 @@ def run_x86_reference(x86_dir: Path, model_file: str, sample_dir: Path | None, c
         "names": [name for name, _ in images],
         "top1": [int(i) for i in logits.argmax(dim=1)],
     }
-    for key, (onnx_file, _) in ONNX_MODELS.items():
+    for key, (onnx_file, _, count) in ONNX_MODELS.items():
         if not (x86_dir / onnx_file).is_file():
             continue
         import onnxruntime
 
-        count = ONNX_DYNAMIC_IMAGES if key == "onnx_dynamic" else None
         onnx_logits = _run_onnx_file(x86_dir / onnx_file, inputs[:count])
         numpy.save(x86_dir / f"{key}_logits.npy", onnx_logits.numpy())
         reference.update(
