@@ -79,12 +79,9 @@ def check_settings(settings: dict) -> None:
     if method is None:
         raise KitError(f"unknown --method '{settings['method']}'; use one of {', '.join(METHOD_ALIASES)}")
     settings["method"] = method
-    for key in ("granularity", "observer"):
-        allowed = quantize.GRANULARITIES if key == "granularity" else quantize.OBSERVERS
-        if settings[key] not in allowed:
-            raise KitError(f"unknown {key} '{settings[key]}'; use one of {', '.join(allowed)}")
-    if settings["engine"] not in engines.ENGINE_CHOICES:
-        raise KitError(f"unknown engine '{settings['engine']}'; use one of {', '.join(engines.ENGINE_CHOICES)}")
+    for key, setting in config.SETTINGS.items():  # argparse checks the flags' choices; a --config file's too
+        if setting.choices and settings.get(key) is not None and settings[key] not in setting.choices:
+            raise KitError(f"unknown {key} '{settings[key]}'; use one of {', '.join(setting.choices)}")
     if settings["calib_images"] is not None and settings["calib_images"] < 1:
         raise KitError(f"--calib-images must be at least 1, got {settings['calib_images']}")
     if settings["calib_split"] is not None and not 0 < settings["calib_split"] <= 1:

@@ -190,6 +190,10 @@ def _bad_inputs(tmp_path: Path, float_weights: Path) -> dict:
             "'quantization.granularty'",
         ),
         "chain without photos": (("--model", float_weights, "--operation-mode", "chain_eqe"), "evaluates"),
+        "bad yaml choice": (  # argparse checks a flag's choices; the same list checks the file's value
+            ("--config", yaml_with("quantization:\n  method: qat\ntraining:\n  loss: labelz\n")),
+            "unknown qat_loss 'labelz'; use one of labels, distill",
+        ),
     }
 
 
@@ -208,6 +212,7 @@ def _bad_inputs(tmp_path: Path, float_weights: Path) -> dict:
         "split and count",
         "bad yaml key",
         "chain without photos",
+        "bad yaml choice",
     ],
 )
 def test_bad_input_is_one_error_line_and_leaves_no_file(tmp_path, float_weights, case):
