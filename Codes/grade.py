@@ -2,7 +2,7 @@
 
 SUBMISSIONS_DIR holds one folder per student (the folder's name is the
 student's name on the leaderboard), laid out as labs/homework.md asks:
-benchmark.json, the model files it lists with their sidecar JSONs, pi_run.json.
+benchmark.json, the model files it lists with their sidecar JSONs, pi_run.json and pi_open.json.
 
 For each folder the grader validates benchmark.json, checks each model file's
 sha256 against it, checks the file before loading it (zip bombs, code that
@@ -181,6 +181,7 @@ def main() -> int:
     except KeyboardInterrupt:  # the sandboxed child is killed already; keep what was graded
         interrupted = True
     grading.flag_copies(students)
+    open_full_at = grading.score_open_target(students, rubric)
 
     machine = bench.machine_info(threads, engine=None)
     mode = (
@@ -193,6 +194,13 @@ def main() -> int:
     header = [
         f"{len(students)} submissions graded{stopped}; numbers: {mode}",
         f"rubric: {args.rubric or grading.DEFAULT_RUBRIC}; {about_baseline}",
+        "open target (pi_open.json): "
+        + (
+            f"all its points at {open_full_at:.2f}x the default model's Pi model-only FPS"
+            + (" (the class's best)" if rubric["open"]["full_at"] == "best" else "")
+            if open_full_at
+            else "nobody's Pi run beat the default model: no points given"
+        ),
         f"isolation: {sandbox.DESCRIPTIONS[isolation]}; limits per model {runner.timeout:.0f} s, {args.memory_mb} MB",
     ]
     # student names follow grading.FOLDER_NAME, so they are safe to print in the Markdown header

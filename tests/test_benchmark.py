@@ -141,6 +141,8 @@ def test_report_is_valid_and_covers_every_format(full_run, made, float_weights):
     assert results[1]["engine"] == json.loads(made["int8"].with_suffix(".json").read_text())["engine"]
     assert results[1]["sha256"] == sha256_of(made["int8"])
     assert results[2]["file"] is None and results[2]["sha256"] is None
+    # how the int8 file was made, from its sidecar: the homework's task-3 table reads it
+    assert [r["recipe"] for r in results] == [None, "per_channel, histogram, 8 photos", None, None]
     assert results[0]["size_mb"] == pytest.approx(file_size_mb(float_weights), abs=1e-3)
     # every format counts the same weights once BatchNorm is folded
     assert len({r["parameters"] for r in results}) == 1 and results[0]["parameters"] > 3_000_000
@@ -164,6 +166,7 @@ def test_table_shows_machine_threads_and_ratios(full_run):
     assert "2 threads" in stdout and "engine" in stdout
     rows = {line.split()[0]: line for line in stdout.splitlines() if line.startswith(("int8.pt", "fp32.onnx"))}
     assert set(rows) == {"int8.pt", "fp32.onnx"}
+    assert rows["int8.pt"].endswith("per_channel, histogram, 8 photos")
     assert "ratios against the first model (mobilenet_v2_float_from_int8.pth)" in stdout
     assert "evaluating" in full_run["stderr"]  # tqdm progress
 

@@ -77,6 +77,29 @@ def test_top1_hits_skips_unreadable_batches():
         stats.top1_hits(model, [None])
 
 
+def test_evaluate_keeps_the_hits_it_scored_and_the_table_reads_them():
+    from quantlab import bench
+
+    model = torch.nn.Linear(4, 1000)
+    images = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    labels = model(images).argmax(1)
+    labels[:2] = (labels[:2] + 1) % 1000
+    result = bench.evaluate(
+        model, [None, (images[:3], labels[:3]), (images[3:], labels[3:])], progress=False, keep_hits=True
+    )
+    assert result["hits"].tolist() == [False, False, True, True, True, True]
+    assert result["top1"] == pytest.approx(100 * 4 / 6, abs=0.01) and "hits" not in bench.evaluate(
+        model, [(images, labels)], progress=False
+    )
+    truth = torch.rand(800, generator=torch.Generator().manual_seed(0)) < 0.83
+    worse = truth.clone()
+    worse[truth.nonzero()[:40, 0]] = False
+    table = stats.difference_table({"fp32": truth, "int8": worse, "again": truth.clone()}, baseline="fp32")
+    rows = {line.split()[0]: line for line in table.splitlines()[2:5]}
+    assert "(the baseline)" in rows["fp32"] and rows["int8"].endswith("worse") and rows["again"].endswith("noise")
+    assert "-5.00 [" in rows["int8"] and "800 photos" in table
+
+
 def test_notebook_memory_measures_after_every_code_cell():
     import importlib.util
     from pathlib import Path

@@ -32,7 +32,7 @@ import torchvision
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from quantlab import cpu, data, engines, memory, timing
+from quantlab import cpu, data, engines, memory, models, timing
 from quantlab.engines import cpu_name
 from quantlab.errors import KitError
 from quantlab.loading import LoadedModel, fixed_batch, load_any
@@ -122,15 +122,21 @@ def measure_latency(
 
 
 def evaluate(
-    model: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, progress: bool = True, one_at_a_time: bool = False
+    model: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable,
+    progress: bool = True,
+    one_at_a_time: bool = False,
+    keep_hits: bool = False,
 ) -> dict:
     """Top-1 and top-5 accuracy (percent) over (images, labels) batches; None batches (unreadable) are skipped.
 
     ``one_at_a_time``: feed the photos singly, for models that only take batch 1
-    (``LoadedModel.batch_one``, found by ``load_any``).
+    (``LoadedModel.batch_one``, found by ``load_any``). ``keep_hits``: add "hits", one bool per photo (top-1
+    right), for paired comparisons of two models on the same photos (``quantlab.stats``).
     """
     fixed = 1 if one_at_a_time else fixed_batch(model)
     correct1 = correct5 = images = 0
+    top1_hits = []
     with torch.inference_mode():
         for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress):
             if batch is None:
@@ -157,11 +163,15 @@ def evaluate(
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = top == labels.unsqueeze(1)
             correct1 += int(hits[:, 0].sum())
+            top1_hits.append(hits[:, 0])
             correct5 += int(hits.any(dim=1).sum())
             images += labels.numel()
     if images == 0:
         raise KitError("no image of the data set could be read; pass a folder of readable photos")
-    return {"top1": round(100 * correct1 / images, 2), "top5": round(100 * correct5 / images, 2), "images": images}
+    result = {"top1": round(100 * correct1 / images, 2), "top5": round(100 * correct5 / images, 2), "images": images}
+    if keep_hits:
+        result["hits"] = torch.cat(top1_hits)
+    return result
 
 
 def evaluation_dataset(
@@ -200,9 +210,18 @@ def _first_photo(batches: Iterable | None) -> torch.Tensor | None:
 
 
 def benchmark_model(
-    loaded: LoadedModel, batches: Iterable | None, runs: int, warmup: int, input_size: int = 224, progress: bool = True
+    loaded: LoadedModel,
+    batches: Iterable | None,
+    runs: int,
+    warmup: int,
+    input_size: int = 224,
+    progress: bool = True,
+    keep_hits: bool = False,
 ) -> dict:
-    """Measure one model: one entry of the report's "results" (see docs/benchmark_schema.md)."""
+    """Measure one model: one entry of the report's "results" (see docs/benchmark_schema.md).
+
+    ``keep_hits``: the entry also holds "hits" (``evaluate``'s); pop it before ``make_report``, it is not JSON.
+    """
     if loaded.engine is not None:
         engines.set_engine(loaded.engine)  # quantized ops dispatch on the active engine too
     memory.reset_peak()  # the peak below is this model's run (the process, with every model loaded so far)
@@ -214,7 +233,7 @@ def benchmark_model(
     if batches is not None:
         dataset = getattr(batches, "dataset", None)
         before = data.skipped_count(dataset) if dataset is not None else 0
-        accuracy = evaluate(loaded.model, batches, progress, one_at_a_time=loaded.batch_one)
+        accuracy = evaluate(loaded.model, batches, progress, one_at_a_time=loaded.batch_one, keep_hits=keep_hits)
         # the data set counts unreadable files over its lifetime: this model's pass is the difference
         skipped = data.skipped_count(dataset) - before if dataset is not None else 0
     return {
@@ -224,6 +243,7 @@ def benchmark_model(
         "format": loaded.format,
         "runtime": loaded.runtime,
         "method": loaded.method,
+        "recipe": models.recipe(loaded.sidecar) if loaded.sidecar else None,  # how it was quantized (its sidecar)
         "engine": loaded.engine,
         "sha256": loaded.sha256,
         "size_mb": loaded.size_mb,

@@ -3,8 +3,11 @@
 ``Codes/grade.py`` is the command-line front end. A submission is one folder per
 student (``labs/homework.md``) holding ``benchmark.json`` (``Codes/benchmark.py
 --json``), the model files it lists with their sidecar JSONs
-(``Codes/quantize_model.py``) and ``pi_run.json`` (``Codes/mobile_net.py --json``
-on the Raspberry Pi).
+(``Codes/quantize_model.py``), and ``pi_run.json`` and ``pi_open.json``
+(``Codes/mobile_net.py --json`` on the Raspberry Pi, checked by ``quantlab.pi_runs``).
+The score adds the best model's points, the parts handed in and the open target
+(``score_open_target``, once the whole class is graded: its full mark can be the
+class's best).
 
 Nothing a student sends is trusted. Links are refused everywhere; JSON files
 are size-capped and validated (finite numbers, sane ranges); model files must
@@ -32,22 +35,24 @@ import io
 import json
 import math
 import re
-import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from quantlab import config, engines, files, loading, model_checks, models, report, sandbox
+from quantlab import config, engines, files, loading, model_checks, models, pi_runs, report, sandbox
 from quantlab.errors import KitError
+from quantlab.untrusted import clean_text, link_problem, read_json_file
 
 REPORT_FILE = "benchmark.json"  # Codes/benchmark.py --json
-PI_RUN_FILE = "pi_run.json"  # Codes/mobile_net.py --json, on the Pi
-RESERVED_STEMS = {Path(REPORT_FILE).stem, Path(PI_RUN_FILE).stem}  # a model named so would share their JSON name
+PI_RUN_FILE, OPEN_RUN_FILE = pi_runs.PI_RUN_FILE, pi_runs.OPEN_RUN_FILE  # Codes/mobile_net.py --json, on the Pi
+RESERVED_STEMS = {
+    Path(name).stem for name in (REPORT_FILE, PI_RUN_FILE, OPEN_RUN_FILE)
+}  # a model named so would share their JSON name
 TORCH_SUFFIXES = (".pt", ".pth", ".ptl")
 MODEL_SUFFIXES = TORCH_SUFFIXES + models.ONNX_SUFFIXES
-KNOWN_PARTS = ("baseline", "dynamic", "static", "qat", "pi")
+KNOWN_PARTS = ("baseline", "dynamic", "static", "ptq_table", "qat", "pi")
 KNOWN_METHODS = ("fp32", "static", "dynamic", "qat", "int8")
 # the default rubric ships inside the package (configs/rubric.yaml links to it): a pip install without -e has it
 DEFAULT_RUBRIC = "rubric.yaml"
@@ -58,60 +63,7 @@ PICKLE_MAGIC = b"\x80"  # pickle protocol 2 and later start with PROTO
 FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 MAX_REPORT_BYTES = 1 << 20  # an honest benchmark.json of five models is about 10 kB
 MAX_SIDECAR_BYTES = 64 << 10  # a sidecar is under 1 kB
-MAX_PI_RUN_BYTES = 256 << 10  # a mobile_net.py --json summary is about 2 kB
-MAX_TEXT = 160  # characters of any student-controlled string shown in the leaderboard
 MAX_REASONS = 8  # reasons listed per student (the rest are counted)
-PI_ARCHES = ("aarch64",)  # 64-bit Raspberry Pi OS (labs/01_pi_setup_and_realtime.md)
-PI_FPS_TOLERANCE = 0.05  # mean_fps against frames / seconds
-
-
-# ---- reading what students send ----------------------------------------------------
-
-
-def clean_text(value: object, limit: int = MAX_TEXT) -> str:
-    """A student-controlled value as one short printable line (control characters and newlines replaced)."""
-    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def link_problem(path: Path, what: str) -> str | None:
-    """Why ``path`` is not a plain file of the submission (a link, a folder, a device); None when it is."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return None
-    if stat.S_ISLNK(mode):
-        return f"{what} is a link: hand in the file itself"
-    if not stat.S_ISREG(mode):
-        return f"{what} is not a plain file"
-    return None
-
-
-def read_json_file(path: Path, limit: int, made_by: str) -> tuple[object, str | None]:
-    """The JSON in ``path`` (a plain file, at most ``limit`` bytes), or why it cannot be used."""
-    why = link_problem(path, path.name)
-    if why:
-        return None, why
-    try:
-        with open(path, "rb") as file:
-            raw = file.read(limit + 1)
-    except OSError:
-        return None, f"{path.name} cannot be read: hand it in again"
-    if len(raw) > limit:
-        return None, f"{path.name} is over {limit // 1024} kB, far more than {made_by} writes"
-    try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant), None
-    except UnicodeDecodeError:
-        return None, f"{path.name} is not a text file: make it with {made_by}"
-    except (ValueError, RecursionError) as error:
-        if "JSON allows" in str(error):
-            return None, f"{path.name} holds {str(error).split()[0]}, which is not a number: make it with {made_by}"
-        line = f" (line {error.lineno}: {error.msg})" if isinstance(error, json.JSONDecodeError) else ""
-        return None, f"{path.name} is not valid JSON{line}: make it with {made_by}"
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 # ---- the rubric ----------------------------------------------------------------
@@ -140,12 +92,15 @@ def _overlay(defaults: dict, overrides: dict, where: str, source: Path) -> dict:
                     f"rubric {source}: '{name}' lists {len(value)} names; the parts are {', '.join(KNOWN_PARTS)}"
                 )
             merged[key] = value
+        elif isinstance(default, str) and value == default:  # a word the rubric allows instead of a number
+            merged[key] = value
         elif (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
             or (isinstance(value, float) and not math.isfinite(value))
         ):
-            raise KitError(f"rubric {source}: '{name}' must be a number, got {clean_text(repr(value), 60)}")
+            allowed = f" or '{default}'" if isinstance(default, str) else ""
+            raise KitError(f"rubric {source}: '{name}' must be a number{allowed}, got {clean_text(repr(value), 60)}")
         else:
             merged[key] = value
     return merged
@@ -185,6 +140,11 @@ def load_rubric(path: Path | None) -> dict:
     ):
         if not rubric[section][low] < rubric[section][high]:
             raise KitError(f"rubric {source}: {section}.{low} must be below {section}.{high}")
+    open_target = rubric["open"]
+    if open_target["max_drop"] < 0:
+        raise KitError(f"rubric {source}: open.max_drop is the top-1 points the open model may lose, 0 or more")
+    if open_target["full_at"] != "best" and not open_target["zero_at"] < open_target["full_at"]:
+        raise KitError(f"rubric {source}: open.zero_at must be below open.full_at (or full_at: best)")
     if rubric["pi"]["max_fps"] <= 0:
         raise KitError(f"rubric {source}: pi.max_fps must be positive")
     if rubric["tolerance"]["speedup_factor"] < 1:
@@ -342,6 +302,10 @@ class ModelGrade:
     unstable: bool = False  # its re-measured latency was unstable (the grader's machine was busy)
     sha256: str | None = None  # the file's bytes
     weights: str | None = None  # its weights, whatever the file's name or metadata
+    # how it was quantized, from its sidecar (the student's word; task 3's table and the open target read it)
+    granularity: str | None = None
+    observer: str | None = None
+    calibration_images: int | None = None
 
     @property
     def total(self) -> float:
@@ -362,6 +326,7 @@ class StudentGrade:
     missing: list[str] = field(default_factory=list)
     points: dict[str, float] = field(default_factory=dict)
     pi_fps: float | None = None
+    open_speedup: float | None = None  # the open target: pi_open.json's model-only FPS / pi_run.json's
     flags: list[str] = field(default_factory=list)  # claims that disagree with the files or re-measurements
     problems: list[str] = field(default_factory=list)  # everything else that is wrong
     copying: list[str] = field(default_factory=list)  # files identical to another student's (for the instructor)
@@ -448,7 +413,7 @@ def _safe_file(folder: Path, name: str) -> tuple[Path | None, str | None]:
 
 
 def read_sidecar(path: Path, digest: str) -> tuple[dict | None, str | None, bool]:
-    """The model's sidecar, checked: (the fields the loader uses, why it cannot be used, is that a flag)."""
+    """The model's sidecar, checked: (the sidecar, why it cannot be used, is that a flag)."""
     side = models.sidecar_path(path)
     if not side.exists() and not side.is_symlink():
         return None, None, False  # allowed: the model runs on auto's engine, method from its graph
@@ -468,7 +433,17 @@ def read_sidecar(path: Path, digest: str) -> tuple[dict | None, str | None, bool
         return None, f"{path.name}: its sidecar names engine '{clean_text(engine, 30)}', not one of the kit's", False
     if method is not None and method not in KNOWN_METHODS:
         return None, f"{path.name}: its sidecar names method '{clean_text(method, 30)}', not one of the kit's", False
-    return {key: sidecar[key] for key in ("engine", "method") if sidecar.get(key) is not None}, None, False
+    return sidecar, None, False
+
+
+def _set_recipe(grade: ModelGrade, sidecar: dict) -> None:
+    """How the sidecar says the model was quantized, kept only when it is one of quantize_model.py's choices."""
+    granularity, observer = sidecar.get("granularity"), sidecar.get("observer")
+    grade.granularity = granularity if granularity in config.GRANULARITIES else None
+    grade.observer = observer if observer in config.OBSERVERS else None
+    calibration = sidecar.get("calibration")
+    images = calibration.get("images") if isinstance(calibration, dict) else None
+    grade.calibration_images = images if isinstance(images, int) and not isinstance(images, bool) else None
 
 
 def _child_reason(name: str, result: dict, memory_mb: int) -> str:
@@ -513,6 +488,9 @@ def grade_model(
         if is_flag:
             flags.append(why)
         return grade
+    if sidecar:
+        _set_recipe(grade, sidecar)
+        sidecar = {key: sidecar[key] for key in ("engine", "method") if sidecar.get(key) is not None}  # the loader's
     outcome = runner(path, sidecar)
     if outcome.failure:
         grade.excluded = f"{name} {outcome.failure}"
@@ -619,84 +597,6 @@ def _give_points(grade: ModelGrade, rubric: dict) -> None:
     }
 
 
-def check_pi_run(path: Path, graded: list[ModelGrade], rubric: dict) -> tuple[float | None, str | None]:
-    """The Pi's mean FPS from ``pi_run.json``, and why the Pi part does not count (None when it does).
-
-    The run must be consistent: made on a 64-bit Raspberry Pi with a camera,
-    running a submitted int8 qnnpack model (its sha256, recorded by
-    mobile_net.py), with an FPS that matches its frames and seconds and that a
-    Pi can reach. A student who edits every field consistently by hand can still
-    pass these checks: the Pi part rests on trust, which the instructor guide says.
-    """
-    made_by = "Codes/mobile_net.py --json on the Pi"
-    run, why = read_json_file(path, MAX_PI_RUN_BYTES, made_by)
-    if why:
-        return None, why
-    fields = {
-        "frames": int,
-        "seconds": (int, float),
-        "mean_fps": (int, float),
-        "engine": str,
-        "model": str,
-        "source": str,
-        "arch": str,
-        "cpu": str,
-    }
-    if not isinstance(run, dict) or any(
-        isinstance(run.get(key), bool) or not isinstance(run.get(key), kind) for key, kind in fields.items()
-    ):
-        return (
-            None,
-            f"{path.name} is not a Codes/mobile_net.py --json summary (needs {', '.join(fields)}); run it again",
-        )
-    fps, frames, seconds = run["mean_fps"], run["frames"], run["seconds"]
-    if not all(math.isfinite(value) for value in (fps, seconds)) or fps <= 0 or frames <= 0 or seconds <= 0:
-        return None, f"{path.name}: frames, seconds and mean_fps must be positive numbers; run the demo again"
-    shown_fps = float(fps) if fps <= 1e6 else None
-    if run["arch"] not in PI_ARCHES or "raspberry pi" not in run["cpu"].lower():
-        return shown_fps, (
-            f"{path.name} was recorded on {clean_text(run['cpu'], 50)} ({clean_text(run['arch'], 20)}), "
-            "not a Raspberry Pi with 64-bit Raspberry Pi OS: run the demo on the Pi"
-        )
-    source = run["source"]
-    if not (source.isdigit() or source == "picamera2"):
-        return shown_fps, (
-            f"{path.name} read its frames from '{clean_text(source, 40)}', not a camera: run the demo "
-            "with the webcam (default) or --source picamera2"
-        )
-    if run["engine"] != "qnnpack":
-        return (
-            shown_fps,
-            f"{path.name}: engine {clean_text(run['engine'], 20)}, not qnnpack: not a run of an int8 model on the Pi",
-        )
-    minimum = rubric["pi"]["min_frames"]
-    if frames < minimum:
-        return shown_fps, f"{path.name}: {frames} frames, the rubric asks for {minimum:g} or more"
-    if not math.isclose(fps, frames / seconds, rel_tol=PI_FPS_TOLERANCE):
-        return shown_fps, (
-            f"{path.name}: mean_fps {fps:g} is not its frames / seconds ({frames / seconds:.1f}): "
-            "the file was edited; hand in the demo's own output"
-        )
-    if fps > rubric["pi"]["max_fps"]:
-        return shown_fps, (
-            f"{path.name}: {fps:g} FPS is more than a Raspberry Pi reaches with MobileNetV2 "
-            f"(the rubric's limit is {rubric['pi']['max_fps']:g}); hand in the demo's own output"
-        )
-    recorded = run.get("model_sha256")
-    matching = [m for m in graded if m.sha256 and m.sha256 == recorded]
-    if not isinstance(recorded, str) or not matching:
-        return shown_fps, (
-            f"{path.name} ran '{clean_text(run['model'], 60)}', whose sha256 (recorded by "
-            "mobile_net.py) is not that of a submitted model that passed the checks"
-        )
-    if not any(model.engine == "qnnpack" for model in matching):  # the file's engine, not the run's word
-        return shown_fps, (
-            f"{path.name} ran a submitted model that is not int8 for qnnpack (its sidecar and "
-            "graph say otherwise): run the qnnpack model on the Pi"
-        )
-    return float(fps), None
-
-
 def _duplicate_methods(student: StudentGrade) -> None:
     """One model handed in under several methods (same weights) earns one method's part, and is flagged."""
     first_by_weights: dict[str, ModelGrade] = {}
@@ -730,7 +630,7 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
         handed_in = read_report(folder / REPORT_FILE)
     except KitError as error:
         return rejected(folder, rubric, str(error))
-    for label in (REPORT_FILE, PI_RUN_FILE):
+    for label in (REPORT_FILE, PI_RUN_FILE, OPEN_RUN_FILE):
         digest = _fingerprint(folder / label)
         if digest:
             student.fingerprints[label] = digest
@@ -770,13 +670,20 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
     if unlisted:
         student.problems.append(f"not in {REPORT_FILE}, so not graded: {clean_text(', '.join(unlisted), 120)}")
 
-    pi_path = folder / PI_RUN_FILE
+    if ptq_table_complete(graded):
+        present.add("ptq_table")
+    pi_path, open_path = folder / PI_RUN_FILE, folder / OPEN_RUN_FILE
+    default_run = None
     if pi_path.exists() or pi_path.is_symlink():
-        student.pi_fps, why = check_pi_run(pi_path, graded, rubric)
+        default_run, student.pi_fps, why = pi_runs.check_pi_run(pi_path, graded, rubric)
         if why:
             student.problems.append(why)
         else:
             present.add("pi")
+    if open_path.exists() or open_path.is_symlink():
+        student.open_speedup, why = pi_runs.check_open_run(open_path, default_run, graded, rubric)
+        if why:
+            student.problems.append(why)
 
     candidates = [m for m in graded if m.method != "fp32"]
     if runner.measure is None and candidates and reference is None:
@@ -789,10 +696,48 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
     weights = rubric["weights"]
     student.points = dict(student.best.points) if student.best else {"accuracy": 0.0, "speedup": 0.0, "size": 0.0}
     student.points["parts"] = weights["parts"] * len(student.parts) / max(1, len(rubric["parts"]))
+    student.points["open"] = 0.0  # given by score_open_target, once the whole class is graded
     student.points["penalty"] = -rubric["penalty_per_flag"] * len(student.flags)
     student.score = round(max(0.0, sum(student.points.values())), 1)
     student.status = "flagged" if student.flags else "problems" if student.problems else "ok"
     return student
+
+
+def ptq_table_complete(graded: list[ModelGrade]) -> bool:
+    """Task 3's table: four static models, per-tensor/per-channel x MinMax/histogram, for one engine and one
+    number of calibration photos, each with its own weights (one file handed in four times is one model)."""
+    cells: dict[tuple, dict[tuple[str, str], str]] = {}
+    for model in graded:
+        if model.method == "static" and model.granularity and model.observer:
+            group = cells.setdefault((model.engine, model.calibration_images), {})
+            group.setdefault((model.granularity, model.observer), model.weights or model.sha256 or model.file)
+    needed = len(config.GRANULARITIES) * len(config.OBSERVERS)
+    return any(len(group) == needed and len(set(group.values())) == needed for group in cells.values())
+
+
+def open_target_full_at(students: list[StudentGrade], rubric: dict) -> float | None:
+    """The Pi speed-up that earns all the open target's points: the rubric's number, or the class's best.
+
+    The class's best is taken over submissions that are not flagged: a forged file must not set the bar.
+    """
+    full_at = rubric["open"]["full_at"]
+    if full_at != "best":
+        return float(full_at)
+    honest = [s.open_speedup for s in students if s.open_speedup is not None and s.status in ("ok", "problems")]
+    best = max(honest, default=None)
+    return best if best is not None and best > rubric["open"]["zero_at"] else None
+
+
+def score_open_target(students: list[StudentGrade], rubric: dict) -> float | None:
+    """Give each student the open target's points (after everyone is graded); return the speed-up of full points."""
+    full_at = open_target_full_at(students, rubric)
+    weight, zero_at = rubric["weights"]["open"], rubric["open"]["zero_at"]
+    for student in students:
+        if student.status == "rejected" or student.open_speedup is None or full_at is None:
+            continue
+        student.points["open"] = weight * ramp(student.open_speedup, zero_at, full_at)
+        student.score = round(max(0.0, sum(student.points.values())), 1)
+    return full_at
 
 
 def display_name(name: str) -> str:
@@ -874,10 +819,12 @@ LEADERBOARD_COLUMNS = (
     "points_speedup",
     "points_size",
     "points_parts",
+    "points_open",
     "penalty",
     "parts",
     "missing_parts",
     "pi_fps",
+    "pi_open_speedup",
     "reasons",
     "possible_copying",
 )
@@ -916,11 +863,15 @@ def leaderboard_rows(students: list[StudentGrade]) -> list[dict]:
                 "speedup": _rounded(best.speedup) if best else None,
                 "size_mb": _rounded(best.size_mb, 3) if best else None,
                 "size_ratio": _rounded(best.size_ratio) if best else None,
-                **{f"points_{key}": _rounded(points.get(key), 1) for key in ("accuracy", "speedup", "size", "parts")},
+                **{
+                    f"points_{key}": _rounded(points.get(key), 1)
+                    for key in ("accuracy", "speedup", "size", "parts", "open")
+                },
                 "penalty": _rounded(points.get("penalty"), 1),
                 "parts": " ".join(student.parts),
                 "missing_parts": " ".join(student.missing),
                 "pi_fps": _rounded(student.pi_fps, 1),
+                "pi_open_speedup": _rounded(student.open_speedup),
                 "reasons": " | ".join(capped_reasons(student.reasons)),
                 "possible_copying": " | ".join(capped_reasons(student.copying)),
             }
@@ -990,6 +941,7 @@ def markdown_text(students: list[StudentGrade], header: list[str]) -> str:
         "size_ratio",
         "parts",
         "pi_fps",
+        "pi_open_speedup",
     )
     titles = (
         "rank",
@@ -1003,6 +955,7 @@ def markdown_text(students: list[StudentGrade], header: list[str]) -> str:
         "smaller",
         "parts",
         "Pi FPS",
+        "open target: Pi x default",
     )
     lines = [
         "# Leaderboard",
@@ -1043,6 +996,7 @@ def write_plot(students: list[StudentGrade], path: Path, title: str) -> None:
         ("speedup", "tab:blue"),
         ("size", "tab:orange"),
         ("parts", "tab:purple"),
+        ("open", "tab:cyan"),
     ):
         widths = [s.points.get(key, 0.0) for s in ordered]
         axes.barh(names, widths, left=left, color=colour, label=key)
@@ -1097,7 +1051,7 @@ def format_summary(students: list[StudentGrade]) -> str:
     """The leaderboard as a text table for the terminal."""
     header = (
         f"{'rank':>4}  {'student':<16}{'score':>7}  {'status':<9}{'best model':<22}{'drop':>8}"
-        f"{'faster':>10}{'smaller':>9}  {'parts':<28}{'problems':>8}"
+        f"{'faster':>10}{'smaller':>9}{'Pi open':>9}  {'parts':<34}{'problems':>8}"
     )
     lines = [header, "-" * len(header)]
     for row in leaderboard_rows(students):
@@ -1105,8 +1059,11 @@ def format_summary(students: list[StudentGrade]) -> str:
         lines.append(
             f"{row['rank']:>4}  {row['student'][:15]:<16}{row['score']:>7.1f}  {row['status']:<9}"
             f"{(row['best_model'] or '-')[:21]:<22}{_shown(row['top1_drop'], '+.1f'):>8}"
-            f"{_shown(row['speedup'], '.2f', 'x'):>10}{_shown(row['size_ratio'], '.2f', 'x'):>9}  "
-            f"{row['parts'][:27]:<28}{reasons:>8}"
+            f"{_shown(row['speedup'], '.2f', 'x'):>10}{_shown(row['size_ratio'], '.2f', 'x'):>9}"
+            f"{_shown(row['pi_open_speedup'], '.2f', 'x'):>9}  {row['parts'][:33]:<34}{reasons:>8}"
         )
-    lines.append("drop: top-1 points lost vs fp32; faster, smaller: vs fp32; problems: see leaderboard.md")
+    lines.append(
+        "drop: top-1 points lost vs fp32; faster, smaller: vs fp32; Pi open: the open target's model-only FPS "
+        "over the default model's, same Pi; problems: see leaderboard.md"
+    )
     return "\n".join(lines)

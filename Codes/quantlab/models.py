@@ -326,6 +326,22 @@ def make_sidecar(
     return sidecar
 
 
+def recipe(sidecar: dict) -> str | None:
+    """How a model was quantized, in a few words from its sidecar (benchmark tables show it); None when unsaid.
+
+    e.g. "per_channel, histogram, 100 photos" for static PTQ, "per_tensor, 8 epochs, distillation from ..." for QAT.
+    """
+    words = [sidecar[key] for key in ("granularity", "observer") if isinstance(sidecar.get(key), str)]
+    calibration, training = sidecar.get("calibration"), sidecar.get("training")
+    if isinstance(training, dict) and isinstance(training.get("epochs"), (int, float)):
+        words.append(f"{training['epochs']:g} epoch{'' if training['epochs'] == 1 else 's'}")
+        if isinstance(training.get("loss"), str):
+            words.append(training["loss"])
+    elif isinstance(calibration, dict) and isinstance(calibration.get("images"), int):
+        words.append(f"{calibration['images']} photos")
+    return ", ".join(str(word)[:60] for word in words) or None
+
+
 def save_with_sidecar(output: Path, write_model: Callable[[Path], dict], sidecar: dict) -> dict:
     """Write a model file and its JSON sidecar atomically: partial files never stay behind.
 

@@ -113,7 +113,7 @@ RESULT_FIELDS = {
     "skipped": _OPTIONAL_INT,
 }
 # written by newer versions of the kit; a report without them is still valid
-OPTIONAL_RESULT_FIELDS = {"unstable": _OPTIONAL_STR, "peak_rss_mb": _OPTIONAL_NUMBER}
+OPTIONAL_RESULT_FIELDS = {"unstable": _OPTIONAL_STR, "peak_rss_mb": _OPTIONAL_NUMBER, "recipe": _OPTIONAL_STR}
 FORMATS = ("torchvision", "state_dict", "torchscript", "onnx", "pt2", "python")
 RUNTIMES = ("pytorch", "onnxruntime")
 
@@ -253,6 +253,7 @@ CSV_COLUMNS = (
     "format",
     "runtime",
     "method",
+    "recipe",
     "engine",
     "size_mb",
     "parameters",
@@ -359,7 +360,7 @@ def format_table(report: dict) -> str:
     header = (
         f"{'model':<24}{'format':<12}{'method':<8}{'engine':<8}{'MB':>7}{'params':>11}{'median ms':>11}"
         f"{'p90 ms':>9}{'mean ms':>9}{'FPS':>8}{'top-1':>7}{'top-5':>7}{'faster':>8}{'smaller':>8}{'top-1 drop':>11}"
-        f"{'peak MB':>9}"
+        f"{'peak MB':>9}  recipe"
     )
     lines += [header, "-" * len(header)]
     first = report["results"][0]
@@ -377,6 +378,7 @@ def format_table(report: dict) -> str:
             f"{latency['p90']:>9.2f}{latency['mean']:>9.2f}{result['fps']:>8.1f}{shown(result['top1'], '.1f'):>7}"
             f"{shown(result['top5'], '.1f'):>7}{compared['speedup']:>7.2f}x{compared['size_ratio']:>7.2f}x"
             f"{shown(compared['top1_drop'], '+.1f'):>11}{shown(result.get('peak_rss_mb'), '.0f'):>9}"
+            f"  {result.get('recipe') or '-'}"
         )
     if first["images"] is not None:
         skipped = first["skipped"]

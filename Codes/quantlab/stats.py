@@ -87,3 +87,51 @@ def describe(difference: dict, name_a: str, name_b: str) -> str:
         f"(only {name_a} right: {difference['only_a']}, only {name_b} right: {difference['only_b']}, "
         f"McNemar p = {difference['mcnemar_p']:.3f}): {verdict}"
     )
+
+
+def difference_table(hits: dict[str, torch.Tensor], baseline: str) -> str:
+    """A text table: each model's top-1, its difference from ``baseline`` with the interval, McNemar's p, a verdict.
+
+    ``hits``: model name -> one bool per photo, every model on the same photos (``top1_hits``, or ``bench.evaluate``
+    with ``keep_hits``).
+    """
+    only_baseline = f"only {baseline} right"
+    width = len(only_baseline) + 2
+    header = (
+        f"{'model':<28}{'top-1 %':>8}  {f'minus {baseline} (points) [95% interval]':<44}{'McNemar p':>10}"
+        f"{'only it right':>15}{only_baseline:>{width}}  reading"
+    )
+    lines = [header, "-" * len(header)]
+    for name, model_hits in hits.items():
+        top1 = 100 * model_hits.float().mean().item()
+        if name == baseline:
+            lines.append(f"{name[:27]:<28}{top1:>8.2f}  (the baseline)")
+            continue
+        difference = paired_difference(model_hits, hits[baseline])
+        interval = f"{difference['difference']:+.2f} [{difference['low']:+.2f}, {difference['high']:+.2f}]"
+        reading = "noise" if difference["noise"] else ("better" if difference["difference"] > 0 else "worse")
+        lines.append(
+            f"{name[:27]:<28}{top1:>8.2f}  {interval:<44}{difference['mcnemar_p']:>10.3f}{difference['only_a']:>15}"
+            f"{difference['only_b']:>{width}}  {reading}"
+        )
+    photos = next(iter(hits.values())).numel()
+    lines.append(f"{photos} photos; reading: noise when the 95% paired-bootstrap interval contains 0")
+    return "\n".join(lines)
+
+
+def plot_differences(axis, hits: dict[str, torch.Tensor], baseline: str) -> None:
+    """Each model's top-1 minus ``baseline``'s on ``axis`` (matplotlib), its 95% paired interval as the error bar."""
+    names = list(hits)
+    differences = [paired_difference(hits[name], hits[baseline]) for name in names]
+    axis.errorbar(
+        [d["difference"] for d in differences],
+        range(len(names)),
+        xerr=[[d["difference"] - d["low"] for d in differences], [d["high"] - d["difference"] for d in differences]],
+        fmt="o",
+        capsize=4,
+        color="black",
+    )
+    axis.axvline(0, color="gray", linewidth=1)  # no difference
+    axis.set_yticks(range(len(names)), names)
+    axis.invert_yaxis()  # the first model on top, as in the tables
+    axis.set_xlabel(f"top-1 minus {baseline} (points)\n95% paired interval, {hits[baseline].numel()} photos")

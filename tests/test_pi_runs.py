@@ -1,0 +1,177 @@
+"""The homework's Pi runs and task 3's table as the grader scores them (quantlab.pi_runs, quantlab.grading).
+
+Fixed, hand-made runs and model grades: what mobile_net.py --json writes on a Pi (CI has none), with the
+numbers chosen so that every rule is hit once. The end-to-end path with real models is in test_grade.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quantlab import grading, pi_runs
+from quantlab.errors import KitError
+from quantlab.grading import ModelGrade, StudentGrade
+
+RUBRIC = grading.load_rubric(None)
+DEFAULT_SHA, OPEN_SHA, X86_SHA, ONNX_SHA = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+
+
+def models(open_drop: float | None = 0.5) -> list[ModelGrade]:
+    """A submission's graded models: task 5's default qnnpack model, an open one, an x86 one, an ONNX one."""
+    return [
+        ModelGrade("mnv2_qnnpack.pt", "static", "qnnpack", sha256=DEFAULT_SHA, top1_drop=0.3,
+                   granularity="per_channel", observer="histogram", calibration_images=100),
+        ModelGrade("mnv2_open.pt", "static", "qnnpack", sha256=OPEN_SHA, top1_drop=open_drop,
+                   granularity="per_tensor", observer="histogram", calibration_images=100),
+        ModelGrade("mnv2_static.pt", "static", "x86", sha256=X86_SHA, top1_drop=0.1,
+                   granularity="per_channel", observer="histogram", calibration_images=100),
+        ModelGrade("mnv2_open.onnx", "static", None, sha256=ONNX_SHA, top1_drop=0.2),
+    ]  # fmt: skip
+
+
+def pi_run(sha256: str, speed: float, **changes) -> dict:
+    """A run as mobile_net.py --json writes it on a Pi 4: 600 frames from the webcam, every frame inferred in
+    1000 / ``speed`` ms; ``changes`` replace fields afterwards, as a hand edit would."""
+    frames = 600
+    run = {
+        "frames": frames,
+        "inferences": frames,
+        "seconds": 20.0,
+        "mean_fps": 30.0,
+        "model_fps": speed,
+        "stages_ms": {"inference": {"p50_ms": 1e3 / speed, "p95_ms": 1.2e3 / speed, "mean_ms": 1e3 / speed}},
+        "source": "0",
+        "engine": "qnnpack",
+        "model": "mnv2.pt, TorchScript",
+        "model_sha256": sha256,
+        "arch": "aarch64",
+        "cpu": "Raspberry Pi 4 Model B Rev 1.4",
+        "threads": 4,
+        "size": 224,
+        "torch": "2.9.1",
+    }
+    return {**run, **changes}
+
+
+def write(folder: Path, name: str, run: dict) -> Path:
+    path = folder / name
+    path.write_text(json.dumps(run))
+    return path
+
+
+def open_target(tmp_path: Path, default_run: dict, open_run: dict, graded: list[ModelGrade] | None = None):
+    graded = models() if graded is None else graded
+    default, _, why = pi_runs.check_pi_run(write(tmp_path, pi_runs.PI_RUN_FILE, default_run), graded, RUBRIC)
+    assert why is None, why
+    return pi_runs.check_open_run(write(tmp_path, pi_runs.OPEN_RUN_FILE, open_run), default, graded, RUBRIC)
+
+
+def test_the_open_target_is_model_only_fps_over_the_default_models(tmp_path):
+    speedup, why = open_target(tmp_path, pi_run(DEFAULT_SHA, 20.0), pi_run(OPEN_SHA, 25.0))
+    assert why is None and speedup == pytest.approx(1.25)
+    speedup, why = open_target(tmp_path, pi_run(DEFAULT_SHA, 20.0), pi_run(ONNX_SHA, 30.0))  # ONNX Runtime too
+    assert why is None and speedup == pytest.approx(1.5)
+    # a camera caps end-to-end FPS: with both at 30 FPS end to end, the model-only FPS still tells them apart
+    run = pi_run(OPEN_SHA, 40.0, mean_fps=30.0)
+    assert open_target(tmp_path, pi_run(DEFAULT_SHA, 20.0), run)[0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    "default_changes, open_sha, open_changes, graded, reason",
+    [
+        ({}, OPEN_SHA, {"threads": 1}, None, "differ in --threads (1 against 4)"),
+        ({}, OPEN_SHA, {"cpu": "Raspberry Pi 5 Model B Rev 1.0"}, None, "differ in Pi"),
+        ({}, OPEN_SHA, {"size": 160}, None, "differ in --size"),
+        ({}, OPEN_SHA, {"torch": "2.10.0"}, None, "differ in PyTorch"),
+        ({}, DEFAULT_SHA, {}, None, "the default model again"),
+        ({}, X86_SHA, {}, None, "int8 for an x86 engine"),
+        ({}, OPEN_SHA, {}, models(open_drop=1.6), "loses 1.60 points of top-1"),
+        ({}, OPEN_SHA, {}, models(open_drop=None), "top-1 of mnv2_open.pt is unknown"),
+        ({}, OPEN_SHA, {"model_fps": 90.0}, None, "model_fps 90 is not its inferences over the time"),
+        ({"model_fps": 5.0}, OPEN_SHA, {}, None, "model_fps 5 is not its inferences over the time"),
+        ({}, OPEN_SHA, {"source": "samples"}, None, "not a camera"),
+        ({}, "e" * 64, {}, None, "not that of a submitted model"),
+    ],
+)
+def test_the_open_target_counts_only_like_against_like(
+    tmp_path, default_changes, open_sha, open_changes, graded, reason
+):
+    speedup, why = open_target(
+        tmp_path, pi_run(DEFAULT_SHA, 20.0, **default_changes), pi_run(open_sha, 25.0, **open_changes), graded
+    )
+    assert speedup is None and reason in why, why
+
+
+def test_the_open_target_needs_the_default_model_on_the_pi(tmp_path):
+    graded = models()
+    open_path = write(tmp_path, pi_runs.OPEN_RUN_FILE, pi_run(OPEN_SHA, 25.0))
+    speedup, why = pi_runs.check_open_run(open_path, None, graded, RUBRIC)
+    assert speedup is None and "needs a pi_run.json that counts" in why
+    # pi_run.json with the per-tensor model: a slower "default" would make any model look fast
+    default, _, _ = pi_runs.check_pi_run(write(tmp_path, pi_runs.PI_RUN_FILE, pi_run(OPEN_SHA, 20.0)), graded, RUBRIC)
+    speedup, why = pi_runs.check_open_run(open_path, default, graded, RUBRIC)
+    assert speedup is None and "not task 5's default model" in why
+
+
+def student(name: str, speedup: float | None, status: str = "ok") -> StudentGrade:
+    graded = StudentGrade(student=name, status=status, open_speedup=speedup)
+    graded.points = {"accuracy": 30.0, "parts": 20.0, "open": 0.0, "penalty": -10.0 if status == "flagged" else 0.0}
+    graded.score = sum(graded.points.values())
+    return graded
+
+
+def test_the_class_best_sets_full_points_and_a_forger_does_not():
+    students = [student("ada", 1.5), student("ben", 1.25), student("cy", 0.9), student("dan", None),
+                student("eve", 3.0, status="flagged")]  # fmt: skip
+    assert grading.score_open_target(students, RUBRIC) == pytest.approx(1.5)
+    points = {s.student: s.points["open"] for s in students}
+    # on a line from 1.05x (within the noise of two runs: nothing) to the best's 1.5x
+    assert points == pytest.approx({"ada": 15.0, "ben": 15 * 0.2 / 0.45, "cy": 0.0, "dan": 0.0, "eve": 15.0})
+    assert students[0].score == pytest.approx(65.0)
+    fixed = {**RUBRIC, "open": {**RUBRIC["open"], "full_at": 2.05}}
+    again = [student("ada", 1.55)]
+    assert grading.score_open_target(again, fixed) == 2.05 and again[0].points["open"] == pytest.approx(7.5)
+    nobody = [student("ada", 1.04), student("ben", None)]
+    assert grading.score_open_target(nobody, RUBRIC) is None and nobody[0].points["open"] == 0.0
+
+
+def test_task_3_table_needs_four_distinct_models_for_one_engine():
+    def static(granularity: str, observer: str, weights: str, engine: str = "x86", images: int = 100) -> ModelGrade:
+        return ModelGrade(f"{granularity}_{observer}.pt", "static", engine, weights=weights,
+                          granularity=granularity, observer=observer, calibration_images=images)  # fmt: skip
+
+    cells = [
+        ("per_tensor", "minmax"),
+        ("per_tensor", "histogram"),
+        ("per_channel", "minmax"),
+        ("per_channel", "histogram"),
+    ]
+    four = [static(g, o, f"w{i}") for i, (g, o) in enumerate(cells)]
+    assert grading.ptq_table_complete(four)
+    assert not grading.ptq_table_complete(four[:3])
+    # one file handed in four times with four edited sidecars is one model
+    assert not grading.ptq_table_complete([static(g, o, "same") for g, o in cells])
+    # per-tensor on one engine against per-channel on another compares the engines too
+    assert not grading.ptq_table_complete(
+        four[:2] + [static(g, o, f"v{i}", engine="qnnpack") for i, (g, o) in enumerate(cells[2:])]
+    )
+    assert not grading.ptq_table_complete(four[:3] + [static(*cells[3], "w3", images=8)])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"open": {"full_at": "fastest"}}, "'open.full_at' must be a number or 'best'"),
+        ({"open": {"full_at": 0.9}}, "open.zero_at must be below open.full_at"),
+        ({"open": {"max_drop": -1}}, "open.max_drop is the top-1 points"),
+        ({"parts": ["pi", "ptq_tabel"]}, "unknown part 'ptq_tabel'"),
+    ],
+)
+def test_bad_open_target_rubrics_are_named(tmp_path, override, message):
+    path = tmp_path / "rubric.yaml"
+    path.write_text(json.dumps(override))  # JSON is YAML
+    with pytest.raises(KitError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        grading.load_rubric(path)
