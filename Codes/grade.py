@@ -169,7 +169,7 @@ def main() -> int:
         for folder in tqdm(folders, desc="grading", unit="student"):
             try:
                 students.append(grading.grade_student(folder, rubric, baseline, runner))
-            except (KitError, OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+            except (KitError, OSError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as error:
                 # one broken submission must not stop the others; its reason is ours, not an internal text
                 students.append(
                     grading.rejected(
@@ -199,7 +199,8 @@ def main() -> int:
             f"all its points at {open_full_at:.2f}x the default model's Pi model-only FPS"
             + (" (the class's best)" if rubric["open"]["full_at"] == "best" else "")
             if open_full_at
-            else "nobody's Pi run beat the default model: no points given"
+            else f"no pi_open.json that counts beat the default model by more than {rubric['open']['zero_at']:g}x: "
+            "no points given"
         ),
         f"isolation: {sandbox.DESCRIPTIONS[isolation]}; limits per model {runner.timeout:.0f} s, {args.memory_mb} MB",
     ]

@@ -26,6 +26,7 @@ Examples:
 """
 
 import argparse
+import glob
 import sys
 import tempfile
 from collections.abc import Callable
@@ -122,6 +123,17 @@ def check_settings(settings: dict) -> None:
     if output.suffix.lower() == ".json":
         raise KitError(f"--output {output} ends in .json, the sidecar's suffix; name the model FILE.pt")
     files.check_writable(output, "--output", "model.pt")  # fail now, not after calibrating
+    # X.pt and X.onnx would share the sidecar X.json: writing one would leave the other with a wrong sidecar
+    siblings = sorted(
+        other.name
+        for other in output.parent.glob(f"{glob.escape(output.stem)}.*")
+        if other.suffix.lower() in (".pt", ".pth", ".pt2", *models.ONNX_SUFFIXES) and other.name != output.name
+    )
+    if siblings and models.sidecar_path(output).exists():
+        raise KitError(
+            f"{models.sidecar_path(output)} is the sidecar of {siblings[0]} already: name this model "
+            f"differently (e.g. {output.stem}_{settings['format']}{output.suffix}), or delete {siblings[0]} first"
+        )
     settings["output"] = output
 
 

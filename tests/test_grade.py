@@ -1,9 +1,9 @@
 """End-to-end tests of Codes/grade.py: a class of honest students and every kind of bad submission.
 
-The models and numbers are real and made once per module: three models by
-Codes/quantize_model.py (static per-channel for x86, task 5's default static
-model for the Pi's qnnpack, a per-tensor one for qnnpack as the open target,
-dynamic) calibrated on 8 photos, one Codes/benchmark.py report on 16 held-out
+The models and numbers are real and made once per module: models by
+Codes/quantize_model.py (static per-channel for x86 and the other three cells of
+task 3's table, task 5's default static model for the Pi's qnnpack, a
+per-tensor one for qnnpack as the open target, dynamic) calibrated on 8 photos, one Codes/benchmark.py report on 16 held-out
 photos, one Codes/mobile_net.py --json run. Honest students hand in
 copies of those files and rows of that report, unchanged; the others break
 one thing each.
@@ -41,6 +41,13 @@ MEASURE = (
     "2",
 )
 MODELS = {"static": "mnv2_static.pt", "dynamic": "mnv2_dynamic.pt", "pi": "mnv2_qnnpack.pt", "open": "mnv2_open.pt"}
+# task 3's table: with mnv2_static.pt (x86, per-channel, histogram), the other three cells on the same engine
+TABLE = {
+    "per_tensor_minmax": ("per_tensor", "minmax"),
+    "per_tensor_histogram": ("per_tensor", "histogram"),
+    "per_channel_minmax": ("per_channel", "minmax"),
+}
+MODELS |= {name: f"ptq_{name}.pt" for name in TABLE}
 # Timings on a shared CI machine are noise (tests assert behaviour, not speed): no speed points and no
 # speed-up flags here; test_claim_checks covers the speed-up check with fixed numbers.
 # 16 photos: one photo is 6.25 points, so the open target's 1-point limit is test_pi_runs.py's to check.
@@ -92,7 +99,10 @@ def made(tmp_path_factory, float_weights, sample_photos) -> Path:
         ("--output", folder / MODELS["dynamic"], "--method", "dynamic"),
     ):
         check(run_script("quantize_model.py", *common, *args))
-    models = [arg for name in ("static", "dynamic", "pi", "open") for arg in ("--model", folder / MODELS[name])]
+    for name, (granularity, observer) in TABLE.items():
+        table_cell = ("--granularity", granularity, "--observer", observer, "--engine", "x86", *calibration)
+        check(run_script("quantize_model.py", *common, "--output", folder / MODELS[name], *table_cell))
+    models = [arg for name in MODELS for arg in ("--model", folder / MODELS[name])]
     check(
         run_script(
             "benchmark.py",
@@ -175,11 +185,12 @@ def submissions(made, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("submissions")
     marker = root.parent / "pickle_ran_code"
     static, dynamic, pi = MODELS["static"], MODELS["dynamic"], MODELS["pi"]
+    table = tuple(TABLE)
     hand_in(
         root / "ada",
         made,
-        ("fp32", "static", "dynamic", "pi", "open"),
-        (static, dynamic, pi, MODELS["open"], "pi_run.json", "pi_open.json"),
+        ("fp32", "static", "dynamic", "pi", "open", *table),
+        (static, dynamic, pi, MODELS["open"], *(MODELS[name] for name in table), "pi_run.json", "pi_open.json"),
     )
     hand_in(root / "ben", made, ("fp32", "static"), (static,))
     hand_in(root / "cy", made, ("fp32", "dynamic"), (dynamic,))
@@ -230,6 +241,15 @@ def submissions(made, tmp_path_factory) -> tuple[Path, Path]:
         (),
         lambda report, folder: shutil.copy(made / dynamic, folder / static),
     )
+    forged = json.loads((made / "pi_open.json").read_text())
+    forged.update(model_fps=forged["model_fps"] * 2, inferences=forged["inferences"] * 2)  # the times untouched
+    hand_in(
+        root / "gil_forged_open",
+        made,
+        ("fp32", "static", "dynamic", "pi", "open"),
+        (static, dynamic, pi, MODELS["open"], "pi_run.json"),
+    )
+    (root / "gil_forged_open" / "pi_open.json").write_text(json.dumps(forged))
     (root / "notes.txt").write_text("files beside the student folders are not students\n")
     rubric = root.parent / "test_rubric.yaml"
     rubric.write_text(yaml.safe_dump(TEST_RUBRIC))
@@ -259,6 +279,7 @@ EXPECTED_REASONS = {
     "jon_full_pickle": ("problems", ["mnv2_static.pt does not load", "a torch.save of a Python object"]),
     "kim_broken": ("problems", ["mnv2_static.pt does not load"]),
     "lea_swapped": ("flagged", ["mnv2_static.pt: sha256 differs from benchmark.json"]),
+    "gil_forged_open": ("flagged", ["pi_open.json: 6 inferences in 3 frames: the file was edited"]),
 }
 
 
@@ -281,7 +302,7 @@ def test_honest_students_are_ranked_by_the_rubric(remeasured, made):
     assert float(ada["score"]) - float(ben["score"]) == pytest.approx(
         float(ada["points_parts"]) + float(ada["points_open"]) - float(ben["points_parts"]), abs=0.11
     )
-    assert (ada["parts"], ada["missing_parts"]) == ("baseline dynamic static pi", "ptq_table qat")
+    assert (ada["parts"], ada["missing_parts"]) == ("baseline dynamic static ptq_table pi", "qat")
     # the open target: the only one in the class, so the class's best and all its points
     assert float(ada["pi_open_speedup"]) == pytest.approx(OPEN_SPEEDUP, abs=0.01)
     assert (float(ada["points_open"]), float(ben["points_open"])) == (15.0, 0.0)

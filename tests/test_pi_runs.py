@@ -16,19 +16,25 @@ from quantlab.errors import KitError
 from quantlab.grading import ModelGrade, StudentGrade
 
 RUBRIC = grading.load_rubric(None)
-DEFAULT_SHA, OPEN_SHA, X86_SHA, ONNX_SHA = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+DEFAULT_SHA, OPEN_SHA, X86_SHA, ONNX_SHA, COPY_SHA = "a" * 64, "b" * 64, "c" * 64, "d" * 64, "f" * 64
+MOBILENET_V2 = 3_487_816  # weights and biases, BatchNorm folded: what the grader's loader counts
 
 
-def models(open_drop: float | None = 0.5) -> list[ModelGrade]:
-    """A submission's graded models: task 5's default qnnpack model, an open one, an x86 one, an ONNX one."""
+def models(open_drop: float | None = 0.5, default: dict | None = None) -> list[ModelGrade]:
+    """A submission's graded models: task 5's default qnnpack model, an open one, an x86 one, an ONNX one, and
+    the default re-saved under another name (other bytes, the same answers); ``default`` changes the first."""
     return [
-        ModelGrade("mnv2_qnnpack.pt", "static", "qnnpack", sha256=DEFAULT_SHA, top1_drop=0.3,
+        ModelGrade("mnv2_qnnpack.pt", "static", "qnnpack", **{
+            "sha256": DEFAULT_SHA, "top1_drop": 0.3, "answers": "1" * 64, "granularity": "per_channel",
+            "observer": "histogram", "calibration_images": 100, "parameters": MOBILENET_V2, **(default or {})}),
+        ModelGrade("mnv2_open.pt", "static", "qnnpack", sha256=OPEN_SHA, top1_drop=open_drop, answers="2" * 64,
+                   granularity="per_tensor", observer="histogram", calibration_images=100,
+                   parameters=MOBILENET_V2),
+        ModelGrade("mnv2_static.pt", "static", "x86", sha256=X86_SHA, top1_drop=0.1, answers="3" * 64,
                    granularity="per_channel", observer="histogram", calibration_images=100),
-        ModelGrade("mnv2_open.pt", "static", "qnnpack", sha256=OPEN_SHA, top1_drop=open_drop,
-                   granularity="per_tensor", observer="histogram", calibration_images=100),
-        ModelGrade("mnv2_static.pt", "static", "x86", sha256=X86_SHA, top1_drop=0.1,
-                   granularity="per_channel", observer="histogram", calibration_images=100),
-        ModelGrade("mnv2_open.onnx", "static", None, sha256=ONNX_SHA, top1_drop=0.2),
+        ModelGrade("mnv2_open.onnx", "static", None, sha256=ONNX_SHA, top1_drop=0.2, answers="4" * 64),
+        ModelGrade("mnv2_mine.pt", "static", "qnnpack", sha256=COPY_SHA, top1_drop=0.3, answers="1" * 64,
+                   granularity="per_tensor", observer="minmax", calibration_images=100),
     ]  # fmt: skip
 
 
@@ -66,7 +72,8 @@ def open_target(tmp_path: Path, default_run: dict, open_run: dict, graded: list[
     graded = models() if graded is None else graded
     default, _, why = pi_runs.check_pi_run(write(tmp_path, pi_runs.PI_RUN_FILE, default_run), graded, RUBRIC)
     assert why is None, why
-    return pi_runs.check_open_run(write(tmp_path, pi_runs.OPEN_RUN_FILE, open_run), default, graded, RUBRIC)
+    open_path = write(tmp_path, pi_runs.OPEN_RUN_FILE, open_run)
+    return pi_runs.check_open_run(open_path, default, graded, RUBRIC, MOBILENET_V2)
 
 
 def test_the_open_target_is_model_only_fps_over_the_default_models(tmp_path):
@@ -87,10 +94,17 @@ def test_the_open_target_is_model_only_fps_over_the_default_models(tmp_path):
         ({}, OPEN_SHA, {"size": 160}, None, "differ in --size"),
         ({}, OPEN_SHA, {"torch": "2.10.0"}, None, "differ in PyTorch"),
         ({}, DEFAULT_SHA, {}, None, "the default model again"),
+        ({}, COPY_SHA, {}, None, "the default model again (or a file that computes what it computes)"),
         ({}, X86_SHA, {}, None, "int8 for an x86 engine"),
         ({}, OPEN_SHA, {}, models(open_drop=1.6), "loses 1.60 points of top-1"),
         ({}, OPEN_SHA, {}, models(open_drop=None), "top-1 of mnv2_open.pt is unknown"),
         ({}, OPEN_SHA, {"model_fps": 90.0}, None, "model_fps 90 is not its inferences over the time"),
+        # twice the inferences and twice the FPS, the times untouched: more inferences than frames
+        ({}, OPEN_SHA, {"model_fps": 50.0, "inferences": 1200}, None, "1200 inferences in 600 frames"),
+        ({}, OPEN_SHA, {"model_fps": 1e4, "stages_ms": {"inference": {"mean_ms": 0.1}}}, None, "the rubric's limit"),
+        ({}, OPEN_SHA, {"frames": 10**400}, None, "must be positive numbers"),
+        ({"inferences": 10**400}, OPEN_SHA, {}, None, "has no model-only FPS"),
+        ({}, OPEN_SHA, {"threads": None}, None, "does not record its --threads"),
         ({"model_fps": 5.0}, OPEN_SHA, {}, None, "model_fps 5 is not its inferences over the time"),
         ({}, OPEN_SHA, {"source": "samples"}, None, "not a camera"),
         ({}, "e" * 64, {}, None, "not that of a submitted model"),
@@ -105,14 +119,27 @@ def test_the_open_target_counts_only_like_against_like(
     assert speedup is None and reason in why, why
 
 
+@pytest.mark.parametrize(
+    "default, reason",
+    [
+        ({"granularity": "per_tensor"}, "its sidecar: static, qnnpack, per_tensor, histogram"),
+        ({"parameters": 11_689_512}, "MobileNetV2 with 3,487,816 weights and biases (this one: 11689512)"),
+        ({"top1_drop": 82.0}, "a working MobileNetV2 (this one loses 82.0 points"),
+    ],
+)
+def test_a_slow_stand_in_for_the_default_model_earns_nothing(tmp_path, default, reason):
+    speedup, why = open_target(tmp_path, pi_run(DEFAULT_SHA, 10.0), pi_run(OPEN_SHA, 25.0), models(default=default))
+    assert speedup is None and "not task 5's default model" in why and reason in why, why
+
+
 def test_the_open_target_needs_the_default_model_on_the_pi(tmp_path):
     graded = models()
     open_path = write(tmp_path, pi_runs.OPEN_RUN_FILE, pi_run(OPEN_SHA, 25.0))
-    speedup, why = pi_runs.check_open_run(open_path, None, graded, RUBRIC)
+    speedup, why = pi_runs.check_open_run(open_path, None, graded, RUBRIC, MOBILENET_V2)
     assert speedup is None and "needs a pi_run.json that counts" in why
     # pi_run.json with the per-tensor model: a slower "default" would make any model look fast
     default, _, _ = pi_runs.check_pi_run(write(tmp_path, pi_runs.PI_RUN_FILE, pi_run(OPEN_SHA, 20.0)), graded, RUBRIC)
-    speedup, why = pi_runs.check_open_run(open_path, default, graded, RUBRIC)
+    speedup, why = pi_runs.check_open_run(open_path, default, graded, RUBRIC, MOBILENET_V2)
     assert speedup is None and "not task 5's default model" in why
 
 
@@ -139,9 +166,14 @@ def test_the_class_best_sets_full_points_and_a_forger_does_not():
 
 
 def test_task_3_table_needs_four_distinct_models_for_one_engine():
-    def static(granularity: str, observer: str, weights: str, engine: str = "x86", images: int = 100) -> ModelGrade:
-        return ModelGrade(f"{granularity}_{observer}.pt", "static", engine, weights=weights,
-                          granularity=granularity, observer=observer, calibration_images=images)  # fmt: skip
+    def static(
+        granularity: str, observer: str, answers: str, engine: str = "x86", images: int | None = 100
+    ) -> ModelGrade:
+        # MinMax and histogram models share their weights (the observer sets activation scales): what tells
+        # them apart is what they compute
+        return ModelGrade(f"{granularity}_{observer}.pt", "static", engine, weights=f"weights of {granularity}",
+                          answers=answers, granularity=granularity, observer=observer,
+                          calibration_images=images)  # fmt: skip
 
     cells = [
         ("per_tensor", "minmax"),
@@ -159,6 +191,8 @@ def test_task_3_table_needs_four_distinct_models_for_one_engine():
         four[:2] + [static(g, o, f"v{i}", engine="qnnpack") for i, (g, o) in enumerate(cells[2:])]
     )
     assert not grading.ptq_table_complete(four[:3] + [static(*cells[3], "w3", images=8)])
+    # "one number of calibration photos" cannot be checked when no sidecar says it
+    assert not grading.ptq_table_complete([static(g, o, f"w{i}", images=None) for i, (g, o) in enumerate(cells)])
 
 
 @pytest.mark.parametrize(
@@ -167,6 +201,9 @@ def test_task_3_table_needs_four_distinct_models_for_one_engine():
         ({"open": {"full_at": "fastest"}}, "'open.full_at' must be a number or 'best'"),
         ({"open": {"full_at": 0.9}}, "open.zero_at must be below open.full_at"),
         ({"open": {"max_drop": -1}}, "open.max_drop is the top-1 points"),
+        ({"open": {"zero_at": 0.5}}, "open.zero_at is a speed-up over the default model, at least 1"),
+        ({"open": {"full_at": 10**400}}, "'open.full_at' must be a number or 'best'"),
+        ({"pi": {"max_model_fps": 0}}, "pi.max_fps and pi.max_model_fps must be positive"),
         ({"parts": ["pi", "ptq_tabel"]}, "unknown part 'ptq_tabel'"),
     ],
 )

@@ -227,6 +227,18 @@ def test_bad_input_is_one_error_line_and_leaves_no_file(tmp_path, float_weights,
     assert not list(tmp_path.rglob("*.partial"))
 
 
+def test_two_models_never_share_a_sidecar(tmp_path, float_weights):
+    """mnv2_open.pt and mnv2_open.onnx would both write mnv2_open.json: the second is refused before any work."""
+    (tmp_path / "mnv2_open.pt").write_bytes(b"the student's TorchScript file")
+    sidecar = tmp_path / "mnv2_open.json"
+    sidecar.write_text('{"method": "static"}')
+    output = tmp_path / "mnv2_open.onnx"
+    result = run_in_process("quantize_model.py", "--model", float_weights, "--method", "dynamic", "--output", output)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "mnv2_open.json is the sidecar of mnv2_open.pt already" in result.stderr
+    assert not output.exists() and sidecar.read_text() == '{"method": "static"}'
+
+
 def test_qat_sidecar_records_the_fine_tune(made):
     sidecar = json.loads(made["qat"].with_suffix(".json").read_text())
     assert sidecar["method"] == "qat" and sidecar["calibration"] is None

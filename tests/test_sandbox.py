@@ -131,6 +131,14 @@ def torchscript_bytes(module: nn.Module, folder: Path, name: str) -> bytes:
     return content
 
 
+def onnx_bytes(module: nn.Module, folder: Path, name: str) -> bytes:
+    path = folder / name
+    torch.onnx.export(module.eval(), torch.rand(1, 3, 224, 224), str(path), dynamo=False)
+    content = path.read_bytes()
+    path.unlink()
+    return content
+
+
 def int8_tiny_bytes(seed: int, folder: Path, name: str, engine: str = "x86") -> bytes:
     """An honest student's tiny model: int8 (dynamic quantization of its Linear), as its sidecar says."""
     previous = torch.backends.quantized.engine
@@ -297,6 +305,7 @@ def hostile_class(tmp_path_factory) -> dict:
     hand_in(root / "ned_triple", {"s.pt": (other, "static"), "d.pt": (other, "dynamic"), "q.pt": (other, "qat")})
     # the same weights in another wrapper, and a float model whose sidecar claims QAT
     hand_in(root / "oli_float_claims_qat", {"f.pt": (torchscript_bytes(Tiny(2), work, "f.pt"), "qat")})
+    hand_in(root / "pia_float_onnx_claims_static", {"f.onnx": (onnx_bytes(Tiny(3), work, "f.onnx"), "static")})
     numbers = {
         "nan_size": lambda r: r["results"][1].update(size_mb=math.nan),
         "inf_latency": lambda r: r["results"][1]["latency_ms"].update(median=math.inf),
@@ -438,6 +447,9 @@ def test_copying_is_listed(graded):
     oli = board["oli_float_claims_qat"]  # a sidecar is the student's word; the graph is the file's
     assert "its sidecar says qat, but the model holds no int8 layers" in oli["reasons"]
     assert "qat" not in oli["parts"].split() and oli["status"] == "flagged"
+    pia = board["pia_float_onnx_claims_static"]  # ONNX too: the graph's operators, not the sidecar, say int8
+    assert "its sidecar says static, but the model holds no int8 layers" in pia["reasons"]
+    assert "static" not in pia["parts"].split() and pia["status"] == "flagged"
 
 
 def test_nested_loops_are_refused_and_copies_are_told_by_their_weights(tmp_path):

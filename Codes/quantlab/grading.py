@@ -97,7 +97,8 @@ def _overlay(defaults: dict, overrides: dict, where: str, source: Path) -> dict:
         elif (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
-            or (isinstance(value, float) and not math.isfinite(value))
+            or abs(value) > 1e12  # a typo; and math.isfinite of a 400-digit int would overflow
+            or not math.isfinite(value)
         ):
             allowed = f" or '{default}'" if isinstance(default, str) else ""
             raise KitError(f"rubric {source}: '{name}' must be a number{allowed}, got {clean_text(repr(value), 60)}")
@@ -143,10 +144,12 @@ def load_rubric(path: Path | None) -> dict:
     open_target = rubric["open"]
     if open_target["max_drop"] < 0:
         raise KitError(f"rubric {source}: open.max_drop is the top-1 points the open model may lose, 0 or more")
+    if open_target["zero_at"] < 1:
+        raise KitError(f"rubric {source}: open.zero_at is a speed-up over the default model, at least 1")
     if open_target["full_at"] != "best" and not open_target["zero_at"] < open_target["full_at"]:
         raise KitError(f"rubric {source}: open.zero_at must be below open.full_at (or full_at: best)")
-    if rubric["pi"]["max_fps"] <= 0:
-        raise KitError(f"rubric {source}: pi.max_fps must be positive")
+    if rubric["pi"]["max_fps"] <= 0 or rubric["pi"]["max_model_fps"] <= 0:
+        raise KitError(f"rubric {source}: pi.max_fps and pi.max_model_fps must be positive")
     if rubric["tolerance"]["speedup_factor"] < 1:
         raise KitError(f"rubric {source}: tolerance.speedup_factor is a factor (x/÷), at least 1")
     return rubric
@@ -260,12 +263,13 @@ class Baseline:
 
     size_mb: float
     result: dict | None  # {"top1", "top5", "latency_ms": {"median"}}, None without --remeasure
+    parameters: int | None = None  # MobileNetV2's weights and biases, BatchNorm folded (the loader's count)
 
     @classmethod
     def measure(cls, runner: ModelRunner) -> Baseline:
         loaded = loading.load_any("mobilenet_v2", engine="auto", threads=runner.threads)
         if runner.measure is None:
-            return cls(size_mb=loaded.size_mb, result=None)
+            return cls(size_mb=loaded.size_mb, result=None, parameters=loaded.parameters)
         import torch
 
         with tempfile.TemporaryDirectory(prefix="quantlab-baseline-") as folder:
@@ -279,7 +283,7 @@ class Baseline:
                 f"the fp32 baseline could not be measured in the grader's sandbox ({why}); "
                 "check --data and the memory and time limits"
             )
-        return cls(size_mb=loaded.size_mb, result=numbers)
+        return cls(size_mb=loaded.size_mb, result=numbers, parameters=loaded.parameters)
 
 
 # ---- one student -----------------------------------------------------------------
@@ -302,6 +306,8 @@ class ModelGrade:
     unstable: bool = False  # its re-measured latency was unstable (the grader's machine was busy)
     sha256: str | None = None  # the file's bytes
     weights: str | None = None  # its weights, whatever the file's name or metadata
+    answers: str | None = None  # what it computes (its logits on a fixed input): one model, whatever its bytes
+    parameters: int | None = None  # weights and biases, counted by the grader's child
     # how it was quantized, from its sidecar (the student's word; task 3's table and the open target read it)
     granularity: str | None = None
     observer: str | None = None
@@ -508,11 +514,8 @@ def grade_model(
     method, engine = result.get("method"), result.get("engine")
     if sidecar and sidecar.get("method") and path.suffix.lower() in TORCH_SUFFIXES:
         method = sidecar["method"]
-    if (
-        method in ("static", "dynamic", "qat")
-        and result.get("quantized") is False
-        and path.suffix.lower() in TORCH_SUFFIXES
-    ):  # the sidecar is the student's word; the loaded graph is the file's
+    if method in ("static", "dynamic", "qat") and result.get("quantized") is False:
+        # the sidecar (or ONNX metadata) is the student's word; the loaded graph is the file's
         grade.excluded = (
             f"{name}: its sidecar says {method}, but the model holds no int8 layers (it runs in "
             "fp32): quantize it with Codes/quantize_model.py"
@@ -521,14 +524,13 @@ def grade_model(
         return grade
     grade.method = method if method in KNOWN_METHODS else "int8"
     grade.engine = engine if engine in engines.ENGINE_CHOICES else None
+    grade.answers = _digest(result.get("answers_sha256"))
+    parameters = result.get("parameters")
+    grade.parameters = parameters if isinstance(parameters, int) and not isinstance(parameters, bool) else None
     grade.weights = (
         model_checks.archive_content_hash(path)
         if path.suffix.lower() in TORCH_SUFFIXES
-        else (
-            result.get("weights_sha256")
-            if isinstance(result.get("weights_sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", result["weights_sha256"])
-            else None
-        )
+        else _digest(result.get("weights_sha256"))
     )
     if row["method"] != grade.method:
         flags.append(f"{name}: {REPORT_FILE} says method {row['method']}, its sidecar says {grade.method}")
@@ -554,6 +556,11 @@ def grade_model(
         grade.top1, grade.top1_drop, grade.speedup = row["top1"], claimed["top1_drop"], claimed["speedup"]
     _give_points(grade, rubric)
     return grade
+
+
+def _digest(value: object) -> str | None:
+    """A sha256 the child reported, or None when it is not one."""
+    return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) else None
 
 
 def _check_claims(
@@ -677,13 +684,13 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
     if pi_path.exists() or pi_path.is_symlink():
         default_run, student.pi_fps, why = pi_runs.check_pi_run(pi_path, graded, rubric)
         if why:
-            student.problems.append(why)
+            (student.flags if pi_runs.EDITED in why else student.problems).append(why)
         else:
             present.add("pi")
     if open_path.exists() or open_path.is_symlink():
-        student.open_speedup, why = pi_runs.check_open_run(open_path, default_run, graded, rubric)
+        student.open_speedup, why = pi_runs.check_open_run(open_path, default_run, graded, rubric, baseline.parameters)
         if why:
-            student.problems.append(why)
+            (student.flags if pi_runs.EDITED in why else student.problems).append(why)
 
     candidates = [m for m in graded if m.method != "fp32"]
     if runner.measure is None and candidates and reference is None:
@@ -705,12 +712,14 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
 
 def ptq_table_complete(graded: list[ModelGrade]) -> bool:
     """Task 3's table: four static models, per-tensor/per-channel x MinMax/histogram, for one engine and one
-    number of calibration photos, each with its own weights (one file handed in four times is one model)."""
+    number of calibration photos, four distinct models (one file handed in four times is one model)."""
     cells: dict[tuple, dict[tuple[str, str], str]] = {}
     for model in graded:
-        if model.method == "static" and model.granularity and model.observer:
+        if model.method == "static" and model.granularity and model.observer and model.calibration_images:
             group = cells.setdefault((model.engine, model.calibration_images), {})
-            group.setdefault((model.granularity, model.observer), model.weights or model.sha256 or model.file)
+            # the observer changes activation scales only, so two of the four share their weights: models
+            # are told apart by what they compute (one file re-saved with another sidecar computes the same)
+            group.setdefault((model.granularity, model.observer), model.answers or model.sha256 or model.file)
     needed = len(config.GRANULARITIES) * len(config.OBSERVERS)
     return any(len(group) == needed and len(set(group.values())) == needed for group in cells.values())
 

@@ -57,6 +57,12 @@ class LoadedModel:
     sidecar: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # one-line remarks for the user (engine overrides, ...)
     batch_one: bool = False  # takes one photo at a time only (traced or exported for batch 1)
+    onnx_int8: bool = False  # an ONNX file with int8 operators (QuantizeLinear, ConvInteger, ...)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether it computes in int8: a PyTorch int8 engine, or int8 operators in its ONNX graph."""
+        return self.engine is not None or (self.format == "onnx" and self.onnx_int8)
 
 
 def count_parameters(model: Callable) -> int | None:
@@ -403,6 +409,7 @@ def _load_onnx(path: Path, threads: int, input_size: int) -> LoadedModel:
         sha256=sha256_of(path),
         method=made.get("method") or ("int8" if quantized else "fp32"),
         sidecar=made,
+        onnx_int8=quantized,
     )
 
 

@@ -8,13 +8,16 @@ inside the sandbox. It reads one JSON request on stdin:
               "runs": 50, "warmup": 10}}
 
 and writes one JSON object on its original stdout (anything the model or torch
-prints goes to stderr): ``{"ok": true, "method", "engine", "shape",
-"weights_sha256", "measured": {...} | null}`` or ``{"ok": false, "reason": ...}``.
+prints goes to stderr): ``{"ok": true, "method", "engine", "quantized", "parameters",
+"weights_sha256", "answers_sha256", "measured": {...} | null}`` or ``{"ok": false, "reason": ...}``.
+``answers_sha256`` fingerprints what the model computes (its logits on a fixed input): two files that
+answer alike are one model, whatever their bytes, names or sidecars.
 The grader treats all of it as untrusted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -79,6 +82,9 @@ def run(request: dict) -> dict:
     if loaded.engine is not None:
         engines.set_engine(loaded.engine)
     weights = model_checks.onnx_weights_hash(Path(path)) if loaded.format == "onnx" else None
+    with torch.inference_mode():
+        fixed_input = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+        answers = hashlib.sha256(loaded.model(fixed_input).float().contiguous().numpy().tobytes()).hexdigest()
     measured = None
     if request.get("task") == "measure":
         settings = request["data"]
@@ -98,8 +104,10 @@ def run(request: dict) -> dict:
         "ok": True,
         "method": loaded.method,
         "engine": loaded.engine,
-        "quantized": loaded.engine is not None,
+        "quantized": loaded.quantized,
+        "parameters": loaded.parameters,
         "weights_sha256": weights,
+        "answers_sha256": answers,
         "measured": measured,
     }
 

@@ -35,6 +35,8 @@ MAX_PI_RUN_BYTES = 256 << 10  # a mobile_net.py --json summary is about 2 kB
 PI_ARCHES = ("aarch64",)  # 64-bit Raspberry Pi OS (labs/01_pi_setup_and_realtime.md)
 FPS_TOLERANCE = 0.05  # an FPS against the frames and seconds it was computed from
 MADE_BY = "Codes/mobile_net.py --json on the Pi"
+EDITED = "the file was edited"  # in a reason: numbers that disagree with each other (the grader flags it)
+OWN_OUTPUT = "hand in the demo's own output"
 # what must match between the two runs for their model-only FPS to be compared (mobile_net.py records each)
 SAME_PI_FIELDS = {"cpu": "Pi", "threads": "--threads", "size": "--size", "torch": "PyTorch"}
 # task 5's command: quantize_model.py --method static --engine qnnpack with the default granularity and observer
@@ -49,6 +51,17 @@ class PiRun:
     run: dict
     fps: float  # end to end, what the student saw
     models: list[ModelGrade]  # the graded files with the sha256 the run recorded (identical copies share it)
+
+
+def _number(value: object) -> float | None:
+    """A positive, finite JSON number as a float; None for anything else (bools, strings, 400-digit ints)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
 
 
 def _fields_problem(name: str, run: object) -> str | None:
@@ -69,6 +82,34 @@ def _fields_problem(name: str, run: object) -> str | None:
     return None
 
 
+def _run_problem(name: str, run: dict, fps: float, frames: float, seconds: float, rubric: dict) -> str | None:
+    """Why a well-formed summary is not a believable Pi run from a camera; None when it is."""
+    if run["arch"] not in PI_ARCHES or "raspberry pi" not in run["cpu"].lower():
+        return (
+            f"{name} was recorded on {clean_text(run['cpu'], 50)} ({clean_text(run['arch'], 20)}), "
+            "not a Raspberry Pi with 64-bit Raspberry Pi OS: run the demo on the Pi"
+        )
+    source = run["source"]
+    if not (source.isdigit() or source == "picamera2"):
+        return (
+            f"{name} read its frames from '{clean_text(source, 40)}', not a camera: run the demo "
+            "with the webcam (default) or --source picamera2"
+        )
+    if run["engine"] != "qnnpack":
+        return f"{name}: engine {clean_text(run['engine'], 20)}, not qnnpack: not a run on the Pi"
+    minimum = rubric["pi"]["min_frames"]
+    if frames < minimum:
+        return f"{name}: {frames:.0f} frames, the rubric asks for {minimum:g} or more"
+    if not math.isclose(fps, frames / seconds, rel_tol=FPS_TOLERANCE):
+        return f"{name}: mean_fps {fps:g} is not its frames / seconds ({frames / seconds:.1f}): {EDITED}; {OWN_OUTPUT}"
+    if fps > rubric["pi"]["max_fps"]:
+        return (
+            f"{name}: {fps:g} FPS is more than a Raspberry Pi reaches with MobileNetV2 "
+            f"(the rubric's limit is {rubric['pi']['max_fps']:g}); {OWN_OUTPUT}"
+        )
+    return None
+
+
 def read_run(path: Path, graded: list[ModelGrade], rubric: dict) -> tuple[PiRun | None, float | None, str | None]:
     """A Pi run that proves itself: (the run, the FPS to show even when it does not count, why it does not count).
 
@@ -81,52 +122,13 @@ def read_run(path: Path, graded: list[ModelGrade], rubric: dict) -> tuple[PiRun 
     why = why or _fields_problem(name, run)
     if why:
         return None, None, why
-    fps, frames, seconds = run["mean_fps"], run["frames"], run["seconds"]
-    if not all(math.isfinite(value) for value in (fps, seconds)) or fps <= 0 or frames <= 0 or seconds <= 0:
+    fps, frames, seconds = (_number(run[key]) for key in ("mean_fps", "frames", "seconds"))
+    if fps is None or frames is None or seconds is None:
         return None, None, f"{name}: frames, seconds and mean_fps must be positive numbers; run the demo again"
-    shown_fps = float(fps) if fps <= 1e6 else None
-    if run["arch"] not in PI_ARCHES or "raspberry pi" not in run["cpu"].lower():
-        return (
-            None,
-            shown_fps,
-            (
-                f"{name} was recorded on {clean_text(run['cpu'], 50)} ({clean_text(run['arch'], 20)}), "
-                "not a Raspberry Pi with 64-bit Raspberry Pi OS: run the demo on the Pi"
-            ),
-        )
-    source = run["source"]
-    if not (source.isdigit() or source == "picamera2"):
-        return (
-            None,
-            shown_fps,
-            (
-                f"{name} read its frames from '{clean_text(source, 40)}', not a camera: run the demo "
-                "with the webcam (default) or --source picamera2"
-            ),
-        )
-    if run["engine"] != "qnnpack":
-        return None, shown_fps, f"{name}: engine {clean_text(run['engine'], 20)}, not qnnpack: not a run on the Pi"
-    minimum = rubric["pi"]["min_frames"]
-    if frames < minimum:
-        return None, shown_fps, f"{name}: {frames} frames, the rubric asks for {minimum:g} or more"
-    if not math.isclose(fps, frames / seconds, rel_tol=FPS_TOLERANCE):
-        return (
-            None,
-            shown_fps,
-            (
-                f"{name}: mean_fps {fps:g} is not its frames / seconds ({frames / seconds:.1f}): "
-                "the file was edited; hand in the demo's own output"
-            ),
-        )
-    if fps > rubric["pi"]["max_fps"]:
-        return (
-            None,
-            shown_fps,
-            (
-                f"{name}: {fps:g} FPS is more than a Raspberry Pi reaches with MobileNetV2 "
-                f"(the rubric's limit is {rubric['pi']['max_fps']:g}); hand in the demo's own output"
-            ),
-        )
+    shown_fps = fps if fps <= 1e6 else None
+    why = _run_problem(name, run, fps, frames, seconds, rubric)
+    if why:
+        return None, shown_fps, why
     recorded = run.get("model_sha256")
     matching = [model for model in graded if model.sha256 and model.sha256 == recorded]
     if not isinstance(recorded, str) or not matching:
@@ -138,7 +140,7 @@ def read_run(path: Path, graded: list[ModelGrade], rubric: dict) -> tuple[PiRun 
                 "mobile_net.py) is not that of a submitted model that passed the checks"
             ),
         )
-    return PiRun(file=name, run=run, fps=float(fps), models=matching), shown_fps, None
+    return PiRun(file=name, run=run, fps=fps, models=matching), shown_fps, None
 
 
 def check_pi_run(path: Path, graded: list[ModelGrade], rubric: dict) -> tuple[PiRun | None, float | None, str | None]:
@@ -156,38 +158,60 @@ def check_pi_run(path: Path, graded: list[ModelGrade], rubric: dict) -> tuple[Pi
     return pi_run, shown_fps, why
 
 
-def model_fps(pi_run: PiRun) -> tuple[float | None, str | None]:
-    """The run's model-only FPS, checked against the inference times it was computed from."""
+def model_fps(pi_run: PiRun, rubric: dict) -> tuple[float | None, str | None]:
+    """The run's model-only FPS, checked against the inferences and inference times it was computed from."""
     run, name = pi_run.run, pi_run.file
-    fps, inferences = run.get("model_fps"), run.get("inferences")
     try:
         inference_ms = run["stages_ms"]["inference"]["mean_ms"]  # over every frame, skipped ones count 0 ms
     except (KeyError, TypeError):
         inference_ms = None
-    numbers = (fps, inferences, inference_ms)
-    if any(isinstance(value, bool) or not isinstance(value, (int, float)) for value in numbers) or not all(
-        math.isfinite(value) and value > 0 for value in numbers
-    ):
+    fps, inferences, inference_ms = _number(run.get("model_fps")), _number(run.get("inferences")), _number(inference_ms)
+    if fps is None or inferences is None or inference_ms is None:
         return None, f"{name} has no model-only FPS (model_fps, inferences, stages_ms): run mobile_net.py again"
-    from_times = inferences * 1e3 / (inference_ms * run["frames"])
+    frames = float(run["frames"])  # checked by read_run
+    if inferences > frames:
+        return None, f"{name}: {inferences:.0f} inferences in {frames:.0f} frames: {EDITED}; {OWN_OUTPUT}"
+    from_times = inferences * 1e3 / (inference_ms * frames)
     if not math.isclose(fps, from_times, rel_tol=FPS_TOLERANCE):
         return None, (
             f"{name}: model_fps {fps:g} is not its inferences over the time spent in the model "
-            f"({from_times:.1f}): the file was edited; hand in the demo's own output"
+            f"({from_times:.1f}): {EDITED}; {OWN_OUTPUT}"
         )
-    return float(fps), None
+    if fps > rubric["pi"]["max_model_fps"]:
+        return None, (
+            f"{name}: a model-only {fps:g} FPS is more than a Raspberry Pi reaches with MobileNetV2 "
+            f"(the rubric's limit is {rubric['pi']['max_model_fps']:g}); {OWN_OUTPUT}"
+        )
+    return fps, None
 
 
 def recipe_of(model: ModelGrade) -> tuple[str | None, str | None, str | None, str | None]:
     return (model.method, model.engine, model.granularity, model.observer)
 
 
+def _default_problem(model: ModelGrade, rubric: dict, parameters: int | None) -> str | None:
+    """Why ``model`` is not task 5's default model: another recipe, another network, or no working weights.
+
+    A slow stand-in for the default (another network, random weights) would flatter any open model.
+    """
+    if recipe_of(model) != DEFAULT_RECIPE:
+        said = ", ".join(str(word) for word in recipe_of(model))
+        return f"static for qnnpack, {DEFAULT_RECIPE[2]} weights, {DEFAULT_RECIPE[3]} observer (its sidecar: {said})"
+    if parameters is not None and model.parameters != parameters:
+        return f"MobileNetV2 with {parameters:,} weights and biases (this one: {model.parameters or 'unknown'})"
+    worst = rubric["accuracy"]["zero_at_drop"]
+    if model.top1_drop is not None and model.top1_drop > worst:
+        return f"a working MobileNetV2 (this one loses {model.top1_drop:.1f} points of top-1, more than {worst:g})"
+    return None
+
+
 def check_open_run(
-    path: Path, default: PiRun | None, graded: list[ModelGrade], rubric: dict
+    path: Path, default: PiRun | None, graded: list[ModelGrade], rubric: dict, parameters: int | None = None
 ) -> tuple[float | None, str | None]:
     """The open target: (``pi_open.json``'s model-only FPS over ``pi_run.json``'s, why it earns nothing).
 
-    ``default`` is the checked ``pi_run.json`` (None when it did not count).
+    ``default`` is the checked ``pi_run.json`` (None when it did not count); ``parameters``: MobileNetV2's
+    count as the grader's loader counts it, which the default model must have.
     """
     name = path.name
     if default is None:
@@ -195,34 +219,41 @@ def check_open_run(
             f"{name} needs a {PI_RUN_FILE} that counts (task 5's default model on the same Pi): "
             "the open target is measured against it"
         )
-    default_models = [model for model in default.models if recipe_of(model) == DEFAULT_RECIPE]
-    if not default_models:
+    problems = [_default_problem(model, rubric, parameters) for model in default.models]
+    if all(problems):
         return None, (
-            f"{name}: {default.file} ran {clean_text(default.models[0].file, 60)}, not task 5's default model "
-            f"(static for qnnpack, {DEFAULT_RECIPE[2]} weights, {DEFAULT_RECIPE[3]} observer): the open target "
-            "is measured against that one"
+            f"{name}: {default.file} ran {clean_text(default.models[0].file, 60)}, not task 5's default model, "
+            f"which is {problems[0]}: the open target is measured against that one"
         )
+    reference = default.models[problems.index(None)]
     opened, _, why = read_run(path, graded, rubric)
     if why:
         return None, why
     candidates = [
         model
         for model in opened.models
-        if model.method != "fp32" and model.engine in ("qnnpack", None) and model.sha256 != default_models[0].sha256
+        if model.method != "fp32"
+        and model.engine in ("qnnpack", None)
+        and model.sha256 != reference.sha256
+        and (model.answers is None or model.answers != reference.answers)  # the default re-saved is the default
     ]
     if not candidates:
         return None, (
-            f"{name} ran {clean_text(opened.models[0].file, 60)}, which is the default model again, fp32, or int8 "
-            f"for an x86 engine: run your own int8 model (qnnpack TorchScript or ONNX) on the Pi"
+            f"{name} ran {clean_text(opened.models[0].file, 60)}: the default model again (or a file that computes "
+            "what it computes), fp32, or int8 for an x86 engine: run your own int8 model (qnnpack TorchScript or "
+            "ONNX) on the Pi"
         )
     for field, what in SAME_PI_FIELDS.items():
-        if opened.run.get(field) != default.run.get(field):
+        mine, theirs = opened.run.get(field), default.run.get(field)
+        if mine is None or theirs is None:
+            return None, f"{name} or {default.file} does not record its {what}: run mobile_net.py again"
+        if mine != theirs:
             return None, (
-                f"{name} and {default.file} differ in {what} ({clean_text(opened.run.get(field), 40)} against "
-                f"{clean_text(default.run.get(field), 40)}): run both on the same Pi with the same settings"
+                f"{name} and {default.file} differ in {what} ({clean_text(mine, 40)} against "
+                f"{clean_text(theirs, 40)}): run both on the same Pi with the same settings"
             )
-    open_fps, why = model_fps(opened)
-    default_fps, default_why = model_fps(default)
+    open_fps, why = model_fps(opened, rubric)
+    default_fps, default_why = model_fps(default, rubric)
     if why or default_why:
         return None, why or default_why
     best = min(candidates, key=lambda model: model.top1_drop if model.top1_drop is not None else math.inf)
