@@ -12,6 +12,11 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs two xdist workers on two cores: OpenMP threads that spin while they wait take the core the
+# other worker needs (notebook 4's smoke run took 93 s beside another worker, 14 s alone). Waiting threads sleep
+# instead; every script, notebook kernel and sandboxed model the tests start inherits it. Tests never time.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from quantlab.assets import ASSETS_ENV, FLOAT_WEIGHTS, IMAGENET_SAMPLE, INT8_WEIGHTS, assets_dir
 
 REPO = Path(__file__).resolve().parents[1]
