@@ -43,7 +43,7 @@ from pathlib import Path
 
 from quantlab import config, engines, files, loading, model_checks, models, pi_runs, report, sandbox
 from quantlab.errors import KitError
-from quantlab.untrusted import clean_text, link_problem, read_json_file
+from quantlab.untrusted import clean_text, finite_number, link_problem, read_json_file
 
 REPORT_FILE = "benchmark.json"  # Codes/benchmark.py --json
 PI_RUN_FILE, OPEN_RUN_FILE = pi_runs.PI_RUN_FILE, pi_runs.OPEN_RUN_FILE  # Codes/mobile_net.py --json, on the Pi
@@ -94,12 +94,7 @@ def _overlay(defaults: dict, overrides: dict, where: str, source: Path) -> dict:
             merged[key] = value
         elif isinstance(default, str) and value == default:  # a word the rubric allows instead of a number
             merged[key] = value
-        elif (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or abs(value) > 1e12  # a typo; and math.isfinite of a 400-digit int would overflow
-            or not math.isfinite(value)
-        ):
+        elif finite_number(value, low=-1e12, high=1e12) is None:  # not a number, NaN, or a typo's 400 digits
             allowed = f" or '{default}'" if isinstance(default, str) else ""
             raise KitError(f"rubric {source}: '{name}' must be a number{allowed}, got {clean_text(repr(value), 60)}")
         else:
@@ -232,22 +227,13 @@ class ModelRunner:
         return self.cache[key]
 
 
-def _number(value: object, low: float = 0.0, high: float = 1e9, strict_low: bool = False) -> float | None:
-    """A finite number within [low, high] from a child's answer, or None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    if value < low or value > high or (strict_low and value == low):
-        return None
-    return float(value)
-
-
 def measured_numbers(result: dict) -> dict | None:
     """The measurement a child reported, when every number in it is believable; None otherwise."""
     measured = result.get("measured")
     if not isinstance(measured, dict) or not isinstance(measured.get("latency_ms"), dict):
         return None
-    median = _number(measured["latency_ms"].get("median"), 0.0, 1e7, strict_low=True)
-    top1, top5 = _number(measured.get("top1"), 0, 100), _number(measured.get("top5"), 0, 100)
+    median = finite_number(measured["latency_ms"].get("median"), 0.0, 1e7, strict_low=True)
+    top1, top5 = finite_number(measured.get("top1"), 0, 100), finite_number(measured.get("top5"), 0, 100)
     if median is None or top1 is None or top5 is None:
         return None
     return {"top1": top1, "top5": top5, "latency_ms": {"median": median}, "unstable": measured.get("unstable") is True}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quantlab import config
-from quantlab.untrusted import clean_text, read_json_file
+from quantlab.untrusted import clean_text, finite_number, read_json_file
 
 if TYPE_CHECKING:  # grading imports this module: the type only
     from quantlab.grading import ModelGrade
@@ -51,17 +51,6 @@ class PiRun:
     run: dict
     fps: float  # end to end, what the student saw
     models: list[ModelGrade]  # the graded files with the sha256 the run recorded (identical copies share it)
-
-
-def _number(value: object) -> float | None:
-    """A positive, finite JSON number as a float; None for anything else (bools, strings, 400-digit ints)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) and number > 0 else None
 
 
 def _fields_problem(name: str, run: object) -> str | None:
@@ -122,7 +111,7 @@ def read_run(path: Path, graded: list[ModelGrade], rubric: dict) -> tuple[PiRun 
     why = why or _fields_problem(name, run)
     if why:
         return None, None, why
-    fps, frames, seconds = (_number(run[key]) for key in ("mean_fps", "frames", "seconds"))
+    fps, frames, seconds = (finite_number(run[key], strict_low=True) for key in ("mean_fps", "frames", "seconds"))
     if fps is None or frames is None or seconds is None:
         return None, None, f"{name}: frames, seconds and mean_fps must be positive numbers; run the demo again"
     shown_fps = fps if fps <= 1e6 else None
@@ -165,7 +154,9 @@ def model_fps(pi_run: PiRun, rubric: dict) -> tuple[float | None, str | None]:
         inference_ms = run["stages_ms"]["inference"]["mean_ms"]  # over every frame, skipped ones count 0 ms
     except (KeyError, TypeError):
         inference_ms = None
-    fps, inferences, inference_ms = _number(run.get("model_fps")), _number(run.get("inferences")), _number(inference_ms)
+    fps, inferences, inference_ms = (
+        finite_number(value, strict_low=True) for value in (run.get("model_fps"), run.get("inferences"), inference_ms)
+    )
     if fps is None or inferences is None or inference_ms is None:
         return None, f"{name} has no model-only FPS (model_fps, inferences, stages_ms): run mobile_net.py again"
     frames = float(run["frames"])  # checked by read_run

@@ -74,13 +74,15 @@ def paired_difference(
     }
 
 
+def reading(difference: dict) -> str:
+    """noise (the interval contains 0), better or worse: how to read a ``paired_difference``."""
+    return "noise" if difference["noise"] else ("better" if difference["difference"] > 0 else "worse")
+
+
 def describe(difference: dict, name_a: str, name_b: str) -> str:
     """One line: the difference, its interval, the discordant photos and the verdict."""
-    verdict = (
-        "noise: these photos cannot tell them apart"
-        if difference["noise"]
-        else f"{name_a} is {'better' if difference['difference'] > 0 else 'worse'}"
-    )
+    read = reading(difference)
+    verdict = "noise: these photos cannot tell them apart" if read == "noise" else f"{name_a} is {read}"
     return (
         f"{name_a} - {name_b}: {difference['difference']:+.2f} points, {100 * difference['confidence']:.0f}% "
         f"interval [{difference['low']:+.2f}, {difference['high']:+.2f}] on {difference['photos']} photos "
@@ -109,10 +111,9 @@ def difference_table(hits: dict[str, torch.Tensor], baseline: str) -> str:
             continue
         difference = paired_difference(model_hits, hits[baseline])
         interval = f"{difference['difference']:+.2f} [{difference['low']:+.2f}, {difference['high']:+.2f}]"
-        reading = "noise" if difference["noise"] else ("better" if difference["difference"] > 0 else "worse")
         lines.append(
             f"{name[:27]:<28}{top1:>8.2f}  {interval:<44}{difference['mcnemar_p']:>10.3f}{difference['only_a']:>15}"
-            f"{difference['only_b']:>{width}}  {reading}"
+            f"{difference['only_b']:>{width}}  {reading(difference)}"
         )
     photos = next(iter(hits.values())).numel()
     lines.append(f"{photos} photos; reading: noise when the 95% paired-bootstrap interval contains 0")

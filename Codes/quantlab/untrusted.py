@@ -7,6 +7,7 @@ its part of a submission, never the grading run.
 from __future__ import annotations
 
 import json
+import math
 import stat
 from pathlib import Path
 
@@ -57,3 +58,17 @@ def read_json_file(path: Path, limit: int, made_by: str) -> tuple[object, str | 
 
 def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+def finite_number(value: object, low: float = 0.0, high: float = math.inf, strict_low: bool = False) -> float | None:
+    """A JSON number within [low, high] (above ``low`` with ``strict_low``) as a float; None for anything else:
+    bools, strings, NaN, infinities, and integers too large for a float (a 400-digit int)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    if not math.isfinite(number) or number < low or number > high or (strict_low and number == low):
+        return None
+    return number
