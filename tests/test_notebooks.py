@@ -6,9 +6,13 @@ kernel, with ``QUANTLAB_SMOKE=1`` (few photos, short training, few timing runs)
 and the working folder set to a temporary directory (what a notebook writes
 lands there). At each exercise the same kernel first runs the student edition's
 cell (``notebooks/student/``) and its self-check, which must stop with "your
-code here", then the solution. They need the offline assets (weights and sample
-photos): without them they skip. A failing cell fails its test with the cell's
-source and traceback.
+code here"; then every wrong answer and shortcut that
+``tests/wrong_answers/<notebook>.yaml`` lists for that exercise, each followed by
+the self-check, which must reject it with an AssertionError (its message tells the
+student what is wrong); then the solution. The self-check is the next code cell
+after the exercise. They need the offline assets (weights and sample photos):
+without them they skip. A failing cell fails its test with the cell's source and
+traceback.
 """
 
 from __future__ import annotations
@@ -38,10 +42,19 @@ def test_there_are_notebooks() -> None:
     assert len(NOTEBOOKS) >= 5, f"expected the course notebooks in {REPO / project.NOTEBOOKS_DIR}"
 
 
+MIN_WRONG_ANSWERS = 2  # plausible mistakes fed to each exercise's self-check, shortcuts besides
+MAX_MARKDOWN_WORDS = 7000  # all solution notebooks together: explain once, link the rest (labs/measuring.md)
+
+
+def _self_check(cells: list, index: int) -> int:
+    """The index of an exercise's self-check: the next code cell."""
+    return next(k for k in range(index + 1, len(cells)) if cells[k].cell_type == "code")
+
+
 def _unwritten_exercise_stops(client: NotebookClient, student: list, index: int) -> str:
     """Run the student edition's exercise cell, then its self-check if the cell itself ran: one of them must stop
     with NotImplementedError("your code here"). Returns where it stopped."""
-    for where in (index, index + 1):
+    for where in (index, _self_check(student, index)):
         cell = copy.deepcopy(student[where])
         try:
             client.execute_cell(cell, where)
@@ -51,6 +64,22 @@ def _unwritten_exercise_stops(client: NotebookClient, student: list, index: int)
             )
             return "exercise" if where == index else "self-check"
     raise AssertionError(f"the student edition's exercise at cell {index} and its self-check ran without the code")
+
+
+def _rejected(client: NotebookClient, cells: list, index: int, answer: dict) -> str | None:
+    """Run one wrong answer in the exercise's place, then the self-check. None if it was rejected with an
+    AssertionError; otherwise what happened instead."""
+    sync = _sync_tool()
+    wrong = copy.deepcopy(cells[index])
+    wrong.source = sync.with_answer(cells[index].source, f"cell {index}", answer["source"])
+    for where, cell in ((index, wrong), (_self_check(cells, index), copy.deepcopy(cells[_self_check(cells, index)]))):
+        try:
+            client.execute_cell(cell, where)
+        except CellExecutionError as error:
+            if error.ename == "AssertionError":
+                return None
+            return f"crashed in cell {where} with {error.ename}: {error.evalue} (a self-check rejects with a message)"
+    return "the self-check accepted it"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
@@ -68,18 +97,25 @@ def test_solutions_run_and_student_exercises_fail_until_written(
     client = NotebookClient(
         nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
-    stops = []
+    answers = _sync_tool().wrong_answers(notebook)
+    pristine = copy.deepcopy(nb.cells)  # nbclient stores each executed cell in nb.cells: keep the solutions
+    stops, accepted = [], []
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
             if student[index].source != cell.source:
                 stops.append(_unwritten_exercise_stops(client, student, index))
+                for answer in answers.get(cell.get("id"), []):
+                    outcome = _rejected(client, pristine, index, answer)
+                    if outcome:
+                        accepted.append(f"cell {cell.get('id')}, {answer['kind']} '{answer['name']}': {outcome}")
             try:
                 client.execute_cell(cell, index)
             except CellExecutionError as error:
                 pytest.fail(f"{notebook.name} failed in smoke mode at cell {index}:\n{error}", pytrace=False)
     assert stops, f"{notebook.name}: no exercise differs between the solution and the student edition"
+    assert not accepted, f"{notebook.name}: self-checks that did not reject a wrong answer:\n" + "\n".join(accepted)
     noise = [
         output.get("text", "")
         for cell in nb.cells
@@ -183,6 +219,39 @@ def _sync_tool():
     return module
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_exercise_has_wrong_answers_for_its_self_check(notebook: Path) -> None:
+    """Each exercise cell holds one marked solution, followed by a self-check, and tests/wrong_answers lists at
+    least two plausible mistakes for it (the smoke run above proves the self-check rejects each)."""
+    sync = _sync_tool()
+    cells = nbformat.read(notebook, as_version=4).cells
+    answers = sync.wrong_answers(notebook)
+    exercises = {}
+    for index, cell in enumerate(cells):
+        if cell.cell_type == "code" and sync.solution_blocks(cell.source, f"{notebook.name} cell {index}"):
+            sync.with_answer(cell.source, f"{notebook.name} cell {index}", "pass")  # exactly one block
+            check = cells[_self_check(cells, index)].source
+            assert not sync.solution_blocks(check, "self-check"), f"{notebook.name} cell {index}: no self-check"
+            exercises[cell.get("id")] = index
+    unknown = sorted(set(answers) - set(exercises))
+    assert not unknown, f"tests/wrong_answers/{notebook.stem}.yaml names cells that hold no exercise: {unknown}"
+    short = [
+        cell_id
+        for cell_id in exercises
+        if sum(answer["kind"] == "wrong" for answer in answers.get(cell_id, [])) < MIN_WRONG_ANSWERS
+    ]
+    assert not short, f"{notebook.name}: exercises with fewer than {MIN_WRONG_ANSWERS} wrong answers: {short}"
+
+
+def test_notebooks_ask_more_than_they_tell() -> None:
+    """The course's size in one line: what students write against what they read."""
+    sync = _sync_tool()
+    counts = [sync.exercise_counts(notebook) for notebook in NOTEBOOKS]
+    total = {key: sum(count[key] for count in counts) for key in counts[0]}
+    assert total["exercises"] >= 25 and total["solution lines"] >= 200, total
+    assert total["markdown words"] <= MAX_MARKDOWN_WORDS, total
+
+
 def test_student_edition_keeps_hints_and_hides_every_solution_line() -> None:
     sync = _sync_tool()
     solution = (
@@ -206,6 +275,18 @@ def test_student_edition_keeps_hints_and_hides_every_solution_line() -> None:
     exec(compile(student.split("\n\n")[0], "exercise", "exec"), namespace)  # the function still defines
     with pytest.raises(NotImplementedError, match="your code here"):
         namespace["f"](1)
+
+
+def test_a_wrong_answer_takes_the_solutions_place_and_keeps_the_hints() -> None:
+    sync = _sync_tool()
+    solution = f"def f(x):\n    {sync.SOLUTION_START}\n    # hint: double it\n    return 2 * x\n    {sync.SOLUTION_END}\n"
+    wrong = sync.with_answer(solution, "cell", "y = x\n\nreturn y")
+    assert "2 * x" not in wrong and "# hint: double it" in wrong and "\n    y = x\n\n    return y\n" in wrong
+    namespace: dict = {}
+    exec(compile(wrong, "wrong", "exec"), namespace)
+    assert namespace["f"](3) == 3
+    with pytest.raises(Exception, match="exactly one"):
+        sync.with_answer(solution + solution, "cell", "pass")
 
 
 @pytest.mark.parametrize(

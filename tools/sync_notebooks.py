@@ -29,6 +29,7 @@ Examples:
     python tools/sync_notebooks.py            # rewrite the notebooks that are out of date
     python tools/sync_notebooks.py --check    # exit 1 and name them, changing nothing (tests run this)
     python tools/sync_notebooks.py notebooks/03_static_ptq.ipynb   # only the notebooks named
+    python tools/sync_notebooks.py --count    # exercises, solution lines, Markdown words, wrong answers per notebook
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import yaml
 
 from quantlab import files, project
 from quantlab.assets import REPO_ROOT
@@ -52,6 +54,8 @@ SOLUTION_END = "# ---- end of your code ----"
 STUDENT_START = "# ---- your code here ----"
 HINT = "# hint:"
 NOT_WRITTEN = 'raise NotImplementedError("your code here")'
+WRONG_ANSWERS = REPO_ROOT / "tests" / "wrong_answers"  # <notebook stem>.yaml: what each self-check must reject
+WRONG_KINDS = ("wrong", "shortcut")  # a plausible mistake; a way around the work that a check must not accept
 STUDENT_NOTE = (
     "**Student edition.** Each exercise is a cell with `your code here`: replace the "
     "`raise NotImplementedError` line with your code, then run the self-check cell after it. "
@@ -98,34 +102,113 @@ def synced(notebook: Path) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-def hide_solutions(source: str, where: str) -> tuple[str, int]:
-    """A code cell's source with each marked solution replaced by its hints and a NotImplementedError."""
-    lines, out, hidden = source.split("\n"), [], 0
-    index = 0
+def solution_blocks(source: str, where: str) -> list[tuple[int, int, str]]:
+    """(marker line, end-marker line, indent) of each marked solution in a code cell's source."""
+    lines, blocks, index = source.split("\n"), [], 0
     while index < len(lines):
         line = lines[index]
+        if line.strip() == SOLUTION_END:
+            raise KitError(f"{where}: '{SOLUTION_END}' without '{SOLUTION_START}' before it")
         if line.strip() != SOLUTION_START:
-            if line.strip() == SOLUTION_END:
-                raise KitError(f"{where}: '{SOLUTION_END}' without '{SOLUTION_START}' before it")
-            out.append(line)
             index += 1
             continue
-        indent = line[: len(line) - len(line.lstrip())]
         end = next((k for k in range(index + 1, len(lines)) if lines[k].strip() == SOLUTION_END), None)
         if end is None:
             raise KitError(f"{where}: '{SOLUTION_START}' without '{SOLUTION_END}' after it")
-        block = lines[index + 1 : end]
-        hints = []
-        for hint in block:
-            if not hint.strip().startswith(HINT):
-                break
-            hints.append(hint)
-        if len(hints) == len(block):
+        if all(hint.strip().startswith(HINT) for hint in lines[index + 1 : end]):
             raise KitError(f"{where}: an exercise marker holds no solution")
-        out += [indent + STUDENT_START, *hints, indent + NOT_WRITTEN, indent + SOLUTION_END]
-        hidden += 1
+        blocks.append((index, end, line[: len(line) - len(line.lstrip())]))
         index = end + 1
-    return "\n".join(out), hidden
+    return blocks
+
+
+def _hints(lines: list[str], start: int, end: int) -> list[str]:
+    hints = []
+    for hint in lines[start + 1 : end]:
+        if not hint.strip().startswith(HINT):
+            break
+        hints.append(hint)
+    return hints
+
+
+def hide_solutions(source: str, where: str) -> tuple[str, int]:
+    """A code cell's source with each marked solution replaced by its hints and a NotImplementedError."""
+    return _replace_solutions(source, where, lambda indent: [indent + NOT_WRITTEN])
+
+
+def with_answer(source: str, where: str, answer: str) -> str:
+    """A solution cell's source with its one marked solution replaced by ``answer`` (another student's code:
+    tests/test_notebooks.py feeds wrong answers and known shortcuts to each self-check this way)."""
+    if len(solution_blocks(source, where)) != 1:
+        raise KitError(f"{where}: an exercise cell holds exactly one marked solution")
+    return _replace_solutions(
+        source, where, lambda indent: [indent + line if line else line for line in answer.rstrip("\n").split("\n")]
+    )[0]
+
+
+def _replace_solutions(source: str, where: str, body) -> tuple[str, int]:
+    lines = source.split("\n")
+    blocks = solution_blocks(source, where)
+    out, previous = [], 0
+    for start, end, indent in blocks:
+        out += lines[previous:start]
+        out += [indent + STUDENT_START, *_hints(lines, start, end), *body(indent), indent + SOLUTION_END]
+        previous = end + 1
+    out += lines[previous:]
+    return "\n".join(out), len(blocks)
+
+
+def solution_lines(source: str, where: str) -> int:
+    """How many non-blank lines of solution (hints left out) a code cell's marked blocks hold."""
+    lines = source.split("\n")
+    return sum(
+        1
+        for start, end, _ in solution_blocks(source, where)
+        for line in lines[start + 1 + len(_hints(lines, start, end)) : end]
+        if line.strip()
+    )
+
+
+def wrong_answers(notebook: Path) -> dict[str, list[dict]]:
+    """The wrong answers and shortcuts fed to each exercise's self-check, by exercise cell id.
+
+    ``tests/wrong_answers/<notebook stem>.yaml`` maps an exercise cell's id to a list of
+    ``{name, kind, source}``: ``kind`` is ``wrong`` (a plausible mistake) or ``shortcut`` (a way around the
+    work), ``source`` the code put between the cell's markers in place of the solution.
+    """
+    path = WRONG_ANSWERS / f"{notebook.stem}.yaml"
+    if not path.is_file():
+        return {}
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(document, dict):
+        raise KitError(f"{path.name}: expected a mapping of exercise cell ids to lists of answers")
+    for cell_id, answers in document.items():
+        if not isinstance(answers, list) or not answers:
+            raise KitError(f"{path.name}: {cell_id}: expected a list of answers")
+        for answer in answers:
+            if not isinstance(answer, dict) or set(answer) != {"name", "kind", "source"}:
+                raise KitError(f"{path.name}: {cell_id}: each answer has exactly name, kind and source")
+            if answer["kind"] not in WRONG_KINDS:
+                raise KitError(f"{path.name}: {cell_id}: {answer['name']}: kind must be one of {WRONG_KINDS}")
+    return document
+
+
+def exercise_counts(notebook: Path) -> dict[str, int]:
+    """Exercises, solution lines, Markdown words, wrong answers and shortcuts of one solution notebook."""
+    nb = nbformat.read(notebook, as_version=4)
+    answers = wrong_answers(notebook)
+    counts = dict.fromkeys(("exercises", "solution lines", "markdown words", *WRONG_KINDS), 0)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            counts["markdown words"] += len(cell.source.split())
+            continue
+        where = f"{notebook.name} cell {index}"
+        counts["exercises"] += len(solution_blocks(cell.source, where))
+        counts["solution lines"] += solution_lines(cell.source, where)
+    for entries in answers.values():
+        for answer in entries:
+            counts[answer["kind"]] += 1
+    return counts
 
 
 def student_edition(solution: Path, solution_text: str) -> str:
@@ -150,6 +233,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to sync (default: all in notebooks/)")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a notebook is out of date")
+    parser.add_argument(
+        "--count", action="store_true", help="change nothing; print each notebook's exercises, lines and words"
+    )
     args = parser.parse_args()
     notebooks = args.notebooks or sorted(NOTEBOOKS.glob("*.ipynb"))
     if not notebooks:
@@ -157,6 +243,14 @@ def main() -> int:
     missing = [str(path) for path in notebooks if not path.is_file()]
     if missing:
         raise KitError(f"no such notebook: {', '.join(missing)}")
+    if args.count:
+        rows = {notebook.name: exercise_counts(notebook) for notebook in notebooks}
+        columns = list(next(iter(rows.values())))
+        print("| notebook | " + " | ".join(columns) + " |")
+        print("| --- |" + " ---: |" * len(columns))
+        for name, counts in [*rows.items(), ("total", {c: sum(r[c] for r in rows.values()) for c in columns})]:
+            print(f"| {name} | " + " | ".join(str(counts[c]) for c in columns) + " |")
+        return 0
     stale = []
     for notebook in notebooks:
         text = synced(notebook)
