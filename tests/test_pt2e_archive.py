@@ -1,6 +1,7 @@
 """A .pt2 file from elsewhere must not run code when opened: pt2e.check_archive refuses, before torch.export.load,
 every entry torch 2.14 would unpickle (weights or constants marked use_pickle, opaque objects, legacy .pt weights,
-sample inputs that need pickle), and archives that are not what torch.export.save writes."""
+sample inputs that need pickle), shape guards that hold Python (torch compiles and runs them at every call), graph
+nodes that call anything but ATen and (de)quantization operators, and archives torch.export.save would not write."""
 
 from __future__ import annotations
 
@@ -140,6 +141,60 @@ def test_every_way_to_unpickle_is_refused_before_loading(honest, tmp_path, make,
     with pytest.raises(KitError, match=message):
         pt2e.load_exported(evil, input_size=8, compile=False)
     assert not marker.exists(), "the file's code ran"
+
+
+def _program(change_program):
+    def change(name: str, data: bytes) -> bytes:
+        if name == "models/model.json":
+            program = json.loads(data)
+            change_program(program)
+            return json.dumps(program).encode()
+        return data
+
+    return change
+
+
+def _guard_that_runs(marker: Path):
+    return _program(lambda program: program.update(guards_code=[f"__import__('os').system('touch {marker}') == 0"]))
+
+
+def _node_that_calls(target: str):
+    node = {"target": target, "inputs": [{"name": "command", "arg": {"as_string": "true"}, "kind": 1}]}
+    return _program(lambda program: program["graph_module"]["graph"]["nodes"].insert(0, {**node, "outputs": []}))
+
+
+def test_torch_itself_runs_a_shape_guard_when_the_program_is_called(honest, tmp_path):
+    """torch.export turns the JSON's guards_code into Python and runs it at every call: a second way in."""
+    marker = tmp_path / "ran"
+    evil = _rewrite(honest, tmp_path / "guard.pt2", _guard_that_runs(marker))
+    torch.export.load(str(evil)).module()(torch.randn(1, 3, 8, 8))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda marker: _guard_that_runs(marker), "a shape guard holds Python code"),
+        (lambda marker: _node_that_calls("torch.os.system"), "calls torch.os.system"),
+        (lambda marker: _node_that_calls("torch.ops.aten.from_file.default"), "calls torch.ops.aten.from_file"),
+        (lambda marker: _node_that_calls("#evil"), "calls #evil"),
+    ],
+    ids=["guard", "torch-attribute", "from-file", "extension"],
+)
+def test_a_program_that_runs_more_than_operators_is_refused(honest, tmp_path, change, message):
+    marker = tmp_path / "ran"
+    evil = _rewrite(honest, tmp_path / "program.pt2", change(marker))
+    with pytest.raises(KitError, match=message):
+        loaded = pt2e.load_exported(evil, input_size=8, compile=False)
+        loaded(torch.randn(1, 3, 8, 8))
+    assert not marker.exists(), "the file's code ran"
+
+
+def test_a_kit_shaped_guard_passes(honest, tmp_path):
+    guarded = _rewrite(
+        honest, tmp_path / "guarded.pt2", _program(lambda p: p.update(guards_code=["L['x'].size()[0] == 1"]))
+    )
+    pt2e.check_archive(guarded)
 
 
 def test_an_archive_torch_could_read_two_ways_is_refused(honest, tmp_path):

@@ -42,6 +42,7 @@ import json
 import logging
 import pickle
 import platform
+import re
 import traceback
 import warnings
 import zipfile
@@ -302,6 +303,54 @@ def _archive_entries(path: Path) -> dict[str, bytes]:
         raise KitError(f"{path} is not a .pt2 archive torch.export.save wrote ({type(error).__name__})") from None
 
 
+# Graph node targets a classifier's exported program calls: ATen and the (de)quantize operators. torch's verifier
+# already refuses most other callables; the kit refuses them before torch reads the graph at all.
+_ALLOWED_TARGET = re.compile(r"torch\.ops\.(aten|quantized_decomposed|torchao|prims)\.\w+\.\w+")
+_REFUSED_OPERATORS = ("from_file",)  # ATen operators that read or write files
+# torch.export's shape guards are Python source that ExportedProgram.module() compiles and runs at each call:
+# a guard may name the inputs (L['x']) and their sizes, nothing else.
+_GUARD_NAMES = {"L", "size", "stride", "and", "or", "not", "True", "False"}
+
+
+def _symbolic_targets() -> set[str]:
+    """The names torch writes for the integer/boolean operations of symbolic shapes (operator.add, math.ceil...)."""
+    try:
+        from torch._export.serde.serialize import _SYM_OPS
+    except ImportError:  # another torch: only ATen targets pass, which a classifier of fixed size needs
+        return set()
+    return {f"{op.__module__}.{op.__name__}" for op in _SYM_OPS if hasattr(op, "__name__")}
+
+
+def _graph_problem(name: str, program: object) -> str | None:
+    """Why an exported program's JSON could run code other than ATen operators, or None."""
+    targets: list[str] = []
+
+    def collect(value: object) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("target", "as_operator") and isinstance(item, str):
+                    targets.append(item)
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    collect(program)
+    symbolic = _symbolic_targets()
+    for target in targets:
+        operator = _ALLOWED_TARGET.fullmatch(target)
+        if (operator is None and target not in symbolic) or (operator and target.split(".")[3] in _REFUSED_OPERATORS):
+            return f"{name} calls {target[:80]}, not an operator of torch.ops.aten or of (de)quantization"
+    guards = program.get("guards_code", []) if isinstance(program, dict) else None
+    if not isinstance(guards, list) or not all(isinstance(guard, str) for guard in guards):
+        return f"{name}: its shape guards are not a list of expressions"
+    for guard in guards:
+        unquoted = re.sub(r"'[^'\\]*'|\"[^\"\\]*\"", "''", guard)
+        if "__" in unquoted or set(re.findall(r"[A-Za-z_]\w*", unquoted)) - _GUARD_NAMES:
+            return f"{name}: a shape guard holds Python code ({guard[:60]!r})"
+    return None
+
+
 def _pickle_free_tensor_file(data: bytes) -> bool:
     """True if ``data`` is empty (torch reads no sample inputs) or a torch.save file that loads with
     weights_only=True (no code can run)."""
@@ -315,8 +364,9 @@ def _pickle_free_tensor_file(data: bytes) -> bool:
 
 
 def check_archive(path: Path) -> None:
-    """Refuse a .pt2 file that torch.export.load would unpickle code from; pass one torch.export.save wrote
-    for a model of tensors and ATen operators (every PT2E file the kit makes)."""
+    """Refuse a .pt2 file that torch.export.load would unpickle code from, or whose program would run Python
+    (shape guards) or operators other than ATen's and (de)quantization; pass one torch.export.save wrote for a
+    model of tensors and ATen operators (every PT2E file the kit makes)."""
     entries = _archive_entries(path)
     refused = f"{path} is refused: it could run code when opened"
     for name, data in entries.items():
@@ -324,6 +374,13 @@ def check_archive(path: Path) -> None:
             continue
         if not name.startswith(_ARCHIVE_FOLDERS):
             raise KitError(f"{refused} ({name} is not part of an exported program)")
+        if name.startswith("models/"):
+            try:
+                problem = _graph_problem(name, json.loads(data))
+            except (ValueError, RecursionError):
+                raise KitError(f"{path}: {name} is not an exported program's JSON") from None
+            if problem:
+                raise KitError(f"{refused} ({problem})")
         if name.startswith("data/sample_inputs/") and not _pickle_free_tensor_file(data):
             raise KitError(f"{refused} ({name}: sample inputs that need pickle)")
         if name.startswith(("data/weights/", "data/constants/")) and name.endswith(".pt"):
