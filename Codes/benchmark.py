@@ -26,7 +26,7 @@ FILE.py:FUNCTION[@WEIGHTS.pth] (importing FILE.py runs its code).
 import argparse
 from pathlib import Path
 
-from quantlab import bench, data, engines, files, loading, report
+from quantlab import bench, data, engines, files, loading, report, vocab
 from quantlab.errors import KitError, run_cli
 
 # ---- settings (command-line flags override them) -----------------------------
@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     parser.add_argument(
         "--engine",
-        choices=engines.ENGINE_CHOICES,
+        choices=vocab.ENGINE_CHOICES,
         default="auto",
         help="int8 engine; auto: a TorchScript file's sidecar engine, else the CPU's fast one",
     )
