@@ -19,6 +19,10 @@ A model is a torchvision name (mobilenet_v2, mobilenet_v2_int8), a state dict
 engine named in its JSON sidecar), an ONNX file (.onnx, run with ONNX Runtime), a PT2E
 exported program (.pt2, compiled with inductor on x86) or your own float model,
 FILE.py:FUNCTION[@WEIGHTS.pth] (importing FILE.py runs its code).
+TorchScript, .pt2 and FILE.py models run code when they load: benchmark.py runs
+those the kit wrote on this account (quantize_model.py, the notebooks) and
+refuses others unless you pass --trust; grade handed-in files with grade.py,
+which runs them in a sandbox.
 --holdout N evaluates on the images left after the first N that
 ``quantize_model.py --calib-images N --seed S`` calibrated on (same --seed).
 """
@@ -26,7 +30,7 @@ FILE.py:FUNCTION[@WEIGHTS.pth] (importing FILE.py runs its code).
 import argparse
 from pathlib import Path
 
-from quantlab import bench, data, engines, files, loading, report, vocab
+from quantlab import bench, data, engines, files, loading, provenance, report, vocab
 from quantlab.errors import KitError, run_cli
 
 # ---- settings (command-line flags override them) -----------------------------
@@ -69,6 +73,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the report (schema quantlab.benchmark/1) here")
     parser.add_argument("--csv", type=Path, help="write one row per model here")
     parser.add_argument("--plot", type=Path, help="write a PNG of top-1 against latency here (needs --data)")
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="run TorchScript, .pt2 and FILE.py models the kit did not write on this account (they run code)",
+    )
     return parser.parse_args()
 
 
@@ -117,6 +126,9 @@ def main() -> int:
     print(f"threads: {threads}; int8 engine: {engine} ({why})")
     batches = evaluation_batches(args)
 
+    # a model file from elsewhere can run code when it loads: refuse before loading any
+    for spec in args.model:
+        provenance.require_trusted(spec, args.trust)
     # load every model before measuring any: a bad file stops the run at once
     loaded = [loading.load_any(spec, args.engine, threads, args.arch, args.size) for spec in args.model]
     names = [model.name for model in loaded]

@@ -279,7 +279,9 @@ def test_student_edition_keeps_hints_and_hides_every_solution_line() -> None:
 
 def test_a_wrong_answer_takes_the_solutions_place_and_keeps_the_hints() -> None:
     sync = _sync_tool()
-    solution = f"def f(x):\n    {sync.SOLUTION_START}\n    # hint: double it\n    return 2 * x\n    {sync.SOLUTION_END}\n"
+    solution = (
+        f"def f(x):\n    {sync.SOLUTION_START}\n    # hint: double it\n    return 2 * x\n    {sync.SOLUTION_END}\n"
+    )
     wrong = sync.with_answer(solution, "cell", "y = x\n\nreturn y")
     assert "2 * x" not in wrong and "# hint: double it" in wrong and "\n    y = x\n\n    return y\n" in wrong
     namespace: dict = {}

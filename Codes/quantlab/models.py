@@ -357,6 +357,9 @@ def save_with_sidecar(output: Path, write_model: Callable[[Path], dict], sidecar
         partial_json.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
         os.replace(partial_model, output)
         os.replace(partial_json, json_path)
+        from quantlab import provenance  # written by the kit here: benchmark.py runs it without --trust
+
+        provenance.remember(output, sidecar["sha256"])
     except (OSError, RuntimeError) as error:  # torch.jit.save raises RuntimeError when it cannot write
         output.unlink(missing_ok=True)  # a model without its sidecar would load on the wrong engine
         reason = getattr(error, "strerror", None) or type(error).__name__

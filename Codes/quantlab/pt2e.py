@@ -12,7 +12,9 @@ FloatFunctional adds); PT2E takes any model that ``torch.export`` can capture:
 4. the result is exported again and saved with ``torch.export.save`` (``.pt2``)
    plus the kit's JSON sidecar.
 
-``load_exported`` reads it back with ``torch.export.load``; on x86 it compiles
+``load_exported`` reads it back with ``torch.export.load``, after ``check_archive``
+has refused every entry that torch would unpickle (a .pt2 from elsewhere must not
+run code when opened); on x86 it compiles
 it with inductor and ``freezing`` (weights become constants, so inductor folds
 the quantize/dequantize pairs into oneDNN int8 kernels: without freezing the
 graph runs float kernels between (de)quantize steps). Without a compiler, or for
@@ -36,10 +38,13 @@ import contextlib
 import importlib
 import inspect
 import io
+import json
 import logging
+import pickle
 import platform
 import traceback
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -274,9 +279,73 @@ class ExportedModel:
         return self.module.parameters()
 
 
+# What a .pt2 archive may hold, under its one top folder: the graph as JSON, raw tensor bytes and their JSON
+# configs, the sample inputs, the version files. torch.export.load unpickles (weights_only=False) any weight or
+# constant marked use_pickle, "opaque" and "custom" objects, legacy data/weights/<model>.pt files and sample
+# inputs that fail to load with weights_only=True: a pickle runs code, so each of these is refused first.
+_ARCHIVE_FILES = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
+_ARCHIVE_FOLDERS = ("models/", "data/weights/", "data/constants/", "data/sample_inputs/", "extra/")
+
+
+def _archive_entries(path: Path) -> dict[str, bytes]:
+    """Every file of a .pt2 archive by its name below the top folder; a KitError if the zip is not plain."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if len(set(names)) != len(names):  # two entries of one name: torch could read the other one
+                raise KitError(f"{path} holds two files of the same name: refused (not what torch.export.save writes)")
+            tops = {name.split("/", 1)[0] for name in names}
+            if len(tops) != 1 or any("/" not in name for name in names):
+                raise KitError(f"{path} is not a .pt2 archive (torch.export.save writes one top folder)")
+            return {name.split("/", 1)[1]: archive.read(name) for name in names if not name.endswith("/")}
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as error:
+        raise KitError(f"{path} is not a .pt2 archive torch.export.save wrote ({type(error).__name__})") from None
+
+
+def _pickle_free_tensor_file(data: bytes) -> bool:
+    """True if ``data`` is empty (torch reads no sample inputs) or a torch.save file that loads with
+    weights_only=True (no code can run)."""
+    if not data:
+        return True
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, TypeError, AttributeError, KeyError):
+        return False
+    return True
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a .pt2 file that torch.export.load would unpickle code from; pass one torch.export.save wrote
+    for a model of tensors and ATen operators (every PT2E file the kit makes)."""
+    entries = _archive_entries(path)
+    refused = f"{path} is refused: it could run code when opened"
+    for name, data in entries.items():
+        if name in _ARCHIVE_FILES:
+            continue
+        if not name.startswith(_ARCHIVE_FOLDERS):
+            raise KitError(f"{refused} ({name} is not part of an exported program)")
+        if name.startswith("data/sample_inputs/") and not _pickle_free_tensor_file(data):
+            raise KitError(f"{refused} ({name}: sample inputs that need pickle)")
+        if name.startswith(("data/weights/", "data/constants/")) and name.endswith(".pt"):
+            raise KitError(f"{refused} ({name}: a legacy pickled weights file)")
+        if not name.endswith("_config.json"):
+            continue
+        try:
+            config = json.loads(data)["config"]
+            entries_config = list(config.items())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise KitError(f"{path}: {name} is not a weights config torch.export.save writes") from None
+        for key, payload in entries_config:
+            if not isinstance(payload, dict) or payload.get("use_pickle") is not False:
+                raise KitError(f"{refused} ({name}: {str(key)[:60]} is stored as a pickle)")
+            if name.startswith("data/constants/") and not str(payload.get("path_name", "")).startswith("tensor_"):
+                raise KitError(f"{refused} ({name}: {str(key)[:60]} is a pickled object, not a tensor)")
+
+
 def _load_program(path: Path) -> torch.export.ExportedProgram:
     if not path.is_file():
         raise KitError(f"model file {path} does not exist; make one with quantize_model.py --model FILE.py:FUNCTION")
+    check_archive(path)
     try:  # registers the quantize/dequantize operators a PT2E file calls
         with _quiet():
             importlib.import_module("torchao.quantization.pt2e")
