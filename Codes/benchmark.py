@@ -30,7 +30,7 @@ which runs them in a sandbox.
 import argparse
 from pathlib import Path
 
-from quantlab import bench, data, engines, files, loading, provenance, report
+from quantlab import bench, data, engines, files, loading, provenance, report, vocab
 from quantlab.errors import KitError, run_cli
 
 # ---- settings (command-line flags override them) -----------------------------
@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     parser.add_argument(
         "--engine",
-        choices=engines.ENGINE_CHOICES,
+        choices=vocab.ENGINE_CHOICES,
         default="auto",
         help="int8 engine; auto: a TorchScript file's sidecar engine, else the CPU's fast one",
     )

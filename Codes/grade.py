@@ -30,8 +30,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from quantlab import bench, engines, grading, sandbox
-from quantlab.errors import KitError, run_cli
+from quantlab import bench, engines
+from quantlab.errors import KitError, at_least, between, run_cli
+from quantlab.grader import leaderboard, records, rubric, runner, sandbox, scoring
 
 # ---- settings (command-line flags override them) -----------------------------
 runs = 50  # timed batch-1 runs per model (with --remeasure)
@@ -40,7 +41,7 @@ batch_size = 16  # images per batch when measuring accuracy
 # -------------------------------------------------------------------------------
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("submissions", type=Path, metavar="SUBMISSIONS_DIR", help="one folder per student")
     parser.add_argument(
@@ -85,7 +86,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--memory-mb", type=int, default=sandbox.Limits.memory_mb, help="memory one model may use, in MB"
     )
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> list[Path]:
@@ -96,18 +97,11 @@ def check_args(args: argparse.Namespace) -> list[Path]:
         )
     if args.remeasure and args.data is None:
         raise KitError("--remeasure needs --data FOLDER: the photos every model is measured on")
-    for name in ("images", "runs"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise KitError(f"--{name} must be at least 1, got {value}")
-    if args.holdout is not None and args.holdout < 1:
-        raise KitError(f"--holdout must be at least 1, got {args.holdout}")
-    if args.warmup < 0:
-        raise KitError(f"--warmup must be 0 or more, got {args.warmup}")
-    if args.timeout is not None and not 1 <= args.timeout <= 86400:
-        raise KitError(f"--timeout must be between 1 and 86400 seconds, got {args.timeout:g}")
-    if not 512 <= args.memory_mb <= 1 << 20:
-        raise KitError(f"--memory-mb must be between 512 and 1048576, got {args.memory_mb}")
+    for flag, value, least in (("--images", args.images, 1), ("--runs", args.runs, 1), ("--holdout", args.holdout, 1)):
+        at_least(flag, value, least)
+    at_least("--warmup", args.warmup, 0)
+    between("--timeout", args.timeout, 1, 86400, " seconds")
+    between("--memory-mb", args.memory_mb, 512, 1 << 20)
     # a link to a folder is listed too: the grader rejects it with its reason rather than grading a classmate's
     folders = sorted(
         p for p in args.submissions.iterdir() if (p.is_dir() or p.is_symlink()) and not p.name.startswith((".", "_"))
@@ -120,91 +114,91 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     return folders
 
 
-def main() -> int:
-    args = parse_args()
-    threads = engines.set_threads(args.threads)  # first: a bad --threads is the user's, not a file's, problem
-    folders = check_args(args)
-    rubric = grading.load_rubric(args.rubric)
-    output = args.output or args.submissions
-    isolation = sandbox.isolation(args.isolation)
-    print(f"isolation: {sandbox.DESCRIPTIONS[isolation]}")
-    engines.resolve_engine("auto")  # measured once here and cached: the children read the cache
-
-    measure = None
-    if args.remeasure:
-        evaluation = bench.evaluation_dataset(args.data, 224, args.holdout, args.images, args.seed)
-        measure = grading.MeasureSettings(
-            data=args.data,
-            holdout=args.holdout,
-            images=args.images,
-            seed=args.seed,
-            batch_size=batch_size,
-            runs=args.runs,
-            warmup=args.warmup,
-            image_count=len(evaluation),
-        )
-        print(
-            f"re-measuring on this machine: {len(evaluation)} images from {args.data}, {args.runs} timed runs, "
-            f"{threads} threads"
-        )
-    elif args.data is not None:
-        print("note: --data is only used with --remeasure; grading the students' claimed numbers")
-    runner = grading.ModelRunner(threads, measure, isolation, args.timeout, args.memory_mb)
-    print(f"limits per model: {runner.timeout:.0f} s, {args.memory_mb} MB")
-    baseline = grading.Baseline.measure(runner)
-    about_baseline = (
-        "baseline fp32 MobileNetV2 "
-        + (
-            f"top-1 {baseline.result['top1']:.1f} %, median {baseline.result['latency_ms']['median']:.2f} ms, "
-            if baseline.result
-            else ""
-        )
-        + f"{baseline.size_mb:.2f} MB"
+def measure_settings(args: argparse.Namespace, threads: int) -> runner.MeasureSettings | None:
+    """With --remeasure, what every model is measured on (the photos are read once here to count them)."""
+    if not args.remeasure:
+        if args.data is not None:
+            print("note: --data is only used with --remeasure; grading the students' claimed numbers")
+        return None
+    evaluation = bench.evaluation_dataset(args.data, 224, args.holdout, args.images, args.seed)
+    print(
+        f"re-measuring on this machine: {len(evaluation)} images from {args.data}, {args.runs} timed runs, "
+        f"{threads} threads"
     )
-    print(about_baseline)
+    return runner.MeasureSettings(
+        data=args.data,
+        holdout=args.holdout,
+        images=args.images,
+        seed=args.seed,
+        batch_size=batch_size,
+        runs=args.runs,
+        warmup=args.warmup,
+        image_count=len(evaluation),
+    )
 
+
+def describe_baseline(baseline: runner.Baseline) -> str:
+    measured = baseline.result
+    numbers = f"top-1 {measured['top1']:.1f} %, median {measured['latency_ms']['median']:.2f} ms, " if measured else ""
+    return f"baseline fp32 MobileNetV2 {numbers}{baseline.size_mb:.2f} MB"
+
+
+def grade_all(
+    folders: list[Path], marks: dict, baseline: runner.Baseline, models: runner.ModelRunner
+) -> tuple[list[records.StudentGrade], bool]:
+    """Every folder graded in turn (one broken submission never stops the others); True when Ctrl-C stopped it."""
     students = []
-    interrupted = False
     try:
         for folder in tqdm(folders, desc="grading", unit="student"):
             try:
-                students.append(grading.grade_student(folder, rubric, baseline, runner))
+                students.append(scoring.grade_student(folder, marks, baseline, models))
             except (KitError, OSError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as error:
-                # one broken submission must not stop the others; its reason is ours, not an internal text
-                students.append(
-                    grading.rejected(
-                        folder,
-                        rubric,
-                        f"the grader could not read this submission ({type(error).__name__}); check its files",
-                    )
-                )
+                # its reason is ours, not an internal text
+                reason = f"the grader could not read this submission ({type(error).__name__}); check its files"
+                students.append(scoring.rejected(folder, marks, reason))
     except KeyboardInterrupt:  # the sandboxed child is killed already; keep what was graded
-        interrupted = True
-    grading.flag_copies(students)
-    open_full_at = grading.score_open_target(students, rubric)
+        return students, True
+    return students, False
 
-    machine = bench.machine_info(threads, engine=None)
-    mode = (
-        f"re-measured on {machine['cpu']} ({threads} threads, torch {machine['torch']}), "
-        f"{measure.image_count} images of {args.data}"
-        if measure
-        else "students' claimed numbers (run with --remeasure to measure them here)"
-    )
+
+def leaderboard_header(
+    args: argparse.Namespace,
+    students: list[records.StudentGrade],
+    folders: list[Path],
+    interrupted: bool,
+    marks: dict,
+    open_full_at: float | None,
+    models: runner.ModelRunner,
+    baseline: runner.Baseline,
+    threads: int,
+) -> list[str]:
+    """The lines above the ranking: what was measured where, the rubric, the open target's bar, the isolation."""
+    measure = models.measure
+    if measure:
+        machine = bench.machine_info(threads, engine=None)
+        mode = (
+            f"re-measured on {machine['cpu']} ({threads} threads, torch {machine['torch']}), "
+            f"{measure.image_count} images of {args.data}"
+        )
+    else:
+        mode = "students' claimed numbers (run with --remeasure to measure them here)"
     stopped = f" (stopped by Ctrl-C: {len(students)} of {len(folders)} folders)" if interrupted else ""
+    if open_full_at:
+        best = " (the class's best)" if marks["open"]["full_at"] == "best" else ""
+        open_line = f"all its points at {open_full_at:.2f}x the default model's Pi model-only FPS{best}"
+    else:
+        open_line = (
+            f"no pi_open.json that counts beat the default model by more than {marks['open']['zero_at']:g}x: "
+            "no points given"
+        )
     header = [
         f"{len(students)} submissions graded{stopped}; numbers: {mode}",
-        f"rubric: {args.rubric or grading.DEFAULT_RUBRIC}; {about_baseline}",
-        "open target (pi_open.json): "
-        + (
-            f"all its points at {open_full_at:.2f}x the default model's Pi model-only FPS"
-            + (" (the class's best)" if rubric["open"]["full_at"] == "best" else "")
-            if open_full_at
-            else f"no pi_open.json that counts beat the default model by more than {rubric['open']['zero_at']:g}x: "
-            "no points given"
-        ),
-        f"isolation: {sandbox.DESCRIPTIONS[isolation]}; limits per model {runner.timeout:.0f} s, {args.memory_mb} MB",
+        f"rubric: {args.rubric or rubric.DEFAULT_RUBRIC}; {describe_baseline(baseline)}",
+        f"open target (pi_open.json): {open_line}",
+        f"isolation: {sandbox.DESCRIPTIONS[models.isolation]}; limits per model {models.timeout:.0f} s, "
+        f"{models.memory_mb} MB",
     ]
-    # student names follow grading.FOLDER_NAME, so they are safe to print in the Markdown header
+    # student names follow intake.FOLDER_NAME, so they are safe to print in the Markdown header
     unstable = [student.student for student in students if any(model.unstable for model in student.models)]
     if measure and (baseline.result["unstable"] or unstable):  # the instructor's machine, not the students
         header.append(
@@ -213,8 +207,31 @@ def main() -> int:
             + (f" and {len(unstable) - 10} more" if len(unstable) > 10 else "")
             + ": speed-ups are unreliable; grade again on a quiet machine"
         )
-    paths = grading.write_leaderboard(students, output, header)
-    print(grading.format_summary(students))
+    return header
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = engines.set_threads(args.threads)  # first: a bad --threads is the user's, not a file's, problem
+    folders = check_args(args)
+    marks = rubric.load_rubric(args.rubric)
+    isolation = sandbox.isolation(args.isolation)
+    print(f"isolation: {sandbox.DESCRIPTIONS[isolation]}")
+    engines.resolve_engine("auto")  # measured once here and cached: the children read the cache
+
+    measure = measure_settings(args, threads)
+    models = runner.ModelRunner(threads, measure, isolation, args.timeout, args.memory_mb)
+    print(f"limits per model: {models.timeout:.0f} s, {args.memory_mb} MB")
+    baseline = runner.Baseline.measure(models)
+    print(describe_baseline(baseline))
+
+    students, interrupted = grade_all(folders, marks, baseline, models)
+    scoring.flag_copies(students)
+    open_full_at = scoring.score_open_target(students, marks)
+
+    header = leaderboard_header(args, students, folders, interrupted, marks, open_full_at, models, baseline, threads)
+    paths = leaderboard.write_leaderboard(students, args.output or args.submissions, header)
+    print(leaderboard.summary_table(students))
     print("\n".join(header))
     print(f"wrote {', '.join(map(str, paths))}")
     if interrupted:

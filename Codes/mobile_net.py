@@ -20,7 +20,7 @@ import cv2
 import torch
 import torchvision
 
-from quantlab import bench, engines, files, labels, loading, models, sources, timing
+from quantlab import bench, engines, files, labels, loading, models, sources, timing, vocab
 from quantlab.errors import KitError, run_cli
 from quantlab.preprocess import Preprocessor
 
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=top, help="how many classes to print")
     parser.add_argument("--size", type=int, default=size, help="input resolution in pixels")
     parser.add_argument("--skip", type=int, default=skip, help="run the model on every K-th frame")
-    parser.add_argument("--engine", choices=engines.ENGINE_CHOICES, default=engine, help="int8 engine")
+    parser.add_argument("--engine", choices=vocab.ENGINE_CHOICES, default=engine, help="int8 engine")
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=jit, help="TorchScript the model")
     model_or_weights = parser.add_mutually_exclusive_group()
     model_or_weights.add_argument("--weights", type=Path, help="a MobileNetV2 state dict (int8 with --quantize)")

@@ -3,7 +3,8 @@
 Three methods, as in the notebooks:
   static   post-training: calibrate activation ranges on a few photos, convert (CNNs: the one to use)
   dynamic  nn.Linear/nn.LSTM only, activations quantized at run time (MobileNetV2 barely changes)
-  qat      quantization-aware training: fine-tune with fake quantization, then convert
+  qat      quantization-aware training: fine-tune with fake quantization (learning from the float
+           model's answers, --qat-loss distill, unless --qat-loss labels), then convert
 
 The output is a TorchScript file (``torch.jit.load`` alone runs it, e.g. on the
 Pi) or, with ``--format onnx``, an ONNX file for ONNX Runtime. A JSON sidecar
@@ -36,35 +37,209 @@ import torch
 import torchvision
 from torch.utils.data import Dataset
 
-from quantlab import bench, config, data, engines, files, memory, models, pt2e, quantize, user_model
+from quantlab import bench, config, data, engines, files, memory, models, pt2e, quantize, user_model, vocab
+from quantlab.config import Setting, integer, number, numbers
 from quantlab.errors import KitError, run_cli
 
-# ---- settings: each is declared once, in quantlab/config.py (SETTINGS: its default, its flag and its key in a
-# --config file); a --config file overrides the defaults, command-line flags override both ----------------------
+# ---- settings: each declared once, here: its default, its flag (--calib-images for calib_images) and its key in
+# a --config file (quantlab/config.py reads them); a --config file overrides the defaults, flags override both ----
 size = 224  # input resolution
-# -------------------------------------------------------------------------------------------------------------
 
-METHOD_ALIASES = {
-    "static": "static",
-    "post_training": "static",
-    "dynamic": "dynamic",
-    "qat": "qat",
-    "quantization_aware": "qat",
+# operation_mode (STM32 model zoo's chains): what one run does, in order
+OPERATION_MODES = {
+    "quantization": ("quantize",),
+    "chain_eqe": ("evaluate", "quantize", "evaluate"),
+    "chain_qb": ("quantize", "benchmark"),
+    "chain_eqeb": ("evaluate", "quantize", "evaluate", "benchmark"),
 }
+
+SETTINGS: dict[str, Setting] = {
+    "model": Setting(
+        "mobilenet_v2",
+        "a torchvision name (mobilenet_v2, resnet18, ...), a fp32 state dict file, your "
+        "own model as FILE.py:FUNCTION (PT2E, output FILE.pt2), or a float ONNX classifier FILE.onnx "
+        "(with --format onnx)",
+        yaml="general.model_path",
+        expected="a torchvision name or a file path",
+    ),
+    "weights": Setting(None, "the fp32 state dict of --model FILE.py:FUNCTION"),
+    "arch": Setting(
+        "mobilenet_v2",
+        "the architecture of a state dict (default mobilenet_v2)",
+        yaml="general.arch",
+        expected="an architecture name",
+    ),
+    "output": Setting(None, "the file to write: FILE.pt (TorchScript), FILE.onnx or FILE.pt2 (PT2E)", Path),
+    "format": Setting(
+        None,
+        "torchscript, onnx or pt2 (default: from --output's suffix)",
+        choices=vocab.FORMATS,
+        yaml="quantization.format",
+        expected="torchscript, onnx or pt2",
+    ),
+    "method": Setting(
+        "static",
+        "static (= post_training), dynamic (nn.Linear/LSTM only), or qat (= quantization_aware)",
+        yaml="quantization.method",
+        expected="static, dynamic or qat",
+    ),
+    "granularity": Setting(
+        "per_channel",
+        "weight scales per output channel, or per_tensor: one per layer",
+        choices=vocab.GRANULARITIES,
+        yaml="quantization.granularity",
+        expected="per_channel or per_tensor",
+    ),
+    "observer": Setting(
+        "histogram",
+        "how activation ranges are estimated",
+        choices=vocab.OBSERVERS,
+        yaml="quantization.observer",
+        expected="histogram or minmax",
+    ),
+    "engine": Setting(
+        "auto",
+        "int8 engine: qnnpack for the Pi; auto picks the fast one for this CPU",
+        choices=vocab.ENGINE_CHOICES,
+        yaml="quantization.engine",
+        expected="an engine name",
+    ),
+    "operation_mode": Setting(
+        "quantization",
+        "quantization, or a chain: chain_eqe (evaluate, quantize, evaluate), "
+        "chain_qb (quantize, benchmark), chain_eqeb (all)",
+        choices=tuple(OPERATION_MODES),
+    ),
+    "calib_data": Setting(
+        None,
+        "a folder of photos (flat, or one folder per class), or imagenette (Colab)",
+        Path,
+        yaml="dataset.quantization_path",
+        convert=Path,
+        expected="a folder",
+    ),
+    "calib_images": Setting(
+        100,
+        "how many photos to calibrate on (default 100)",
+        int,
+        yaml="quantization.calibration_images",
+        convert=integer,
+        expected="an integer",
+    ),
+    "calib_split": Setting(
+        None,
+        "or: the fraction of --calib-data to calibrate on",
+        float,
+        yaml="dataset.quantization_split",
+        convert=number,
+        expected="a fraction between 0 and 1",
+    ),
+    "eval_data": Setting(
+        None,
+        "evaluation photos for the chains (default: the photos of --calib-data not used for calibration)",
+        Path,
+        yaml="dataset.test_path",
+        convert=Path,
+        expected="a folder",
+    ),
+    "eval_images": Setting(None, "evaluate on at most this many photos", int),
+    "train_data": Setting(
+        None,
+        "QAT: labelled photos (default: the calibration subset)",
+        Path,
+        yaml="training.train_path",
+        convert=Path,
+        expected="a folder",
+    ),
+    "epochs": Setting(
+        1, "QAT: passes over the training photos", int, yaml="training.epochs", convert=integer, expected="an integer"
+    ),
+    "lr": Setting(
+        3e-5,
+        "QAT: learning rate (SGD with momentum)",
+        float,
+        yaml="training.learning_rate",
+        convert=number,
+        expected="a number",
+    ),
+    "qat_loss": Setting(
+        "distill",
+        "QAT: distill learns from the float model's predictions (no labels used: notebook 4 shows it keeps "
+        "accuracy where cross-entropy on a few photos loses it), or labels: cross-entropy on the photos' labels",
+        choices=("labels", "distill"),
+        yaml="training.loss",
+        expected="labels or distill",
+    ),
+    "freeze_bn_epoch": Setting(
+        0,
+        "QAT: freeze BatchNorm statistics from this epoch (counted from 0; 0.5 = halfway through the first)",
+        float,
+        yaml="training.freeze_bn_epoch",
+        convert=number,
+        expected="a number of epochs",
+    ),
+    "freeze_observers_epoch": Setting(
+        None,
+        "QAT: freeze int8 ranges from this epoch (default: the last, or halfway through a single epoch)",
+        float,
+        yaml="training.freeze_observers_epoch",
+        convert=number,
+        expected="a number of epochs",
+    ),
+    "seed": Setting(
+        0,
+        "picks the calibration photos and random inputs",
+        int,
+        yaml="dataset.seed",
+        convert=integer,
+        expected="an integer",
+    ),
+    "threads": Setting(
+        None,
+        "CPU threads (default: physical cores)",
+        int,
+        yaml="benchmarking.threads",
+        convert=integer,
+        expected="an integer",
+    ),
+    "runs": Setting(
+        50,
+        "chains with benchmarking: timed runs per model",
+        int,
+        yaml="benchmarking.runs",
+        convert=integer,
+        expected="an integer",
+    ),
+    "warmup": Setting(
+        10,
+        "chains with benchmarking: untimed runs first",
+        int,
+        yaml="benchmarking.warmup",
+        convert=integer,
+        expected="an integer",
+    ),
+    "export_dir": Setting(None, yaml="quantization.export_dir", convert=Path, expected="a folder"),
+    "rescale_scale": Setting(None, yaml="rescaling.scale", convert=numbers, expected="a number or 3 numbers"),
+    "rescale_offset": Setting(None, yaml="rescaling.offset", convert=numbers, expected="a number or 3 numbers"),
+    "color_mode": Setting("rgb", yaml="preprocessing.color_mode", expected="rgb or bgr"),
+    "interpolation": Setting("bilinear", yaml="resizing.interpolation", expected="bilinear"),
+    "aspect_ratio": Setting("crop", yaml="resizing.aspect_ratio", expected="crop"),
+}
+# -------------------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="a YAML file with the settings below (see configs/)")
-    config.add_flags(parser)  # a flag not given stays None: the config file or the default decides
+    config.add_flags(parser, SETTINGS)  # a flag not given stays None: the config file or the default decides
     return parser.parse_args(argv)
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:
-    """The defaults (config.SETTINGS), then the config file, then the flags given on the command line."""
-    from_file = config.load_config(args.config) if args.config is not None else {}
+    """The defaults (SETTINGS), then the config file, then the flags given on the command line."""
+    from_file = config.load_config(args.config, SETTINGS) if args.config is not None else {}
     given = {key: value for key, value in vars(args).items() if value is not None and key != "config"}
-    settings = {**config.defaults(), **from_file, **given}
+    settings = {**config.defaults(SETTINGS), **from_file, **given}
     # the calibration subset is a count or a fraction: the most specific source decides which
     size_keys = ("calib_images", "calib_split")
     chosen = [k for k in size_keys if k in given] or [k for k in size_keys if k in from_file] or ["calib_images"]
@@ -76,11 +251,12 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 def check_settings(settings: dict) -> None:
     """What argparse and the config reader cannot check; fills in the method, format and output."""
-    method = METHOD_ALIASES.get(str(settings["method"]))
-    if method is None:
-        raise KitError(f"unknown --method '{settings['method']}'; use one of {', '.join(METHOD_ALIASES)}")
+    method = vocab.METHOD_ALIASES.get(str(settings["method"]), str(settings["method"]))
+    if method not in vocab.METHODS:
+        known = ", ".join((*vocab.METHODS, *vocab.METHOD_ALIASES))
+        raise KitError(f"unknown --method '{settings['method']}'; use one of {known}")
     settings["method"] = method
-    for key, setting in config.SETTINGS.items():  # argparse checks the flags' choices; a --config file's too
+    for key, setting in SETTINGS.items():  # argparse checks the flags' choices; a --config file's too
         if setting.choices and settings.get(key) is not None and settings[key] not in setting.choices:
             raise KitError(f"unknown {key} '{settings[key]}'; use one of {', '.join(setting.choices)}")
     if settings["calib_images"] is not None and settings["calib_images"] < 1:
@@ -92,7 +268,6 @@ def check_settings(settings: dict) -> None:
     for key in ("epochs", "runs"):
         if settings[key] < 1:
             raise KitError(f"--{key} must be at least 1, got {settings[key]}")
-    config.check_preprocessing(settings)
     output = settings["output"]
     if output is None:
         if settings["export_dir"] is None:
@@ -106,7 +281,7 @@ def check_settings(settings: dict) -> None:
     output = Path(output)
     suffix_format = (
         "onnx"
-        if output.suffix.lower() in models.ONNX_SUFFIXES
+        if output.suffix.lower() in vocab.ONNX_SUFFIXES
         else "pt2"
         if pt2e.is_exported_file(output)
         else "torchscript"
@@ -127,7 +302,7 @@ def check_settings(settings: dict) -> None:
     siblings = sorted(
         other.name
         for other in output.parent.glob(f"{glob.escape(output.stem)}.*")
-        if other.suffix.lower() in (".pt", ".pth", ".pt2", *models.ONNX_SUFFIXES) and other.name != output.name
+        if other.suffix.lower() in vocab.MODEL_SUFFIXES and other.name != output.name
     )
     if siblings and models.sidecar_path(output).exists():
         raise KitError(
@@ -140,7 +315,7 @@ def check_settings(settings: dict) -> None:
 def check_own_model_route(settings: dict, method: str) -> None:
     """Your own model: FILE.py:FUNCTION goes through PT2E (FILE.pt2) or ONNX Runtime, FILE.onnx through ONNX Runtime."""
     model = str(settings["model"])
-    own, onnx_input = user_model.is_user_model_spec(model), Path(model).suffix.lower() in models.ONNX_SUFFIXES
+    own, onnx_input = user_model.is_user_model_spec(model), Path(model).suffix.lower() in vocab.ONNX_SUFFIXES
     if settings["weights"] is not None and not own:
         raise KitError(
             "--weights is the state dict of --model FILE.py:FUNCTION; for a torchvision architecture "
@@ -216,7 +391,7 @@ def load_fp32(name_or_path: str, arch: str) -> torch.nn.Module:
             f"--model '{name_or_path}' is neither a torchvision model name nor an existing file; "
             f"pass one of {', '.join(quantize.QUANTIZABLE_ARCHS)} or the path of a fp32 state dict"
         )
-    if path.suffix.lower() in models.ONNX_SUFFIXES:
+    if path.suffix.lower() in vocab.ONNX_SUFFIXES:
         raise KitError(
             f"{path} is an ONNX file; quantize_model.py starts from PyTorch fp32 weights "
             "(it exports to ONNX itself with --format onnx)"
@@ -238,8 +413,8 @@ def with_preprocessing(dataset: Dataset, settings: dict) -> Dataset:
     """The config's rescaling / colour order, when it differs from the kit's ImageNet normalisation."""
     if settings["rescale_scale"] is None and settings["rescale_offset"] is None and settings["color_mode"] == "rgb":
         return dataset
-    scale, offset = config.default_rescaling()
-    return config.Rescaled(
+    scale, offset = data.default_rescaling()
+    return data.Rescaled(
         dataset, settings["rescale_scale"] or scale, settings["rescale_offset"] or offset, settings["color_mode"]
     )
 
@@ -430,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = resolve_settings(args)
     check_settings(settings)
-    steps = config.OPERATION_MODES[settings["operation_mode"]]
+    steps = OPERATION_MODES[settings["operation_mode"]]
     output, method = settings["output"], settings["method"]
     threads = engines.set_threads(settings["threads"])
     torch.manual_seed(settings["seed"])
@@ -439,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings["format"] == "onnx":
         print("note: ONNX Runtime runs the ONNX file with its own int8 kernels; --engine applies to PyTorch only")
     model = str(settings["model"])
-    if Path(model).suffix.lower() in models.ONNX_SUFFIXES:  # your own ONNX classifier: ONNX Runtime takes the file
+    if Path(model).suffix.lower() in vocab.ONNX_SUFFIXES:  # your own ONNX classifier: ONNX Runtime takes the file
         facts = user_model.check_onnx_classifier(Path(model), size)
         print(
             f"{model}: float ONNX classifier, input '{facts['input_name']}' {facts['input_shape']}, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import runpy
@@ -26,21 +27,22 @@ CODES = REPO / "Codes"
 # Which tests `make test-fast` leaves out, by file: the edit-run loop keeps the in-process checks.
 SLOW_FILES = {
     "test_benchmark.py",
+    "test_errors.py",
     "test_grade.py",
-    "test_onnx.py",
-    "test_own_model.py",
+    "test_grader_sandbox.py",
+    "test_onnx_tools.py",
     "test_quantize.py",
     "test_quantize_model.py",
-    "test_sandbox.py",
     "test_speed_suite.py",
+    "test_user_model.py",
 }
-EMULATION = {"test_pi_emulation.py": None, "test_isa.py": {"test_onnx_runtime_format_is_exact_on_an_avx2_cpu"}}
+EMULATION = {"test_pi_check.py": None, "test_cpu.py": {"test_onnx_runtime_format_is_exact_on_an_avx2_cpu"}}
 NOTEBOOK_FILES = {"test_notebooks.py"}
 
 
 # The longest files first: `make test` runs the files on two workers (pytest-xdist, --dist loadfile), which take
 # them in this order, so the Pi emulation and the notebooks do not start last and leave one worker idle.
-LONGEST_FIRST = ["test_pi_emulation.py", "test_notebooks.py", "test_sandbox.py", "test_isa.py", "test_grade.py"]
+LONGEST_FIRST = ["test_pi_check.py", "test_notebooks.py", "test_grader_sandbox.py", "test_cpu.py", "test_grade.py"]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -109,6 +111,14 @@ def run_in_process(script: str, *args: str, env: dict | None = None) -> subproce
     finally:
         sys.argv = argv
     return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+def load_script(script: str):
+    """``Codes/<script>`` imported as a module (its ``main`` does not run): its settings and functions."""
+    spec = importlib.util.spec_from_file_location(Path(script).stem, CODES / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -9,8 +10,10 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-from conftest import run_in_process
+from conftest import run_in_process, run_script
 
 FPS_LINE = re.compile(r"^FPS\s+[\d.]+", re.M)
 RANK_LINE = re.compile(r"^\s+(\d+)\.\s+(\d+) (.+?)\s+([\d.]+)%$", re.M)
@@ -297,3 +300,32 @@ def test_camera_that_returns_no_frame(monkeypatch):
 def test_bad_flags_exit_2(run):
     result = run("mobile_net.py", "--frames", "0")
     assert result.returncode == 2 and "--frames must be at least 1" in result.stderr
+
+
+def test_demo_names_only_imagenet_classes(tmp_path):
+    path = tmp_path / "ten.pt"
+
+    class Ten(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1).repeat(1, 4)[:, :10]
+
+    torch.jit.save(torch.jit.script(Ten()), str(path))
+    result = run_script(
+        "mobile_net.py",
+        "--model",
+        path,
+        "--source",
+        "samples",
+        "--frames",
+        "2",
+        "--threads",
+        "2",
+        "--json",
+        tmp_path / "run.json",
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "not ImageNet's 1000 classes" in result.stdout and "class 0" in result.stdout
+    assert "tench" not in result.stdout  # ImageNet's class 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["model_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()

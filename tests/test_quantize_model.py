@@ -269,38 +269,6 @@ benchmarking: {{runs: 2, warmup: 1}}
         assert expected in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("quantization:\n  granularty: per_tensor\n", "unknown key 'quantization.granularty'"),
-        ("dataset:\n  seed: one\n", "'dataset.seed' must be an integer"),
-        ("operation_mode: chain_x\n", "operation_mode 'chain_x' is unknown"),
-        ("preprocessing:\n  resizing: {aspect_ratio: fit}\n", "aspect_ratio 'fit' is not supported"),
-        ("preprocessing:\n  rescaling: {scale: [1, 2]}\n", "'rescaling.scale' must be a number or 3 numbers"),
-        ("- a list\n", "must hold sections"),
-        ("general: {model_path: [unclosed\n", "is not valid YAML at line 2"),
-    ],
-)
-def test_config_errors_name_the_key(tmp_path, text, message):
-    from quantlab import config
-    from quantlab.errors import KitError
-
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(KitError, match=re.escape(message)):
-        config.load_config(path)
-
-
-def test_example_configs_are_valid():
-    from quantlab import config
-
-    examples = sorted((Path(__file__).resolve().parents[1] / "configs").glob("quantize_*.yaml"))
-    assert len(examples) >= 3
-    for example in examples:
-        settings = config.load_config(example)
-        assert settings["model"] and settings["operation_mode"] in config.OPERATION_MODES, example
-
-
 def test_onnx_format_and_another_architecture(tmp_path, sample_photos, float_weights):
     """--format onnx runs through ONNX Runtime; a resnet18 state dict (random weights) quantizes with --arch."""
     import torchvision

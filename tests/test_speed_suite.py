@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from quantlab import cpu, engines
+from quantlab import assets, cpu, engines
 from quantlab.errors import KitError
 
 ENGINES = [e for e in torch.backends.quantized.supported_engines if e != "none"]
@@ -126,7 +126,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(run, tmp_path, float
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     """engine auto with an empty cache folder and nothing remembered in this process."""
-    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(engines, "_resolved", {})
     monkeypatch.setattr(engines, "is_arm", lambda: False)
     return tmp_path / "cache" / "engine.json"
@@ -170,7 +170,7 @@ def test_auto_skips_engines_that_fail_and_survives_a_bad_cache(fresh_cache, monk
     assert json.loads(fresh_cache.read_text())[engines._cache_key()]["engine"] == "onednn"
 
     monkeypatch.setattr(engines, "_resolved", {})
-    monkeypatch.setenv(engines.CACHE_ENV, "/proc/no-cache-here")  # not writable: still answers, says so
+    monkeypatch.setenv(assets.CACHE_ENV, "/proc/no-cache-here")  # not writable: still answers, says so
     assert "not cached" in engines.resolve_engine("auto")[1]
 
     monkeypatch.setattr(engines, "_resolved", {})

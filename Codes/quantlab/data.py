@@ -40,8 +40,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from quantlab.assets import IMAGENET_SAMPLE, asset_path
 from quantlab.errors import KitError
 from quantlab.labels import imagenet_classes
-from quantlab.preprocess import to_tensor
-from quantlab.sources import IMAGE_SUFFIXES
+from quantlab.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_tensor
+from quantlab.vocab import IMAGE_SUFFIXES
 
 UNLABELLED = -1  # the label of a photo whose class the kit cannot tell (fine for calibration)
 WNID_PATTERN = re.compile(r"^(n\d{8})(?![0-9])")  # a WordNet id at the start of a name: n01440764_tench.JPEG
@@ -281,3 +281,45 @@ def course_dataset(size: int = 224, root: str | Path = "data") -> tuple[ImageFil
         return image_dataset(offline, size), f"offline ImageNet sample ({offline})"
     dataset = imagenette(root, "val", size)
     return dataset, f"Imagenette val ({len(dataset)} photos, 10 ImageNet classes, in {root})"
+
+
+# ---- another model's input scaling (quantize_model.py --config's preprocessing) ----
+
+
+def default_rescaling() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """torchvision's ImageNet normalisation as scale and offset on 0..255 pixels (per channel)."""
+    scale = tuple(1 / (255 * s) for s in IMAGENET_STD)
+    offset = tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+    return scale, offset
+
+
+class Rescaled(Dataset):
+    """A data set whose images use another rescaling (pixel * scale + offset) or channel order.
+
+    The kit's data sets normalise with ImageNet's mean and std; this undoes that
+    and applies the config's rescaling, for models trained with other inputs.
+    """
+
+    def __init__(
+        self, dataset: Dataset, scale: tuple[float, ...], offset: tuple[float, ...], color_mode: str = "rgb"
+    ) -> None:
+        self.dataset = dataset
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        # normalised -> pixel (0..255) -> pixel * scale + offset, folded into one multiply-add
+        new_scale = torch.tensor(scale).view(-1, 1, 1).expand(3, 1, 1)
+        new_offset = torch.tensor(offset).view(-1, 1, 1).expand(3, 1, 1)
+        self.multiply = 255 * std * new_scale
+        self.add = 255 * mean * new_scale + new_offset
+        self.flip = color_mode == "bgr"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample = self.dataset[index]
+        if sample is None:
+            return None
+        image, label = sample
+        image = image * self.multiply + self.add
+        return (image.flip(0) if self.flip else image), label

@@ -27,12 +27,11 @@ import numpy as np
 import torch
 
 from quantlab import cpu, files
+from quantlab.assets import cache_dir
 from quantlab.errors import KitError
 from quantlab.quantize import qconfig_for, quantize_static
 
-ENGINE_CHOICES = ("auto", "qnnpack", "x86", "fbgemm", "onednn")
 X86_CANDIDATES = ("x86", "onednn")  # the fast int8 engines on x86 CPUs; auto picks the faster
-CACHE_ENV = "QUANTLAB_CACHE"
 PROBE_SECONDS = 0.5  # timing budget of auto's measurement (quantizing the probe for each engine adds to it)
 MAX_THREADS_PER_CPU = 4  # --threads above 4x the logical CPUs is refused (a typo, not an experiment)
 PROBE_MIN_COSINE = 0.98  # an engine whose int8 output strays further from fp32 than this is not "correct"
@@ -81,11 +80,6 @@ def set_engine(engine: str) -> None:
 
 
 # ---- auto on x86: measure once, cache per CPU model and torch version ----------
-
-
-def cache_dir() -> Path:
-    """Where the kit caches what it measured: $QUANTLAB_CACHE, else ~/.cache/quantlab."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "quantlab").expanduser()
 
 
 def _cache_key() -> str:

@@ -3,7 +3,8 @@
 Every tool writes through ``atomic_write`` (a failed run never leaves a
 half-written file), refuses an output it could not write before minutes of
 work (``check_writable``), and records models by ``sha256_of`` (sidecars,
-benchmark reports and the grader compare these).
+benchmark reports and the grader compare these). ``read_yaml`` is the one reader of
+the YAML a user hands the kit (``quantize_model.py --config``, ``grade.py --rubric``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from quantlab.errors import KitError
 
@@ -80,3 +84,39 @@ def sha256_of(path: str | Path) -> str:
 def file_size_mb(path: str | Path) -> float:
     """Size of a file in MB (10^6 bytes)."""
     return os.path.getsize(path) / 1e6
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases: a few hundred bytes of aliases can expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases (*name) are not allowed here; write the values out", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+MAX_YAML_BYTES = 1 << 20  # a settings file is a few hundred bytes
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content, without aliases; a one-line KitError (``what`` names the file's role) otherwise."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise KitError(f"{what} {path} does not exist") from None
+    except OSError as error:
+        raise KitError(f"cannot read {what} {path} ({error.strerror or type(error).__name__})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise KitError(f"{what} {path} is over {MAX_YAML_BYTES // 1024} kB; a settings file is much smaller")
+    try:
+        return yaml.load(raw.decode("utf-8"), Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError:
+        raise KitError(f"{what} {path} is not a text file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        alias = " (aliases are not allowed)" if "alias" in str(error) else ""
+        raise KitError(f"{what} {path} is not valid YAML{where}{alias}") from None

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantlab import engines, models, onnx_tools
+from quantlab import engines, models, onnx_tools, vocab
 from quantlab.errors import KitError
 from quantlab.files import file_size_mb, sha256_of
 
@@ -278,7 +278,7 @@ def _engine_without_sidecar(path: Path, threads: int) -> tuple[str, list[str], t
         else "its int8 weights are per-channel, as the x86 engines' defaults make them"
     )
     failures = []
-    for candidate in dict.fromkeys([guess, fast, *(e for e in engines.ENGINE_CHOICES if e in supported)]):
+    for candidate in dict.fromkeys([guess, fast, *(e for e in vocab.ENGINE_CHOICES if e in supported)]):
         if candidate == "auto":
             continue
         engines.set_engine(candidate)
@@ -445,7 +445,7 @@ def _load_file(spec: str, engine: str, threads: int, arch: str, input_size: int)
         )
     if not path.is_file():
         raise KitError(f"--model {spec} is a folder; pass a model file (.pt, .pth or .onnx)")
-    if path.suffix.lower() in models.ONNX_SUFFIXES:
+    if path.suffix.lower() in vocab.ONNX_SUFFIXES:
         return _load_onnx(path, threads, input_size)
     if models.is_torchscript_file(path):
         return _load_torchscript(path, engine, threads)
@@ -533,7 +533,7 @@ def load_for_demo(path: Path, engine: str, input_size: int, threads: int) -> tup
             print(exported.note)
         how = "torch.compile, inductor" if exported.compiled else "exported program, uncompiled"
         return exported, f"none needed ({how})", f"{path} ({size}, PT2E)"
-    if path.suffix.lower() in models.ONNX_SUFFIXES:
+    if path.suffix.lower() in vocab.ONNX_SUFFIXES:
         return models.load_model_file(path, threads), "none needed (ONNX Runtime)", f"{path} ({size}, ONNX)"
     made_for = models.read_sidecar(path).get("engine")
     if engine == "auto" and made_for:

@@ -22,8 +22,7 @@ from quantlab._quiet import quiet_native_warnings
 from quantlab.assets import ASSETS_ENV, FLOAT_WEIGHTS, INT8_WEIGHTS, asset_path
 from quantlab.errors import KitError
 from quantlab.files import file_size_mb, partial_path, sha256_of  # file_size_mb: the notebooks call it from here
-
-ONNX_SUFFIXES = (".onnx", ".ort")
+from quantlab.vocab import ONNX_SUFFIXES
 
 
 def pretrained_state_dict(weights: torchvision.models.WeightsEnum, offline_asset: str | None) -> tuple[dict, str]:

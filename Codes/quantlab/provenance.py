@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from quantlab import files
+from quantlab.assets import cache_dir
 from quantlab.errors import KitError
 
 RECORD = "made_here.json"
@@ -25,8 +26,6 @@ MAX_ENTRIES = 2000  # newest kept: a course's worth of files, a small JSON
 
 
 def _record_path() -> Path:
-    from quantlab.engines import cache_dir  # torch: only when a record is read or written
-
     return cache_dir() / RECORD
 
 

@@ -29,9 +29,8 @@ from tqdm import tqdm
 
 from quantlab.errors import KitError
 from quantlab.models import torchvision_model
+from quantlab.vocab import GRANULARITIES, OBSERVERS
 
-GRANULARITIES = ("per_channel", "per_tensor")
-OBSERVERS = ("histogram", "minmax")
 # the architectures torchvision.models.quantization provides in an eager-mode quantizable form
 QUANTIZABLE_ARCHS = (
     "mobilenet_v2",

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from quantlab.errors import KitError
+from quantlab.vocab import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # real photos scikit-image ships
 
 

@@ -33,7 +33,7 @@ Debian mirror on the first run. The offline weights come from
 
 Examples::
 
-    # the check CI runs (tests/test_pi_emulation.py): Pi 4 and Pi 5 CPUs
+    # the check CI runs (tests/test_pi_check.py): Pi 4 and Pi 5 CPUs
     python tools/pi_check/pi_check.py
 
     # only the Pi 4, printing everything the emulated programs print

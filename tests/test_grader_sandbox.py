@@ -14,13 +14,12 @@ import json
 import math
 import zipfile
 from pathlib import Path
-from typing import Tuple
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import run_in_process, run_script
+from conftest import run_script
 
 SECRET = "s3cr3t-token-of-the-instructor"
 TEST_RUBRIC = "weights: {speedup: 0}\npi: {min_frames: 3}\ntolerance: {speedup_factor: 1000000000}\n"
@@ -115,11 +114,11 @@ class SetState(Tiny):
     """Code that runs while loading (here harmless; it could call anything forward can)."""
 
     @torch.jit.export
-    def __getstate__(self) -> Tuple[torch.Tensor, bool]:
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
         return (self.fc.weight, self.training)
 
     @torch.jit.export
-    def __setstate__(self, state: Tuple[torch.Tensor, bool]) -> None:
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
         self.training = state[1]
 
 
@@ -329,7 +328,7 @@ def hostile_class(tmp_path_factory) -> dict:
 
 
 def isolations() -> list:
-    from quantlab import sandbox
+    from quantlab.grader import sandbox
 
     works = sandbox.isolation("auto") == sandbox.BWRAP
     return [
@@ -453,7 +452,7 @@ def test_copying_is_listed(graded):
 
 
 def test_nested_loops_are_refused_and_copies_are_told_by_their_weights(tmp_path):
-    from quantlab import model_checks
+    from quantlab.grader import model_checks
 
     assert "nested loops of 100000000 iterations in all" in model_checks.graph_problem(torch.jit.script(Nested()))
     assert model_checks.graph_problem(torch.jit.script(Slow())) is None  # only the time limit stops that one
@@ -512,7 +511,7 @@ def test_onnx_external_data_and_control_flow_are_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from quantlab import model_checks
+    from quantlab.grader import model_checks
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])
@@ -529,105 +528,8 @@ def test_onnx_external_data_and_control_flow_are_refused(tmp_path):
 
 def test_load_time_code_is_refused(tmp_path):
     """torch.jit.load runs a module's __setstate__: refused before anything loads the file."""
-    from quantlab import model_checks
+    from quantlab.grader import model_checks
 
     path = tmp_path / "setstate.pt"
     torch.jit.save(torch.jit.script(SetState().eval()), str(path))
     assert "defines __getstate__" in model_checks.check_code_text(path)
-
-
-@pytest.mark.parametrize(
-    "script, args, message",
-    [
-        ("grade.py", ["{root}", "--rubric", "{bomb}"], "aliases are not allowed"),
-        ("quantize_model.py", ["--config", "{bomb}"], "aliases are not allowed"),
-        ("quantize_model.py", ["--config", "{mode}"], "operation_mode must be one name"),
-        ("grade.py", ["{root}", "--threads", "100000"], "--threads 100000 is more than this machine can use"),
-        ("quantize_model.py", ["--output", "{root}/m.pt", "--threads", "100000"], "--threads 100000"),
-        ("mobile_net.py", ["--source", "samples", "--frames", "1", "--threads", "100000"], "--threads 100000"),
-        ("speed_suite.py", ["--threads", "100000"], "--threads 100000"),
-        ("benchmark.py", ["--model", "{tiny_onnx}", "--runs", "1", "--warmup", "0", "--threads", "2"], "under 1 kB"),
-    ],
-)
-def test_error_paths_give_one_short_line(tmp_path, script, args, message):
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    (tmp_path / "ada").mkdir()
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])
-    shape = numpy_helper.from_array(np.array([1, 1000], dtype=np.int64), "shape")
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
-            helper.make_node("Expand", ["mean", "shape"], ["logits"]),
-        ],
-        "tiny",
-        [x],
-        [y],
-        [shape],
-    )
-    tiny = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    tiny.ir_version = 9
-    onnx.save(tiny, str(tmp_path / "tiny.onnx"))  # 179 bytes: 0.000 MB
-    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)
-    ]
-    bomb = tmp_path / "bomb.yaml"
-    bomb.write_text("\n".join(levels) + "\ngeneral: {model_path: *i}\n")
-    mode = tmp_path / "mode.yaml"
-    mode.write_text("operation_mode: [quantization]\n")
-    filled = [arg.format(root=tmp_path, bomb=bomb, mode=mode, tiny_onnx=tmp_path / "tiny.onnx") for arg in args]
-    result = run_in_process(script, *filled)
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr[-2000:]
-    assert len(lines[0]) < 300
-    assert not (tmp_path / "leaderboard.csv").exists() and not (tmp_path / "m.pt").exists()
-
-
-@pytest.mark.parametrize(
-    "script, args, message",
-    [
-        ("mobile_net.py", ["--frames", "0"], "--frames must be at least 1"),
-        ("quantize_model.py", ["--method", "nope", "--output", "{root}/m.pt"], "unknown --method 'nope'"),
-        ("benchmark.py", ["--model", "{root}/nope.pt"], "no such file"),
-        ("grade.py", ["{root}/nobody"], "nobody"),
-        ("speed_suite.py", ["--runs", "0"], "--runs must be at least 1"),
-    ],
-)
-def test_each_cli_exits_2_in_a_fresh_interpreter(tmp_path, script, args, message):
-    """The other error paths run in-process (run_in_process); this is each script as a student starts it."""
-    result = run_script(script, *(arg.format(root=tmp_path) for arg in args), timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert message in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
-
-
-def test_demo_names_only_imagenet_classes(tmp_path):
-    path = tmp_path / "ten.pt"
-
-    class Ten(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1).repeat(1, 4)[:, :10]
-
-    torch.jit.save(torch.jit.script(Ten()), str(path))
-    result = run_script(
-        "mobile_net.py",
-        "--model",
-        path,
-        "--source",
-        "samples",
-        "--frames",
-        "2",
-        "--threads",
-        "2",
-        "--json",
-        tmp_path / "run.json",
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "not ImageNet's 1000 classes" in result.stdout and "class 0" in result.stdout
-    assert "tench" not in result.stdout  # ImageNet's class 0
-    run = json.loads((tmp_path / "run.json").read_text())
-    assert run["model_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,4 +1,4 @@
-"""The homework's Pi runs and task 3's table as the grader scores them (quantlab.pi_runs, quantlab.grading).
+"""quantlab.grader.pi_runs: the homework's Pi runs and the open target as the grader checks them.
 
 Fixed, hand-made runs and model grades: what mobile_net.py --json writes on a Pi (CI has none), with the
 numbers chosen so that every rule is hit once. The end-to-end path with real models is in test_grade.py.
@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from quantlab import grading, pi_runs
-from quantlab.errors import KitError
-from quantlab.grading import ModelGrade, StudentGrade
+from quantlab.grader import pi_runs, rubric
+from quantlab.grader.records import ModelGrade
 
-RUBRIC = grading.load_rubric(None)
+RUBRIC = rubric.load_rubric(None)
 DEFAULT_SHA, OPEN_SHA, X86_SHA, ONNX_SHA, COPY_SHA = "a" * 64, "b" * 64, "c" * 64, "d" * 64, "f" * 64
 MOBILENET_V2 = 3_487_816  # weights and biases, BatchNorm folded: what the grader's loader counts
 
@@ -141,74 +140,3 @@ def test_the_open_target_needs_the_default_model_on_the_pi(tmp_path):
     default, _, _ = pi_runs.check_pi_run(write(tmp_path, pi_runs.PI_RUN_FILE, pi_run(OPEN_SHA, 20.0)), graded, RUBRIC)
     speedup, why = pi_runs.check_open_run(open_path, default, graded, RUBRIC, MOBILENET_V2)
     assert speedup is None and "not task 5's default model" in why
-
-
-def student(name: str, speedup: float | None, status: str = "ok") -> StudentGrade:
-    graded = StudentGrade(student=name, status=status, open_speedup=speedup)
-    graded.points = {"accuracy": 30.0, "parts": 20.0, "open": 0.0, "penalty": -10.0 if status == "flagged" else 0.0}
-    graded.score = sum(graded.points.values())
-    return graded
-
-
-def test_the_class_best_sets_full_points_and_a_forger_does_not():
-    students = [student("ada", 1.5), student("ben", 1.25), student("cy", 0.9), student("dan", None),
-                student("eve", 3.0, status="flagged")]  # fmt: skip
-    assert grading.score_open_target(students, RUBRIC) == pytest.approx(1.5)
-    points = {s.student: s.points["open"] for s in students}
-    # on a line from 1.05x (within the noise of two runs: nothing) to the best's 1.5x
-    assert points == pytest.approx({"ada": 15.0, "ben": 15 * 0.2 / 0.45, "cy": 0.0, "dan": 0.0, "eve": 15.0})
-    assert students[0].score == pytest.approx(65.0)
-    fixed = {**RUBRIC, "open": {**RUBRIC["open"], "full_at": 2.05}}
-    again = [student("ada", 1.55)]
-    assert grading.score_open_target(again, fixed) == 2.05 and again[0].points["open"] == pytest.approx(7.5)
-    nobody = [student("ada", 1.04), student("ben", None)]
-    assert grading.score_open_target(nobody, RUBRIC) is None and nobody[0].points["open"] == 0.0
-
-
-def test_task_3_table_needs_four_distinct_models_for_one_engine():
-    def static(
-        granularity: str, observer: str, answers: str, engine: str = "x86", images: int | None = 100
-    ) -> ModelGrade:
-        # MinMax and histogram models share their weights (the observer sets activation scales): what tells
-        # them apart is what they compute
-        return ModelGrade(f"{granularity}_{observer}.pt", "static", engine, weights=f"weights of {granularity}",
-                          answers=answers, granularity=granularity, observer=observer,
-                          calibration_images=images)  # fmt: skip
-
-    cells = [
-        ("per_tensor", "minmax"),
-        ("per_tensor", "histogram"),
-        ("per_channel", "minmax"),
-        ("per_channel", "histogram"),
-    ]
-    four = [static(g, o, f"w{i}") for i, (g, o) in enumerate(cells)]
-    assert grading.ptq_table_complete(four)
-    assert not grading.ptq_table_complete(four[:3])
-    # one file handed in four times with four edited sidecars is one model
-    assert not grading.ptq_table_complete([static(g, o, "same") for g, o in cells])
-    # per-tensor on one engine against per-channel on another compares the engines too
-    assert not grading.ptq_table_complete(
-        four[:2] + [static(g, o, f"v{i}", engine="qnnpack") for i, (g, o) in enumerate(cells[2:])]
-    )
-    assert not grading.ptq_table_complete(four[:3] + [static(*cells[3], "w3", images=8)])
-    # "one number of calibration photos" cannot be checked when no sidecar says it
-    assert not grading.ptq_table_complete([static(g, o, f"w{i}", images=None) for i, (g, o) in enumerate(cells)])
-
-
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ({"open": {"full_at": "fastest"}}, "'open.full_at' must be a number or 'best'"),
-        ({"open": {"full_at": 0.9}}, "open.zero_at must be below open.full_at"),
-        ({"open": {"max_drop": -1}}, "open.max_drop is the top-1 points"),
-        ({"open": {"zero_at": 0.5}}, "open.zero_at is a speed-up over the default model, at least 1"),
-        ({"open": {"full_at": 10**400}}, "'open.full_at' must be a number or 'best'"),
-        ({"pi": {"max_model_fps": 0}}, "pi.max_fps and pi.max_model_fps must be positive"),
-        ({"parts": ["pi", "ptq_tabel"]}, "unknown part 'ptq_tabel'"),
-    ],
-)
-def test_bad_open_target_rubrics_are_named(tmp_path, override, message):
-    path = tmp_path / "rubric.yaml"
-    path.write_text(json.dumps(override))  # JSON is YAML
-    with pytest.raises(KitError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        grading.load_rubric(path)

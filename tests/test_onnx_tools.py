@@ -105,7 +105,7 @@ def test_static_qdq_is_per_channel_small_and_still_right(fp32_onnx: Path, static
 
 def test_static_qdq_with_7_bit_weights_is_still_right(fp32_onnx: Path, sample_photos: Path, photos) -> None:
     """What the kit writes for CPUs without VNNI (reduce_range). Its kernels do not saturate on any CPU, so
-    this machine measures it as one without VNNI would (tests/test_isa.py runs it on an emulated AVX2 CPU)."""
+    this machine measures it as one without VNNI would (tests/test_cpu.py runs it on an emulated AVX2 CPU)."""
     calibration, _ = data.split(data.image_dataset(sample_photos), first_n=4, seed=0)
     output = onnx_tools.quantize_onnx_static(
         fp32_onnx,

@@ -1,6 +1,6 @@
 """The grader's child process: load one model, check its operators, run it, measure it when asked.
 
-Started by ``quantlab.sandbox.run_model`` as ``python -m quantlab.model_runner``
+Started by ``quantlab.grader.sandbox.run_model`` as ``python -m quantlab.grader.model_runner``
 inside the sandbox. It reads one JSON request on stdin:
 
     {"model": PATH, "threads": 2, "task": "check" | "measure",
@@ -34,7 +34,8 @@ def _checked_before_running(path: str) -> str | None:
     """Load a TorchScript file and check its graph before anything runs it (the kit's loader runs it once)."""
     import torch
 
-    from quantlab import engines, model_checks, models
+    from quantlab import engines, models
+    from quantlab.grader import model_checks
 
     engine = models.read_sidecar(path).get("engine")
     if engine in torch.backends.quantized.supported_engines:
@@ -54,8 +55,9 @@ def _our_words(message: str) -> str:
 def run(request: dict) -> dict:
     import torch
 
-    from quantlab import bench, data, engines, loading, model_checks, models
+    from quantlab import bench, data, engines, loading, models
     from quantlab.errors import KitError
+    from quantlab.grader import model_checks
 
     path = request["model"]
     engines.set_threads(int(request["threads"]))

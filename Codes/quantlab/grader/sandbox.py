@@ -1,7 +1,7 @@
 """Run one untrusted model in a child process the grader can always stop: the grader's isolation.
 
 A student's TorchScript file is code. Each model is loaded and run by
-``python -m quantlab.model_runner`` in its own child process:
+``python -m quantlab.grader.model_runner`` in its own child process:
 
 - with a wall-clock limit (the process group is killed), a CPU-time cap
   (``RLIMIT_CPU``), a memory cap (``RLIMIT_DATA``, plus ``RLIMIT_AS`` as a
@@ -16,7 +16,7 @@ A student's TorchScript file is code. Each model is loaded and run by
   and the scratch folder; it dies with the grader (``--die-with-parent``).
 
 Without bubblewrap the child runs with the grader's user rights: the limits,
-the private copy and the grader's static checks (``quantlab.model_checks``,
+the private copy and the grader's static checks (``quantlab.grader.model_checks``,
 run before and after loading) are what stand between a model and your files.
 ``QUANTLAB_SANDBOX=bwrap|rlimits`` (or ``isolation(requested=...)``) forces one.
 
@@ -45,6 +45,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import quantlab
+from quantlab.assets import CACHE_ENV, cache_dir
 from quantlab.errors import KitError
 
 ISOLATION_ENV = "QUANTLAB_SANDBOX"
@@ -186,7 +187,7 @@ def _bwrap_command(copy: Path, scratch: Path, read_only: list[Path]) -> list[str
     ]
     for key, value in _child_env(Path(SANDBOX_SCRATCH), Path("/tmp")).items():
         command += ["--setenv", key, value]
-    return command + ["--", sys.executable, "-m", "quantlab.model_runner"]
+    return command + ["--", sys.executable, "-m", "quantlab.grader.model_runner"]
 
 
 def _child_env(scratch: Path, temporary: Path) -> dict[str, str]:
@@ -195,7 +196,7 @@ def _child_env(scratch: Path, temporary: Path) -> dict[str, str]:
         "HOME": str(scratch),
         "TMPDIR": str(temporary),
         "LANG": "C.UTF-8",
-        "QUANTLAB_CACHE": str(scratch / "cache"),
+        CACHE_ENV: str(scratch / "cache"),
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
         "MPLCONFIGDIR": str(scratch / "mpl"),
@@ -244,9 +245,9 @@ def private_copy(files: list[Path], into: Path) -> Path:
 def run_model(
     model: Path, sidecar: dict | None, request: dict, limits: Limits, kind: str, read_only: list[Path] = ()
 ) -> Outcome:
-    """Run ``quantlab.model_runner`` on a private copy of ``model`` (plus ``sidecar``), within ``limits``.
+    """Run ``quantlab.grader.model_runner`` on a private copy of ``model`` (plus ``sidecar``), within ``limits``.
 
-    ``request`` is what the child does (see ``quantlab.model_runner``); its
+    ``request`` is what the child does (see ``quantlab.grader.model_runner``); its
     ``model`` entry is set here to the copy's path as the child sees it.
     """
     base = Path(tempfile.mkdtemp(prefix="quantlab-grade-"))
@@ -260,7 +261,7 @@ def run_model(
             copy.chmod(0o555)
         scratch = base / "scratch"
         (scratch / "cache").mkdir(parents=True)
-        engine_cache = Path(os.environ.get("QUANTLAB_CACHE") or Path.home() / ".cache" / "quantlab") / "engine.json"
+        engine_cache = cache_dir() / "engine.json"
         if engine_cache.is_file() and not engine_cache.is_symlink():  # auto's measured engine: no re-probe per model
             shutil.copyfile(engine_cache, scratch / "cache" / "engine.json")
         if kind == BWRAP:
@@ -268,7 +269,7 @@ def run_model(
             request = {**request, "model": f"{SANDBOX_MODEL_DIR}/{model.name}"}
             env, cwd = None, None
         else:
-            command = [sys.executable, "-m", "quantlab.model_runner"]
+            command = [sys.executable, "-m", "quantlab.grader.model_runner"]
             request = {**request, "model": str(copy / model.name)}
             env, cwd = (
                 {**_child_env(scratch, scratch), "PYTHONPATH": str(Path(quantlab.__file__).resolve().parents[1])},

@@ -21,13 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from quantlab import config
-from quantlab.untrusted import clean_text, finite_number, read_json_file
-
-if TYPE_CHECKING:  # grading imports this module: the type only
-    from quantlab.grading import ModelGrade
+from quantlab.grader.records import ModelGrade
+from quantlab.grader.untrusted import clean_text, finite_number, read_json_file
+from quantlab.vocab import DEFAULT_RECIPE
 
 PI_RUN_FILE = "pi_run.json"  # task 5: the default qnnpack model on the Pi
 OPEN_RUN_FILE = "pi_open.json"  # task 6: the open target, on the same Pi
@@ -39,8 +36,6 @@ EDITED = "the file was edited"  # in a reason: numbers that disagree with each o
 OWN_OUTPUT = "hand in the demo's own output"
 # what must match between the two runs for their model-only FPS to be compared (mobile_net.py records each)
 SAME_PI_FIELDS = {"cpu": "Pi", "threads": "--threads", "size": "--size", "torch": "PyTorch"}
-# task 5's command: quantize_model.py --method static --engine qnnpack with the default granularity and observer
-DEFAULT_RECIPE = ("static", "qnnpack", config.SETTINGS["granularity"].default, config.SETTINGS["observer"].default)
 
 
 @dataclass

@@ -1,0 +1,64 @@
+"""What the grader keeps of each model and each student: the numbers scored, the points, the reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelGrade:
+    """One model file of a submission: checks, the numbers scored, and the points."""
+
+    file: str
+    method: str
+    engine: str | None = None
+    size_mb: float | None = None  # the file's size, measured here
+    top1: float | None = None  # re-measured, or claimed without --remeasure
+    top1_drop: float | None = None  # vs fp32 (the grader's with --remeasure, the report's row without)
+    speedup: float | None = None
+    size_ratio: float | None = None
+    points: dict[str, float] = field(default_factory=dict)
+    excluded: str | None = None  # why the model is not scored
+    unstable: bool = False  # its re-measured latency was unstable (the grader's machine was busy)
+    sha256: str | None = None  # the file's bytes
+    weights: str | None = None  # its weights, whatever the file's name or metadata
+    answers: str | None = None  # what it computes (its logits on a fixed input): one model, whatever its bytes
+    parameters: int | None = None  # weights and biases, counted by the grader's child
+    # how it was quantized, from its sidecar (the student's word; task 3's table and the open target read it)
+    granularity: str | None = None
+    observer: str | None = None
+    calibration_images: int | None = None
+
+    @property
+    def total(self) -> float:
+        return sum(self.points.values())
+
+
+@dataclass
+class StudentGrade:
+    """A student's line in the leaderboard."""
+
+    student: str
+    score: float = 0.0
+    status: str = "ok"  # ok | problems | flagged | rejected
+    numbers: str = "claimed"  # re-measured | claimed
+    best: ModelGrade | None = None
+    models: list[ModelGrade] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    points: dict[str, float] = field(default_factory=dict)
+    pi_fps: float | None = None
+    open_speedup: float | None = None  # the open target: pi_open.json's model-only FPS / pi_run.json's
+    flags: list[str] = field(default_factory=list)  # claims that disagree with the files or re-measurements
+    problems: list[str] = field(default_factory=list)  # everything else that is wrong
+    copying: list[str] = field(default_factory=list)  # files identical to another student's (for the instructor)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # what copying is detected on: label -> digest
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.flags + self.problems
+
+
+def ranked(students: list[StudentGrade]) -> list[StudentGrade]:
+    """Best score first; rejected submissions last; ties by name."""
+    return sorted(students, key=lambda s: (s.status == "rejected", -s.score, s.student))

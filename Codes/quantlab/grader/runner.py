@@ -1,0 +1,134 @@
+"""Running students' models: each distinct file once, in the sandbox, and the fp32 baseline the same way.
+
+``ModelRunner`` is the grader's side of ``sandbox.run_model``: it builds the
+request the child (``model_runner``) answers, caches outcomes by file and
+sidecar, and ``measured_numbers`` keeps a child's measurement only when every
+number in it is believable.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantlab import files, loading
+from quantlab.errors import KitError
+from quantlab.grader import sandbox
+from quantlab.grader.untrusted import clean_text, finite_number
+from quantlab.vocab import TORCH_SUFFIXES
+
+
+@dataclass
+class MeasureSettings:
+    """What --remeasure measures every model on (the child rebuilds the same images)."""
+
+    data: Path
+    holdout: int | None
+    images: int | None
+    seed: int
+    batch_size: int
+    runs: int
+    warmup: int
+    image_count: int  # how many images that selects: sizes the time limit
+
+
+class ModelRunner:
+    """Loads, checks, runs and (with ``measure``) measures model files in the sandbox, once per distinct file.
+
+    Identical files with identical sidecars get identical numbers, and are run once.
+    """
+
+    def __init__(
+        self,
+        threads: int,
+        measure: MeasureSettings | None,
+        isolation: str,
+        timeout: float | None = None,
+        memory_mb: int = sandbox.Limits.memory_mb,
+    ) -> None:
+        self.threads = threads
+        self.measure = measure
+        self.isolation = isolation
+        self.memory_mb = memory_mb
+        self.timeout = timeout or self.default_timeout(measure)
+        self.cache: dict[tuple, sandbox.Outcome] = {}
+
+    @staticmethod
+    def default_timeout(measure: MeasureSettings | None) -> float:
+        """Loading and one run take seconds; measuring adds time per image and per timed run (slow engines too)."""
+        if measure is None:
+            return 120.0
+        return 120.0 + 0.5 * measure.image_count + 0.5 * (measure.runs + measure.warmup)
+
+    def __call__(self, path: Path, sidecar: dict | None) -> sandbox.Outcome:
+        if sidecar is not None and path.suffix.lower() in TORCH_SUFFIXES:
+            # the child needs only the engine (the method is the sidecar's, read here): a model handed in again
+            # with an edited method runs once
+            sidecar = {"engine": sidecar["engine"]} if "engine" in sidecar else None
+        key = (files.sha256_of(path), json.dumps(sidecar, sort_keys=True))
+        if key not in self.cache:
+            request: dict = {"task": "check", "threads": self.threads, "data": None}
+            read_only = []
+            if self.measure is not None:
+                settings = self.measure
+                request["task"] = "measure"
+                request["data"] = {
+                    "path": str(Path(settings.data).resolve()),
+                    "holdout": settings.holdout,
+                    "images": settings.images,
+                    "seed": settings.seed,
+                    "batch_size": settings.batch_size,
+                    "runs": settings.runs,
+                    "warmup": settings.warmup,
+                }
+                read_only = [Path(settings.data).resolve()]
+            limits = sandbox.Limits(wall_seconds=self.timeout, memory_mb=self.memory_mb, threads=self.threads)
+            self.cache[key] = sandbox.run_model(path, sidecar, request, limits, self.isolation, read_only)
+        return self.cache[key]
+
+
+def measured_numbers(result: dict) -> dict | None:
+    """The measurement a child reported, when every number in it is believable; None otherwise."""
+    measured = result.get("measured")
+    if not isinstance(measured, dict) or not isinstance(measured.get("latency_ms"), dict):
+        return None
+    median = finite_number(measured["latency_ms"].get("median"), 0.0, 1e7, strict_low=True)
+    top1, top5 = finite_number(measured.get("top1"), 0, 100), finite_number(measured.get("top5"), 0, 100)
+    if median is None or top1 is None or top5 is None:
+        return None
+    return {"top1": top1, "top5": top5, "latency_ms": {"median": median}, "unstable": measured.get("unstable") is True}
+
+
+@dataclass
+class Baseline:
+    """fp32 MobileNetV2 as the grader measures it: size always, accuracy and latency with --remeasure.
+
+    It is measured by the same sandboxed child as the students' models, so
+    speed-ups compare like with like.
+    """
+
+    size_mb: float
+    result: dict | None  # {"top1", "top5", "latency_ms": {"median"}}, None without --remeasure
+    parameters: int | None = None  # MobileNetV2's weights and biases, BatchNorm folded (the loader's count)
+
+    @classmethod
+    def measure(cls, runner: ModelRunner) -> Baseline:
+        loaded = loading.load_any("mobilenet_v2", engine="auto", threads=runner.threads)
+        if runner.measure is None:
+            return cls(size_mb=loaded.size_mb, result=None, parameters=loaded.parameters)
+        import torch
+
+        with tempfile.TemporaryDirectory(prefix="quantlab-baseline-") as folder:
+            path = Path(folder) / "mobilenet_v2_fp32.pt"
+            torch.jit.save(loaded.model, str(path))
+            outcome = runner(path, None)
+        numbers = measured_numbers(outcome.result) if outcome.result and outcome.result.get("ok") else None
+        if numbers is None:
+            why = outcome.failure or clean_text((outcome.result or {}).get("reason", "no numbers"))
+            raise KitError(
+                f"the fp32 baseline could not be measured in the grader's sandbox ({why}); "
+                "check --data and the memory and time limits"
+            )
+        return cls(size_mb=loaded.size_mb, result=numbers, parameters=loaded.parameters)

@@ -1,0 +1,374 @@
+"""Scoring: each model against the baseline and the rubric, each student's parts, then the class-wide steps.
+
+The score adds the best model's points (accuracy kept, speed-up, size), the
+parts handed in and the open target (``score_open_target``, once the whole
+class is graded: its full mark can be the class's best), minus a penalty per
+flagged claim (a claim that disagrees with the files or the re-measured numbers).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from quantlab import files, models, report, vocab
+from quantlab.errors import KitError
+from quantlab.grader import model_checks, pi_runs, sandbox
+from quantlab.grader.intake import (
+    GRADED_SUFFIXES,
+    OPEN_RUN_FILE,
+    PI_RUN_FILE,
+    REPORT_FILE,
+    checked_sidecar,
+    content_problem,
+    display_name,
+    fingerprint,
+    folder_problem,
+    model_file,
+    read_report,
+    static_problem,
+)
+from quantlab.grader.records import ModelGrade, StudentGrade
+from quantlab.grader.rubric import ramp
+from quantlab.grader.runner import Baseline, ModelRunner, measured_numbers
+from quantlab.grader.untrusted import clean_text
+
+
+def _claimed(row: dict, reference: dict | None) -> dict | None:
+    """The report's own ratios of ``row`` against its fp32 row (same machine, same images)."""
+    return report.ratios(row, reference) if reference is not None else None
+
+
+def _set_recipe(grade: ModelGrade, sidecar: dict) -> None:
+    """How the sidecar says the model was quantized, kept only when it is one of quantize_model.py's choices."""
+    granularity, observer = sidecar.get("granularity"), sidecar.get("observer")
+    grade.granularity = granularity if granularity in vocab.GRANULARITIES else None
+    grade.observer = observer if observer in vocab.OBSERVERS else None
+    calibration = sidecar.get("calibration")
+    images = calibration.get("images") if isinstance(calibration, dict) else None
+    grade.calibration_images = images if isinstance(images, int) and not isinstance(images, bool) else None
+
+
+def _child_reason(name: str, result: dict, memory_mb: int) -> str:
+    reason = clean_text(result.get("reason") or "no reason given", 200)
+    if reason == "ran out of memory":
+        return f"{name} ran out of memory (the grader gives each model {memory_mb} MB): not scored"
+    reason = reason.replace(f"{sandbox.SANDBOX_MODEL_DIR}/", "")
+    if result.get("refused") is True:  # the reason names the operator and ends in "refused"
+        return f"{name}: {reason}"
+    return f"{name} {reason if reason.startswith('does not') else 'does not load: ' + reason}"
+
+
+def grade_model(
+    folder: Path,
+    row: dict,
+    reference: dict | None,
+    rubric: dict,
+    baseline: Baseline,
+    runner: ModelRunner,
+    flags: list[str],
+) -> ModelGrade:
+    """Check one model row of the report against its file, run it in the sandbox, and give it points."""
+    name = row["file"]
+    grade = ModelGrade(file=clean_text(name, 80), method=row["method"], engine=row["engine"])
+    path, why = model_file(folder, name)
+    if path is None:
+        grade.excluded = why
+        return grade
+    why = content_problem(path) or static_problem(path)
+    if why:
+        grade.excluded = why
+        return grade
+    digest = files.sha256_of(path)
+    grade.sha256 = digest
+    if row["sha256"] != digest:
+        grade.excluded = f"{name}: sha256 differs from {REPORT_FILE}: the file changed after it was benchmarked"
+        flags.append(grade.excluded)
+        return grade
+    sidecar, why, is_flag = checked_sidecar(path, digest)
+    if why:
+        grade.excluded = why
+        if is_flag:
+            flags.append(why)
+        return grade
+    if sidecar:
+        _set_recipe(grade, sidecar)
+        sidecar = {key: sidecar[key] for key in ("engine", "method") if sidecar.get(key) is not None}  # the loader's
+    outcome = runner(path, sidecar)
+    if outcome.failure:
+        grade.excluded = f"{name} {outcome.failure}"
+        return grade
+    result = outcome.result or {}
+    if result.get("ok") is not True:
+        grade.excluded = _child_reason(name, result, runner.memory_mb)
+        if (
+            "does not load" in grade.excluded
+            and not models.is_torchscript_file(path)
+            and path.suffix.lower() in vocab.TORCH_SUFFIXES
+        ):
+            grade.excluded += " (a torch.save of a Python object, e.g. a whole model, is refused: hand in TorchScript)"
+        return grade
+    method, engine = result.get("method"), result.get("engine")
+    if sidecar and sidecar.get("method") and path.suffix.lower() in vocab.TORCH_SUFFIXES:
+        method = sidecar["method"]
+    if method in ("static", "dynamic", "qat") and result.get("quantized") is False:
+        # the sidecar (or ONNX metadata) is the student's word; the loaded graph is the file's
+        grade.excluded = (
+            f"{name}: its sidecar says {method}, but the model holds no int8 layers (it runs in "
+            "fp32): quantize it with Codes/quantize_model.py"
+        )
+        flags.append(grade.excluded)
+        return grade
+    grade.method = method if method in vocab.RECORDED_METHODS else "int8"
+    grade.engine = engine if engine in vocab.ENGINE_CHOICES else None
+    grade.answers = _digest(result.get("answers_sha256"))
+    parameters = result.get("parameters")
+    grade.parameters = parameters if isinstance(parameters, int) and not isinstance(parameters, bool) else None
+    grade.weights = (
+        model_checks.archive_content_hash(path)
+        if path.suffix.lower() in vocab.TORCH_SUFFIXES
+        else _digest(result.get("weights_sha256"))
+    )
+    if row["method"] != grade.method:
+        flags.append(f"{name}: {REPORT_FILE} says method {row['method']}, its sidecar says {grade.method}")
+    grade.size_mb = files.file_size_mb(path)
+    tolerance = rubric["tolerance"]
+    if abs(row["size_mb"] - grade.size_mb) > tolerance["size_relative"] * grade.size_mb:
+        flags.append(f"{name}: {REPORT_FILE} claims {row['size_mb']:.2f} MB, the file is {grade.size_mb:.2f} MB")
+    grade.size_ratio = baseline.size_mb / grade.size_mb
+
+    claimed = _claimed(row, reference)
+    if runner.measure is not None:
+        measured = measured_numbers(result)
+        if measured is None:
+            grade.excluded = f"{name}: its measurement came back without believable numbers; not scored"
+            return grade
+        base = baseline.result
+        grade.top1 = measured["top1"]
+        grade.top1_drop = base["top1"] - measured["top1"]
+        grade.speedup = base["latency_ms"]["median"] / measured["latency_ms"]["median"]
+        grade.unstable = measured["unstable"]
+        _check_claims(name, row, claimed, grade, tolerance, flags)
+    elif claimed is not None:
+        grade.top1, grade.top1_drop, grade.speedup = row["top1"], claimed["top1_drop"], claimed["speedup"]
+    _give_points(grade, rubric)
+    return grade
+
+
+def _digest(value: object) -> str | None:
+    """A sha256 the child reported, or None when it is not one."""
+    return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) else None
+
+
+def _check_claims(
+    name: str, row: dict, claimed: dict | None, grade: ModelGrade, tolerance: dict, flags: list[str]
+) -> None:
+    """Flag claims that disagree with the re-measured numbers beyond the rubric's tolerance.
+
+    Ratios against the report's own fp32 row are compared, not raw numbers:
+    they carry over from the student's machine and images to the grader's.
+    """
+    points = tolerance["top1_points"]
+    if claimed is not None and claimed["top1_drop"] is not None:
+        if abs(claimed["top1_drop"] - grade.top1_drop) > points:
+            flags.append(
+                f"{name}: claimed top-1 drop {claimed['top1_drop']:+.1f} points, re-measured "
+                f"{grade.top1_drop:+.1f} (tolerance {points:g})"
+            )
+    elif row["top1"] is not None and abs(row["top1"] - grade.top1) > points:  # no fp32 row: raw top-1
+        flags.append(
+            f"{name}: claimed top-1 {row['top1']:.1f} %, re-measured {grade.top1:.1f} % (tolerance {points:g} points)"
+        )
+    factor = tolerance["speedup_factor"]
+    if claimed is not None and not 1 / factor <= claimed["speedup"] / grade.speedup <= factor:
+        flags.append(
+            f"{name}: claimed speed-up {claimed['speedup']:.2f}x, re-measured {grade.speedup:.2f}x "
+            f"(tolerance x/÷ {factor:g})"
+        )
+
+
+def _give_points(grade: ModelGrade, rubric: dict) -> None:
+    weights = rubric["weights"]
+    accuracy, speedup, size = rubric["accuracy"], rubric["speedup"], rubric["size"]
+    grade.points = {
+        "accuracy": 0.0
+        if grade.top1_drop is None
+        else weights["accuracy"] * ramp(grade.top1_drop, accuracy["zero_at_drop"], accuracy["full_at_drop"]),
+        "speedup": 0.0
+        if grade.speedup is None
+        else weights["speedup"] * ramp(grade.speedup, speedup["zero_at"], speedup["full_at"]),
+        "size": weights["size"] * ramp(grade.size_ratio, size["zero_at"], size["full_at"]),
+    }
+
+
+def _duplicate_methods(student: StudentGrade) -> None:
+    """One model handed in under several methods (same weights) earns one method's part, and is flagged."""
+    first_by_weights: dict[str, ModelGrade] = {}
+    for grade in student.models:
+        if grade.excluded or grade.method == "fp32":
+            continue
+        key = grade.weights or grade.sha256
+        first = first_by_weights.setdefault(key, grade) if key else grade
+        if first is not grade and first.method != grade.method:
+            grade.excluded = (
+                f"{grade.file} holds the same weights as {first.file} ({first.method}), handed in again "
+                f"as {grade.method}: counted once"
+            )
+            student.flags.append(grade.excluded)
+
+
+def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelRunner) -> StudentGrade:
+    """Check, measure (when the runner measures) and score one student's folder."""
+    student = StudentGrade(student=display_name(folder.name), numbers="re-measured" if runner.measure else "claimed")
+    why = folder_problem(folder)
+    if why:
+        return rejected(folder, rubric, why)
+    try:
+        handed_in = read_report(folder / REPORT_FILE)
+    except KitError as error:
+        return rejected(folder, rubric, str(error))
+    for label in (REPORT_FILE, PI_RUN_FILE, OPEN_RUN_FILE):
+        digest = fingerprint(folder / label)
+        if digest:
+            student.fingerprints[label] = digest
+    results = handed_in["results"]
+    reference = next((row for row in results if row["method"] == "fp32"), None)
+    present = {"baseline"} if reference is not None else set()
+    if reference is None:
+        student.problems.append(f"no fp32 row in {REPORT_FILE}: benchmark mobilenet_v2 too (the baseline part)")
+    if handed_in["settings"]["data"] is None:
+        student.problems.append(f"{REPORT_FILE} was made without --data: it claims no accuracy")
+    listed = set()
+    for row in results:
+        if row["file"] is None or row["file"] in listed:
+            continue
+        listed.add(row["file"])
+        try:
+            grade = grade_model(folder, row, reference, rubric, baseline, runner, student.flags)
+        except (OSError, ValueError, KitError):  # an unreadable file costs that model, never the submission
+            grade = ModelGrade(
+                file=clean_text(row["file"], 80),
+                method=row["method"],
+                excluded=f"{clean_text(row['file'], 80)} cannot be read by the grader; hand it in again",
+            )
+        student.models.append(grade)
+    _duplicate_methods(student)
+    for grade in student.models:
+        if grade.excluded and grade.excluded not in student.flags:
+            student.problems.append(grade.excluded)
+        if grade.excluded is None or grade.sha256:
+            if grade.sha256:
+                student.fingerprints[f"model {grade.file}"] = grade.sha256
+            if grade.weights and grade.excluded is None:
+                student.fingerprints[f"weights of {grade.file}"] = grade.weights
+    graded = [m for m in student.models if m.excluded is None]
+    present |= {m.method for m in graded}
+    unlisted = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in GRADED_SUFFIXES and p.name not in listed)
+    if unlisted:
+        student.problems.append(f"not in {REPORT_FILE}, so not graded: {clean_text(', '.join(unlisted), 120)}")
+
+    if ptq_table_complete(graded):
+        present.add("ptq_table")
+    pi_path, open_path = folder / PI_RUN_FILE, folder / OPEN_RUN_FILE
+    default_run = None
+    if pi_path.exists() or pi_path.is_symlink():
+        default_run, student.pi_fps, why = pi_runs.check_pi_run(pi_path, graded, rubric)
+        if why:
+            (student.flags if pi_runs.EDITED in why else student.problems).append(why)
+        else:
+            present.add("pi")
+    if open_path.exists() or open_path.is_symlink():
+        student.open_speedup, why = pi_runs.check_open_run(open_path, default_run, graded, rubric, baseline.parameters)
+        if why:
+            (student.flags if pi_runs.EDITED in why else student.problems).append(why)
+
+    candidates = [m for m in graded if m.method != "fp32"]
+    if runner.measure is None and candidates and reference is None:
+        student.problems.append("without --remeasure, accuracy and speed points need the report's fp32 row")
+    student.best = max(candidates, key=lambda m: m.total, default=None)
+    if student.best is None:
+        student.problems.append("no quantized model passed the checks: no accuracy, speed or size points")
+    student.parts = [part for part in rubric["parts"] if part in present]
+    student.missing = [part for part in rubric["parts"] if part not in present]
+    weights = rubric["weights"]
+    student.points = dict(student.best.points) if student.best else {"accuracy": 0.0, "speedup": 0.0, "size": 0.0}
+    student.points["parts"] = weights["parts"] * len(student.parts) / max(1, len(rubric["parts"]))
+    student.points["open"] = 0.0  # given by score_open_target, once the whole class is graded
+    student.points["penalty"] = -rubric["penalty_per_flag"] * len(student.flags)
+    student.score = round(max(0.0, sum(student.points.values())), 1)
+    student.status = "flagged" if student.flags else "problems" if student.problems else "ok"
+    return student
+
+
+def ptq_table_complete(graded: list[ModelGrade]) -> bool:
+    """Task 3's table: four static models, per-tensor/per-channel x MinMax/histogram, for one engine and one
+    number of calibration photos, four distinct models (one file handed in four times is one model)."""
+    cells: dict[tuple, dict[tuple[str, str], str]] = {}
+    for model in graded:
+        if model.method == "static" and model.granularity and model.observer and model.calibration_images:
+            group = cells.setdefault((model.engine, model.calibration_images), {})
+            # the observer changes activation scales only, so two of the four share their weights: models
+            # are told apart by what they compute (one file re-saved with another sidecar computes the same)
+            group.setdefault((model.granularity, model.observer), model.answers or model.sha256 or model.file)
+    needed = len(vocab.GRANULARITIES) * len(vocab.OBSERVERS)
+    return any(len(group) == needed and len(set(group.values())) == needed for group in cells.values())
+
+
+def open_target_full_at(students: list[StudentGrade], rubric: dict) -> float | None:
+    """The Pi speed-up that earns all the open target's points: the rubric's number, or the class's best.
+
+    The class's best is taken over submissions that are not flagged: a forged file must not set the bar.
+    """
+    full_at = rubric["open"]["full_at"]
+    if full_at != "best":
+        return float(full_at)
+    honest = [s.open_speedup for s in students if s.open_speedup is not None and s.status in ("ok", "problems")]
+    best = max(honest, default=None)
+    return best if best is not None and best > rubric["open"]["zero_at"] else None
+
+
+def score_open_target(students: list[StudentGrade], rubric: dict) -> float | None:
+    """Give each student the open target's points (after everyone is graded); return the speed-up of full points."""
+    full_at = open_target_full_at(students, rubric)
+    weight, zero_at = rubric["weights"]["open"], rubric["open"]["zero_at"]
+    for student in students:
+        if student.status == "rejected" or student.open_speedup is None or full_at is None:
+            continue
+        student.points["open"] = weight * ramp(student.open_speedup, zero_at, full_at)
+        student.score = round(max(0.0, sum(student.points.values())), 1)
+    return full_at
+
+
+def flag_copies(students: list[StudentGrade]) -> None:
+    """Note, on each student concerned, every file that is byte-identical to another student's (or same weights)."""
+    owners: dict[str, list[tuple[str, str]]] = {}
+    for student in students:
+        for label, digest in student.fingerprints.items():
+            owners.setdefault(digest, []).append((student.student, label))
+    for student in students:
+        notes = []
+        for label, digest in student.fingerprints.items():
+            others = sorted({name for name, _ in owners[digest] if name != student.student})
+            same_file = f"model {label[len('weights of ') :]}"
+            if (
+                label.startswith("weights")
+                and same_file in student.fingerprints
+                and len(owners[student.fingerprints[same_file]]) > 1
+            ):
+                continue  # the identical file is listed already
+            if others:
+                kind = "same weights as" if label.startswith("weights") else "identical to"
+                notes.append(f"{label} {kind} {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}")
+        # the same weights under another file name are listed once, after identical files
+        student.copying = sorted(set(notes), key=lambda note: (note.startswith("weights"), note))
+
+
+def rejected(folder: Path, rubric: dict, reason: str) -> StudentGrade:
+    """A leaderboard line for a folder that could not be graded at all."""
+    return StudentGrade(
+        student=display_name(folder.name),
+        status="rejected",
+        numbers="",
+        problems=[reason],
+        missing=list(rubric["parts"]),
+    )
