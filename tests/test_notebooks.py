@@ -169,8 +169,8 @@ def test_colab_links_point_at_notebooks_that_exist() -> None:
     assert links, "no Colab links found"
     for document, match in links:
         repo, branch, path = match.groups()
-        assert (repo, branch) == (project.REPO, project.BRANCH), (
-            f"{document}: Colab link to {repo}@{branch}, but quantlab.project says {project.REPO}@{project.BRANCH}"
+        assert (repo, branch) == (project.REPO, project.REF), (
+            f"{document}: Colab link to {repo}@{branch}, but quantlab.project says {project.REPO}@{project.REF}"
         )
         assert (REPO / path).is_file(), f"{document}: Colab link to {path}, which does not exist"
 
@@ -279,7 +279,9 @@ def test_student_edition_keeps_hints_and_hides_every_solution_line() -> None:
 
 def test_a_wrong_answer_takes_the_solutions_place_and_keeps_the_hints() -> None:
     sync = _sync_tool()
-    solution = f"def f(x):\n    {sync.SOLUTION_START}\n    # hint: double it\n    return 2 * x\n    {sync.SOLUTION_END}\n"
+    solution = (
+        f"def f(x):\n    {sync.SOLUTION_START}\n    # hint: double it\n    return 2 * x\n    {sync.SOLUTION_END}\n"
+    )
     wrong = sync.with_answer(solution, "cell", "y = x\n\nreturn y")
     assert "2 * x" not in wrong and "# hint: double it" in wrong and "\n    y = x\n\n    return y\n" in wrong
     namespace: dict = {}
