@@ -169,8 +169,8 @@ def test_colab_links_point_at_notebooks_that_exist() -> None:
     assert links, "no Colab links found"
     for document, match in links:
         repo, branch, path = match.groups()
-        assert (repo, branch) == (project.REPO, project.BRANCH), (
-            f"{document}: Colab link to {repo}@{branch}, but quantlab.project says {project.REPO}@{project.BRANCH}"
+        assert (repo, branch) == (project.REPO, project.REF), (
+            f"{document}: Colab link to {repo}@{branch}, but quantlab.project says {project.REPO}@{project.REF}"
         )
         assert (REPO / path).is_file(), f"{document}: Colab link to {path}, which does not exist"
 

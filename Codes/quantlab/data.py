@@ -252,20 +252,39 @@ IMAGENETTE_TO_IMAGENET = {
 }
 
 
+IMAGENETTE_FOLDER = "imagenette2-320"  # what the 320px archive unpacks to: <root>/imagenette2-320/{train,val}/<wnid>/
+
+
 def imagenette(root: str | Path = "data", split: str = "val", size: int = 224, download: bool = True) -> ImageFiles:
-    """torchvision's Imagenette (320px version, about 330 MB once) with ImageNet-1k labels."""
+    """torchvision's Imagenette (320px version, about 330 MB once) with ImageNet-1k labels.
+
+    torchvision downloads and unpacks it (nothing happens when ``root`` holds it already); the photos are then
+    read as class folders named by WordNet id, the archive's own layout, so the labels come from the folder
+    names as everywhere in the kit (no reliance on torchvision's private sample list).
+    """
     from torchvision.datasets import Imagenette
 
     try:
-        source = Imagenette(str(root), split=split, size="320px", download=download)
+        Imagenette(str(root), split=split, size="320px", download=download)
     except Exception as error:  # no internet, a half-downloaded archive, a full disk
         raise KitError(
             f"could not get Imagenette into {root} ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:100] if str(error) else 'no details'}); it downloads once (330 MB) "
             "and needs the internet: otherwise pass a folder of photos"
         ) from None
-    index_to_wnid = {index: wnid for wnid, index in source.wnid_to_idx.items()}
-    items = [(Path(path), IMAGENETTE_TO_IMAGENET[index_to_wnid[label]]) for path, label in source._samples]
+    folder = Path(root) / IMAGENETTE_FOLDER / split
+    if not folder.is_dir():
+        raise KitError(
+            f"Imagenette in {root} lacks {folder}; delete {Path(root) / IMAGENETTE_FOLDER} to download it again"
+        )
+    items = [
+        (photo, IMAGENETTE_TO_IMAGENET[wnid])
+        for wnid in sorted(IMAGENETTE_TO_IMAGENET)
+        if (folder / wnid).is_dir()
+        for photo in sorted(p for p in (folder / wnid).iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
+    ]
+    if not items:
+        raise KitError(f"{folder} holds no Imagenette photos (<wnid>/*.JPEG); delete it to download it again")
     return ImageFiles(items, size)
 
 

@@ -1,18 +1,40 @@
-"""Where the kit lives on GitHub: the one place that names the repository.
+"""Where the kit lives on GitHub and which release students get: the one place that names them.
 
-The notebooks' "Open in Colab" badges and their setup cells are generated from
-these lines by ``tools/sync_notebooks.py``. A fork changes ``REPO`` (and
-``BRANCH`` if needed), then runs ``python tools/sync_notebooks.py``.
+Everything that points at the kit's home is generated from these lines by
+``tools/sync_notebooks.py``: the notebooks' "Open in Colab" badges and setup cells,
+and the Colab links and ``git clone`` lines in README.md, labs/*.md and docs/*.md.
+A fork (or the course's real home) changes ``REPO`` and ``REF`` here, then runs
+``python tools/sync_notebooks.py``; a test fails while any copy disagrees.
+
+``REPO`` is the repository students see: the student release that
+``tools/release.py`` writes (no solutions), pushed there and tagged ``REF``
+(docs/release.md). The setup cells install the kit from ``REPO`` at ``REF``, a
+tag, so a notebook opened mid-term gets the release it was written for, not
+whatever the default branch holds that day.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 REPO = "quantlab-edu/edge-quantization-labs"  # GitHub owner/name
-BRANCH = "main"
+REF = "v0.2.0"  # the release tag the badges open and the setup cells install (cut it: docs/release.md)
 NOTEBOOKS_DIR = "notebooks"  # relative to the repository root: the instructors' editions, with solutions (CI runs them)
 STUDENT_DIR = "notebooks/student"  # the students' editions, generated from them by tools/sync_notebooks.py
 
+# What a notebook's setup cell installs besides the kit: "torchao" means the torchao release that fits the
+# runtime's torch (quantlab.compat's table), picked before anything imports it. Only PT2E (notebook 7) needs it.
+NOTEBOOK_EXTRAS: dict[str, tuple[str, ...]] = {"07_pt2e.ipynb": ("torchao",)}
+EXTRAS = ("torchao",)
+
+# The setup cell installs the kit from this git URL when the variable is set: a fork, or a local clone
+# (`make test-colab` points it at one, so the emulation installs the kit exactly as Colab does).
+KIT_GIT_ENV = "QUANTLAB_KIT_GIT"
+
 COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+REQUIREMENTS_COLAB = Path(__file__).resolve().parents[2] / "requirements-colab.txt"
 
 
 def repo_url() -> str:
@@ -20,10 +42,15 @@ def repo_url() -> str:
     return f"https://github.com/{REPO}"
 
 
+def clone_url() -> str:
+    """What ``git clone`` takes (lab 1: the Pi)."""
+    return f"{repo_url()}.git"
+
+
 def colab_url(notebook: str, student: bool = False) -> str:
     """The address that opens ``notebooks/<notebook>`` (or its student edition) from GitHub in Google Colab."""
     folder = STUDENT_DIR if student else NOTEBOOKS_DIR
-    return f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/{folder}/{notebook}"
+    return f"https://colab.research.google.com/github/{REPO}/blob/{REF}/{folder}/{notebook}"
 
 
 def colab_badge(notebook: str, student: bool = False) -> str:
@@ -31,36 +58,57 @@ def colab_badge(notebook: str, student: bool = False) -> str:
     return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({colab_url(notebook, student)})"
 
 
-def requirements_colab_url() -> str:
-    """requirements-colab.txt on GitHub: what Colab needs beyond its own torch."""
-    return f"https://raw.githubusercontent.com/{REPO}/{BRANCH}/requirements-colab.txt"
+def colab_requirements(path: Path = REQUIREMENTS_COLAB) -> list[str]:
+    """The requirement lines of requirements-colab.txt: what Colab needs beyond its own torch and torchvision.
 
-
-def pip_install_commands() -> list[list[str]]:
-    """The pip arguments that install the kit on Colab without touching Colab's torch.
-
-    requirements-colab.txt leaves torch and torchvision out, and the kit itself
-    is installed with ``--no-deps`` so that pip never resolves (and replaces) torch.
+    The setup cell lists them itself (generated from the file) rather than fetching the file: one download
+    fewer, and a fork or a local clone needs no raw-file address.
     """
-    return [
-        ["install", "-q", "-r", requirements_colab_url()],
-        ["install", "-q", "--no-deps", f"quantlab @ git+{repo_url()}@{BRANCH}"],
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
+
+
+def kit_requirement(git_url: str | None = None) -> str:
+    """The pip requirement of the kit at ``REF``: from ``git_url`` ($QUANTLAB_KIT_GIT) or the repository."""
+    return f"quantlab @ git+{git_url or os.environ.get(KIT_GIT_ENV) or repo_url()}@{REF}"
+
+
+def _quoted(text: str) -> str:
+    """A Python string literal in double quotes, as the rest of the cell writes them."""
+    return json.dumps(text)
+
+
+def setup_cell_source(notebook: str = "") -> str:
+    """The code of ``notebook``'s setup cell (Colab installs the kit; elsewhere it is installed).
+
+    requirements-colab.txt leaves torch and torchvision out, and the kit goes in with ``--no-deps``, so pip
+    never resolves (and replaces) Colab's torch. The extras (``NOTEBOOK_EXTRAS``) come last.
+    """
+    extras = NOTEBOOK_EXTRAS.get(notebook, ())
+    unknown = sorted(set(extras) - set(EXTRAS))
+    if unknown:
+        raise ValueError(f"{notebook}: unknown setup extras {unknown}; known: {EXTRAS}")
+    pip = 'subprocess.run([sys.executable, "-m", "pip", "install", "-q", '
+    lines = [
+        "# Setup. On Colab: install the kit's release from GitHub, keeping Colab's own torch and torchvision",
+        "# (the packages below leave them out, and the kit goes in with --no-deps).",
+        "# Anywhere else the kit is already installed (`make setup` or `pip install -e .[dev]`).",
+        "# Generated by tools/sync_notebooks.py from Codes/quantlab/project.py: edit those, not this cell.",
+        "import os",
+        "import subprocess",
+        "import sys",
+        "",
+        'if "google.colab" in sys.modules:',
+        f"    {pip}{', '.join(_quoted(r) for r in colab_requirements())}], check=True)",
+        f"    kit = os.environ.get({_quoted(KIT_GIT_ENV)}, {_quoted(repo_url())})  # a fork or a local clone may stand in",
+        f'    {pip}"--no-deps", f"quantlab @ git+{{kit}}@{REF}"], check=True)',
     ]
-
-
-def setup_cell_source() -> str:
-    """The code of every notebook's setup cell (Colab installs the kit; elsewhere it is installed)."""
-    calls = "\n".join(
-        f'    subprocess.run([sys.executable, "-m", "pip", *{args!r}], check=True)' for args in pip_install_commands()
-    )
-    return (
-        "# Setup. On Colab: install the kit from GitHub, keeping Colab's own torch and torchvision\n"
-        "# (requirements-colab.txt leaves them out, and the kit goes in with --no-deps).\n"
-        "# Anywhere else the kit is already installed (`make setup` or `pip install -e .[dev]`).\n"
-        "# Generated by tools/sync_notebooks.py from Codes/quantlab/project.py: edit those, not this cell.\n"
-        "import subprocess\n"
-        "import sys\n"
-        "\n"
-        'if "google.colab" in sys.modules:\n'
-        f"{calls}\n"
-    )
+    if "torchao" in extras:
+        lines += [
+            "    # torchao must fit this torch (a mismatched one can kill the kernel at import): the kit's table picks it",
+            "    # (on a torch older than the kit supports it prints why, and installs none)",
+            '    torchao = subprocess.run([sys.executable, "-m", "quantlab.compat", "torchao"], stdout=subprocess.PIPE, text=True)',
+            "    if torchao.returncode == 0:",
+            f"        {pip}torchao.stdout.strip()], check=True)",
+        ]
+    return "\n".join(lines) + "\n"

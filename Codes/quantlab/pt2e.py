@@ -52,13 +52,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantlab import models
+from quantlab import compat, models
 from quantlab.errors import KitError
 from quantlab.quantize import calibrate
 
 SUFFIX = ".pt2"
 TARGETS = ("x86", "arm")
-TORCHAO_HINT = "pip install torchao==0.18.0 (the release the kit tests with torch 2.14), or pip install -e .[pt2e]"
+# what to install when a PT2E file needs torchao: the release for this torch, from quantlab.compat's table
+TORCHAO_HINT = compat.install_hint(torch.__version__)
 MAX_BATCH = 1024
 QUANTIZE_OPS = ("quantized_decomposed.", "torchao.")  # the namespaces of convert_pt2e's (de)quantize operators
 
@@ -68,15 +69,24 @@ def is_exported_file(path: str | Path) -> bool:
 
 
 def require_torchao() -> str:
-    """torchao's version; a KitError naming the fix when it is not installed."""
+    """torchao's version; a KitError naming the torchao to install when it is missing or does not fit this torch.
+
+    The fit is decided from package metadata *before* the import (quantlab.compat's table): a torchao built
+    for another torch can abort the whole process at import, which no ``except`` catches.
+    """
+    problem = compat.torchao_problem(torch.__version__, compat.installed_version("torchao"))
+    if problem is not None:
+        raise KitError(problem)
     try:
         with _quiet():
             import torchao  # noqa: F401
             from torchao.quantization.pt2e import quantize_pt2e  # noqa: F401
     except ImportError as error:
+        pin = compat.torchao_for(torch.__version__)
         raise KitError(
-            f"PT2E quantization needs torchao, which is not installed or does not load "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:80]}); {TORCHAO_HINT}"
+            f"PT2E quantization needs torchao, which does not load "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:80]}); "
+            f"pip install torchao=={pin} (the release for torch {torch.__version__})"
         ) from None
     return torchao.__version__
 
