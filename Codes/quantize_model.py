@@ -396,7 +396,7 @@ def load_fp32(name_or_path: str, arch: str) -> torch.nn.Module:
             f"{path} is an ONNX file; quantize_model.py starts from PyTorch fp32 weights "
             "(it exports to ONNX itself with --format onnx)"
         )
-    if models.is_torchscript_file(path):
+    if files.is_torchscript_file(path):
         raise KitError(
             f"{path} is a TorchScript file: it cannot be quantized again in eager mode; "
             "pass the fp32 state dict it came from (torch.save(model.state_dict(), PATH))"

@@ -49,6 +49,10 @@ INCLUDE_GLOBS = (
     "requirements-*.txt",
     "pyproject.toml",
     ".gitignore",
+    "LICENSE",  # the terms a course reuses the kit under, and the third parties' (weights, photos)
+    "LICENSE-docs.md",
+    "NOTICE.md",
+    "CONTRIBUTING.md",
 )
 # The instructors' files: what they hold is the answers, or how to grade them.
 INSTRUCTOR_FILES = ("labs/answer_key.md", "labs/instructor_guide.md", "docs/release.md")

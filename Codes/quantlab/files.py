@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,12 @@ def read_yaml(path: Path, what: str) -> Any:
         where = f" at line {mark.line + 1}" if mark else ""
         alias = " (aliases are not allowed)" if "alias" in str(error) else ""
         raise KitError(f"{what} {path} is not valid YAML{where}{alias}") from None
+
+
+def is_torchscript_file(path: str | Path) -> bool:
+    """torch.jit.save archives hold the model's code (``<name>/code/``); torch.save state dicts do not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantlab import engines, models, onnx_tools, vocab
+from quantlab import engines, files, models, onnx_tools, vocab
 from quantlab.errors import KitError
 from quantlab.files import file_size_mb, sha256_of
 
@@ -447,7 +447,7 @@ def _load_file(spec: str, engine: str, threads: int, arch: str, input_size: int)
         raise KitError(f"--model {spec} is a folder; pass a model file (.pt, .pth or .onnx)")
     if path.suffix.lower() in vocab.ONNX_SUFFIXES:
         return _load_onnx(path, threads, input_size)
-    if models.is_torchscript_file(path):
+    if files.is_torchscript_file(path):
         return _load_torchscript(path, engine, threads)
     try:
         state_dict = models.load_state_dict_file(path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
+from quantlab import files
 from quantlab._quiet import quiet_native_warnings
 from quantlab.assets import ASSETS_ENV, FLOAT_WEIGHTS, INT8_WEIGHTS, asset_path
 from quantlab.errors import KitError
@@ -253,15 +253,6 @@ class OnnxModel:
         return torch.from_numpy(logits)
 
 
-def is_torchscript_file(path: str | Path) -> bool:
-    """torch.jit.save archives hold the model's code (``<name>/code/``); torch.save state dicts do not."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any("/code/" in name for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 def load_model_file(path: str | Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """Load a TorchScript (``.pt``/``.pth``) or ONNX (``.onnx``) model file for inference.
 
@@ -273,7 +264,7 @@ def load_model_file(path: str | Path, threads: int) -> Callable[[torch.Tensor], 
         raise KitError(f"model file {path} does not exist; make one with quantize_model.py or check the path")
     if path.suffix.lower() in ONNX_SUFFIXES:
         return OnnxModel(path, threads)
-    if not is_torchscript_file(path):
+    if not files.is_torchscript_file(path):
         kind = "a state dict (use --weights)" if _looks_like_state_dict(path) else "not a TorchScript model"
         raise KitError(f"{path} is {kind}: not a torch.jit.save archive; make a model file with quantize_model.py")
     try:

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from quantlab import files
+from quantlab import files, vocab
 from quantlab.assets import cache_dir
 from quantlab.errors import KitError
 
@@ -71,12 +71,10 @@ def made_here(path: Path) -> bool:
 
 def carries_code(spec: str) -> bool:
     """A model spec whose loading runs code from the file: TorchScript, a .pt2 program, FILE.py:FUNCTION."""
-    from quantlab import models, pt2e, user_model  # torch: only when a spec is checked
-
     path = Path(spec)
-    if user_model.is_user_model_spec(spec) and not path.exists():
+    if vocab.USER_MODEL_SPEC.match(spec) and not path.exists():
         return True
-    return path.is_file() and (pt2e.is_exported_file(path) or models.is_torchscript_file(path))
+    return path.is_file() and (path.suffix.lower() == vocab.PT2_SUFFIX or files.is_torchscript_file(path))
 
 
 def require_trusted(spec: str, trust: bool) -> None:

@@ -409,13 +409,23 @@ def check_archive(path: Path) -> None:
                 raise KitError(f"{refused} ({name}: {str(key)[:60]} is a pickled object, not a tensor)")
 
 
+def _torchao_fits() -> bool:
+    """torchao is installed and built for this torch (decided from package metadata, without importing it)."""
+    version = compat.installed_version("torchao")
+    return version is not None and compat.torchao_problem(torch.__version__, version) is None
+
+
 def _load_program(path: Path) -> torch.export.ExportedProgram:
     if not path.is_file():
         raise KitError(f"model file {path} does not exist; make one with quantize_model.py --model FILE.py:FUNCTION")
     check_archive(path)
-    try:  # registers the quantize/dequantize operators a PT2E file calls
-        with _quiet():
-            importlib.import_module("torchao.quantization.pt2e")
+    try:  # registers the quantize/dequantize operators a PT2E file calls; a torchao for another torch can abort
+        # the process at import, so it is imported only when quantlab.compat's table says it fits
+        if _torchao_fits():
+            with _quiet():
+                importlib.import_module("torchao.quantization.pt2e")
+        else:
+            raise ImportError("no torchao that fits this torch")
     except ImportError:  # torch keeps its own copy of them (deprecated): enough to run a file, e.g. on the Pi
         with contextlib.suppress(ImportError), _quiet():
             importlib.import_module("torch.ao.quantization.fx._decomposed")
@@ -453,6 +463,8 @@ def load_exported(path: Path, input_size: int = 224, compile: bool | None = None
     if quantized:
         try:  # importing the x86 quantizer registers inductor's int8 fusion passes: without them inductor
             # compiles the (de)quantize pairs around float convolutions, slower than fp32 (measured: 52 float convs)
+            if not _torchao_fits():
+                raise ImportError("no torchao that fits this torch")
             with _quiet():
                 importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
         except ImportError:

@@ -19,21 +19,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantlab import models, onnx_tools
+from quantlab import models, onnx_tools, vocab
 from quantlab.errors import KitError
 
 # FILE.py:FUNCTION[@WEIGHTS]: FILE may hold colons of its own (C:\...), the function name cannot
-SPEC_PATTERN = re.compile(r"^(?P<file>.+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)(?:@(?P<weights>.+))?$")
 
 
 def is_user_model_spec(spec: str) -> bool:
     """True for ``FILE.py:FUNCTION`` (whether or not the file exists)."""
-    return SPEC_PATTERN.match(str(spec)) is not None
+    return vocab.USER_MODEL_SPEC.match(str(spec)) is not None
 
 
 def parse_spec(spec: str) -> tuple[Path, str, Path | None]:
     """(the Python file, the function name, the state dict or None) of ``FILE.py:FUNCTION[@WEIGHTS.pth]``."""
-    match = SPEC_PATTERN.match(str(spec))
+    match = vocab.USER_MODEL_SPEC.match(str(spec))
     if match is None:
         raise KitError(
             f"--model {spec}: write your own model as FILE.py:FUNCTION, e.g. my_net.py:build "

@@ -8,6 +8,8 @@ costs nothing: a JSON checker can use it without loading torch.
 
 from __future__ import annotations
 
+import re
+
 # ---- how a model was quantized -----------------------------------------------------
 METHODS = ("static", "dynamic", "qat")  # quantize_model.py --method
 METHOD_ALIASES = {"post_training": "static", "quantization_aware": "qat"}  # STM32 model zoo's words (--config)
@@ -26,5 +28,7 @@ DEFAULT_RECIPE = ("static", "qnnpack", "per_channel", "histogram")  # method, en
 TORCH_SUFFIXES = (".pt", ".pth", ".ptl")  # TorchScript archives and torch.save files
 ONNX_SUFFIXES = (".onnx", ".ort")
 PT2_SUFFIX = ".pt2"  # torch.export's program (PT2E, your own model)
+# your own float model: FILE.py:FUNCTION[@WEIGHTS.pth] (quantlab.user_model imports FILE.py and calls FUNCTION)
+USER_MODEL_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)(?:@(?P<weights>.+))?$")
 MODEL_SUFFIXES = (*TORCH_SUFFIXES, PT2_SUFFIX, *ONNX_SUFFIXES)
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")  # what OpenCV and PIL read here

@@ -55,7 +55,7 @@ def _our_words(message: str) -> str:
 def run(request: dict) -> dict:
     import torch
 
-    from quantlab import bench, data, engines, loading, models
+    from quantlab import bench, data, engines, files, loading
     from quantlab.errors import KitError
     from quantlab.grader import model_checks
 
@@ -65,7 +65,7 @@ def run(request: dict) -> dict:
         problem = model_checks.onnx_problem(Path(path))
         if problem:
             return {"ok": False, "reason": problem, "refused": True}
-    elif models.is_torchscript_file(path):
+    elif files.is_torchscript_file(path):
         problem = _checked_before_running(path)
         if problem:
             return {"ok": False, "reason": problem, "refused": True}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from quantlab import files, models, report, vocab
+from quantlab import files, report, vocab
 from quantlab.errors import KitError
 from quantlab.grader import model_checks, pi_runs, sandbox
 from quantlab.grader.intake import (
@@ -103,7 +103,7 @@ def grade_model(
         grade.excluded = _child_reason(name, result, runner.memory_mb)
         if (
             "does not load" in grade.excluded
-            and not models.is_torchscript_file(path)
+            and not files.is_torchscript_file(path)
             and path.suffix.lower() in vocab.TORCH_SUFFIXES
         ):
             grade.excluded += " (a torch.save of a Python object, e.g. a whole model, is refused: hand in TorchScript)"
