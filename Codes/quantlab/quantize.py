@@ -90,7 +90,8 @@ def qat_qconfig_for(engine: str, granularity: str = "per_channel") -> tq.QConfig
 
     PyTorch's standard choice for activations: a moving average of each batch's min and max
     (``MovingAverageMinMaxObserver``), which follows the activations as the weights train; a histogram
-    observer would keep every batch since the start, and costs a histogram search on every step.
+    observer merges every batch into one running histogram (old batches weigh as much as new ones), and
+    costs a histogram search on every step.
     """
     _check_choice(granularity)
     activation = tq.FakeQuantize.with_args(
