@@ -69,3 +69,21 @@ def test_evaluate_keeps_the_hits_it_scored_and_the_table_reads_them():
     rows = {line.split()[0]: line for line in table.splitlines()[2:5]}
     assert "(the baseline)" in rows["fp32"] and rows["int8"].endswith("worse") and rows["again"].endswith("noise")
     assert "-5.00 [" in rows["int8"] and "800 photos" in table
+
+
+def test_tied_logits_score_the_same_in_the_table_and_the_paired_hits():
+    """int8 logits tie often: evaluate's top-1 and top1_hits must pick the same class (the lower index)."""
+    from quantlab import bench
+
+    logits = torch.zeros(4, 1000)
+    logits[:, [3, 7, 500]] = 5.0  # three classes tie at the top
+    labels = torch.tensor([3, 7, 500, 3])
+
+    def tied(images: torch.Tensor) -> torch.Tensor:
+        return logits[: images.shape[0]]
+
+    batches = [(torch.zeros(4, 3, 8, 8), labels)]
+    table = bench.evaluate(tied, batches, progress=False, keep_hits=True)
+    hits = stats.top1_hits(tied, batches)
+    assert hits.tolist() == [True, False, False, True] == table["hits"].tolist()
+    assert table["top1"] == 50.0 and table["top5"] == 100.0

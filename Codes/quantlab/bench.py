@@ -160,7 +160,9 @@ def evaluate(
                     f"a label ({int(labels.max())}) is beyond the model's {logits.shape[1]} classes; "
                     "use a data set labelled with the model's class indices (ImageNet-1k order)"
                 )
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            # a stable sort breaks ties towards the lower class, as argmax does (stats.top1_hits): int8 logits
+            # tie often, and topk's order among equal values is unspecified
+            top = logits.sort(dim=1, descending=True, stable=True).indices[:, :5]
             hits = top == labels.unsqueeze(1)
             correct1 += int(hits[:, 0].sum())
             top1_hits.append(hits[:, 0])
