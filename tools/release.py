@@ -27,6 +27,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -129,7 +130,11 @@ def broken_links(tree: Path) -> list[str]:
     """Relative Markdown links (in .md files and notebooks) that point at nothing in ``tree``."""
     broken = []
     for path in sorted([*tree.rglob("*.md"), *tree.rglob("*.ipynb")]):
-        for target in LINK.findall(path.read_text(encoding="utf-8")):
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".ipynb":  # links live in the Markdown cells; code like f(x)[0](y) is no link
+            cells = json.loads(text)["cells"]
+            text = "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown")
+        for target in LINK.findall(text):
             if not (path.parent / target.split("?")[0]).exists():
                 broken.append(f"{path.relative_to(tree).as_posix()} -> {target}")
     return broken
