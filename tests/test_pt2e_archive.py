@@ -190,6 +190,45 @@ def test_a_program_that_runs_more_than_operators_is_refused(honest, tmp_path, ch
     assert not marker.exists(), "the file's code ran"
 
 
+@pytest.fixture(scope="module")
+def dynamic(tmp_path_factory) -> Path:
+    """A program with a dynamic batch axis: its JSON holds symbolic sizes as sympy text."""
+    path = tmp_path_factory.mktemp("pt2") / "dynamic.pt2"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(_Tiny().eval(), (torch.randn(2, 3, 8, 8),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def _size_that_runs(marker: Path):
+    def change(name: str, data: bytes) -> bytes:
+        if name == "models/model.json":
+            text = data.decode()
+            symbol = "integer=True)"
+            assert symbol in text, "the exported program holds no symbolic size"
+            return text.replace(symbol, f"integer=True)+0*__import__('os').system('touch {marker}')", 1).encode()
+        return data
+
+    return change
+
+
+def test_torch_itself_evaluates_a_symbolic_size(dynamic, tmp_path):
+    """torch.export.load hands each symbolic size to sympy.sympify, which evaluates Python: a third way in."""
+    marker = tmp_path / "ran"
+    torch.export.load(str(_rewrite(dynamic, tmp_path / "size.pt2", _size_that_runs(marker))))
+    assert marker.exists()
+
+
+def test_a_symbolic_size_that_holds_code_is_refused_and_an_honest_one_passes(dynamic, tmp_path):
+    pt2e.check_archive(dynamic)
+    assert pt2e.load_exported(dynamic, input_size=8, compile=False)(torch.randn(3, 3, 8, 8)).shape == (3, 4)
+    marker = tmp_path / "ran"
+    evil = _rewrite(dynamic, tmp_path / "size.pt2", _size_that_runs(marker))
+    with pytest.raises(KitError, match="a symbolic size holds Python code"):
+        pt2e.load_exported(evil, input_size=8, compile=False)
+    assert not marker.exists(), "the file's code ran"
+
+
 def test_a_kit_shaped_guard_passes(honest, tmp_path):
     guarded = _rewrite(
         honest, tmp_path / "guarded.pt2", _program(lambda p: p.update(guards_code=["L['x'].size()[0] == 1"]))

@@ -320,6 +320,16 @@ _REFUSED_OPERATORS = ("from_file",)  # ATen operators that read or write files
 # torch.export's shape guards are Python source that ExportedProgram.module() compiles and runs at each call:
 # a guard may name the inputs (L['x']) and their sizes, nothing else.
 _GUARD_NAMES = {"L", "size", "stride", "and", "or", "not", "True", "False"}
+# Symbolic sizes (a dynamic batch axis) are sympy text that torch.export.load hands to sympy.sympify, which
+# evaluates Python: one may name symbols (s77), numbers, arithmetic and sympy's and torch's size functions only.
+_SIZE_NAMES = {
+    *("Symbol", "Integer", "Float", "Rational", "positive", "integer", "real", "nonnegative", "True", "False"),
+    *("Max", "Min", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "Abs"),
+    *("FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv"),
+    *("LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv", "TruncToFloat", "TruncToInt"),
+    *("RoundToInt", "RoundDecimal", "ToFloat", "Identity", "IsNonOverlappingAndDenseIndicator"),
+}
+_SYMBOL = re.compile(r"[a-z]+\d+")  # torch's size symbols: s77, u0, ...
 
 
 def _symbolic_targets() -> set[str]:
@@ -334,12 +344,15 @@ def _symbolic_targets() -> set[str]:
 def _graph_problem(name: str, program: object) -> str | None:
     """Why an exported program's JSON could run code other than ATen operators, or None."""
     targets: list[str] = []
+    sizes: list[object] = []
 
     def collect(value: object) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 if key in ("target", "as_operator") and isinstance(item, str):
                     targets.append(item)
+                if key == "expr_str":
+                    sizes.append(item)
                 collect(item)
         elif isinstance(value, list):
             for item in value:
@@ -351,6 +364,9 @@ def _graph_problem(name: str, program: object) -> str | None:
         operator = _ALLOWED_TARGET.fullmatch(target)
         if (operator is None and target not in symbolic) or (operator and target.split(".")[3] in _REFUSED_OPERATORS):
             return f"{name} calls {target[:80]}, not an operator of torch.ops.aten or of (de)quantization"
+    for size in sizes:
+        if not isinstance(size, str) or not _plain_size(size):
+            return f"{name}: a symbolic size holds Python code ({str(size)[:60]!r})"
     guards = program.get("guards_code", []) if isinstance(program, dict) else None
     if not isinstance(guards, list) or not all(isinstance(guard, str) for guard in guards):
         return f"{name}: its shape guards are not a list of expressions"
@@ -359,6 +375,14 @@ def _graph_problem(name: str, program: object) -> str | None:
         if "__" in unquoted or set(re.findall(r"[A-Za-z_]\w*", unquoted)) - _GUARD_NAMES:
             return f"{name}: a shape guard holds Python code ({guard[:60]!r})"
     return None
+
+
+def _plain_size(text: str) -> bool:
+    """True for sympy text of a size: quoted symbol names, numbers, arithmetic, allowed function names."""
+    unquoted = re.sub(r"'[a-z]+\d+'", "''", text)
+    if "__" in unquoted or not re.fullmatch(r"[A-Za-z0-9_ ,.()+\-*/=<>!']*", unquoted):
+        return False
+    return all(word in _SIZE_NAMES or _SYMBOL.fullmatch(word) for word in re.findall(r"[A-Za-z_]\w*", unquoted))
 
 
 def _pickle_free_tensor_file(data: bytes) -> bool:
