@@ -294,22 +294,31 @@ def test_onnx_format_and_another_architecture(tmp_path, sample_photos, float_wei
 
 
 def test_imagenette_labels_map_to_imagenet_and_download_errors_are_one_line(monkeypatch, tmp_path):
-    """Colab's data set: Imagenette's 10 classes scored as ImageNet-1k indices; no network is a KitError."""
+    """Colab's data set: Imagenette's 10 classes, read from the archive's class folders, scored as ImageNet-1k
+    indices; no network is a KitError, and so is an archive without the split."""
     import torchvision
 
     from quantlab import data
     from quantlab.errors import KitError
 
-    class FakeImagenette:  # what torchvision's Imagenette exposes, without the 330 MB download
+    monkeypatch.chdir(tmp_path)  # data.imagenette's root is ./data, as on Colab
+
+    class FakeImagenette:  # torchvision's download and unpacking, without the 330 MB: the archive's layout
         def __init__(self, root, split, size, download):
-            self.wnid_to_idx = {wnid: index for index, wnid in enumerate(sorted(data.IMAGENETTE_TO_IMAGENET))}
-            self._samples = [(str(tmp_path / f"{wnid}.JPEG"), index) for wnid, index in self.wnid_to_idx.items()]
+            for wnid in data.IMAGENETTE_TO_IMAGENET:
+                folder = Path(root) / data.IMAGENETTE_FOLDER / split / wnid
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{wnid}_1.JPEG").write_bytes(b"")
 
     monkeypatch.setattr(torchvision.datasets, "Imagenette", FakeImagenette)
     dataset = data.image_dataset("imagenette", size=64)
-    labels = {Path(path).stem: label for path, label in dataset.items}
+    labels = {Path(path).parent.name: label for path, label in dataset.items}
     assert labels["n01440764"] == 0 and labels["n03888257"] == 701  # tench, parachute
     assert sorted(labels.values()) == sorted(data.IMAGENETTE_TO_IMAGENET.values())
+
+    monkeypatch.setattr(torchvision.datasets, "Imagenette", lambda root, split, size, download: None)
+    with pytest.raises(KitError, match="lacks data/imagenette2-320/train"):
+        data.imagenette(split="train")
 
     def offline(*args, **kwargs):
         raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
