@@ -533,3 +533,26 @@ def test_load_time_code_is_refused(tmp_path):
     path = tmp_path / "setstate.pt"
     torch.jit.save(torch.jit.script(SetState().eval()), str(path))
     assert "defines __getstate__" in model_checks.check_code_text(path)
+
+
+def test_ort_files_are_refused_and_onnx_family_files_are_always_checked(tmp_path):
+    """An .ort file cannot be read by the onnx package, so its operators (a Loop) would escape the allowlist."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from quantlab.grader import intake, model_runner
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])
+    graph = helper.make_graph([helper.make_node("Loop", ["input"], ["logits"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph), str(tmp_path / "loop.ort"))
+    assert "refused, hand in the .onnx file" in intake.content_problem(tmp_path / "loop.ort")
+    (tmp_path / "loop.ort").rename(tmp_path / "LOOP.ORT")
+    assert "refused" in intake.content_problem(tmp_path / "LOOP.ORT")
+    (tmp_path / "LOOP.ORT").rename(tmp_path / "loop.ort")
+    # the sandboxed child refuses it too, whatever let it through: it checks every ONNX-family suffix
+    result = model_runner.run({"model": str(tmp_path / "loop.ort"), "threads": 1, "task": "check"})
+    assert result["ok"] is False and result["refused"] is True and "'Loop'" in result["reason"]
+    (tmp_path / "flat.ort").write_bytes(b"\x18\x00\x00\x00ORTM" + bytes(64))  # ORT's flatbuffer, not protobuf
+    result = model_runner.run({"model": str(tmp_path / "flat.ort"), "threads": 1, "task": "check"})
+    assert result["ok"] is False and "not a readable ONNX model" in result["reason"]

@@ -5,10 +5,15 @@ Hand-made model grades; the end-to-end path with real models is in test_grade.py
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import pytest
 
-from quantlab.grader import rubric, scoring
+from quantlab.grader import rubric, sandbox, scoring
 from quantlab.grader.records import ModelGrade, StudentGrade
+from quantlab.grader.runner import Baseline
 
 RUBRIC = rubric.load_rubric(None)
 
@@ -84,3 +89,36 @@ def test_task_3_table_needs_four_distinct_models_for_one_engine():
     assert not scoring.ptq_table_complete(four[:3] + [static(*cells[3], "w3", images=8)])
     # "one number of calibration photos" cannot be checked when no sidecar says it
     assert not scoring.ptq_table_complete([static(g, o, f"w{i}", images=None) for i, (g, o) in enumerate(cells)])
+
+
+class _Answers:
+    """A stand-in for the sandboxed runner: what the child said of a file, without running one."""
+
+    measure = None
+    memory_mb = 1024
+
+    def __init__(self, result: dict) -> None:
+        self.result = result
+
+    def __call__(self, path: Path, sidecar: dict | None) -> sandbox.Outcome:
+        return sandbox.Outcome(result=self.result)
+
+
+@pytest.mark.parametrize("claimed", ["int8", "static", "dynamic", "qat"])
+def test_a_float_model_never_counts_as_int8_whatever_its_sidecar_says(tmp_path, claimed):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "f.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 4).eval()), str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "f.json").write_text(json.dumps({"method": claimed, "engine": "x86", "sha256": digest}))
+    row = {"file": "f.pt", "method": claimed, "engine": "x86", "sha256": digest, "size_mb": 0.001}
+    child = {"ok": True, "method": claimed, "engine": None, "quantized": False, "parameters": 16}
+    flags: list[str] = []
+    baseline = Baseline(size_mb=14.0, result=None)
+    grade = scoring.grade_model(tmp_path, row, None, RUBRIC, baseline, _Answers(child), flags)
+    assert grade.excluded == flags[0] and f"its sidecar says {claimed}, but the model holds no int8" in flags[0]
+    # the same file said to be fp32 is graded as what it is
+    (tmp_path / "f.json").write_text(json.dumps({"method": "fp32", "engine": "x86", "sha256": digest}))
+    fp32 = scoring.grade_model(tmp_path, {**row, "method": "fp32"}, None, RUBRIC, baseline,
+                               _Answers({**child, "method": "fp32"}), [])  # fmt: skip
+    assert fp32.excluded is None and fp32.method == "fp32"

@@ -55,13 +55,14 @@ def _our_words(message: str) -> str:
 def run(request: dict) -> dict:
     import torch
 
-    from quantlab import bench, data, engines, files, loading
+    from quantlab import bench, data, engines, files, loading, vocab
     from quantlab.errors import KitError
     from quantlab.grader import model_checks
 
     path = request["model"]
     engines.set_threads(int(request["threads"]))
-    if path.lower().endswith(".onnx"):
+    if path.lower().endswith(vocab.ONNX_SUFFIXES):
+        # every ONNX-family file: an .ort (or anything the onnx package cannot read) is refused, never run unchecked
         problem = model_checks.onnx_problem(Path(path))
         if problem:
             return {"ok": False, "reason": problem, "refused": True}

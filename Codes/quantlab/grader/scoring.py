@@ -111,7 +111,7 @@ def grade_model(
     method, engine = result.get("method"), result.get("engine")
     if sidecar and sidecar.get("method") and path.suffix.lower() in vocab.TORCH_SUFFIXES:
         method = sidecar["method"]
-    if method in ("static", "dynamic", "qat") and result.get("quantized") is False:
+    if method in vocab.RECORDED_METHODS and method != "fp32" and result.get("quantized") is False:  # "int8" too
         # the sidecar (or ONNX metadata) is the student's word; the loaded graph is the file's
         grade.excluded = (
             f"{name}: its sidecar says {method}, but the model holds no int8 layers (it runs in "
