@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from quantlab.grader import rubric, sandbox, scoring
 from quantlab.grader.records import ModelGrade, StudentGrade
@@ -106,7 +107,6 @@ class _Answers:
 
 @pytest.mark.parametrize("claimed", ["int8", "static", "dynamic", "qat"])
 def test_a_float_model_never_counts_as_int8_whatever_its_sidecar_says(tmp_path, claimed):
-    torch = pytest.importorskip("torch")
     path = tmp_path / "f.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(3, 4).eval()), str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -122,3 +122,67 @@ def test_a_float_model_never_counts_as_int8_whatever_its_sidecar_says(tmp_path, 
     fp32 = scoring.grade_model(tmp_path, {**row, "method": "fp32"}, None, RUBRIC, baseline,
                                _Answers({**child, "method": "fp32"}), [])  # fmt: skip
     assert fp32.excluded is None and fp32.method == "fp32"
+
+
+def _conv_net() -> torch.nn.Module:
+    """A 1000-class conv net small enough to quantize in milliseconds: a full conv layer and a depthwise one."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 1000),
+    )  # fmt: skip
+
+
+def _quantized(kind: str) -> torch.nn.Module:
+    """``kind``: static per_channel / per_tensor (every conv int8), or dynamic (fp32 convs, int8 Linear)."""
+    from torch.ao import quantization as tq
+
+    torch.backends.quantized.engine = "x86"
+    if kind == "dynamic":
+        return tq.quantize_dynamic(_conv_net().eval(), {torch.nn.Linear}, dtype=torch.qint8)
+    model = torch.nn.Sequential(tq.QuantStub(), _conv_net(), tq.DeQuantStub()).eval()
+    weight = tq.default_per_channel_weight_observer if kind == "per_channel" else tq.default_weight_observer
+    model.qconfig = tq.QConfig(activation=tq.HistogramObserver.with_args(reduce_range=True), weight=weight)
+    prepared = tq.prepare(model)
+    prepared(torch.rand(4, 3, 32, 32))
+    return tq.convert(prepared)
+
+
+def _graded_in_child(folder: Path, kind: str, sidecar: dict) -> tuple[ModelGrade, list[str]]:
+    """Save the model with ``sidecar``, run the grader's child on it (in-process) and score what it said."""
+    from quantlab.grader import model_runner
+
+    folder.mkdir()
+    path = folder / "m.pt"
+    torch.jit.save(torch.jit.freeze(torch.jit.script(_quantized(kind))), str(path))  # as quantize_model.py
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (folder / "m.json").write_text(json.dumps({**sidecar, "engine": "x86", "sha256": digest}))
+    child = model_runner.run({"model": str(path), "threads": 1, "task": "check"})
+    assert child["ok"] is True, child
+    row = {"file": "m.pt", "method": sidecar["method"], "engine": "x86", "sha256": digest,
+           "size_mb": path.stat().st_size / 1e6}  # fmt: skip
+    flags: list[str] = []
+    grade = scoring.grade_model(folder, row, None, RUBRIC, Baseline(size_mb=14.0, result=None), _Answers(child), flags)
+    return grade, flags
+
+
+def test_a_dynamic_model_with_a_static_sidecar_is_flagged(tmp_path):
+    recipe = {"method": "static", "granularity": "per_channel", "observer": "histogram"}
+    disguised, flags = _graded_in_child(tmp_path / "dynamic", "dynamic", recipe)
+    assert disguised.excluded == flags[0] and "2 of its 2 convolutions run in fp32 (a dynamic model?)" in flags[0]
+    honest, flags = _graded_in_child(tmp_path / "static", "per_channel", recipe)
+    assert honest.excluded is None and flags == [] and honest.granularity == "per_channel"
+    # the dynamic model said to be dynamic is what it says
+    plain, flags = _graded_in_child(tmp_path / "plain", "dynamic", {"method": "dynamic"})
+    assert plain.excluded is None and flags == [] and plain.method == "dynamic"
+
+
+def test_the_packed_weights_must_have_the_claimed_granularity(tmp_path):
+    recipe = {"method": "static", "granularity": "per_channel", "observer": "minmax"}
+    forged, flags = _graded_in_child(tmp_path / "tensor", "per_tensor", recipe)
+    assert forged.excluded == flags[0]
+    assert "its sidecar says per_channel weights, its convolutions' packed weights are per_tensor" in flags[0]
+    honest, flags = _graded_in_child(tmp_path / "honest", "per_tensor", {**recipe, "granularity": "per_tensor"})
+    assert honest.excluded is None and flags == [] and honest.granularity == "per_tensor"

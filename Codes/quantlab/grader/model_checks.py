@@ -427,6 +427,61 @@ def _block_problem(block, trips_around: int) -> str | None:
     return None
 
 
+# the C++ class of a quantized convolution's packed weights: only its unpack() is called (never a student's class)
+CONV_PACKED_PARAMS = "__torch__.torch.classes.quantized.Conv2dPackedParamsBase"
+# a weight's qscheme as a sidecar's granularity names it
+GRANULARITY_OF_QSCHEME = {
+    "torch.per_tensor_affine": "per_tensor",
+    "torch.per_tensor_symmetric": "per_tensor",
+    "torch.per_channel_affine": "per_channel",
+    "torch.per_channel_symmetric": "per_channel",
+    "torch.per_channel_affine_float_qparams": "per_channel",
+}
+
+
+def conv_facts(model) -> dict:
+    """How ``model``'s convolutions run: ``{"int8": N, "float": M, "granularities": [...]}``.
+
+    A dynamic model keeps its convolutions in fp32 (only Linear is int8), whatever its sidecar claims:
+    ``quantized::conv*`` against ``aten::conv*`` in the graph tells them apart, and the packed weights'
+    qscheme tells per-channel from per-tensor whatever the sidecar says. The packed weights are graph
+    constants in a frozen model (quantize_model.py freezes) and module attributes in one that is not.
+    """
+    import torch
+
+    int8 = floating = 0
+    packed = []
+    for node in _all_nodes(model.inlined_graph):
+        namespace, _, op = node.kind().partition("::")
+        if op.startswith(("conv", "_convolution")) and not op.startswith(("conv_tbc", "convolution_backward")):
+            if namespace == "quantized":
+                int8 += 1
+            elif namespace == "aten":
+                floating += 1
+        elif node.kind() == "prim::Constant" and node.outputsSize() == 1:
+            value = node.output()
+            if str(value.type()) == CONV_PACKED_PARAMS:
+                packed.append(value.toIValue())
+    packed += [getattr(module, "_packed_params", None) for _, module in model.named_modules()]
+    granularities = set()
+    for params in packed:
+        # only the C++ class's unpack() is called, never a method of a student's own class
+        if isinstance(params, torch.ScriptObject) and params._type().qualified_name() == CONV_PACKED_PARAMS:
+            qscheme = str(params.unpack()[0].qscheme())
+            granularities.add(GRANULARITY_OF_QSCHEME.get(qscheme, qscheme))
+    return {"int8": int8, "float": floating, "granularities": sorted(granularities)}
+
+
+def _all_nodes(block) -> list:
+    """Every node of ``block`` and the blocks inside its nodes (a conv in a loop or an if counts too)."""
+    nodes = []
+    for node in block.nodes():
+        nodes.append(node)
+        for inner in node.blocks():
+            nodes.extend(_all_nodes(inner))
+    return nodes
+
+
 def _loop_problem(node) -> str | None:
     trips = next(iter(node.inputs()))
     producer = trips.node()

@@ -119,6 +119,11 @@ def grade_model(
         )
         flags.append(grade.excluded)
         return grade
+    why = _convs_problem(name, method, grade, result.get("convs"))
+    if why:
+        grade.excluded = why
+        flags.append(why)
+        return grade
     grade.method = method if method in vocab.RECORDED_METHODS else "int8"
     grade.engine = engine if engine in vocab.ENGINE_CHOICES else None
     grade.answers = _digest(result.get("answers_sha256"))
@@ -153,6 +158,28 @@ def grade_model(
         grade.top1, grade.top1_drop, grade.speedup = row["top1"], claimed["top1_drop"], claimed["speedup"]
     _give_points(grade, rubric)
     return grade
+
+
+def _convs_problem(name: str, method: str | None, grade: ModelGrade, convs: object) -> str | None:
+    """Why the convolutions the child found contradict the sidecar's static/QAT recipe; None when they agree.
+
+    A dynamic model (fp32 convolutions, int8 Linear) with a static sidecar passes as task 5's default model,
+    and one file with four sidecars fills task 3's table: the packed convolution weights tell the truth.
+    """
+    if not isinstance(convs, dict):
+        return None  # ONNX, or a graph the child could not read: the other checks still apply
+    int8, floating, granularities = convs.get("int8"), convs.get("float"), convs.get("granularities")
+    if not isinstance(int8, int) or not isinstance(floating, int) or not isinstance(granularities, list):
+        return None
+    if method in ("static", "qat") and floating > 0:
+        return (
+            f"{name}: its sidecar says {method}, but {floating} of its {int8 + floating} convolutions run in fp32 "
+            "(a dynamic model?): quantize it with Codes/quantize_model.py"
+        )
+    if grade.granularity and granularities and granularities != [grade.granularity]:
+        found = clean_text(", ".join(str(word) for word in granularities), 60)
+        return f"{name}: its sidecar says {grade.granularity} weights, its convolutions' packed weights are {found}"
+    return None
 
 
 def _digest(value: object) -> str | None:
