@@ -83,6 +83,14 @@ def test_task_3_table_needs_four_distinct_models_for_one_engine():
     assert not scoring.ptq_table_complete(four[:3])
     # one file handed in four times with four edited sidecars is one model
     assert not scoring.ptq_table_complete([static(g, o, "same") for g, o in cells])
+    # the same weights in four wrappers (+1e-4 .. +4e-4 on the logits): four answers, one model
+    wrapped = [static(g, o, f"w{i}") for i, (g, o) in enumerate(cells)]
+    for model in wrapped:
+        model.weights = "the one model's weights"
+    assert not scoring.ptq_table_complete(wrapped)
+    # per-channel and per-tensor share no weights; the two observers of one granularity may
+    wrapped[2].weights = wrapped[3].weights = "per-channel weights"
+    assert scoring.ptq_table_complete(wrapped)
     # per-tensor on one engine against per-channel on another compares the engines too
     assert not scoring.ptq_table_complete(
         four[:2] + [static(g, o, f"v{i}", engine="qnnpack") for i, (g, o) in enumerate(cells[2:])]
