@@ -58,6 +58,10 @@ def test_the_class_best_sets_full_points_and_a_forger_does_not():
     fixed = {**RUBRIC, "open": {**RUBRIC["open"], "full_at": 2.05}}
     again = [student("ada", 1.55)]
     assert scoring.score_open_target(again, fixed) == 2.05 and again[0].points["open"] == pytest.approx(7.5)
+    # one forger who edited two Pi files consistently (not flagged) at 29x: the bar is 1.5 x the next best
+    forged = [student("ada", 1.3), student("ben", 1.25), student("zed", 29.0)]
+    assert scoring.score_open_target(forged, RUBRIC) == pytest.approx(1.3 * RUBRIC["open"]["best_cap"])
+    assert forged[0].points["open"] == pytest.approx(15 * 0.25 / (1.95 - 1.05))
     nobody = [student("ada", 1.04), student("ben", None)]
     assert scoring.score_open_target(nobody, RUBRIC) is None and nobody[0].points["open"] == 0.0
 
@@ -194,3 +198,31 @@ def test_the_packed_weights_must_have_the_claimed_granularity(tmp_path):
     assert "its sidecar says per_channel weights, its convolutions' packed weights are per_tensor" in flags[0]
     honest, flags = _graded_in_child(tmp_path / "honest", "per_tensor", {**recipe, "granularity": "per_tensor"})
     assert honest.excluded is None and flags == [] and honest.granularity == "per_tensor"
+
+
+class _Nudged(torch.nn.Module):
+    """Another model by its bytes and answers: the same int8 model, plus ``nudge`` on every logit."""
+
+    def __init__(self, inner: torch.nn.Module, nudge: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.nudge = nudge
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) + self.nudge
+
+
+def test_a_wrapper_keeps_the_int8_weights_fingerprint(tmp_path):
+    from quantlab.grader import model_runner
+
+    base = _quantized("per_channel")
+    found = {}
+    for name, module in (("a", base), ("b", _Nudged(base, 1e-4)), ("c", _Nudged(base, 2e-4)),
+                         ("other", _quantized("per_tensor"))):  # fmt: skip
+        path = tmp_path / f"{name}.pt"
+        torch.jit.save(torch.jit.freeze(torch.jit.script(module.eval())), str(path))
+        found[name] = model_runner.run({"model": str(path), "threads": 1, "task": "check"})
+    assert len({found[name]["answers_sha256"] for name in found}) == 4  # byte for byte, four models
+    fingerprints = {name: found[name]["convs"]["weights_sha256"] for name in found}
+    assert fingerprints["a"] == fingerprints["b"] == fingerprints["c"] != fingerprints["other"]
+    assert fingerprints["a"] is not None

@@ -440,12 +440,14 @@ GRANULARITY_OF_QSCHEME = {
 
 
 def conv_facts(model) -> dict:
-    """How ``model``'s convolutions run: ``{"int8": N, "float": M, "granularities": [...]}``.
+    """How ``model``'s convolutions run: ``{"int8": N, "float": M, "granularities": [...], "weights_sha256"}``.
 
     A dynamic model keeps its convolutions in fp32 (only Linear is int8), whatever its sidecar claims:
     ``quantized::conv*`` against ``aten::conv*`` in the graph tells them apart, and the packed weights'
     qscheme tells per-channel from per-tensor whatever the sidecar says. The packed weights are graph
     constants in a frozen model (quantize_model.py freezes) and module attributes in one that is not.
+    ``weights_sha256`` fingerprints the int8 convolution weights alone (None without any): a wrapper that
+    adds a constant to the logits, or re-saves the file, leaves it as it is; another model changes it.
     """
     import torch
 
@@ -463,13 +465,18 @@ def conv_facts(model) -> dict:
             if str(value.type()) == CONV_PACKED_PARAMS:
                 packed.append(value.toIValue())
     packed += [getattr(module, "_packed_params", None) for _, module in model.named_modules()]
-    granularities = set()
+    granularities, layers = set(), set()
     for params in packed:
         # only the C++ class's unpack() is called, never a method of a student's own class
         if isinstance(params, torch.ScriptObject) and params._type().qualified_name() == CONV_PACKED_PARAMS:
-            qscheme = str(params.unpack()[0].qscheme())
+            weight = params.unpack()[0]
+            qscheme = str(weight.qscheme())
             granularities.add(GRANULARITY_OF_QSCHEME.get(qscheme, qscheme))
-    return {"int8": int8, "float": floating, "granularities": sorted(granularities)}
+            layer = hashlib.sha256(str(tuple(weight.shape)).encode("ascii"))
+            layer.update(weight.int_repr().contiguous().numpy().tobytes())
+            layers.add(layer.hexdigest())  # a set: the order layers are found in, or a layer used twice, is no matter
+    weights = hashlib.sha256("".join(sorted(layers)).encode("ascii")).hexdigest() if layers else None
+    return {"int8": int8, "float": floating, "granularities": sorted(granularities), "weights_sha256": weights}
 
 
 def _all_nodes(block) -> list:

@@ -129,6 +129,8 @@ def grade_model(
     grade.answers = _digest(result.get("answers_sha256"))
     parameters = result.get("parameters")
     grade.parameters = parameters if isinstance(parameters, int) and not isinstance(parameters, bool) else None
+    convs = result.get("convs")
+    grade.int8_weights = _digest(convs.get("weights_sha256")) if isinstance(convs, dict) else None
     grade.weights = (
         model_checks.archive_content_hash(path)
         if path.suffix.lower() in vocab.TORCH_SUFFIXES
@@ -348,7 +350,7 @@ def ptq_table_complete(graded: list[ModelGrade]) -> bool:
         if len(group) != needed or len(answers) != needed:
             continue
         weights = [
-            {model.weights for (granularity, _), model in group.items() if granularity == each}
+            {model.int8_weights or model.weights for (granularity, _), model in group.items() if granularity == each}
             for each in vocab.GRANULARITIES
         ]
         if all(None not in one for one in weights) and set.intersection(*weights):
@@ -361,13 +363,20 @@ def open_target_full_at(students: list[StudentGrade], rubric: dict) -> float | N
     """The Pi speed-up that earns all the open target's points: the rubric's number, or the class's best.
 
     The class's best is taken over submissions that are not flagged: a forged file must not set the bar.
+    A forger who edits two Pi files consistently is not flagged, so the best counts at most ``best_cap``
+    times the next best: one outlier cannot leave everyone else a sliver of the points.
     """
     full_at = rubric["open"]["full_at"]
     if full_at != "best":
         return float(full_at)
-    honest = [s.open_speedup for s in students if s.open_speedup is not None and s.status in ("ok", "problems")]
-    best = max(honest, default=None)
-    return best if best is not None and best > rubric["open"]["zero_at"] else None
+    honest = sorted(
+        (s.open_speedup for s in students if s.open_speedup is not None and s.status in ("ok", "problems")),
+        reverse=True,
+    )
+    if not honest:
+        return None
+    best = honest[0] if len(honest) == 1 else min(honest[0], honest[1] * rubric["open"]["best_cap"])
+    return best if best > rubric["open"]["zero_at"] else None
 
 
 def score_open_target(students: list[StudentGrade], rubric: dict) -> float | None:
