@@ -9,6 +9,7 @@ flagged claim (a claim that disagrees with the files or the re-measured numbers)
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from quantlab import files, report, vocab
@@ -32,6 +33,10 @@ from quantlab.grader.records import ModelGrade, StudentGrade
 from quantlab.grader.rubric import ramp
 from quantlab.grader.runner import Baseline, ModelRunner, measured_numbers
 from quantlab.grader.untrusted import clean_text
+
+# a student's models together get this many times the limit per model: 50 rows of models that each run
+# out the limit would cost the class 50 limits; an honest submission needs a small part of one
+STUDENT_BUDGET_TIMEOUTS = 2.0
 
 
 def _claimed(row: dict, reference: dict | None) -> dict | None:
@@ -268,10 +273,19 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
     if handed_in["settings"]["data"] is None:
         student.problems.append(f"{REPORT_FILE} was made without --data: it claims no accuracy")
     listed = set()
+    budget = STUDENT_BUDGET_TIMEOUTS * runner.timeout
+    started = time.monotonic()
     for row in results:
         if row["file"] is None or row["file"] in listed:
             continue
         listed.add(row["file"])
+        if time.monotonic() - started > budget:
+            name = clean_text(row["file"], 80)
+            student.models.append(ModelGrade(file=name, method=row["method"], excluded=(
+                f"{name} was not run: this submission's models used up its {budget:.3g} s "
+                f"({STUDENT_BUDGET_TIMEOUTS:g} x the limit per model); make the slow ones faster"
+            )))  # fmt: skip
+            continue
         try:
             grade = grade_model(folder, row, reference, rubric, baseline, runner, student.flags)
         except (OSError, ValueError, KitError):  # an unreadable file costs that model, never the submission
