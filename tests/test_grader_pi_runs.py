@@ -25,7 +25,8 @@ def models(open_drop: float | None = 0.5, default: dict | None = None) -> list[M
     return [
         ModelGrade("mnv2_qnnpack.pt", "static", "qnnpack", **{
             "sha256": DEFAULT_SHA, "top1_drop": 0.3, "answers": "1" * 64, "granularity": "per_channel",
-            "observer": "histogram", "calibration_images": 100, "parameters": MOBILENET_V2, **(default or {})}),
+            "observer": "histogram", "calibration_images": 100, "parameters": MOBILENET_V2, "size_ratio": 14.0 / 3.9,
+            **(default or {})}),
         ModelGrade("mnv2_open.pt", "static", "qnnpack", sha256=OPEN_SHA, top1_drop=open_drop, answers="2" * 64,
                    granularity="per_tensor", observer="histogram", calibration_images=100,
                    parameters=MOBILENET_V2),
@@ -93,7 +94,7 @@ def test_the_open_target_is_model_only_fps_over_the_default_models(tmp_path):
         ({}, OPEN_SHA, {"size": 160}, None, "differ in --size"),
         ({}, OPEN_SHA, {"torch": "2.10.0"}, None, "differ in PyTorch"),
         ({}, DEFAULT_SHA, {}, None, "the default model again"),
-        ({}, COPY_SHA, {}, None, "the default model again (or a file that computes what it computes)"),
+        ({}, COPY_SHA, {}, None, "the default model again (or a file that computes what it computes"),
         ({}, X86_SHA, {}, None, "int8 for an x86 engine"),
         ({}, OPEN_SHA, {}, models(open_drop=1.6), "loses 1.60 points of top-1"),
         ({}, OPEN_SHA, {}, models(open_drop=None), "top-1 of mnv2_open.pt is unknown"),
@@ -124,6 +125,8 @@ def test_the_open_target_counts_only_like_against_like(
         ({"granularity": "per_tensor"}, "its sidecar: static, qnnpack, per_tensor, histogram"),
         ({"parameters": 11_689_512}, "MobileNetV2 with 3,487,816 weights and biases (this one: 11689512)"),
         ({"top1_drop": 82.0}, "a working MobileNetV2 (this one loses 82.0 points"),
+        # the dynamic model in disguise (fp32 convolutions, 10.15 MB against fp32's 14 MB) under a static sidecar
+        ({"size_ratio": 14.0 / 10.15}, "this one is 1/1.4 of it: fp32 layers left"),
     ],
 )
 def test_a_slow_stand_in_for_the_default_model_earns_nothing(tmp_path, default, reason):
@@ -140,3 +143,14 @@ def test_the_open_target_needs_the_default_model_on_the_pi(tmp_path):
     default, _, _ = pi_runs.check_pi_run(write(tmp_path, pi_runs.PI_RUN_FILE, pi_run(OPEN_SHA, 20.0)), graded, RUBRIC)
     speedup, why = pi_runs.check_open_run(open_path, default, graded, RUBRIC, MOBILENET_V2)
     assert speedup is None and "not task 5's default model" in why
+
+
+def test_the_default_in_a_wrapper_is_not_another_model(tmp_path):
+    """The default plus 1e-4 on every logit answers otherwise, byte for byte, with the same int8 weights."""
+    graded = models()
+    graded[0].int8_weights = graded[1].int8_weights = "9" * 64  # mnv2_open.pt: the default in a wrapper
+    speedup, why = open_target(tmp_path, pi_run(DEFAULT_SHA, 10.0), pi_run(OPEN_SHA, 290.0), graded)
+    assert speedup is None and "the default model again (or a file that computes what it computes or holds" in why
+    graded[1].int8_weights = "8" * 64  # other int8 weights: another model
+    speedup, why = open_target(tmp_path, pi_run(DEFAULT_SHA, 20.0), pi_run(OPEN_SHA, 25.0), graded)
+    assert why is None and speedup == pytest.approx(1.25)

@@ -41,6 +41,7 @@ def test_ramp_and_grade_points():
         ({"open": {"full_at": 0.9}}, "open.zero_at must be below open.full_at"),
         ({"open": {"max_drop": -1}}, "open.max_drop is the top-1 points"),
         ({"open": {"zero_at": 0.5}}, "open.zero_at is a speed-up over the default model, at least 1"),
+        ({"open": {"best_cap": 0.5}}, "open.best_cap is a factor over the next best speed-up, at least 1"),
         ({"open": {"full_at": 10**400}}, "'open.full_at' must be a number or 'best'"),
         ({"pi": {"max_model_fps": 0}}, "pi.max_fps and pi.max_model_fps must be positive"),
         ({"parts": ["pi", "ptq_tabel"]}, "unknown part 'ptq_tabel'"),

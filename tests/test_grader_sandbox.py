@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import math
+import time
 import zipfile
 from pathlib import Path
 
@@ -71,12 +72,49 @@ class Endless(Tiny):
 
 
 class Slow(Tiny):
-    """Passes every static check (one loop of fixed length) and runs for hours: only the time limit stops it."""
+    """One loop of fixed length that would run for hours: refused, its trips x operators are over the cap."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         big = x.flatten()[:1].expand(1500, 1500).contiguous()
         for _ in range(10000):  # 7 GFLOP a turn
             big = torch.mm(big, big) * 0.0 + 1.0
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)) + big.sum()
+
+
+class LoopedNet(nn.Module):
+    """A small conv/ReLU/pool/linear classifier run 10,000 times by a constant loop (the trip cap allows it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1), 1))
+        for _ in range(10000):
+            features = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1)
+            out = self.fc(torch.flatten(features, 1))
+        return out
+
+
+class FewTurns(Tiny):
+    """A short loop (100 turns of one operator): under the cap, allowed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(100):
+            x = x + 1.0
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Unrolled(Tiny):
+    """No loop at all, and minutes of work (four 1-TFLOP products): only the time limit stops it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = x.flatten()[:1].expand(8000, 8000).contiguous()
+        big = torch.mm(big, big)
+        big = torch.mm(big, big)
+        big = torch.mm(big, big)
+        big = torch.mm(big, big)
         return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)) + big.sum()
 
 
@@ -273,7 +311,8 @@ def hostile_class(tmp_path_factory) -> dict:
     hand_in(root / "cat_writer", {"m.pt": (torchscript_bytes(Writer(str(victim)), work, "m.pt"), "static")})
     hand_in(root / "dee_reader", {"m.pt": (torchscript_bytes(Reader(str(secret)), work, "m.pt"), "static")})
     hand_in(root / "eli_endless", {"m.pt": (torchscript_bytes(Endless(), work, "m.pt"), "static")})
-    hand_in(root / "fox_slow", {"m.pt": (torchscript_bytes(Slow(), work, "m.pt"), "static")})
+    hand_in(root / "fox_slow", {"m.pt": (torchscript_bytes(Unrolled(), work, "m.pt"), "static")})
+    hand_in(root / "fay_looped", {"m.pt": (torchscript_bytes(LoopedNet(), work, "m.pt"), "static")})
     hand_in(root / "gil_hog", {"m.pt": (torchscript_bytes(Hog(), work, "m.pt"), "static")})
     zip_bomb(work / "bomb.pt")
     hand_in(root / "hoa_bomb", {"m.pt": ((work / "bomb.pt").read_bytes(), "static")})
@@ -394,7 +433,9 @@ def test_endless_slow_and_greedy_models_cost_only_themselves(graded):
     assert "never ends" in board["eli_endless"]["reasons"] and "prim::Loop" in board["eli_endless"]["reasons"]
     assert f"did not finish within {TIMEOUT} s" in board["fox_slow"]["reasons"]
     assert "ran out of memory" in board["gil_hog"]["reasons"]
-    for name in ("eli_endless", "fox_slow", "gil_hog"):
+    # a small classifier in a 10,000-trip loop: refused before it runs, it costs the class no time limit
+    assert "its loops run over 1000 operators in all" in board["fay_looped"]["reasons"]
+    for name in ("eli_endless", "fox_slow", "gil_hog", "fay_looped"):
         assert board[name]["status"] == "problems" and board[name]["best_model"] == ""
     assert int(board["ada"]["rank"]) <= 3
 
@@ -455,7 +496,10 @@ def test_nested_loops_are_refused_and_copies_are_told_by_their_weights(tmp_path)
     from quantlab.grader import model_checks
 
     assert "nested loops of 100000000 iterations in all" in model_checks.graph_problem(torch.jit.script(Nested()))
-    assert model_checks.graph_problem(torch.jit.script(Slow())) is None  # only the time limit stops that one
+    assert "its loops run over 1000 operators in all" in model_checks.graph_problem(torch.jit.script(Slow()))
+    assert "its loops run over 1000 operators in all" in model_checks.graph_problem(torch.jit.script(LoopedNet()))
+    assert model_checks.graph_problem(torch.jit.script(FewTurns())) is None  # 100 turns of one operator
+    assert model_checks.graph_problem(torch.jit.script(Unrolled())) is None  # only the time limit stops that one
     paths = []
     for name, module in (("a.pt", Tiny(3)), ("b.pt", Wrapped(Tiny(3))), ("c.pt", Tiny(4))):
         torch.jit.save(torch.jit.script(module.eval()), str(tmp_path / name))
@@ -533,3 +577,62 @@ def test_load_time_code_is_refused(tmp_path):
     path = tmp_path / "setstate.pt"
     torch.jit.save(torch.jit.script(SetState().eval()), str(path))
     assert "defines __getstate__" in model_checks.check_code_text(path)
+
+
+def test_ort_files_are_refused_and_onnx_family_files_are_always_checked(tmp_path):
+    """An .ort file cannot be read by the onnx package, so its operators (a Loop) would escape the allowlist."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from quantlab.grader import intake, model_runner
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])
+    graph = helper.make_graph([helper.make_node("Loop", ["input"], ["logits"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph), str(tmp_path / "loop.ort"))
+    assert "refused, hand in the .onnx file" in intake.content_problem(tmp_path / "loop.ort")
+    (tmp_path / "loop.ort").rename(tmp_path / "LOOP.ORT")
+    assert "refused" in intake.content_problem(tmp_path / "LOOP.ORT")
+    (tmp_path / "LOOP.ORT").rename(tmp_path / "loop.ort")
+    # the sandboxed child refuses it too, whatever let it through: it checks every ONNX-family suffix
+    result = model_runner.run({"model": str(tmp_path / "loop.ort"), "threads": 1, "task": "check"})
+    assert result["ok"] is False and result["refused"] is True and "'Loop'" in result["reason"]
+    (tmp_path / "flat.ort").write_bytes(b"\x18\x00\x00\x00ORTM" + bytes(64))  # ORT's flatbuffer, not protobuf
+    result = model_runner.run({"model": str(tmp_path / "flat.ort"), "threads": 1, "task": "check"})
+    assert result["ok"] is False and "not a readable ONNX model" in result["reason"]
+
+
+class _SlowRunner:
+    """A stand-in for the sandboxed runner whose every model runs out its limit (``timeout`` seconds)."""
+
+    measure = None
+    memory_mb = 1024
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.calls: list[str] = []
+
+    def __call__(self, path: Path, sidecar: dict | None):
+        from quantlab.grader import sandbox
+
+        self.calls.append(path.name)
+        time.sleep(self.timeout)
+        return sandbox.Outcome(None, f"did not finish within {self.timeout:g} s (an endless loop, or far too slow)")
+
+
+def test_one_student_cannot_spend_the_class_time(tmp_path):
+    """Every model runs out the limit: after the student's budget (2 limits) the rest are not run."""
+    from quantlab.grader import rubric, scoring
+    from quantlab.grader.runner import Baseline
+
+    work = tmp_path / "work"
+    work.mkdir()
+    files = {f"m{i}.pt": (torchscript_bytes(Tiny(10 + i), work, f"m{i}.pt"), "static") for i in range(6)}
+    hand_in(tmp_path / "sam_slow", files)
+    runner = _SlowRunner(timeout=0.3)
+    graded = scoring.grade_student(tmp_path / "sam_slow", rubric.load_rubric(None), Baseline(14.0, None), runner)
+    assert runner.calls == ["m0.pt", "m1.pt"]  # 0.3 s each: past 0.6 s, no more models start
+    skipped = [model for model in graded.models if model.excluded and "was not run" in model.excluded]
+    assert [model.file for model in skipped] == ["m2.pt", "m3.pt", "m4.pt", "m5.pt"]
+    assert "used up its 0.6 s (2 x the limit per model)" in skipped[0].excluded
+    assert graded.status == "problems" and "Traceback" not in " ".join(graded.reasons)

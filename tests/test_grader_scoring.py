@@ -5,10 +5,16 @@ Hand-made model grades; the end-to-end path with real models is in test_grade.py
 
 from __future__ import annotations
 
-import pytest
+import hashlib
+import json
+from pathlib import Path
 
-from quantlab.grader import rubric, scoring
+import pytest
+import torch
+
+from quantlab.grader import rubric, sandbox, scoring
 from quantlab.grader.records import ModelGrade, StudentGrade
+from quantlab.grader.runner import Baseline
 
 RUBRIC = rubric.load_rubric(None)
 
@@ -52,6 +58,10 @@ def test_the_class_best_sets_full_points_and_a_forger_does_not():
     fixed = {**RUBRIC, "open": {**RUBRIC["open"], "full_at": 2.05}}
     again = [student("ada", 1.55)]
     assert scoring.score_open_target(again, fixed) == 2.05 and again[0].points["open"] == pytest.approx(7.5)
+    # one forger who edited two Pi files consistently (not flagged) at 29x: the bar is 1.5 x the next best
+    forged = [student("ada", 1.3), student("ben", 1.25), student("zed", 29.0)]
+    assert scoring.score_open_target(forged, RUBRIC) == pytest.approx(1.3 * RUBRIC["open"]["best_cap"])
+    assert forged[0].points["open"] == pytest.approx(15 * 0.25 / (1.95 - 1.05))
     nobody = [student("ada", 1.04), student("ben", None)]
     assert scoring.score_open_target(nobody, RUBRIC) is None and nobody[0].points["open"] == 0.0
 
@@ -77,6 +87,14 @@ def test_task_3_table_needs_four_distinct_models_for_one_engine():
     assert not scoring.ptq_table_complete(four[:3])
     # one file handed in four times with four edited sidecars is one model
     assert not scoring.ptq_table_complete([static(g, o, "same") for g, o in cells])
+    # the same weights in four wrappers (+1e-4 .. +4e-4 on the logits): four answers, one model
+    wrapped = [static(g, o, f"w{i}") for i, (g, o) in enumerate(cells)]
+    for model in wrapped:
+        model.weights = "the one model's weights"
+    assert not scoring.ptq_table_complete(wrapped)
+    # per-channel and per-tensor share no weights; the two observers of one granularity may
+    wrapped[2].weights = wrapped[3].weights = "per-channel weights"
+    assert scoring.ptq_table_complete(wrapped)
     # per-tensor on one engine against per-channel on another compares the engines too
     assert not scoring.ptq_table_complete(
         four[:2] + [static(g, o, f"v{i}", engine="qnnpack") for i, (g, o) in enumerate(cells[2:])]
@@ -84,3 +102,127 @@ def test_task_3_table_needs_four_distinct_models_for_one_engine():
     assert not scoring.ptq_table_complete(four[:3] + [static(*cells[3], "w3", images=8)])
     # "one number of calibration photos" cannot be checked when no sidecar says it
     assert not scoring.ptq_table_complete([static(g, o, f"w{i}", images=None) for i, (g, o) in enumerate(cells)])
+
+
+class _Answers:
+    """A stand-in for the sandboxed runner: what the child said of a file, without running one."""
+
+    measure = None
+    memory_mb = 1024
+
+    def __init__(self, result: dict) -> None:
+        self.result = result
+
+    def __call__(self, path: Path, sidecar: dict | None) -> sandbox.Outcome:
+        return sandbox.Outcome(result=self.result)
+
+
+@pytest.mark.parametrize("claimed", ["int8", "static", "dynamic", "qat"])
+def test_a_float_model_never_counts_as_int8_whatever_its_sidecar_says(tmp_path, claimed):
+    path = tmp_path / "f.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 4).eval()), str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "f.json").write_text(json.dumps({"method": claimed, "engine": "x86", "sha256": digest}))
+    row = {"file": "f.pt", "method": claimed, "engine": "x86", "sha256": digest, "size_mb": 0.001}
+    child = {"ok": True, "method": claimed, "engine": None, "quantized": False, "parameters": 16}
+    flags: list[str] = []
+    baseline = Baseline(size_mb=14.0, result=None)
+    grade = scoring.grade_model(tmp_path, row, None, RUBRIC, baseline, _Answers(child), flags)
+    assert grade.excluded == flags[0] and f"its sidecar says {claimed}, but the model holds no int8" in flags[0]
+    # the same file said to be fp32 is graded as what it is
+    (tmp_path / "f.json").write_text(json.dumps({"method": "fp32", "engine": "x86", "sha256": digest}))
+    fp32 = scoring.grade_model(tmp_path, {**row, "method": "fp32"}, None, RUBRIC, baseline,
+                               _Answers({**child, "method": "fp32"}), [])  # fmt: skip
+    assert fp32.excluded is None and fp32.method == "fp32"
+
+
+def _conv_net() -> torch.nn.Module:
+    """A 1000-class conv net small enough to quantize in milliseconds: a full conv layer and a depthwise one."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 1000),
+    )  # fmt: skip
+
+
+def _quantized(kind: str) -> torch.nn.Module:
+    """``kind``: static per_channel / per_tensor (every conv int8), or dynamic (fp32 convs, int8 Linear)."""
+    from torch.ao import quantization as tq
+
+    torch.backends.quantized.engine = "x86"
+    if kind == "dynamic":
+        return tq.quantize_dynamic(_conv_net().eval(), {torch.nn.Linear}, dtype=torch.qint8)
+    model = torch.nn.Sequential(tq.QuantStub(), _conv_net(), tq.DeQuantStub()).eval()
+    weight = tq.default_per_channel_weight_observer if kind == "per_channel" else tq.default_weight_observer
+    model.qconfig = tq.QConfig(activation=tq.HistogramObserver.with_args(reduce_range=True), weight=weight)
+    prepared = tq.prepare(model)
+    prepared(torch.rand(4, 3, 32, 32))
+    return tq.convert(prepared)
+
+
+def _graded_in_child(folder: Path, kind: str, sidecar: dict) -> tuple[ModelGrade, list[str]]:
+    """Save the model with ``sidecar``, run the grader's child on it (in-process) and score what it said."""
+    from quantlab.grader import model_runner
+
+    folder.mkdir()
+    path = folder / "m.pt"
+    torch.jit.save(torch.jit.freeze(torch.jit.script(_quantized(kind))), str(path))  # as quantize_model.py
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (folder / "m.json").write_text(json.dumps({**sidecar, "engine": "x86", "sha256": digest}))
+    child = model_runner.run({"model": str(path), "threads": 1, "task": "check"})
+    assert child["ok"] is True, child
+    row = {"file": "m.pt", "method": sidecar["method"], "engine": "x86", "sha256": digest,
+           "size_mb": path.stat().st_size / 1e6}  # fmt: skip
+    flags: list[str] = []
+    grade = scoring.grade_model(folder, row, None, RUBRIC, Baseline(size_mb=14.0, result=None), _Answers(child), flags)
+    return grade, flags
+
+
+def test_a_dynamic_model_with_a_static_sidecar_is_flagged(tmp_path):
+    recipe = {"method": "static", "granularity": "per_channel", "observer": "histogram"}
+    disguised, flags = _graded_in_child(tmp_path / "dynamic", "dynamic", recipe)
+    assert disguised.excluded == flags[0] and "2 of its 2 convolutions run in fp32 (a dynamic model?)" in flags[0]
+    honest, flags = _graded_in_child(tmp_path / "static", "per_channel", recipe)
+    assert honest.excluded is None and flags == [] and honest.granularity == "per_channel"
+    # the dynamic model said to be dynamic is what it says
+    plain, flags = _graded_in_child(tmp_path / "plain", "dynamic", {"method": "dynamic"})
+    assert plain.excluded is None and flags == [] and plain.method == "dynamic"
+
+
+def test_the_packed_weights_must_have_the_claimed_granularity(tmp_path):
+    recipe = {"method": "static", "granularity": "per_channel", "observer": "minmax"}
+    forged, flags = _graded_in_child(tmp_path / "tensor", "per_tensor", recipe)
+    assert forged.excluded == flags[0]
+    assert "its sidecar says per_channel weights, its convolutions' packed weights are per_tensor" in flags[0]
+    honest, flags = _graded_in_child(tmp_path / "honest", "per_tensor", {**recipe, "granularity": "per_tensor"})
+    assert honest.excluded is None and flags == [] and honest.granularity == "per_tensor"
+
+
+class _Nudged(torch.nn.Module):
+    """Another model by its bytes and answers: the same int8 model, plus ``nudge`` on every logit."""
+
+    def __init__(self, inner: torch.nn.Module, nudge: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.nudge = nudge
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) + self.nudge
+
+
+def test_a_wrapper_keeps_the_int8_weights_fingerprint(tmp_path):
+    from quantlab.grader import model_runner
+
+    base = _quantized("per_channel")
+    found = {}
+    for name, module in (("a", base), ("b", _Nudged(base, 1e-4)), ("c", _Nudged(base, 2e-4)),
+                         ("other", _quantized("per_tensor"))):  # fmt: skip
+        path = tmp_path / f"{name}.pt"
+        torch.jit.save(torch.jit.freeze(torch.jit.script(module.eval())), str(path))
+        found[name] = model_runner.run({"model": str(path), "threads": 1, "task": "check"})
+    assert len({found[name]["answers_sha256"] for name in found}) == 4  # byte for byte, four models
+    fingerprints = {name: found[name]["convs"]["weights_sha256"] for name in found}
+    assert fingerprints["a"] == fingerprints["b"] == fingerprints["c"] != fingerprints["other"]
+    assert fingerprints["a"] is not None

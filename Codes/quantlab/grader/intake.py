@@ -23,6 +23,8 @@ RESERVED_STEMS = {
 }  # a model named so would share their JSON name
 # .pt2 (torch.export) is not graded: loading one can unpickle code; the homework hands in TorchScript or ONNX
 GRADED_SUFFIXES = (*vocab.TORCH_SUFFIXES, *vocab.ONNX_SUFFIXES)
+# an .ort file is a flatbuffer the onnx package cannot read: its operators (a Loop, say) escape the allowlist
+ORT_SUFFIX = ".ort"
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_MAGIC = b"\x80"  # pickle protocol 2 and later start with PROTO
 # labs/homework.md: a student folder is named with letters, digits, '-' and '_' (it is the leaderboard name)
@@ -55,6 +57,11 @@ def content_problem(path: Path) -> str | None:
     suffix = path.suffix.lower()
     if suffix not in GRADED_SUFFIXES:
         return f"{path.name}: '{suffix or 'no suffix'}' is not a model file type (TorchScript .pt or ONNX .onnx)"
+    if suffix == ORT_SUFFIX:
+        return (
+            f"{path.name}: ONNX Runtime's own format (.ort) cannot be checked before it runs (its operators are "
+            "not readable without running it): refused, hand in the .onnx file"
+        )
     if suffix not in vocab.TORCH_SUFFIXES:
         return None  # ONNX is protobuf, no magic bytes: checked against the operator allowlist in the sandbox
     with open(path, "rb") as file:

@@ -15,7 +15,8 @@ therefore checks a student's file in three steps, each refusing with the reason
    would run at load time) and names no banned operator.
 3. ``check_graph`` (the sandboxed child, after loading, before running): every
    node of the inlined ``forward`` graph is an operator a quantized image
-   classifier needs (``ALLOWED_OPS``), loops have a constant trip count.
+   classifier needs (``ALLOWED_OPS``), loops have a constant trip count, and the
+   operators run inside loops stay under ``MAX_LOOP_WORK`` (trips x body).
    ``check_onnx`` does the same for ONNX files against ``ALLOWED_ONNX_OPS``.
 
 Example:
@@ -38,6 +39,10 @@ MAX_ENTRIES = 20_000
 MAX_CODE_BYTES = 8 * 1024 * 1024  # all code files together (MobileNetV2 holds about 13 kB)
 MAX_ONNX_BYTES = MAX_UNCOMPRESSED_BYTES
 MAX_LOOP_TRIPS = 10_000
+# operators run inside loops, all loops together (trips x the operators in the body): a loop of 10,000 trips
+# around a conv, a ReLU, a pool and a linear passes the trip cap and costs the whole time limit, for every
+# row a student lists. MobileNetV2 runs no loop at all; a few short loops (a model's own tricks) stay allowed
+MAX_LOOP_WORK = 1_000
 
 # Operators a quantized (or float) image classifier needs: convolution, linear, activations, pooling,
 # shapes, quantize/dequantize, and the checks TorchScript inserts (size, len, ne, If, RaiseException).
@@ -395,15 +400,25 @@ def graph_problem(model) -> str | None:
         graph = model.inlined_graph
     except Exception:  # noqa: BLE001 - no forward graph: nothing the grader can check
         return "it has no TorchScript forward graph to check"
-    return _block_problem(graph, 1)
+    return _block_problem(graph, 1, [0])
 
 
-def _block_problem(block, trips_around: int) -> str | None:
-    """Check ``block``'s operators; ``trips_around``: how often the loops around it run it (nested loops multiply)."""
+def _block_problem(block, trips_around: int, loop_work: list[int]) -> str | None:
+    """Check ``block``'s operators; ``trips_around``: how often the loops around it run it (nested loops multiply).
+
+    ``loop_work`` (one number, shared by every block of the graph) adds up the operator runs inside loops.
+    """
     for node in block.nodes():
         kind = node.kind()
         namespace, _, op = kind.partition("::")
         inner_trips = trips_around
+        if trips_around > 1 and namespace in ("aten", "quantized"):
+            loop_work[0] += trips_around
+            if loop_work[0] > MAX_LOOP_WORK:
+                return (
+                    f"its loops run over {MAX_LOOP_WORK} operators in all (trips x the operators inside, "
+                    f"'{kind}' among them; 'prim::Loop'), over the grader's limit: refused (too slow to grade)"
+                )
         if kind == "prim::Loop":
             why = _loop_problem(node)
             if why:
@@ -421,10 +436,72 @@ def _block_problem(block, trips_around: int) -> str | None:
         ):
             return f"it runs '{kind}', which is not an operator a quantized image classifier needs ({ALLOWED_OPS_NOTE})"
         for inner in node.blocks():
-            why = _block_problem(inner, inner_trips)
+            why = _block_problem(inner, inner_trips, loop_work)
             if why:
                 return why
     return None
+
+
+# the C++ class of a quantized convolution's packed weights: only its unpack() is called (never a student's class)
+CONV_PACKED_PARAMS = "__torch__.torch.classes.quantized.Conv2dPackedParamsBase"
+# a weight's qscheme as a sidecar's granularity names it
+GRANULARITY_OF_QSCHEME = {
+    "torch.per_tensor_affine": "per_tensor",
+    "torch.per_tensor_symmetric": "per_tensor",
+    "torch.per_channel_affine": "per_channel",
+    "torch.per_channel_symmetric": "per_channel",
+    "torch.per_channel_affine_float_qparams": "per_channel",
+}
+
+
+def conv_facts(model) -> dict:
+    """How ``model``'s convolutions run: ``{"int8": N, "float": M, "granularities": [...], "weights_sha256"}``.
+
+    A dynamic model keeps its convolutions in fp32 (only Linear is int8), whatever its sidecar claims:
+    ``quantized::conv*`` against ``aten::conv*`` in the graph tells them apart, and the packed weights'
+    qscheme tells per-channel from per-tensor whatever the sidecar says. The packed weights are graph
+    constants in a frozen model (quantize_model.py freezes) and module attributes in one that is not.
+    ``weights_sha256`` fingerprints the int8 convolution weights alone (None without any): a wrapper that
+    adds a constant to the logits, or re-saves the file, leaves it as it is; another model changes it.
+    """
+    import torch
+
+    int8 = floating = 0
+    packed = []
+    for node in _all_nodes(model.inlined_graph):
+        namespace, _, op = node.kind().partition("::")
+        if op.startswith(("conv", "_convolution")) and not op.startswith(("conv_tbc", "convolution_backward")):
+            if namespace == "quantized":
+                int8 += 1
+            elif namespace == "aten":
+                floating += 1
+        elif node.kind() == "prim::Constant" and node.outputsSize() == 1:
+            value = node.output()
+            if str(value.type()) == CONV_PACKED_PARAMS:
+                packed.append(value.toIValue())
+    packed += [getattr(module, "_packed_params", None) for _, module in model.named_modules()]
+    granularities, layers = set(), set()
+    for params in packed:
+        # only the C++ class's unpack() is called, never a method of a student's own class
+        if isinstance(params, torch.ScriptObject) and params._type().qualified_name() == CONV_PACKED_PARAMS:
+            weight = params.unpack()[0]
+            qscheme = str(weight.qscheme())
+            granularities.add(GRANULARITY_OF_QSCHEME.get(qscheme, qscheme))
+            layer = hashlib.sha256(str(tuple(weight.shape)).encode("ascii"))
+            layer.update(weight.int_repr().contiguous().numpy().tobytes())
+            layers.add(layer.hexdigest())  # a set: the order layers are found in, or a layer used twice, is no matter
+    weights = hashlib.sha256("".join(sorted(layers)).encode("ascii")).hexdigest() if layers else None
+    return {"int8": int8, "float": floating, "granularities": sorted(granularities), "weights_sha256": weights}
+
+
+def _all_nodes(block) -> list:
+    """Every node of ``block`` and the blocks inside its nodes (a conv in a loop or an if counts too)."""
+    nodes = []
+    for node in block.nodes():
+        nodes.append(node)
+        for inner in node.blocks():
+            nodes.extend(_all_nodes(inner))
+    return nodes
 
 
 def _loop_problem(node) -> str | None:

@@ -9,7 +9,8 @@ inside the sandbox. It reads one JSON request on stdin:
 
 and writes one JSON object on its original stdout (anything the model or torch
 prints goes to stderr): ``{"ok": true, "method", "engine", "quantized", "parameters",
-"weights_sha256", "answers_sha256", "measured": {...} | null}`` or ``{"ok": false, "reason": ...}``.
+"weights_sha256", "answers_sha256", "convs": {"int8", "float", "granularities"} | null,
+"measured": {...} | null}`` or ``{"ok": false, "reason": ...}``.
 ``answers_sha256`` fingerprints what the model computes (its logits on a fixed input): two files that
 answer alike are one model, whatever their bytes, names or sidecars.
 The grader treats all of it as untrusted.
@@ -55,13 +56,14 @@ def _our_words(message: str) -> str:
 def run(request: dict) -> dict:
     import torch
 
-    from quantlab import bench, data, engines, files, loading
+    from quantlab import bench, data, engines, files, loading, vocab
     from quantlab.errors import KitError
     from quantlab.grader import model_checks
 
     path = request["model"]
     engines.set_threads(int(request["threads"]))
-    if path.lower().endswith(".onnx"):
+    if path.lower().endswith(vocab.ONNX_SUFFIXES):
+        # every ONNX-family file: an .ort (or anything the onnx package cannot read) is refused, never run unchecked
         problem = model_checks.onnx_problem(Path(path))
         if problem:
             return {"ok": False, "reason": problem, "refused": True}
@@ -77,10 +79,15 @@ def run(request: dict) -> dict:
         if "allocate" in message or "out of memory" in message.lower():
             return {"ok": False, "reason": "ran out of memory"}
         return {"ok": False, "reason": f"does not load: {_our_words(message)}"}
+    convs = None
     if isinstance(loaded.model, torch.jit.ScriptModule):
         problem = model_checks.graph_problem(loaded.model)
         if problem:
             return {"ok": False, "reason": problem, "refused": True}
+        try:
+            convs = model_checks.conv_facts(loaded.model)
+        except Exception:  # noqa: BLE001 - unknown is no claim checked: the graph check above already passed
+            convs = None
     if loaded.engine is not None:
         engines.set_engine(loaded.engine)
     weights = model_checks.onnx_weights_hash(Path(path)) if loaded.format == "onnx" else None
@@ -110,6 +117,7 @@ def run(request: dict) -> dict:
         "parameters": loaded.parameters,
         "weights_sha256": weights,
         "answers_sha256": answers,
+        "convs": convs,
         "measured": measured,
     }
 

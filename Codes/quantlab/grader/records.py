@@ -23,6 +23,9 @@ class ModelGrade:
     sha256: str | None = None  # the file's bytes
     weights: str | None = None  # its weights, whatever the file's name or metadata
     answers: str | None = None  # what it computes (its logits on a fixed input): one model, whatever its bytes
+    # its int8 convolution weights alone: a wrapper (+1e-4 on the logits) keeps them. Not for copy detection:
+    # honest students quantizing the same pretrained weights with one weight observer get the same ones
+    int8_weights: str | None = None
     parameters: int | None = None  # weights and biases, counted by the grader's child
     # how it was quantized, from its sidecar (the student's word; task 3's table and the open target read it)
     granularity: str | None = None

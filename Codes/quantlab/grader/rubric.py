@@ -92,6 +92,8 @@ def load_rubric(path: Path | None) -> dict:
         raise KitError(f"rubric {source}: open.zero_at is a speed-up over the default model, at least 1")
     if open_target["full_at"] != "best" and not open_target["zero_at"] < open_target["full_at"]:
         raise KitError(f"rubric {source}: open.zero_at must be below open.full_at (or full_at: best)")
+    if open_target["best_cap"] < 1:
+        raise KitError(f"rubric {source}: open.best_cap is a factor over the next best speed-up, at least 1")
     if rubric["pi"]["max_fps"] <= 0 or rubric["pi"]["max_model_fps"] <= 0:
         raise KitError(f"rubric {source}: pi.max_fps and pi.max_model_fps must be positive")
     if rubric["tolerance"]["speedup_factor"] < 1:

@@ -9,6 +9,7 @@ flagged claim (a claim that disagrees with the files or the re-measured numbers)
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from quantlab import files, report, vocab
@@ -32,6 +33,10 @@ from quantlab.grader.records import ModelGrade, StudentGrade
 from quantlab.grader.rubric import ramp
 from quantlab.grader.runner import Baseline, ModelRunner, measured_numbers
 from quantlab.grader.untrusted import clean_text
+
+# a student's models together get this many times the limit per model: 50 rows of models that each run
+# out the limit would cost the class 50 limits; an honest submission needs a small part of one
+STUDENT_BUDGET_TIMEOUTS = 2.0
 
 
 def _claimed(row: dict, reference: dict | None) -> dict | None:
@@ -111,7 +116,7 @@ def grade_model(
     method, engine = result.get("method"), result.get("engine")
     if sidecar and sidecar.get("method") and path.suffix.lower() in vocab.TORCH_SUFFIXES:
         method = sidecar["method"]
-    if method in ("static", "dynamic", "qat") and result.get("quantized") is False:
+    if method in vocab.RECORDED_METHODS and method != "fp32" and result.get("quantized") is False:  # "int8" too
         # the sidecar (or ONNX metadata) is the student's word; the loaded graph is the file's
         grade.excluded = (
             f"{name}: its sidecar says {method}, but the model holds no int8 layers (it runs in "
@@ -119,11 +124,18 @@ def grade_model(
         )
         flags.append(grade.excluded)
         return grade
+    why = _convs_problem(name, method, grade, result.get("convs"))
+    if why:
+        grade.excluded = why
+        flags.append(why)
+        return grade
     grade.method = method if method in vocab.RECORDED_METHODS else "int8"
     grade.engine = engine if engine in vocab.ENGINE_CHOICES else None
     grade.answers = _digest(result.get("answers_sha256"))
     parameters = result.get("parameters")
     grade.parameters = parameters if isinstance(parameters, int) and not isinstance(parameters, bool) else None
+    convs = result.get("convs")
+    grade.int8_weights = _digest(convs.get("weights_sha256")) if isinstance(convs, dict) else None
     grade.weights = (
         model_checks.archive_content_hash(path)
         if path.suffix.lower() in vocab.TORCH_SUFFIXES
@@ -153,6 +165,28 @@ def grade_model(
         grade.top1, grade.top1_drop, grade.speedup = row["top1"], claimed["top1_drop"], claimed["speedup"]
     _give_points(grade, rubric)
     return grade
+
+
+def _convs_problem(name: str, method: str | None, grade: ModelGrade, convs: object) -> str | None:
+    """Why the convolutions the child found contradict the sidecar's static/QAT recipe; None when they agree.
+
+    A dynamic model (fp32 convolutions, int8 Linear) with a static sidecar passes as task 5's default model,
+    and one file with four sidecars fills task 3's table: the packed convolution weights tell the truth.
+    """
+    if not isinstance(convs, dict):
+        return None  # ONNX, or a graph the child could not read: the other checks still apply
+    int8, floating, granularities = convs.get("int8"), convs.get("float"), convs.get("granularities")
+    if not isinstance(int8, int) or not isinstance(floating, int) or not isinstance(granularities, list):
+        return None
+    if method in ("static", "qat") and floating > 0:
+        return (
+            f"{name}: its sidecar says {method}, but {floating} of its {int8 + floating} convolutions run in fp32 "
+            "(a dynamic model?): quantize it with Codes/quantize_model.py"
+        )
+    if grade.granularity and granularities and granularities != [grade.granularity]:
+        found = clean_text(", ".join(str(word) for word in granularities), 60)
+        return f"{name}: its sidecar says {grade.granularity} weights, its convolutions' packed weights are {found}"
+    return None
 
 
 def _digest(value: object) -> str | None:
@@ -239,10 +273,19 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
     if handed_in["settings"]["data"] is None:
         student.problems.append(f"{REPORT_FILE} was made without --data: it claims no accuracy")
     listed = set()
+    budget = STUDENT_BUDGET_TIMEOUTS * runner.timeout
+    started = time.monotonic()
     for row in results:
         if row["file"] is None or row["file"] in listed:
             continue
         listed.add(row["file"])
+        if time.monotonic() - started > budget:
+            name = clean_text(row["file"], 80)
+            student.models.append(ModelGrade(file=name, method=row["method"], excluded=(
+                f"{name} was not run: this submission's models used up its {budget:.3g} s "
+                f"({STUDENT_BUDGET_TIMEOUTS:g} x the limit per model); make the slow ones faster"
+            )))  # fmt: skip
+            continue
         try:
             grade = grade_model(folder, row, reference, rubric, baseline, runner, student.flags)
         except (OSError, ValueError, KitError):  # an unreadable file costs that model, never the submission
@@ -302,29 +345,52 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
 
 def ptq_table_complete(graded: list[ModelGrade]) -> bool:
     """Task 3's table: four static models, per-tensor/per-channel x MinMax/histogram, for one engine and one
-    number of calibration photos, four distinct models (one file handed in four times is one model)."""
-    cells: dict[tuple, dict[tuple[str, str], str]] = {}
+    number of calibration photos, four distinct models (one file handed in four times is one model).
+
+    The observer changes activation scales only, so the two models of one granularity may share their
+    weights; the two granularities may not (a per-channel model's weights are other numbers than a
+    per-tensor one's). Whether each granularity is the claimed one, the packed weights' qscheme has told
+    already (``_convs_problem``): four wrappers of one model, each adding 1e-4 to the logits, fill two cells.
+    """
+    cells: dict[tuple, dict[tuple[str, str], ModelGrade]] = {}
     for model in graded:
         if model.method == "static" and model.granularity and model.observer and model.calibration_images:
             group = cells.setdefault((model.engine, model.calibration_images), {})
-            # the observer changes activation scales only, so two of the four share their weights: models
-            # are told apart by what they compute (one file re-saved with another sidecar computes the same)
-            group.setdefault((model.granularity, model.observer), model.answers or model.sha256 or model.file)
+            group.setdefault((model.granularity, model.observer), model)
     needed = len(vocab.GRANULARITIES) * len(vocab.OBSERVERS)
-    return any(len(group) == needed and len(set(group.values())) == needed for group in cells.values())
+    for group in cells.values():
+        # models are told apart by what they compute (one file re-saved with another sidecar computes the same)
+        answers = {model.answers or model.sha256 or model.file for model in group.values()}
+        if len(group) != needed or len(answers) != needed:
+            continue
+        weights = [
+            {model.int8_weights or model.weights for (granularity, _), model in group.items() if granularity == each}
+            for each in vocab.GRANULARITIES
+        ]
+        if all(None not in one for one in weights) and set.intersection(*weights):
+            continue  # the same weights under two granularities: one model
+        return True
+    return False
 
 
 def open_target_full_at(students: list[StudentGrade], rubric: dict) -> float | None:
     """The Pi speed-up that earns all the open target's points: the rubric's number, or the class's best.
 
     The class's best is taken over submissions that are not flagged: a forged file must not set the bar.
+    A forger who edits two Pi files consistently is not flagged, so the best counts at most ``best_cap``
+    times the next best: one outlier cannot leave everyone else a sliver of the points.
     """
     full_at = rubric["open"]["full_at"]
     if full_at != "best":
         return float(full_at)
-    honest = [s.open_speedup for s in students if s.open_speedup is not None and s.status in ("ok", "problems")]
-    best = max(honest, default=None)
-    return best if best is not None and best > rubric["open"]["zero_at"] else None
+    honest = sorted(
+        (s.open_speedup for s in students if s.open_speedup is not None and s.status in ("ok", "problems")),
+        reverse=True,
+    )
+    if not honest:
+        return None
+    best = honest[0] if len(honest) == 1 else min(honest[0], honest[1] * rubric["open"]["best_cap"])
+    return best if best > rubric["open"]["zero_at"] else None
 
 
 def score_open_target(students: list[StudentGrade], rubric: dict) -> float | None:
