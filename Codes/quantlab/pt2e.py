@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 import io
@@ -123,9 +124,33 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
+@functools.cache
 def inductor_int8_available() -> bool:
-    """Whether this machine runs PT2E int8 through inductor's oneDNN kernels (x86 only)."""
-    return platform.machine().lower() in ("x86_64", "amd64")
+    """Whether this machine runs PT2E int8 through inductor's oneDNN kernels: x86, and a torchao whose
+    X86InductorQuantizer annotates this torch's graphs (torchao 0.15 on torch 2.9 annotates none: its
+    "quantized" model would stay float), probed once on a one-layer graph."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if not _torchao_fits():  # nothing to probe with: load_exported says what to install
+        return True
+    return _x86_quantizer_annotates()
+
+
+def _x86_quantizer_annotates() -> bool:
+    try:
+        with _quiet():
+            from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+                X86InductorQuantizer,
+                get_default_x86_inductor_quantization_config,
+            )
+
+            graph = torch.export.export(nn.Conv2d(3, 4, 3).eval(), (torch.randn(1, 3, 8, 8),), strict=False).module()
+            quantizer = X86InductorQuantizer()
+            quantizer.set_global(get_default_x86_inductor_quantization_config())
+            quantizer.annotate(graph)
+    except Exception:  # noqa: BLE001 - a quantizer that fails on a conv annotates nothing the kit can use
+        return False
+    return any("quantization_annotation" in node.meta for node in graph.graph.nodes)
 
 
 def target_for(engine: str) -> str:
@@ -234,6 +259,11 @@ def quantize(
     program = model if isinstance(model, torch.export.ExportedProgram) else export(model, input_size)
     with _quiet():
         prepared = prepare_pt2e(program.module(), quantizer)
+    if not any(str(node.target).startswith("activation_post_process") for node in prepared.graph.nodes):
+        raise KitError(
+            f"{described} inserted no observer into this model (torch {torch.__version__}): its int8 model would "
+            "stay float; on x86 with torch 2.9 use --engine qnnpack (target arm, XNNPACKQuantizer), or a newer torch"
+        )
     images = calibrate(prepared, calibration_batches, progress=False)
     with _quiet():
         converted = convert_pt2e(prepared)
