@@ -328,8 +328,14 @@ _ARCHIVE_FILES = ("archive_format", "archive_version", "byteorder", ".data/versi
 _ARCHIVE_FOLDERS = ("models/", "data/weights/", "data/constants/", "data/sample_inputs/", "extra/")
 
 
-def _archive_entries(path: Path) -> dict[str, bytes]:
-    """Every file of a .pt2 archive by its name below the top folder; a KitError if the zip is not plain."""
+def _inspected(name: str) -> bool:
+    """The entries check_archive reads: the graph, the configs, the sample inputs (not the tensors' bytes)."""
+    return name.startswith(("models/", "data/sample_inputs/")) or name.endswith("_config.json")
+
+
+def _archive_entries(path: Path) -> dict[str, bytes | None]:
+    """Every file of a .pt2 archive by its name below the top folder, with its bytes where check_archive reads
+    them (a model's weights are left for torch to read once); a KitError if the zip is not plain."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -338,7 +344,8 @@ def _archive_entries(path: Path) -> dict[str, bytes]:
             tops = {name.split("/", 1)[0] for name in names}
             if len(tops) != 1 or any("/" not in name for name in names):
                 raise KitError(f"{path} is not a .pt2 archive (torch.export.save writes one top folder)")
-            return {name.split("/", 1)[1]: archive.read(name) for name in names if not name.endswith("/")}
+            below_top = {name.split("/", 1)[1]: name for name in names if not name.endswith("/")}
+            return {short: archive.read(name) if _inspected(short) else None for short, name in below_top.items()}
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as error:
         raise KitError(f"{path} is not a .pt2 archive torch.export.save wrote ({type(error).__name__})") from None
 
