@@ -30,7 +30,7 @@ which runs them in a sandbox.
 import argparse
 from pathlib import Path
 
-from quantlab import bench, data, engines, files, loading, provenance, report, vocab
+from quantlab import arguments, bench, data, engines, files, loading, provenance, report, vocab
 from quantlab.errors import KitError, run_cli
 
 # ---- settings (command-line flags override them) -----------------------------
@@ -41,8 +41,9 @@ eval_batch = 16  # images per batch while measuring accuracy (latency is always 
 # -------------------------------------------------------------------------------
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags (None: the command line), checked before any model loads: a KitError names the flag and the fix."""
+    parser = arguments.Parser(description=__doc__)
     parser.add_argument(
         "--model",
         action="append",
@@ -57,52 +58,41 @@ def parse_args() -> argparse.Namespace:
         help="photos to measure accuracy on (ImageNet-sample or ImageFolder), "
         "or imagenette (torchvision downloads it to ./data on first use; for Colab)",
     )
-    parser.add_argument("--holdout", type=int, help="skip the first N images of the seeded shuffle (calibration)")
-    parser.add_argument("--images", type=int, help="evaluate on at most N images")
+    count = arguments.int_at_least(1)
+    parser.add_argument("--holdout", type=count, help="skip the first N images of the seeded shuffle (calibration)")
+    parser.add_argument("--images", type=count, help="evaluate on at most N images")
     parser.add_argument("--seed", type=int, default=0, help="the shuffle that --holdout and --images pick from")
-    parser.add_argument("--runs", type=int, default=runs, help="timed batch-1 runs per model")
-    parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    parser.add_argument("--runs", type=count, default=runs, help="timed batch-1 runs per model")
+    parser.add_argument("--warmup", type=arguments.int_at_least(0), default=warmup, help="untimed runs before timing")
+    parser.add_argument("--threads", type=count, default=None, help="CPU threads (default: physical cores)")
     parser.add_argument(
         "--engine",
         choices=vocab.ENGINE_CHOICES,
         default="auto",
         help="int8 engine; auto: a TorchScript file's sidecar engine, else the CPU's fast one",
     )
-    parser.add_argument("--size", type=int, default=size, help="input resolution")
+    parser.add_argument("--size", type=arguments.int_at_least(32), default=size, help="input resolution")
     parser.add_argument("--json", type=Path, help="write the report (schema quantlab.benchmark/1) here")
     parser.add_argument("--csv", type=Path, help="write one row per model here")
-    parser.add_argument("--plot", type=Path, help="write a PNG of top-1 against latency here (needs --data)")
+    parser.add_argument(
+        "--plot", type=arguments.file_ending(".png"), help="write a PNG of top-1 against latency here (needs --data)"
+    )
     parser.add_argument(
         "--trust",
         action="store_true",
         help="run TorchScript, .pt2 and FILE.py models the kit did not write on this account (they run code)",
     )
-    return parser.parse_args()
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse bad settings before any model loads: a KitError names the flag and the fix."""
-    for flag, value, least in (
-        ("runs", args.runs, 1),
-        ("warmup", args.warmup, 0),
-        ("size", args.size, 32),
-        ("holdout", args.holdout, 1),
-        ("images", args.images, 1),
-    ):
-        if value is not None and value < least:
-            raise KitError(f"--{flag} must be at least {least}, got {value}")
+    args = parser.parse_args(argv)
     if args.data is None:
         for flag in ("holdout", "images", "plot"):
             if getattr(args, flag) is not None:
                 raise KitError(f"--{flag} needs --data FOLDER (it is about accuracy)")
-    if args.plot is not None and args.plot.suffix.lower() != ".png":
-        raise KitError(f"--plot {args.plot} must end in .png")
     outputs = [path for path in (args.json, args.csv, args.plot) if path is not None]
     if len({p.resolve() for p in outputs}) < len(outputs):
         raise KitError("--json, --csv and --plot must name different files")
     for flag, path in (("json", args.json), ("csv", args.csv), ("plot", args.plot)):
         files.check_writable(path, f"--{flag}", f"report.{flag}")  # fail now, not after measuring
+    return args
 
 
 def evaluation_batches(args: argparse.Namespace):
@@ -118,18 +108,10 @@ def evaluation_batches(args: argparse.Namespace):
     return data.loader(dataset, batch_size=eval_batch)
 
 
-def main() -> int:
-    args = parse_args()
-    check_args(args)
-    threads = engines.set_threads(args.threads)
-    engine, why = engines.resolve_engine(args.engine)
-    print(f"threads: {threads}; int8 engine: {engine} ({why})")
-    batches = evaluation_batches(args)
-
-    # a model file from elsewhere can run code when it loads: refuse before loading any
-    for spec in args.model:
+def load_models(args: argparse.Namespace, threads: int) -> list[loading.LoadedModel]:
+    """Every model, loaded and run once before any is measured: a bad file stops the run at once."""
+    for spec in args.model:  # a model file from elsewhere can run code when it loads: refuse before loading any
         provenance.require_trusted(spec, args.trust)
-    # load every model before measuring any: a bad file stops the run at once
     loaded = [loading.load_any(spec, args.engine, threads, args.arch, args.size) for spec in args.model]
     names = [model.name for model in loaded]
     for model in loaded:
@@ -142,7 +124,11 @@ def main() -> int:
                 f"{model.name} is under 1 kB, which rounds to 0.000 MB: too small to compare sizes "
                 "with; benchmark a real classifier (MobileNetV2's int8 file is about 4 MB)"
             )
+    return loaded
 
+
+def measure(loaded: list[loading.LoadedModel], batches, args: argparse.Namespace) -> list[dict]:
+    """Each model's size, latency and accuracy, one after the other on the same settings."""
     results = []
     for model in loaded:
         print(
@@ -151,21 +137,36 @@ def main() -> int:
             + f"): {args.warmup} warm-up + {args.runs} runs"
         )
         results.append(bench.benchmark_model(model, batches, args.runs, args.warmup, args.size))
+    return results
 
+
+def write_outputs(document: dict, args: argparse.Namespace) -> None:
+    """The files asked for: --plot, --csv, --json (each written whole, or not at all)."""
+    if args.plot:
+        report.write_plot(args.plot, document)
+        print(f"wrote {args.plot}")
+    if args.csv:
+        report.write_csv(args.csv, document)
+        print(f"wrote {args.csv}")
+    if args.json:
+        files.write_json(args.json, document, "--json")
+        print(f"wrote {args.json}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = engines.set_threads(args.threads)
+    engine, why = engines.resolve_engine(args.engine)
+    print(f"threads: {threads}; int8 engine: {engine} ({why})")
+    batches = evaluation_batches(args)
+    loaded = load_models(args, threads)
+    results = measure(loaded, batches, args)
     settings = report.make_settings(
         args.runs, args.warmup, args.size, args.data, args.holdout, args.seed, threads, engine
     )
     document = report.make_report(results, settings, bench.machine_info(threads, engine))
     print(report.format_table(document))
-    if args.plot:
-        report.write_plot(document, args.plot)
-        print(f"wrote {args.plot}")
-    if args.csv:
-        report.write_csv(document, args.csv)
-        print(f"wrote {args.csv}")
-    if args.json:
-        report.write_json(document, args.json)
-        print(f"wrote {args.json}")
+    write_outputs(document, args)
     return 0
 
 

@@ -20,7 +20,7 @@ import cv2
 import torch
 import torchvision
 
-from quantlab import bench, engines, files, labels, loading, models, sources, timing, vocab
+from quantlab import arguments, bench, engines, files, labels, loading, models, sources, timing, vocab
 from quantlab.errors import KitError, run_cli
 from quantlab.preprocess import Preprocessor
 
@@ -37,32 +37,49 @@ warmup_runs = 3  # untimed model runs before the first frame
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The flags (None: the command line); each default is the setting of the same name above."""
+    parser = arguments.Parser(description=__doc__)
+    count = arguments.int_at_least(1)
     parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=quantize, help="int8 model")
     parser.add_argument("--source", default=source, help="webcam index, picamera2, samples, a video file or a folder")
-    parser.add_argument("--frames", type=int, help="stop after N frames (default: run until the end or Ctrl-C)")
-    parser.add_argument("--top", type=int, default=top, help="how many classes to print")
-    parser.add_argument("--size", type=int, default=size, help="input resolution in pixels")
-    parser.add_argument("--skip", type=int, default=skip, help="run the model on every K-th frame")
+    parser.add_argument("--frames", type=count, help="stop after N frames (default: run until the end or Ctrl-C)")
+    parser.add_argument("--top", type=count, default=top, help="how many classes to print")
+    parser.add_argument("--size", type=arguments.int_at_least(32), default=size, help="input resolution in pixels")
+    parser.add_argument("--skip", type=count, default=skip, help="run the model on every K-th frame")
     parser.add_argument("--engine", choices=vocab.ENGINE_CHOICES, default=engine, help="int8 engine")
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=jit, help="TorchScript the model")
     model_or_weights = parser.add_mutually_exclusive_group()
     model_or_weights.add_argument("--weights", type=Path, help="a MobileNetV2 state dict (int8 with --quantize)")
-    model_or_weights.add_argument("--model", type=Path, help="a TorchScript (.pt), ONNX (.onnx) or PT2E (.pt2) file")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    model_or_weights.add_argument(
+        "--model", type=Path, help="a model file: TorchScript (.pt), ONNX (.onnx), PT2E (.pt2) or a state dict"
+    )
+    parser.add_argument("--threads", type=count, help="CPU threads (default: physical cores)")
     parser.add_argument("--json", type=Path, help="write the summary to this JSON file")
     args = parser.parse_args(argv)
-    for name, least in (("frames", 1), ("top", 1), ("skip", 1), ("size", 32)):
-        if getattr(args, name) is not None and getattr(args, name) < least:
-            parser.error(f"--{name} must be at least {least}, got {getattr(args, name)}")
     files.check_writable(args.json, "--json", "run.json")  # now, not after the run
     return args
 
 
+def load_model_file(args: argparse.Namespace, threads: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str, str]:
+    """--model FILE, loaded as benchmark.py loads it: the model, its engine (and why), a line that describes it."""
+    loaded = loading.load_any(args.model, args.engine, threads, input_size=args.size, check=False)
+    for note in loaded.notes:
+        print(note)
+    if loaded.engine is not None:  # int8 in PyTorch: its sidecar names the engine it was quantized for
+        engine_used = f"{loaded.engine} ({loaded.engine_reason})"
+    elif loaded.format == "onnx":
+        engine_used = "none needed (ONNX Runtime)"
+    elif loaded.format == "pt2":
+        engine_used = f"none needed ({'torch.compile, inductor' if loaded.model.compiled else 'exported program'})"
+    else:
+        engine_used = f"none needed ({loaded.method} model)"
+    return loaded.model, engine_used, f"{args.model} ({loaded.size_mb:.1f} MB, {loaded.format}, {loaded.method})"
+
+
 def build_model(args: argparse.Namespace, threads: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str, str]:
     """The model to run, its engine (and why), and a line that describes it."""
-    if args.model:  # a file from quantize_model.py: its sidecar names the engine it was quantized for
-        return loading.load_for_demo(args.model, args.engine, args.size, threads)
+    if args.model:  # a file from quantize_model.py, or any model file the kit loads
+        return load_model_file(args, threads)
     if args.quantize:
         chosen, why = engines.resolve_engine(args.engine)
         # int8 happens here: torchvision's MobileNetV2 with int8 layers (quantize=True builds it with qnnpack)

@@ -37,8 +37,22 @@ import torch
 import torchvision
 from torch.utils.data import Dataset
 
-from quantlab import bench, config, data, engines, files, memory, models, pt2e, quantize, user_model, vocab
-from quantlab.config import Setting, integer, number, numbers
+from quantlab import (
+    arguments,
+    bench,
+    config,
+    data,
+    engines,
+    files,
+    loading,
+    memory,
+    models,
+    pt2e,
+    quantize,
+    user_model,
+    vocab,
+)
+from quantlab.config import Setting, count, integer, number, numbers, share
 from quantlab.errors import KitError, run_cli
 
 # ---- settings: each declared once, here: its default, its flag (--calib-images for calib_images) and its key in
@@ -121,18 +135,18 @@ SETTINGS: dict[str, Setting] = {
     "calib_images": Setting(
         100,
         "how many photos to calibrate on (default 100)",
-        int,
+        arguments.int_at_least(1),
         yaml="quantization.calibration_images",
-        convert=integer,
-        expected="an integer",
+        convert=count,
+        expected="a whole number, at least 1",
     ),
     "calib_split": Setting(
         None,
         "or: the fraction of --calib-data to calibrate on",
-        float,
+        arguments.fraction,
         yaml="dataset.quantization_split",
-        convert=number,
-        expected="a fraction between 0 and 1",
+        convert=share,
+        expected="a fraction in (0, 1]",
     ),
     "eval_data": Setting(
         None,
@@ -142,7 +156,7 @@ SETTINGS: dict[str, Setting] = {
         convert=Path,
         expected="a folder",
     ),
-    "eval_images": Setting(None, "evaluate on at most this many photos", int),
+    "eval_images": Setting(None, "evaluate on at most this many photos", arguments.int_at_least(1)),
     "train_data": Setting(
         None,
         "QAT: labelled photos (default: the calibration subset)",
@@ -152,7 +166,12 @@ SETTINGS: dict[str, Setting] = {
         expected="a folder",
     ),
     "epochs": Setting(
-        1, "QAT: passes over the training photos", int, yaml="training.epochs", convert=integer, expected="an integer"
+        1,
+        "QAT: passes over the training photos",
+        arguments.int_at_least(1),
+        yaml="training.epochs",
+        convert=count,
+        expected="a whole number, at least 1",
     ),
     "lr": Setting(
         3e-5,
@@ -197,23 +216,23 @@ SETTINGS: dict[str, Setting] = {
     "threads": Setting(
         None,
         "CPU threads (default: physical cores)",
-        int,
+        arguments.int_at_least(1),
         yaml="benchmarking.threads",
-        convert=integer,
-        expected="an integer",
+        convert=count,
+        expected="a whole number, at least 1",
     ),
     "runs": Setting(
         50,
         "chains with benchmarking: timed runs per model",
-        int,
+        arguments.int_at_least(1),
         yaml="benchmarking.runs",
-        convert=integer,
-        expected="an integer",
+        convert=count,
+        expected="a whole number, at least 1",
     ),
     "warmup": Setting(
         10,
         "chains with benchmarking: untimed runs first",
-        int,
+        arguments.int_at_least(0),
         yaml="benchmarking.warmup",
         convert=integer,
         expected="an integer",
@@ -229,7 +248,8 @@ SETTINGS: dict[str, Setting] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The flags (None: the command line); each flag's type checks its value (quantlab.arguments)."""
+    parser = arguments.Parser(description=__doc__)
     parser.add_argument("--config", type=Path, help="a YAML file with the settings below (see configs/)")
     config.add_flags(parser, SETTINGS)  # a flag not given stays None: the config file or the default decides
     return parser.parse_args(argv)
@@ -259,15 +279,8 @@ def check_settings(settings: dict) -> None:
     for key, setting in SETTINGS.items():  # argparse checks the flags' choices; a --config file's too
         if setting.choices and settings.get(key) is not None and settings[key] not in setting.choices:
             raise KitError(f"unknown {key} '{settings[key]}'; use one of {', '.join(setting.choices)}")
-    if settings["calib_images"] is not None and settings["calib_images"] < 1:
-        raise KitError(f"--calib-images must be at least 1, got {settings['calib_images']}")
-    if settings["calib_split"] is not None and not 0 < settings["calib_split"] <= 1:
-        raise KitError(f"--calib-split must be a fraction in (0, 1], got {settings['calib_split']}")
     if settings["calib_split"] is not None and settings["calib_data"] is None:
         raise KitError("--calib-split needs --calib-data (the folder to split)")
-    for key in ("epochs", "runs"):
-        if settings[key] < 1:
-            raise KitError(f"--{key} must be at least 1, got {settings[key]}")
     output = settings["output"]
     if output is None:
         if settings["export_dir"] is None:
@@ -601,46 +614,31 @@ def evaluate(name: str, model: Callable, evaluation: Dataset, settings: dict) ->
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    settings = resolve_settings(args)
-    check_settings(settings)
-    steps = OPERATION_MODES[settings["operation_mode"]]
-    output, method = settings["output"], settings["method"]
-    threads = engines.set_threads(settings["threads"])
-    torch.manual_seed(settings["seed"])
-    engine, why = engines.resolve_engine(settings["engine"])
-    print(f"engine: {engine} ({why}); threads: {threads}")
-    if settings["format"] == "onnx":
-        print("note: ONNX Runtime runs the ONNX file with its own int8 kernels; --engine applies to PyTorch only")
+def float_model(settings: dict) -> torch.nn.Module | Path:
+    """The model to quantize: your own ONNX file (ONNX Runtime takes the file), your own PyTorch model (its file
+    runs here, as with python), or a torchvision classifier."""
     model = str(settings["model"])
-    if Path(model).suffix.lower() in vocab.ONNX_SUFFIXES:  # your own ONNX classifier: ONNX Runtime takes the file
+    if Path(model).suffix.lower() in vocab.ONNX_SUFFIXES:
         facts = user_model.check_onnx_classifier(Path(model), size)
         print(
             f"{model}: float ONNX classifier, input '{facts['input_name']}' {facts['input_shape']}, "
             f"{facts['classes']} classes"
         )
-        fp32 = Path(model)
-    elif user_model.is_user_model_spec(model):  # your own PyTorch model (its file runs here, as with python)
-        fp32 = user_model.load_user_model(model, settings["weights"])
+        return Path(model)
+    if user_model.is_user_model_spec(model):
+        fp32 = user_model.build_user_model(model, settings["weights"])
         print(
             f"{model}: {type(fp32).__name__}, {sum(p.numel() for p in fp32.parameters()):,} parameters, "
             f"{user_model.output_classes(fp32, size)} classes"
         )
-    else:
-        fp32 = load_fp32(model, settings["arch"])
-    calibration, evaluation = data_subsets(settings)
-    if "evaluate" in steps and (evaluation is None or len(evaluation) == 0):
-        raise KitError(
-            f"operation mode {settings['operation_mode']} evaluates: pass --eval-data DIR "
-            "(dataset.test_path), or --calib-data with photos left over after calibration"
-        )
-    accuracy = {}
-    if "evaluate" in steps:
-        accuracy["fp32"] = evaluate("fp32", fp32, evaluation, settings)
+        return fp32
+    return load_fp32(model, settings["arch"])
 
+
+def first_sidecar(settings: dict, engine: str, fp32: torch.nn.Module | Path) -> dict:
+    """What the sidecar says before quantizing: the settings, the preprocessing when it is not the kit's."""
     sidecar = models.make_sidecar(
-        method, settings["format"], engine, str(settings["model"]), settings["arch"], settings["seed"], size
+        settings["method"], settings["format"], engine, str(settings["model"]), settings["arch"], settings["seed"], size
     )
     if settings["rescale_scale"] or settings["rescale_offset"] or settings["color_mode"] != "rgb":
         sidecar["preprocessing"] = {
@@ -648,31 +646,38 @@ def main(argv: list[str] | None = None) -> int:
             "offset": settings["rescale_offset"],
             "color_mode": settings["color_mode"],
         }
-    if not isinstance(fp32, torch.nn.Module) or user_model.is_user_model_spec(model):
+    if not isinstance(fp32, torch.nn.Module) or user_model.is_user_model_spec(str(settings["model"])):
         sidecar.update(arch=None, weights=settings["weights"])  # not a torchvision architecture
+    return sidecar
+
+
+def quantize_and_save(
+    fp32: torch.nn.Module | Path, settings: dict, engine: str, calibration: Dataset | None, sidecar: dict
+) -> dict:
+    """Quantize in the --format asked for and write the file and its sidecar (atomically); the sidecar."""
+    output = settings["output"]
     if settings["format"] == "onnx":
         del sidecar["engine"]  # ONNX Runtime has its own int8 kernels: no PyTorch engine to pick
         sidecar["runtime"] = "onnxruntime"
-        sidecar = models.save_with_sidecar(
+        return models.save_with_sidecar(
             output, lambda partial: write_onnx(fp32, settings, calibration, partial), sidecar
         )
-        int8_model = models.OnnxModel(output, threads)
-    elif settings["format"] == "pt2":
-        sidecar = quantize_with_pt2e(fp32, settings, engine, calibration, sidecar)
-        int8_model = pt2e.load_exported(output, size, compile=False)  # loads back; benchmark.py compiles it
-    else:
-        int8, facts = quantize_torch(fp32, settings, engine, calibration)
-        sidecar.update(facts)
-        sidecar = models.save_torchscript(int8, output, sidecar)
-        int8_model = models.load_model_file(output, threads)
+    if settings["format"] == "pt2":
+        return quantize_with_pt2e(fp32, settings, engine, calibration, sidecar)
+    int8, facts = quantize_torch(fp32, settings, engine, calibration)
+    sidecar.update(facts)
+    return models.save_torchscript(int8, output, sidecar)
 
+
+def print_sizes(fp32: torch.nn.Module | Path, settings: dict, sidecar: dict) -> None:
+    """fp32 against int8 on disk; for dynamic quantization, how little of a CNN it quantizes."""
     fp32_mb = user_model.onnx_size_mb(fp32) if isinstance(fp32, Path) else models.serialized_size_mb(fp32)
     int8_mb = sidecar["size_bytes"] / 1e6
     print(
-        f"size: fp32 {fp32_mb:.2f} MB ({'ONNX file' if isinstance(fp32, Path) else 'state dict'}) -> int8 {int8_mb:.2f} MB ({settings['format']} file), "
-        f"{fp32_mb / int8_mb:.1f}x smaller"
+        f"size: fp32 {fp32_mb:.2f} MB ({'ONNX file' if isinstance(fp32, Path) else 'state dict'}) -> int8 "
+        f"{int8_mb:.2f} MB ({settings['format']} file), {fp32_mb / int8_mb:.1f}x smaller"
     )
-    if method == "dynamic" and isinstance(fp32, torch.nn.Module):
+    if settings["method"] == "dynamic" and isinstance(fp32, torch.nn.Module):
         linear = sum(
             p.numel() for m in fp32.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LSTM)) for p in m.parameters()
         )
@@ -682,27 +687,55 @@ def main(argv: list[str] | None = None) -> int:
             "the convolutions stay fp32, so a CNN shrinks little and runs at fp32 speed; "
             "--method static quantizes them too"
         )
-    print(f"wrote {output} ({settings['format']}, {int8_mb:.2f} MB) and {models.sidecar_path(output)}")
+    print(
+        f"wrote {settings['output']} ({settings['format']}, {int8_mb:.2f} MB) and {models.sidecar_path(settings['output'])}"
+    )
 
+
+def compare_latency(fp32: torch.nn.Module, int8_model: Callable, settings: dict, engine: str, threads: int) -> None:
+    """The chains' benchmark step: fp32 TorchScript against the int8 file, batch 1."""
+    fp32_latency = bench.measure_latency(models.script(fp32), size, settings["runs"], settings["warmup"])
+    engines.set_engine(engine)
+    int8_latency = bench.measure_latency(int8_model, size, settings["runs"], settings["warmup"])
+    print(
+        f"latency (batch 1, {threads} threads, median of {settings['runs']}): fp32 TorchScript "
+        f"{fp32_latency['median_ms']:.2f} ms, int8 {int8_latency['median_ms']:.2f} ms "
+        f"({int8_latency['median_ms'] / fp32_latency['median_ms']:.2f}x the fp32 time)"
+    )
+    for name, latency in (("fp32", fp32_latency), ("int8", int8_latency)):
+        if latency["unstable"]:
+            print(f"! UNSTABLE {name} latency: {latency['unstable']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = resolve_settings(parse_args(argv))
+    check_settings(settings)
+    steps = OPERATION_MODES[settings["operation_mode"]]
+    threads = engines.set_threads(settings["threads"])
+    torch.manual_seed(settings["seed"])
+    engine, why = engines.resolve_engine(settings["engine"])
+    print(f"engine: {engine} ({why}); threads: {threads}")
+    if settings["format"] == "onnx":
+        print("note: ONNX Runtime runs the ONNX file with its own int8 kernels; --engine applies to PyTorch only")
+    fp32 = float_model(settings)
+    calibration, evaluation = data_subsets(settings)
+    if "evaluate" in steps and (evaluation is None or len(evaluation) == 0):
+        raise KitError(
+            f"operation mode {settings['operation_mode']} evaluates: pass --eval-data DIR "
+            "(dataset.test_path), or --calib-data with photos left over after calibration"
+        )
     if "evaluate" in steps:
-        accuracy["int8"] = evaluate("int8", int8_model, evaluation, settings)
-        drop = accuracy["fp32"]["top1"] - accuracy["int8"]["top1"]
-        print(
-            f"top-1 change: {-drop:+.1f} points (fp32 {accuracy['fp32']['top1']:.1f} % -> "
-            f"int8 {accuracy['int8']['top1']:.1f} %)"
-        )
+        fp32_top1 = evaluate("fp32", fp32, evaluation, settings)["top1"]
+
+    sidecar = quantize_and_save(fp32, settings, engine, calibration, first_sidecar(settings, engine, fp32))
+    print_sizes(fp32, settings, sidecar)
+    # the file as it was written, loaded back as benchmark.py loads it (a .pt2 uncompiled: benchmark.py compiles it)
+    int8_model = loading.load_any(settings["output"], engine, threads, input_size=size, check=False, compile=False)
+    if "evaluate" in steps:
+        int8_top1 = evaluate("int8", int8_model.model, evaluation, settings)["top1"]
+        print(f"top-1 change: {int8_top1 - fp32_top1:+.1f} points (fp32 {fp32_top1:.1f} % -> int8 {int8_top1:.1f} %)")
     if "benchmark" in steps:
-        fp32_latency = bench.measure_latency(models.script(fp32), size, settings["runs"], settings["warmup"])
-        engines.set_engine(engine)
-        int8_latency = bench.measure_latency(int8_model, size, settings["runs"], settings["warmup"])
-        print(
-            f"latency (batch 1, {threads} threads, median of {settings['runs']}): fp32 TorchScript "
-            f"{fp32_latency['median_ms']:.2f} ms, int8 {int8_latency['median_ms']:.2f} ms "
-            f"({int8_latency['median_ms'] / fp32_latency['median_ms']:.2f}x the fp32 time)"
-        )
-        for name, latency in (("fp32", fp32_latency), ("int8", int8_latency)):
-            if latency["unstable"]:
-                print(f"! UNSTABLE {name} latency: {latency['unstable']}")
+        compare_latency(fp32, int8_model.model, settings, engine, threads)
     peak = memory.peak_rss_mb()
     if peak is not None:  # ONNX Runtime's calibration used to take 13.7 GB here: the figure is worth a line
         print(f"peak resident memory of this run: {peak:.0f} MB")

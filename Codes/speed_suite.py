@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from quantlab import bench, cpu, data, engines, files, memory, models, onnx_tools, pt2e, quantize
+from quantlab import arguments, bench, cpu, data, engines, files, loading, memory, models, onnx_tools, pt2e, quantize
 from quantlab.assets import IMAGENET_SAMPLE, asset_path
-from quantlab.errors import KitError, run_cli
+from quantlab.errors import KitError, first_line, run_cli
 
 # ---- settings (command-line flags override them) -----------------------------
 runs = 50  # timed batch-1 runs per path: the table leads with their median
@@ -44,33 +44,29 @@ seed = 0  # picks the calibration photos
 SCHEMA = "quantlab.speed_suite/1"
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=runs, help="timed batch-1 runs per path")
-    parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags (None: the command line), checked before minutes of measuring."""
+    parser = arguments.Parser(description=__doc__)
+    count = arguments.int_at_least(1)
+    parser.add_argument("--runs", type=count, default=runs, help="timed batch-1 runs per path")
+    parser.add_argument("--warmup", type=arguments.int_at_least(0), default=warmup, help="untimed runs before timing")
+    parser.add_argument("--threads", type=count, default=None, help="CPU threads (default: physical cores)")
     parser.add_argument(
         "--calib-data",
         type=Path,
         help="calibration photos (default: the offline ImageNet sample "
         "when $QUANTLAB_ASSETS has it, else random noise)",
     )
-    parser.add_argument("--calib-images", type=int, default=calib_images, help="how many photos to calibrate on")
+    parser.add_argument("--calib-images", type=count, default=calib_images, help="how many photos to calibrate on")
     parser.add_argument("--weights", type=Path, help="a fp32 MobileNetV2 state dict (default: torchvision's)")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--plot", type=Path, help="write a PNG bar chart of the latencies here")
-    return parser.parse_args()
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """What argparse cannot check, before minutes of measuring."""
-    for name in ("runs", "calib_images"):
-        if getattr(args, name) < 1:
-            raise KitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        raise KitError(f"--warmup cannot be negative, got {args.warmup}")
+    parser.add_argument(
+        "--plot", type=arguments.file_ending(".png"), help="write a PNG bar chart of the latencies here"
+    )
+    args = parser.parse_args(argv)
     files.check_writable(args.json, "--json", "speed.json")  # fail now, not after minutes of measuring
     files.check_writable(args.plot, "--plot", "speed.png")
+    return args
 
 
 def calibration_photos(folder: Path | None, count: int) -> tuple[torch.Tensor, str, bool]:
@@ -120,10 +116,10 @@ def pt2e_builder(fp32: torch.nn.Module, calibration: list, folder: Path):
         program, facts = pt2e.quantize(copy.deepcopy(fp32), calibration, target="x86", input_size=size)
         path = folder / "mobilenet_v2_pt2e_int8.pt2"
         pt2e.save(program, path, {"method": "static", **facts})
-        loaded = pt2e.load_exported(path, size)
-        if not loaded.compiled:  # an uncompiled exported program is correct but says nothing about PT2E's speed
-            raise KitError(loaded.note or "torch.compile did not compile the PT2E model")
-        return loaded
+        loaded = loading.load_any(path, input_size=size, check=False)
+        if not loaded.model.compiled:  # an uncompiled exported program is correct but says nothing about PT2E's speed
+            raise KitError(loaded.notes[0] if loaded.notes else "torch.compile did not compile the PT2E model")
+        return loaded.model
 
     return build
 
@@ -134,12 +130,12 @@ def onnx_builder(fp32: torch.nn.Module, calibration: list | None, folder: Path, 
         if not fp32_file.exists():
             onnx_tools.export_onnx(fp32, fp32_file, size)
         if calibration is None:
-            return models.OnnxModel(fp32_file, threads)
+            return loading.load_any(fp32_file, threads=threads, input_size=size, check=False).model
         int8_file = onnx_tools.quantize_onnx_static(
             fp32_file, folder / "mobilenet_v2_int8.onnx", calibration, progress=False
         )
         facts.update(onnx_tools.read_metadata(int8_file))  # the number format it picked for this CPU, and why
-        return models.OnnxModel(int8_file, threads)
+        return loading.load_any(int8_file, threads=threads, input_size=size, check=False).model
 
     return build
 
@@ -182,7 +178,7 @@ def format_table(results: list[dict], photos_note: str) -> str:
     return "\n".join(lines)
 
 
-def write_plot(report: dict, path: Path) -> None:
+def write_latency_chart(path: Path, report: dict) -> None:
     """Horizontal bars of median latency (p90 as a whisker), int8 and fp32 in two colours; atomic PNG."""
     import matplotlib
 
@@ -223,80 +219,66 @@ def write_plot(report: dict, path: Path) -> None:
         plt.close(figure)
 
 
-def main() -> int:
-    args = parse_args()
-    check_args(args)
-    threads = engines.set_threads(args.threads)
-    photos, photos_note, real_photos = calibration_photos(args.calib_data, args.calib_images)
-    calibration = list(photos.split(8))
-    fp32 = models.mobilenet_v2_fp32(args.weights)
-    auto_engine, auto_reason = engines.resolve_engine("auto")
-    print(f"int8: {cpu.describe()}")
-    print(
-        f"threads: {threads} (of {engines.physical_cores()} physical cores); engine auto: {auto_engine} ({auto_reason})"
+def paths_to_time(fp32: torch.nn.Module, calibration: list, folder: Path, threads: int, onnx_facts: dict) -> list:
+    """Every path this PyTorch can take: (name, precision, engine, build), build() making the runnable model."""
+    paths = [
+        ("fp32 eager", "fp32", None, lambda: fp32),
+        ("fp32 channels-last", "fp32", None, lambda: channels_last(fp32)),
+        ("fp32 TorchScript", "fp32", None, lambda: models.script(copy.deepcopy(fp32))),
+    ]
+    quantized: dict[str, torch.nn.Module] = {}  # one int8 model per engine, eager and TorchScript share it
+    for engine in (e for e in torch.backends.quantized.supported_engines if e != "none"):
+        for jit, how in ((False, "eager"), (True, "TorchScript")):
+            paths.append(
+                (f"int8 {engine} {how}", "int8", engine, int8_builder(fp32, calibration, engine, jit, quantized))
+            )
+    paths.append(("int8 PT2E inductor", "int8", None, pt2e_builder(fp32, calibration, folder)))
+    paths.append(("ONNX Runtime fp32", "fp32", None, onnx_builder(fp32, None, folder, threads, {})))
+    paths.append(
+        ("ONNX Runtime int8 static", "int8", None, onnx_builder(fp32, calibration, folder, threads, onnx_facts))
     )
+    return paths
 
-    with tempfile.TemporaryDirectory(prefix="quantlab-speed-") as folder:
-        paths = [  # (name, precision, engine, build): build() makes the runnable model
-            ("fp32 eager", "fp32", None, lambda: fp32),
-            ("fp32 channels-last", "fp32", None, lambda: channels_last(fp32)),
-            ("fp32 TorchScript", "fp32", None, lambda: models.script(copy.deepcopy(fp32))),
-        ]
-        quantized: dict[str, torch.nn.Module] = {}  # one int8 model per engine, eager and TorchScript share it
-        for engine in (e for e in torch.backends.quantized.supported_engines if e != "none"):
-            for jit, how in ((False, "eager"), (True, "TorchScript")):
-                build = int8_builder(fp32, calibration, engine, jit, quantized)
-                paths.append((f"int8 {engine} {how}", "int8", engine, build))
-        paths.append(("int8 PT2E inductor", "int8", None, pt2e_builder(fp32, calibration, Path(folder))))
-        onnx_facts: dict = {}
-        paths.append(("ONNX Runtime fp32", "fp32", None, onnx_builder(fp32, None, Path(folder), threads, {})))
-        paths.append(
-            (
-                "ONNX Runtime int8 static",
-                "int8",
-                None,
-                onnx_builder(fp32, calibration, Path(folder), threads, onnx_facts),
-            )
-        )
 
-        results, reference = [], None
-        for name, precision, engine, build in tqdm(paths, desc="paths", unit="path"):
-            runtime = "onnxruntime" if name.startswith("ONNX") else "inductor" if "PT2E" in name else "pytorch"
-            kernels = "onednn" if "PT2E" in name else engine  # inductor lowers PT2E int8 to oneDNN's kernels
-            isa = None if precision == "fp32" else cpu.engine_isa(kernels) if kernels else cpu.int8_isa()
-            result = {
-                "name": name,
-                "precision": precision,
-                "engine": engine,
-                "runtime": runtime,
-                "int8_isa": isa and isa.name,
-                "error": None,
+def time_paths(paths: list, photos: torch.Tensor, args: argparse.Namespace) -> list[dict]:
+    """Build each path, check its top-1 against fp32 eager's (the first path), time it; a path that cannot be
+    built here is recorded with its error."""
+    results, reference = [], None
+    for name, precision, engine, build in tqdm(paths, desc="paths", unit="path"):
+        runtime = "onnxruntime" if name.startswith("ONNX") else "inductor" if "PT2E" in name else "pytorch"
+        kernels = "onednn" if "PT2E" in name else engine  # inductor lowers PT2E int8 to oneDNN's kernels
+        isa = None if precision == "fp32" else cpu.engine_isa(kernels) if kernels else cpu.int8_isa()
+        result = {
+            "name": name,
+            "precision": precision,
+            "engine": engine,
+            "runtime": runtime,
+            "int8_isa": isa and isa.name,
+            "error": None,
+        }
+        try:
+            model = build()
+        except Exception as error:  # a path this machine cannot take: say why, measure the others
+            results.append({**result, "error": first_line(error, with_type=True, limit=150)})
+            continue
+        if engine is not None:
+            engines.set_engine(engine)  # quantized ops dispatch on the active engine too
+        predictions = top1(model, photos)
+        reference = predictions if reference is None else reference  # fp32 eager comes first
+        memory.reset_peak()  # the peak of this path's timed runs (the process, every path built so far)
+        latency = bench.measure_latency(model, size, args.runs, args.warmup)
+        results.append(
+            {
+                **result,
+                "median_ms": latency["median_ms"],
+                "p90_ms": latency["p90_ms"],
+                "mean_ms": latency["mean_ms"],
+                "fps": latency["fps"],
+                "unstable": latency["unstable"],
+                "peak_rss_mb": memory.peak_rss_mb(),
+                "top1_agreement": round(float((predictions == reference).float().mean()), 4),
             }
-            try:
-                model = build()
-            except Exception as error:  # a path this machine cannot take: say why, measure the others
-                first_line = str(error).splitlines()[0][:150] if str(error) else ""
-                results.append({**result, "error": f"{type(error).__name__}: {first_line}"})
-                continue
-            if engine is not None:
-                engines.set_engine(engine)  # quantized ops dispatch on the active engine too
-            predictions = top1(model, photos)
-            reference = predictions if reference is None else reference  # fp32 eager comes first
-            memory.reset_peak()  # the peak of this path's timed runs (the process, every path built so far)
-            latency = bench.measure_latency(model, size, args.runs, args.warmup)
-            results.append(
-                {
-                    **result,
-                    "median_ms": latency["median_ms"],
-                    "p90_ms": latency["p90_ms"],
-                    "mean_ms": latency["mean_ms"],
-                    "fps": latency["fps"],
-                    "unstable": latency["unstable"],
-                    "peak_rss_mb": memory.peak_rss_mb(),
-                    "top1_agreement": round(float((predictions == reference).float().mean()), 4),
-                }
-            )
-
+        )
     measured = [r for r in results if not r["error"]]
     eager = next(r["median_ms"] for r in measured if r["name"] == "fp32 eager")
     onnx_fp32 = next((r["median_ms"] for r in measured if r["name"] == "ONNX Runtime fp32"), None)
@@ -304,16 +286,14 @@ def main() -> int:
         result.update(
             vs_fp32_eager=ratio(result["median_ms"], eager), vs_onnxruntime_fp32=ratio(result["median_ms"], onnx_fp32)
         )
-    print(format_table(results, photos_note))
+    return results
 
-    if onnx_facts.get("format_reason"):
-        print(
-            f"ONNX Runtime int8 format: {onnx_facts['activation_type']} activations, {onnx_facts['weight_type']} "
-            f"weights ({onnx_facts['format_reason']})"
-        )
+
+def print_verdict(results: list[dict], photos_count: int, auto_engine: str) -> dict | None:
+    """The fastest int8 path that agrees with fp32 (returned), the faster ones that do not, and auto's pick."""
+    measured = [r for r in results if not r["error"]]
     correct_int8 = [r for r in measured if r["precision"] == "int8" and r["top1_agreement"] >= min_agreement]
     best = min(correct_int8, key=lambda r: r["median_ms"], default=None)
-    photos_count = len(photos)
     which = "all" if min_agreement >= 1 else f"{100 * min_agreement:.0f}% of the"
     if best is None:
         print(f"no int8 path agrees with fp32's top-1 on {which} {photos_count} check photos")
@@ -341,6 +321,30 @@ def main() -> int:
     if fastest_engine is not None:
         verdict = "agrees" if fastest_engine["engine"] == auto_engine else "differs: the machine may have been busy"
         print(f"engine auto picks {auto_engine}; fastest engine in this run: {fastest_engine['engine']} ({verdict})")
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = engines.set_threads(args.threads)
+    photos, photos_note, real_photos = calibration_photos(args.calib_data, args.calib_images)
+    fp32 = models.mobilenet_v2_fp32(args.weights)
+    auto_engine, auto_reason = engines.resolve_engine("auto")
+    print(f"int8: {cpu.describe()}")
+    print(
+        f"threads: {threads} (of {engines.physical_cores()} physical cores); engine auto: {auto_engine} ({auto_reason})"
+    )
+    onnx_facts: dict = {}  # the number format ONNX Runtime's static quantization picked for this CPU, and why
+    with tempfile.TemporaryDirectory(prefix="quantlab-speed-") as folder:
+        paths = paths_to_time(fp32, list(photos.split(8)), Path(folder), threads, onnx_facts)
+        results = time_paths(paths, photos, args)
+    print(format_table(results, photos_note))
+    if onnx_facts.get("format_reason"):
+        print(
+            f"ONNX Runtime int8 format: {onnx_facts['activation_type']} activations, {onnx_facts['weight_type']} "
+            f"weights ({onnx_facts['format_reason']})"
+        )
+    best = print_verdict(results, len(photos), auto_engine)
     if not real_photos:
         print("WARNING: calibrated on random noise: the top-1 column means nothing; pass --calib-data PHOTOS")
 
@@ -368,7 +372,7 @@ def main() -> int:
         files.write_json(args.json, report, "--json")
         print(f"wrote {args.json}")
     if args.plot:
-        write_plot(report, args.plot)
+        write_latency_chart(args.plot, report)
         print(f"wrote {args.plot}")
     return 0
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import runpy
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -19,6 +18,7 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from quantlab.assets import ASSETS_ENV, FLOAT_WEIGHTS, IMAGENET_SAMPLE, INT8_WEIGHTS, assets_dir
+from quantlab.errors import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CODES = REPO / "Codes"
@@ -94,22 +94,20 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: float 
 
 
 def run_in_process(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``Codes/<script>`` as ``run_script`` does, but inside this process: no interpreter start-up (seconds per
-    case), for the error paths that stop before any model runs. ``test_each_cli_exits_2_in_a_fresh_interpreter``
-    keeps one real process per script."""
+    """Run ``Codes/<script>`` as ``run_script`` does, but inside this process: its ``main(argv)`` through
+    ``run_cli``, as ``python Codes/<script>`` runs it, with no interpreter start-up (seconds per case), for the
+    error paths that stop before any model runs. ``test_each_cli_exits_2_in_a_fresh_interpreter`` keeps one real
+    process per script."""
     stdout, stderr = io.StringIO(), io.StringIO()
-    argv, code = sys.argv, 0
-    sys.argv = [script, *map(str, args)]
+    code = 0
     try:
         with pytest.MonkeyPatch.context() as patch, redirect_stdout(stdout), redirect_stderr(stderr):
             patch.chdir(REPO)
             for key, value in (env or {}).items():
                 patch.setenv(key, value)
-            runpy.run_path(str(CODES / script), run_name="__main__")
+            run_cli(load_script(script).main, [str(arg) for arg in args])
     except SystemExit as exited:
         code = exited.code if isinstance(exited.code, int) else 1
-    finally:
-        sys.argv = argv
     return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
 
 

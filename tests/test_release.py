@@ -96,10 +96,9 @@ def test_a_changed_address_reaches_every_notebook_and_markdown_link(
     monkeypatch.setattr(sync, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(sync, "NOTEBOOKS", tmp_path / project.NOTEBOOKS_DIR)
     monkeypatch.setattr(sync, "STUDENT_NOTEBOOKS", tmp_path / project.STUDENT_DIR)
-    monkeypatch.setattr(sys, "argv", ["sync_notebooks.py"])
     original = sync.markdown_documents
     monkeypatch.setattr(sync, "markdown_documents", lambda root=tmp_path: original(tmp_path))
-    assert sync.main() == 0
+    assert sync.main([]) == 0
     documents = [*tmp_path.rglob("*.ipynb"), *tmp_path.rglob("*.md")]
     stale = [p.relative_to(tmp_path).as_posix() for p in documents if old in p.read_text(encoding="utf-8")]
     assert not stale, f"still naming {old}: {stale}"

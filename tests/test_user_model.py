@@ -130,7 +130,7 @@ def made(tmp_path_factory, my_net, sample_photos) -> dict[str, Path]:
         quantize(files["pt2"], "--model", f"{source}:build", "--weights", weights, *common),
         quantize(files["onnx"], "--model", f"{source}:build@{weights}", *common),
     ]
-    model = user_model.load_user_model(f"{source}:build", weights)
+    model = user_model.build_user_model(f"{source}:build", weights)
     torch.onnx.export(
         model,
         (torch.randn(1, 3, 224, 224),),
@@ -161,7 +161,7 @@ def test_pt2e_sidecar_and_quantized_graph(made, my_net):
 
 
 def test_both_routes_agree_with_the_float_model(made, my_net, sample_photos):
-    float_model = user_model.load_user_model(f"{my_net[0]}:build", my_net[1])
+    float_model = user_model.build_user_model(f"{my_net[0]}:build", my_net[1])
     batch = photos(sample_photos, int(CALIB_IMAGES), COMPARED_IMAGES)  # not the calibration photos
     results = {
         "pt2": agreement(float_model, pt2e.load_exported(made["pt2"], compile=False), batch),

@@ -85,7 +85,7 @@ Top-1 on these photos is 10 classes' worth: quote it as "sample top-1", not as I
 """
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("destination", type=Path, help="the offline folder to write (must not exist)")
     parser.add_argument("--per-class", type=int, default=100, help="photos of each class (default 100: 1000 photos)")
@@ -95,7 +95,7 @@ def main() -> int:
         default=None,
         help="where Imagenette is (or is downloaded to; default: a temp folder)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     destination = args.destination.resolve()
     if destination.exists():
         raise KitError(f"{destination} exists; name a new folder")

@@ -258,11 +258,11 @@ def homework(clone: Path, work: Path, environment: dict[str, str], data: Path) -
     return True, "its commands ran"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", default=[], help="notebooks whose names start with this")
     parser.add_argument("--no-homework", action="store_true", help="skip the homework recipe")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         import nbclient  # noqa: F401
         import torch

@@ -101,14 +101,14 @@ def run_notebook(path: Path, smoke: bool, executed: Path | None = None) -> dict:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--smoke", action="store_true", help="run in smoke mode (few photos) instead of full mode")
     parser.add_argument("--json", type=Path, help="write every cell's figures here")
     parser.add_argument("--executed", type=Path, help="also save each executed notebook, outputs included, here")
     parser.add_argument("--top", type=int, default=3, help="cells listed per notebook, heaviest first")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for path in args.notebooks:
         if not path.is_file():
             raise KitError(f"notebook {path} does not exist")

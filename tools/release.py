@@ -196,11 +196,11 @@ def build(destination: Path, commit: bool = True, root: Path = REPO_ROOT) -> lis
     return files
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("destination", type=Path, help="a new (or empty) folder for the release")
     parser.add_argument("--no-git", action="store_true", help="write and check the tree only, no git repository")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     files = build(args.destination.resolve(), commit=not args.no_git)
     tops: dict[str, int] = {}
     for name in files:

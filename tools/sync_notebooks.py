@@ -279,14 +279,14 @@ def student_edition(solution: Path, solution_text: str) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to sync (default: all in notebooks/)")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a notebook is out of date")
     parser.add_argument(
         "--count", action="store_true", help="change nothing; print each notebook's exercises, lines and words"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     notebooks = args.notebooks or sorted(NOTEBOOKS.glob("*.ipynb"))
     if not notebooks:
         raise KitError(f"no notebooks in {NOTEBOOKS}")

@@ -4,12 +4,11 @@
 grading tools use these functions directly. This module measures (the machine,
 latency, accuracy, one model's results); ``quantlab.loading`` loads the models
 and ``quantlab.report`` assembles, checks and writes the report (schema
-``quantlab.benchmark/1``, every field: ``docs/benchmark_schema.md``). The names
-the notebooks use from those two stay importable from here.
+``quantlab.benchmark/1``, every field: ``docs/benchmark_schema.md``).
 
 Example:
-    from quantlab import bench, data, report
-    loaded = bench.load_any("mnv2_int8.pt", engine="auto", threads=2)
+    from quantlab import bench, data, loading, report
+    loaded = loading.load_any("mnv2_int8.pt", engine="auto", threads=2)
     batches = data.loader(data.image_dataset("photos/"))
     result = bench.benchmark_model(loaded, batches, runs=50, warmup=10)
     settings = report.make_settings(runs=50, warmup=10, input_size=224, data="photos/", holdout=None, seed=0,
@@ -35,25 +34,7 @@ from tqdm import tqdm
 from quantlab import cpu, data, engines, memory, models, timing
 from quantlab.engines import cpu_name
 from quantlab.errors import KitError
-from quantlab.loading import LoadedModel, fixed_batch, load_any
-from quantlab.report import format_table, make_report, validate_report, write_json, write_plot
-
-# the notebooks call these as bench.NAME (loading and the report were split off from this module)
-__all__ = [
-    "LoadedModel",
-    "benchmark_model",
-    "evaluate",
-    "evaluation_dataset",
-    "format_table",
-    "load_any",
-    "machine_info",
-    "make_report",
-    "measure_latency",
-    "validate_report",
-    "write_json",
-    "write_plot",
-]
-
+from quantlab.loading import LoadedModel, fixed_batch
 
 # ---- the machine ---------------------------------------------------------------
 
@@ -153,7 +134,7 @@ def evaluate(
             if logits.shape[0] != labels.numel():  # never score a batch against another batch's answers
                 raise KitError(
                     f"the model returned {logits.shape[0]} answers for {labels.numel()} photos; it may "
-                    "take batch 1 only: load it with bench.load_any, which finds out"
+                    "take batch 1 only: load it with loading.load_any, which finds out"
                 )
             if int(labels.max()) >= logits.shape[1]:
                 raise KitError(

@@ -66,6 +66,21 @@ def integer(value: Any) -> int:
     return value
 
 
+def count(value: Any) -> int:
+    """A whole number of at least 1 (photos, epochs, runs): the check ``arguments.int_at_least(1)`` makes of a flag."""
+    if integer(value) < 1:
+        raise ValueError
+    return value
+
+
+def share(value: Any) -> float:
+    """A fraction in (0, 1]: the check ``arguments.fraction`` makes of a flag."""
+    converted = number(value)
+    if not 0 < converted <= 1:
+        raise ValueError
+    return converted
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting of quantize_model.py, declared once: its default, its flag and its key in a --config file."""

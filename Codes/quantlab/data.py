@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from quantlab.assets import IMAGENET_SAMPLE, asset_path
-from quantlab.errors import KitError
+from quantlab.errors import KitError, first_line
 from quantlab.labels import imagenet_classes
 from quantlab.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from quantlab.vocab import IMAGE_SUFFIXES
@@ -268,8 +268,8 @@ def imagenette(root: str | Path = "data", split: str = "val", size: int = 224, d
         Imagenette(str(root), split=split, size="320px", download=download)
     except Exception as error:  # no internet, a half-downloaded archive, a full disk
         raise KitError(
-            f"could not get Imagenette into {root} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:100] if str(error) else 'no details'}); it downloads once (330 MB) "
+            f"could not get Imagenette into {root} ({first_line(error, with_type=True, limit=100)}); it downloads "
+            "once (330 MB) "
             "and needs the internet: otherwise pass a folder of photos"
         ) from None
     folder = Path(root) / IMAGENETTE_FOLDER / split

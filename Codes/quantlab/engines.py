@@ -28,7 +28,7 @@ import torch
 
 from quantlab import cpu, files
 from quantlab.assets import cache_dir
-from quantlab.errors import KitError
+from quantlab.errors import KitError, first_line
 from quantlab.quantize import qconfig_for, quantize_static
 
 X86_CANDIDATES = ("x86", "onednn")  # the fast int8 engines on x86 CPUs; auto picks the faster
@@ -214,9 +214,7 @@ def measure_engines(candidates: list[str], seconds: float = PROBE_SECONDS) -> tu
                     model = quantize_static(probe, [image], engine, observer="minmax", progress=False)
                     output = model(image)
                 except Exception as error:  # an engine this CPU cannot run: leave it out, say why
-                    rejected[engine] = (
-                        f"{type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else ''}"
-                    )
+                    rejected[engine] = first_line(error, with_type=True, limit=80)
                     continue
                 cosine = float(torch.nn.functional.cosine_similarity(output.flatten(), reference.flatten(), dim=0))
                 if cosine < PROBE_MIN_COSINE:

@@ -1,11 +1,22 @@
-"""Load any model the kit measures, and say what it is: the loading half of ``quantlab.bench``.
+"""One way to load a model the kit measures or runs, and say what it is: ``load_any``.
 
-``load_any`` takes a torchvision name (``TORCHVISION_NAMES``), a state dict, a
-TorchScript file (run on the engine its sidecar names), an ONNX file (ONNX
-Runtime), a PT2E file or your own model (``FILE.py:FUNCTION[@WEIGHTS.pth]``),
-runs it once (``probe``) and returns a ``LoadedModel``: the callable model and
-the facts a benchmark report records about it. ``load_for_demo`` is the same for
-``mobile_net.py --model``.
+``load_any(spec)`` takes any model the kit knows:
+
+  a torchvision name    ``TORCHVISION_NAMES`` (mobilenet_v2, mobilenet_v2_int8), pretrained weights
+  a state dict          FILE.pth saved with torch.save (``arch`` names its torchvision architecture)
+  TorchScript           FILE.pt, run on the engine its sidecar FILE.json names (``engine`` "auto")
+  ONNX                  FILE.onnx or FILE.ort, run with ONNX Runtime
+  PT2E                  FILE.pt2 (torch.export), compiled with inductor on x86
+  your own model        FILE.py:FUNCTION[@WEIGHTS.pth] (importing FILE.py runs its code)
+
+and returns a ``LoadedModel``: the callable model and the facts a benchmark
+report records about it. ``check`` (the default) runs it once on one and two
+photos first (``probe``): one that fails or is no ImageNet classifier is a
+KitError. It loads; it does not decide whether a file may run: scripts call
+``quantlab.provenance.require_trusted`` first, the grader its sandbox.
+
+A model file is loaded by the function its suffix names in ``_LOADERS``
+(another kind: one ``_load_KIND(path, request)`` and one row there).
 
 Example:
     from quantlab import loading
@@ -24,7 +35,8 @@ import torch
 from torch import nn
 
 from quantlab import engines, files, models, onnx_tools, vocab
-from quantlab.errors import KitError
+from quantlab._quiet import quiet_native_warnings
+from quantlab.errors import KitError, last_line
 from quantlab.files import file_size_mb, sha256_of
 
 # model names load_any accepts besides files: torchvision's pretrained weights (offline copies as fallback)
@@ -40,6 +52,17 @@ def fixed_batch(model: Callable) -> int | None:
     return shape[0] if shape and isinstance(shape[0], int) else None
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What ``load_any`` was asked for, handed to each kind's loader."""
+
+    engine: str  # "auto" or an engine to force (vocab.ENGINE_CHOICES)
+    threads: int
+    arch: str  # the torchvision architecture of a state dict
+    input_size: int
+    compile: bool | None  # PT2E: compile with inductor (None: when the sidecar's target is x86)
+
+
 @dataclass
 class LoadedModel:
     """A model ready to benchmark and what the report says about it."""
@@ -47,8 +70,8 @@ class LoadedModel:
     name: str
     model: Callable[[torch.Tensor], torch.Tensor]
     runtime: str  # pytorch | onnxruntime
-    format: str  # torchvision | state_dict | torchscript | onnx
-    engine: str | None  # PyTorch's int8 engine it runs on; None for fp32 and ONNX Runtime
+    format: str  # torchvision | state_dict | torchscript | onnx | pt2 | python
+    engine: str | None  # PyTorch's int8 engine it runs on; None for fp32, ONNX Runtime and PT2E
     path: str | None
     size_mb: float
     parameters: int | None
@@ -56,6 +79,7 @@ class LoadedModel:
     method: str  # fp32 | static | dynamic | qat | int8 (quantized, method unknown)
     sidecar: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # one-line remarks for the user (engine overrides, ...)
+    engine_reason: str = ""  # why this engine: its sidecar names it, --engine forces it, the CPU's fast one
     batch_one: bool = False  # takes one photo at a time only (traced or exported for batch 1)
     onnx_int8: bool = False  # an ONNX file with int8 operators (QuantizeLinear, ConvInteger, ...)
 
@@ -133,11 +157,11 @@ _QNNPACK_WEIGHTS_NOTE = (
 
 
 def _load_torchvision(name: str, engine: str) -> LoadedModel:
-    notes = []
+    notes, why = [], ""
     if name == "mobilenet_v2":
         module, used_engine, method = models.mobilenet_v2_fp32(), None, "fp32"
     else:
-        used_engine, _ = engines.resolve_engine(engine)
+        used_engine, why = engines.resolve_engine(engine)
         module, method = models.mobilenet_v2_int8(used_engine), "qat"
         if used_engine != "qnnpack":
             notes.append(_QNNPACK_WEIGHTS_NOTE.format(name=name, engine=used_engine))
@@ -155,15 +179,30 @@ def _load_torchvision(name: str, engine: str) -> LoadedModel:
         sha256=None,
         method=method,
         notes=notes,
+        engine_reason=why,
     )
+
+
+def _load_torch_file(path: Path, request: _Request) -> LoadedModel:
+    """A .pt/.pth file (or one of another suffix): TorchScript (torch.jit.save) or a state dict (torch.save)."""
+    if files.is_torchscript_file(path):
+        return _load_torchscript(path, request)
+    try:
+        state_dict = models.load_state_dict_file(path)
+    except KitError:
+        raise KitError(
+            f"{path} is not a model file the kit can load: neither TorchScript (torch.jit.save), "
+            "a state dict (torch.save) nor ONNX (.onnx)"
+        ) from None
+    return _load_state_dict(path, state_dict, request.engine, request.arch)
 
 
 def _load_state_dict(path: Path, state_dict: dict, engine: str, arch: str) -> LoadedModel:
     int8 = models.is_int8_state_dict(state_dict)
-    used_engine, notes = None, []
+    used_engine, notes, why = None, [], ""
     if arch == "mobilenet_v2":
         if int8:
-            used_engine, _ = engines.resolve_engine(engine)
+            used_engine, why = engines.resolve_engine(engine)
             module = models.mobilenet_v2_int8(used_engine, path)
             if used_engine != "qnnpack":
                 notes.append(_QNNPACK_WEIGHTS_NOTE.format(name=path.name, engine=used_engine))
@@ -186,10 +225,25 @@ def _load_state_dict(path: Path, state_dict: dict, engine: str, arch: str) -> Lo
         sha256=sha256_of(path),
         method="int8" if int8 else "fp32",
         notes=notes,
+        engine_reason=why,
     )
 
 
-def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
+def _jit_load(path: Path) -> torch.jit.ScriptModule:
+    """A TorchScript file, in eval mode. Set the engine first: int8 weights are packed for the engine active
+    while they load."""
+    try:
+        with quiet_native_warnings():
+            return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as error:  # noqa: BLE001 - a damaged or foreign archive
+        raise KitError(
+            f"{path} is not a TorchScript model torch.jit.load can read ({type(error).__name__}); "
+            "make a model file with quantize_model.py"
+        ) from None
+
+
+def _load_torchscript(path: Path, request: _Request) -> LoadedModel:
+    engine = request.engine
     sidecar = models.read_sidecar(path)
     made_for = sidecar.get("engine")
     notes = []
@@ -200,11 +254,13 @@ def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
                 f"it again here (quantize_model.py --engine auto), e.g. qnnpack for a Raspberry Pi"
             )
         if made_for is None:  # the search loads the file on the engine it settles on: no need to load it again
-            used_engine, notes, scripted = _engine_without_sidecar(path, threads)
+            used_engine, notes, scripted = _engine_without_sidecar(path)
+            why = "the engine its int8 weights run on (no sidecar)"
         else:
             used_engine, _ = engines.resolve_engine(made_for)
+            why = f"from {models.sidecar_path(path).name}: the model was quantized for it"
     else:
-        used_engine, _ = engines.resolve_engine(engine)
+        used_engine, why = engines.resolve_engine(engine)
         if made_for and made_for != used_engine:
             notes.append(
                 f"note: {path.name} was quantized for {made_for} (its sidecar says so) but --engine "
@@ -212,7 +268,7 @@ def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
             )
     if engine != "auto" or made_for is not None:
         engines.set_engine(used_engine)  # int8 weights are packed for the engine active while they load
-        scripted = models.load_model_file(path, threads)
+        scripted = _jit_load(path)
     quantized = "quantized::" in str(scripted.inlined_graph)
     method = sidecar.get("method") or ("int8" if quantized else "fp32")
     return LoadedModel(
@@ -228,6 +284,7 @@ def _load_torchscript(path: Path, engine: str, threads: int) -> LoadedModel:
         method=method,
         sidecar=sidecar,
         notes=notes,
+        engine_reason=why if quantized else "",
     )
 
 
@@ -255,7 +312,7 @@ def int8_weight_schemes(scripted: torch.jit.ScriptModule) -> set:
     return {packed.unpack()[0].qscheme() for packed in _packed_weights(scripted)}
 
 
-def _engine_without_sidecar(path: Path, threads: int) -> tuple[str, list[str], torch.jit.ScriptModule]:
+def _engine_without_sidecar(path: Path) -> tuple[str, list[str], torch.jit.ScriptModule]:
     """The engine an int8 TorchScript file with no sidecar was most likely packed for, checked by running it.
 
     Per-tensor int8 weights are what qnnpack's defaults (and torchvision's
@@ -266,7 +323,7 @@ def _engine_without_sidecar(path: Path, threads: int) -> tuple[str, list[str], t
     supported = torch.backends.quantized.supported_engines
     fast, _ = engines.resolve_engine("auto")
     engines.set_engine(fast)
-    loaded_on = {fast: models.load_model_file(path, threads)}  # weights are packed for the engine they load on
+    loaded_on = {fast: _jit_load(path)}  # weights are packed for the engine they load on
     schemes = int8_weight_schemes(loaded_on[fast])
     if not schemes:
         return fast, [], loaded_on[fast]  # fp32: the engine does not matter
@@ -283,11 +340,11 @@ def _engine_without_sidecar(path: Path, threads: int) -> tuple[str, list[str], t
             continue
         engines.set_engine(candidate)
         try:
-            model = loaded_on.get(candidate) or models.load_model_file(path, threads)
+            model = loaded_on.get(candidate) or _jit_load(path)
             with torch.inference_mode():
                 model(_probe_image(1))
         except Exception as error:  # noqa: BLE001 - any failure means "not this engine"
-            failures.append(f"{candidate}: {_first_line(error)}")
+            failures.append(f"{candidate}: {last_line(error)}")
             continue
         if candidate != guess:
             why = f"it does not run on {guess}, the first guess"
@@ -309,13 +366,6 @@ def _probe_image(batch: int, input_size: int = 224) -> torch.Tensor:
     return torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(batch))
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    # TorchScript errors carry the student's code as a traceback: its last line says what went wrong
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"{type(error).__name__}: {(lines[-1] if lines else 'no details')[:160]}"
-
-
 def probe(loaded: LoadedModel, input_size: int = 224, classes: int = 1000) -> None:
     """Run the model on batch 1 and batch 2: it must return ``classes`` scores per photo.
 
@@ -333,9 +383,7 @@ def probe(loaded: LoadedModel, input_size: int = 224, classes: int = 1000) -> No
     except KitError:
         raise
     except Exception as error:  # noqa: BLE001 - a handed-in model can fail in any way inside torch
-        raise KitError(
-            f"{name} fails when run on one 3x{input_size}x{input_size} image ({_first_line(error)})"
-        ) from None
+        raise KitError(f"{name} fails when run on one 3x{input_size}x{input_size} image ({last_line(error)})") from None
     if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, classes):
         shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise KitError(
@@ -385,8 +433,8 @@ def _shape_fix(shape: list) -> str:
     return "pass the --size it was exported with"
 
 
-def _load_onnx(path: Path, threads: int, input_size: int) -> LoadedModel:
-    onnx_model = models.load_model_file(path, threads)
+def _load_onnx(path: Path, request: _Request) -> LoadedModel:
+    onnx_model, input_size = models.OnnxModel(path, request.threads), request.input_size
     expected = [1, 3, input_size, input_size]
     shape = onnx_model.input_shape
     if len(shape) != 4 or any(isinstance(want, int) and want != got for want, got in zip(shape, expected)):
@@ -413,63 +461,59 @@ def _load_onnx(path: Path, threads: int, input_size: int) -> LoadedModel:
     )
 
 
-def load_any(spec: str, engine: str, threads: int, arch: str = "mobilenet_v2", input_size: int = 224) -> LoadedModel:
-    """Load a torchvision name, a state dict, a TorchScript file or an ONNX file (run with ONNX Runtime).
+def load_any(
+    spec: str | Path,
+    engine: str = "auto",
+    threads: int | None = None,
+    arch: str = "mobilenet_v2",
+    input_size: int = 224,
+    *,
+    check: bool = True,
+    compile: bool | None = None,
+) -> LoadedModel:
+    """Load a torchvision name, a model file or your own model (see the module's docstring).
 
     ``engine``: "auto" runs a TorchScript file on the engine in its sidecar (no
     sidecar: the engine its weights were packed for, see ``_engine_without_sidecar``);
     any other value forces that engine (and adds a note when the sidecar disagrees).
-    A model file is run once before it is returned (``probe``): one that fails or
-    is no ImageNet classifier is a KitError, one that takes batch 1 only is marked.
+    ``threads``: ONNX Runtime's (None: PyTorch's current setting). ``check``: run the
+    model once first (``probe``): one that fails or is no ImageNet classifier is a
+    KitError, one that takes batch 1 only is marked. ``compile``: a PT2E file
+    through inductor (None: when its sidecar's target is x86).
     """
+    spec = str(spec)
     if spec in TORCHVISION_NAMES:
         return _load_torchvision(spec, engine)
-    loaded = _load_file(spec, engine, threads, arch, input_size)
-    probe(loaded, input_size)
+    request = _Request(engine, threads or torch.get_num_threads(), arch, input_size, compile)
+    # an existing file is always loaded as a file: a handed-in "evil.py:f@x.pt" must never import evil.py
+    if vocab.USER_MODEL_SPEC.match(spec) and not Path(spec).exists():
+        loaded = _load_user_model(spec, request)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise KitError(
+                f"--model {spec}: no such file, and not a model name the kit knows "
+                f"({', '.join(TORCHVISION_NAMES)}); check the path"
+            )
+        if not path.is_file():
+            raise KitError(f"--model {spec} is a folder; pass a model file ({', '.join(vocab.MODEL_SUFFIXES)})")
+        loaded = _LOADERS.get(path.suffix.lower(), _load_torch_file)(path, request)
+    if check:
+        probe(loaded, input_size)
     return loaded
 
 
-def _load_file(spec: str, engine: str, threads: int, arch: str, input_size: int) -> LoadedModel:
-    from quantlab import pt2e, user_model  # your own model: PT2E files and FILE.py:FUNCTION specs
+def _load_exported(path: Path, request: _Request) -> LoadedModel:
+    """A PT2E file (torch.export.save): checked (pt2e.check_archive), compiled with inductor on x86."""
+    from quantlab import pt2e  # PT2E needs torch.export: imported only for a .pt2 file
 
-    # an existing file is always loaded as a file: a handed-in "evil.py:f@x.pt" must never import evil.py
-    if user_model.is_user_model_spec(spec) and not Path(spec).exists():
-        return _load_user_model(spec, input_size)
-    path = Path(spec)
-    if path.is_file() and pt2e.is_exported_file(path):
-        return _load_exported(path, input_size)
-    if not path.exists():
-        raise KitError(
-            f"--model {spec}: no such file, and not a model name the kit knows "
-            f"({', '.join(TORCHVISION_NAMES)}); check the path"
-        )
-    if not path.is_file():
-        raise KitError(f"--model {spec} is a folder; pass a model file (.pt, .pth or .onnx)")
-    if path.suffix.lower() in vocab.ONNX_SUFFIXES:
-        return _load_onnx(path, threads, input_size)
-    if files.is_torchscript_file(path):
-        return _load_torchscript(path, engine, threads)
-    try:
-        state_dict = models.load_state_dict_file(path)
-    except KitError:
-        raise KitError(
-            f"{path} is not a model file the kit can load: neither TorchScript (torch.jit.save), "
-            "a state dict (torch.save) nor ONNX (.onnx)"
-        ) from None
-    return _load_state_dict(path, state_dict, engine, arch)
-
-
-def _load_exported(path: Path, input_size: int) -> LoadedModel:
-    """A PT2E file (torch.export.save): compiled with inductor on x86 (see pt2e.load_exported)."""
-    from quantlab import pt2e
-
-    loaded = pt2e.load_exported(path, input_size)
+    loaded = pt2e.load_exported(path, request.input_size, request.compile)
     sidecar = models.read_sidecar(path)
     notes = [loaded.note] if loaded.note else []
     if loaded.compiled:
         notes.append(
             f"note: {path.name} runs through torch.compile (inductor, freezing): compiled for batch 1, "
-            "it compiles again for each new batch size (the evaluation's)"
+            "it compiles again for each new batch size"
         )
     return LoadedModel(
         name=path.name,
@@ -487,18 +531,18 @@ def _load_exported(path: Path, input_size: int) -> LoadedModel:
     )
 
 
-def _load_user_model(spec: str, input_size: int) -> LoadedModel:
+def _load_user_model(spec: str, request: _Request) -> LoadedModel:
     """Your own float model, FILE.py:FUNCTION[@WEIGHTS.pth]: runs as TorchScript when it scripts, else eagerly."""
     from quantlab import user_model
 
-    module = user_model.load_user_model(spec)
+    module = user_model.build_user_model(spec)
     notes = []
     try:
         model: Callable = _frozen(module)  # the same deployment form as the kit's fp32 baseline
     except Exception as error:  # noqa: BLE001 - many models do not script; eager mode still measures them
         model = module
         notes.append(
-            f"note: {spec} does not compile to TorchScript ({_first_line(error)[:100]}); "
+            f"note: {spec} does not compile to TorchScript ({last_line(error, limit=100)}); "
             "measured in eager mode (usually slower)"
         )
     weights = user_model.parse_spec(spec)[2]
@@ -517,29 +561,9 @@ def _load_user_model(spec: str, input_size: int) -> LoadedModel:
     )
 
 
-def load_for_demo(path: Path, engine: str, input_size: int, threads: int) -> tuple[Callable, str, str]:
-    """``mobile_net.py --model FILE``: the model, its engine and why (as printed), and a line describing it.
-
-    A TorchScript file runs on the engine its sidecar names (it was quantized for it) unless ``engine`` forces
-    another; an ONNX file runs in ONNX Runtime, a PT2E file (.pt2) through torch.compile: no engine to pick.
-    """
-    from quantlab import pt2e  # PT2E needs torch.export: imported only for a .pt2 file
-
-    path = Path(path)
-    size = f"{file_size_mb(path):.1f} MB" if path.is_file() else ""
-    if pt2e.is_exported_file(path):
-        exported = pt2e.load_exported(path, input_size)  # x86: compiled with inductor (takes a while, once)
-        if exported.note:
-            print(exported.note)
-        how = "torch.compile, inductor" if exported.compiled else "exported program, uncompiled"
-        return exported, f"none needed ({how})", f"{path} ({size}, PT2E)"
-    if path.suffix.lower() in vocab.ONNX_SUFFIXES:
-        return models.load_model_file(path, threads), "none needed (ONNX Runtime)", f"{path} ({size}, ONNX)"
-    made_for = models.read_sidecar(path).get("engine")
-    if engine == "auto" and made_for:
-        chosen, _ = engines.resolve_engine(made_for)
-        why = f"from {models.sidecar_path(path).name}: the model was quantized for it"
-    else:
-        chosen, why = engines.resolve_engine(engine)
-    engines.set_engine(chosen)  # int8 weights are packed for the engine active while they load
-    return models.load_model_file(path, threads), f"{chosen} ({why})", f"{path} ({size})"
+# how each kind of model file is loaded, by its suffix; any other suffix: TorchScript or a state dict, by content
+_LOADERS: dict[str, Callable[[Path, _Request], LoadedModel]] = {
+    vocab.PT2_SUFFIX: _load_exported,
+    **dict.fromkeys(vocab.ONNX_SUFFIXES, _load_onnx),
+    **dict.fromkeys(vocab.TORCH_SUFFIXES, _load_torch_file),
+}

@@ -1,8 +1,9 @@
-"""Load MobileNetV2 (fp32 or int8) the way the labs do, and saved model files.
+"""Build MobileNetV2 (fp32 or int8) the way the labs do, and save quantized models with their sidecars.
 
 Default path for students: torchvision's weights API (downloads once, then
-cached). Offline: ``--weights PATH`` (a state dict) or ``--model PATH`` (a
-TorchScript or ONNX file made by ``quantize_model.py``).
+cached). Offline: ``--weights PATH`` (a state dict). Saving a quantized model
+with its sidecar (``save_torchscript``, ``save_with_sidecar``) is here too;
+loading a model file, of any kind, is ``quantlab.loading.load_any``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,9 @@ import torch
 import torchvision
 from torch import nn
 
-from quantlab import files
-from quantlab._quiet import quiet_native_warnings
 from quantlab.assets import ASSETS_ENV, FLOAT_WEIGHTS, INT8_WEIGHTS, asset_path
-from quantlab.errors import KitError
-from quantlab.files import file_size_mb, partial_path, sha256_of  # file_size_mb: the notebooks call it from here
-from quantlab.vocab import ONNX_SUFFIXES
+from quantlab.errors import KitError, first_line
+from quantlab.files import file_size_mb, partial_path, sha256_of
 
 
 def pretrained_state_dict(weights: torchvision.models.WeightsEnum, offline_asset: str | None) -> tuple[dict, str]:
@@ -34,7 +32,7 @@ def pretrained_state_dict(weights: torchvision.models.WeightsEnum, offline_asset
     try:
         return weights.get_state_dict(progress=False, check_hash=True), f"torchvision {weights}"
     except Exception as error:  # URLError, socket errors, hash mismatch, ...
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no details'}"
+        reason = first_line(error, with_type=True)
     offline = asset_path(offline_asset) if offline_asset else None
     if offline is not None:
         print(f"note: could not download {weights} ({reason[:80]}); using the offline copy {offline}")
@@ -185,8 +183,7 @@ def torchvision_model(arch: str, state_dict: dict, source: str, quantizable: boo
         model.load_state_dict(state_dict)
     except RuntimeError as error:
         raise KitError(
-            f"{source} does not fit {arch} ({str(error).splitlines()[0][:100]}); "
-            "pass --arch with the model's architecture"
+            f"{source} does not fit {arch} ({first_line(error, limit=100)}); pass --arch with the model's architecture"
         ) from None
     return model.eval()
 
@@ -251,38 +248,6 @@ class OnnxModel:
             )
         (logits,) = self.session.run(None, {self.input_name: batch.numpy()})[:1]
         return torch.from_numpy(logits)
-
-
-def load_model_file(path: str | Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Load a TorchScript (``.pt``/``.pth``) or ONNX (``.onnx``) model file for inference.
-
-    Set the quantized engine first: TorchScript int8 weights are packed for the
-    engine that is active while they load.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise KitError(f"model file {path} does not exist; make one with quantize_model.py or check the path")
-    if path.suffix.lower() in ONNX_SUFFIXES:
-        return OnnxModel(path, threads)
-    if not files.is_torchscript_file(path):
-        kind = "a state dict (use --weights)" if _looks_like_state_dict(path) else "not a TorchScript model"
-        raise KitError(f"{path} is {kind}: not a torch.jit.save archive; make a model file with quantize_model.py")
-    try:
-        with quiet_native_warnings():
-            model = torch.jit.load(str(path), map_location="cpu")
-    except Exception as error:
-        raise KitError(
-            f"{path} is not a TorchScript model torch.jit.load can read ({type(error).__name__}); "
-            "make a model file with quantize_model.py"
-        ) from None
-    return model.eval()
-
-
-def _looks_like_state_dict(path: Path) -> bool:
-    try:
-        return isinstance(torch.load(path, map_location="cpu", weights_only=True), dict)
-    except Exception:
-        return False
 
 
 def make_sidecar(

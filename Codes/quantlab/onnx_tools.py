@@ -37,7 +37,6 @@ import contextlib
 import io
 import json
 import logging
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -47,7 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 from quantlab import cpu
-from quantlab.errors import KitError
+from quantlab.errors import KitError, first_line
 from quantlab.files import atomic_write
 from quantlab.models import OnnxModel
 from quantlab.quantize import batch_images  # the image tensor of a calibration batch, as PyTorch's path reads it
@@ -105,17 +104,6 @@ def _describe_layer(model: nn.Module, name: str) -> str:
     except AttributeError:  # a path torch.export spelled differently: the name alone still helps
         return f"'{name}'"
     return f"'{name or '(top level)'}' ({type(module).__name__})"
-
-
-def _first_line(error: BaseException) -> str:
-    """The exception's own first line; torch.export prefixes long advice, so prefer the 'Exception summary'."""
-    text = str(error)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    summary = next(
-        (lines[i + 1] for i, line in enumerate(lines[:-1]) if line.startswith("## Exception summary")),
-        lines[0] if lines else type(error).__name__,
-    )
-    return re.sub(r"^<class '[\w.]+'>:\s*", "", summary)[:200]  # drop the "<class '...'>: " prefix
 
 
 @contextlib.contextmanager
@@ -195,7 +183,7 @@ def export_onnx(
             except Exception as error:
                 where = _describe_layer(model_fp32, running[-1]) if running else "the model's own forward"
                 raise KitError(
-                    f"cannot export layer {where} to ONNX: torch.export failed ({_first_line(error)})"
+                    f"cannot export layer {where} to ONNX: torch.export failed ({first_line(error, limit=200)})"
                 ) from None
 
         def write(partial: Path) -> None:
@@ -217,7 +205,7 @@ def export_onnx(
         except KitError:
             raise
         except Exception as error:
-            summary = _first_line(error)
+            summary = first_line(error, limit=200)
             layer = _layer_of_node(program, str(error))
             where = f"layer {_describe_layer(model_fp32, layer)}" if layer is not None else "the model"
             raise KitError(f"cannot translate {where} to ONNX opset {opset}: {summary}") from None
@@ -332,7 +320,7 @@ def _check_onnx_file(path: Path) -> None:
         raise KitError("onnx is not installed; pip install onnx onnxruntime") from None
     except Exception as error:
         raise KitError(
-            f"{path} is not a valid ONNX model ({_first_line(error)[:120]}); export one with export_onnx"
+            f"{path} is not a valid ONNX model ({first_line(error, limit=120)}); export one with export_onnx"
         ) from None
 
 
@@ -345,7 +333,7 @@ def _preprocess(fp32_onnx: Path, folder: Path) -> Path:
         quant_pre_process(str(fp32_onnx), str(prepared))
     except Exception as error:
         raise KitError(
-            f"ONNX Runtime could not pre-process {fp32_onnx} for quantization ({_first_line(error)}); "
+            f"ONNX Runtime could not pre-process {fp32_onnx} for quantization ({first_line(error, limit=200)}); "
             "export it again with export_onnx"
         ) from None
     return prepared
@@ -502,7 +490,7 @@ def quantize_onnx_static(
             if reader.images == 0:
                 raise KitError("no calibration image could be read; pass a folder of readable photos") from None
             raise KitError(
-                f"ONNX Runtime static quantization failed ({_first_line(error)}); check that the "
+                f"ONNX Runtime static quantization failed ({first_line(error, limit=200)}); check that the "
                 f"calibration images match the model's input"
             ) from None
         if reader.images == 0:

@@ -25,7 +25,7 @@ not in torch: ``require_torchao`` says so in one line when it is missing.
 
 Example:
     from quantlab import data, pt2e, user_model
-    model = user_model.load_user_model("my_net.py:build", "my_net.pth")
+    model = user_model.build_user_model("my_net.py:build", "my_net.pth")
     calibration, _ = data.split(data.course_dataset()[0], first_n=200, seed=0)
     program, facts = pt2e.quantize(model, data.loader(calibration), target="x86", input_size=224)
     pt2e.save(program, Path("my_net_int8.pt2"), {"method": "static", **facts})
@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from quantlab import compat, models
-from quantlab.errors import KitError
+from quantlab.errors import KitError, first_line
 from quantlab.quantize import calibrate
 
 SUFFIX = ".pt2"
@@ -86,7 +86,7 @@ def require_torchao() -> str:
         pin = compat.torchao_for(torch.__version__)
         raise KitError(
             f"PT2E quantization needs torchao, which does not load "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:80]}); "
+            f"({first_line(error, with_type=True, limit=80)}); "
             f"pip install torchao=={pin} (the release for torch {torch.__version__})"
         ) from None
     return torchao.__version__
@@ -213,11 +213,6 @@ def _where_in_model(error: BaseException, model: nn.Module) -> str:
     return f" at {own_file.name} line {user_frame.lineno}{code}"
 
 
-def _summary(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {(lines[0] if lines else 'no details')[:200]}"
-
-
 def export(model: nn.Module, input_size: int, batch: int = 2) -> torch.export.ExportedProgram:
     """``torch.export`` of an eval-mode model for 3 x S x S images, batch axis dynamic.
 
@@ -234,7 +229,7 @@ def export(model: nn.Module, input_size: int, batch: int = 2) -> torch.export.Ex
             return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
     except Exception as error:  # noqa: BLE001 - whatever export refuses, the student needs the line and why
         raise KitError(
-            f"torch.export cannot capture the model{_where_in_model(error, model)} ({_summary(error)}); "
+            f"torch.export cannot capture the model{_where_in_model(error, model)} ({first_line(error, with_type=True, limit=200)}); "
             "PT2E needs a forward without data-dependent Python control flow, .item() or numpy calls"
         ) from None
 
@@ -500,7 +495,7 @@ def _load_program(path: Path) -> torch.export.ExportedProgram:
             else ""
         )
         raise KitError(
-            f"{path} is not an exported program torch.export.load can read ({_summary(error)[:160]})"
+            f"{path} is not an exported program torch.export.load can read ({first_line(error, with_type=True, limit=160)})"
             f"{hint}; make one with quantize_model.py --model FILE.py:FUNCTION"
         ) from None
 
@@ -552,7 +547,7 @@ def load_exported(path: Path, input_size: int = 224, compile: bool | None = None
             compiled(torch.randn(1, 3, input_size, input_size))
     except Exception as error:  # noqa: BLE001 - no C++ compiler, an unsupported CPU, ...
         note = (
-            f"note: {path.name}: torch.compile failed ({_summary(error)[:120]}); running the exported program "
+            f"note: {path.name}: torch.compile failed ({first_line(error, with_type=True, limit=120)}); running the exported program "
             "uncompiled (correct, slower)"
         )
         return ExportedModel(module, compiled=False, note=note, quantized=quantized)

@@ -3,8 +3,9 @@
 A report is a JSON-ready dict with schema ``quantlab.benchmark/1``:
 ``make_report(results, make_settings(...), bench.machine_info(...))``.
 ``validate_report`` checks one that a student hands in (the grader's first
-step); ``write_json``, ``write_csv`` and ``write_plot`` write it atomically and
-``format_table`` prints it, with ratios against the first model.
+step); ``write_csv(path, report)`` and ``write_plot(path, report)`` write it
+atomically (the JSON: ``files.write_json(path, report)``), and ``format_table``
+prints it, with ratios against the first model.
 """
 
 from __future__ import annotations
@@ -242,11 +243,6 @@ def validate_report(report: dict) -> list[str]:
 # ---- output files (written atomically: a failed run leaves no half-written file) --------------
 
 
-def write_json(report: dict, path: Path) -> None:
-    """Write the report as JSON, atomically."""
-    files.write_json(path, report, "--json")
-
-
 CSV_COLUMNS = (
     "name",
     "path",
@@ -301,12 +297,12 @@ def csv_text(report: dict) -> str:
     return buffer.getvalue()
 
 
-def write_csv(report: dict, path: Path) -> None:
+def write_csv(path: Path, report: dict) -> None:
     """Write the results as CSV, atomically."""
     files.write_text(path, csv_text(report), "--csv")
 
 
-def write_plot(report: dict, path: Path) -> None:
+def write_plot(path: Path, report: dict) -> None:
     """Top-1 accuracy against median latency, marker area proportional to size on disk; atomic PNG."""
     import matplotlib
 

@@ -1,11 +1,13 @@
 """Your own PyTorch model: ``my_net.py:build`` names a Python file and the function that builds it.
 
-``load_user_model("my_net.py:build", "my_net.pth")`` imports the file by its
+``build_user_model("my_net.py:build", "my_net.pth")`` imports the file by its
 path, calls ``build()``, checks that it returned an ``nn.Module`` and loads the
 state dict (``weights_only=True``: no code runs from the weights file).
 
 Importing the file runs its Python code, as ``python my_net.py`` would: right
-for a student's own tools, never for grading. ``grade.py`` does not call this.
+for a student's own tools, never for grading. ``grade.py`` does not call this. To measure or run such a
+model, ``quantlab.loading.load_any("my_net.py:build@my_net.pth")``; ``quantize_model.py`` quantizes the
+module this builds.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from quantlab import models, onnx_tools, vocab
-from quantlab.errors import KitError
+from quantlab.errors import KitError, first_line
 
 # FILE.py:FUNCTION[@WEIGHTS]: FILE may hold colons of its own (C:\...), the function name cannot
 
@@ -53,11 +55,6 @@ def _where_in(error: BaseException, path: Path) -> str:
     return f" at {path.name} line {frame.lineno}{code}"
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {(lines[0] if lines else 'no details')[:160]}"
-
-
 def import_file(path: Path):
     """Import a Python file by its path (it need not be on sys.path); its own folder is importable from it."""
     if not path.is_file():
@@ -74,16 +71,22 @@ def import_file(path: Path):
         spec.loader.exec_module(module)
     except Exception as error:  # noqa: BLE001 - any failure of the student's code is theirs to fix
         sys.modules.pop(name, None)
-        raise KitError(f"importing {path} failed{_where_in(error, path)} ({_first_line(error)})") from None
+        raise KitError(
+            f"importing {path} failed{_where_in(error, path)} ({first_line(error, with_type=True)})"
+        ) from None
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
     return module
 
 
-def build_user_model(spec: str) -> nn.Module:
-    """Import FILE.py, call FUNCTION(), check that it made an nn.Module; returned in eval mode."""
-    path, function_name, _ = parse_spec(spec)
+def build_user_model(spec: str, weights: str | Path | None = None) -> nn.Module:
+    """The student's float model: import FILE.py, call FUNCTION(), check that it made a float nn.Module, load its
+    state dict (``weights``, or FILE.py:FUNCTION@WEIGHTS) into it; returned in eval mode."""
+    path, function_name, in_spec = parse_spec(spec)
+    if in_spec is not None and weights is not None:
+        raise KitError(f"--model {spec} names its weights already; drop --weights {weights}")
+    weights = weights if weights is not None else in_spec
     module = import_file(path)
     function = getattr(module, function_name, None)
     if function is None:
@@ -107,37 +110,30 @@ def build_user_model(spec: str) -> nn.Module:
     except Exception as error:  # noqa: BLE001 - the student's code can fail in any way
         raise KitError(
             f"calling {path.name}:{function_name}() failed{_where_in(error, path)} "
-            f"({_first_line(error)}); it must take no arguments and return an nn.Module"
+            f"({first_line(error, with_type=True)}); it must take no arguments and return an nn.Module"
         ) from None
     if not isinstance(model, nn.Module):
         raise KitError(
             f"{path.name}:{function_name}() returned {type(model).__name__}, not an nn.Module; "
             "return the model itself (e.g. `return MyNet()`)"
         )
-    return model.eval()
-
-
-def load_user_model(spec: str, weights: str | Path | None = None) -> nn.Module:
-    """The student's float model: FILE.py:FUNCTION, with its state dict (``weights`` or FILE.py:FUNCTION@WEIGHTS)."""
-    in_spec = parse_spec(spec)[2]
-    if in_spec is not None and weights is not None:
-        raise KitError(f"--model {spec} names its weights already; drop --weights {weights}")
-    weights = weights if weights is not None else in_spec
-    model = build_user_model(spec)
     if weights is not None:
-        state_dict = models.load_state_dict_file(weights)
-        if models.is_int8_state_dict(state_dict):
-            raise KitError(f"{weights} holds int8 weights: it is already quantized; pass fp32 weights")
-        try:
-            model.load_state_dict(state_dict)
-        except (RuntimeError, KeyError, ValueError) as error:
-            first = str(error).splitlines()[0][:160]
-            raise KitError(
-                f"{weights} does not fit {spec} ({first}); pass the state dict saved from this model"
-            ) from None
+        _load_weights(model, spec, weights)
     if any(p.is_quantized for p in model.parameters()) or any(b.is_quantized for b in model.buffers()):
         raise KitError(f"{spec} is already quantized; return the float model")
     return model.eval()
+
+
+def _load_weights(model: nn.Module, spec: str, weights: str | Path) -> None:
+    state_dict = models.load_state_dict_file(weights)
+    if models.is_int8_state_dict(state_dict):
+        raise KitError(f"{weights} holds int8 weights: it is already quantized; pass fp32 weights")
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise KitError(
+            f"{weights} does not fit {spec} ({first_line(error)}); pass the state dict saved from this model"
+        ) from None
 
 
 def output_classes(model: nn.Module, input_size: int) -> int:
@@ -147,7 +143,7 @@ def output_classes(model: nn.Module, input_size: int) -> int:
             output = model(torch.randn(1, 3, input_size, input_size))
     except Exception as error:  # noqa: BLE001 - the student's forward can fail in any way
         raise KitError(
-            f"the model fails on one 3x{input_size}x{input_size} image ({_first_line(error)}); "
+            f"the model fails on one 3x{input_size}x{input_size} image ({first_line(error, with_type=True)}); "
             "the kit feeds RGB photos, batch first"
         ) from None
     if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
@@ -177,7 +173,7 @@ def check_onnx_classifier(path: Path, input_size: int) -> dict:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # noqa: BLE001 - protobuf raises several kinds
         raise KitError(
-            f"{path} is not an ONNX file ({_first_line(error)[:100]}); export one with torch.onnx.export"
+            f"{path} is not an ONNX file ({first_line(error, with_type=True, limit=100)}); export one with torch.onnx.export"
         ) from None
     initializers = {init.name for init in model.graph.initializer}
     inputs = [value for value in model.graph.input if value.name not in initializers]
@@ -211,7 +207,7 @@ def check_onnx_classifier(path: Path, input_size: int) -> dict:
         raise
     except Exception as error:  # noqa: BLE001 - ONNX Runtime's errors name the node
         raise KitError(
-            f"ONNX Runtime fails on one 3x{input_size}x{input_size} image with {path} ({_first_line(error)[:160]})"
+            f"ONNX Runtime fails on one 3x{input_size}x{input_size} image with {path} ({first_line(error, with_type=True)})"
         ) from None
     if output.dim() != 2 or output.shape[0] != 1:
         raise KitError(
