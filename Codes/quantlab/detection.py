@@ -212,12 +212,20 @@ def to_image_coordinates(found: Detections, scale: float, pad: tuple[int, int], 
 def draw(image_bgr: np.ndarray, found: Detections, class_names: Sequence[str]) -> np.ndarray:
     """A copy of the image with each box and its label and score drawn on it."""
     drawn = image_bgr.copy()
-    palette = ((0, 200, 0), (0, 0, 230), (230, 120, 0), (200, 0, 200))
+    palette = ((0, 160, 0), (0, 0, 220), (220, 110, 0), (180, 0, 180))
+    placed: list[tuple[int, int]] = []
     for (x1, y1, x2, y2), score, cls in zip(found.boxes.astype(int), found.scores, found.classes):
         colour = palette[int(cls) % len(palette)]
         cv2.rectangle(drawn, (x1, y1), (x2, y2), colour, 2)
         label = f"{class_names[int(cls)]} {score:.2f}"
-        cv2.putText(drawn, label, (x1 + 2, max(y1 - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        (width, height), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)
+        left, top = x1, y1 - height - 6 if y1 >= height + 6 else y1  # above the box, or inside at the image's top
+        while any(abs(left - x) < width and abs(top - y) < height + 6 for x, y in placed):
+            top += height + 6  # another label is there: the next line down
+        placed.append((left, top))
+        cv2.rectangle(drawn, (left, top), (left + width + 4, top + height + 6), colour, cv2.FILLED)
+        cv2.putText(drawn, label, (left + 2, top + height + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1,
+                    cv2.LINE_AA)  # fmt: skip
     return drawn
 
 
