@@ -334,16 +334,30 @@ def output_node(onnx_path: str | Path) -> str:
     return next(node.name for node in graph.node if graph.output[0].name in node.output)
 
 
-def _prepared(fp32_onnx: Path, folder: Path) -> Path:
-    """ONNX Runtime's recommended first step (shape inference, graph optimisation); node names are kept."""
+_PREPARED: dict[tuple[str, int, float], Path] = {}  # (path, size, mtime) -> its pre-processed copy, for this process
+_PREPARED_FOLDER: tempfile.TemporaryDirectory | None = None
+
+
+def _prepared(fp32_onnx: Path) -> Path:
+    """ONNX Runtime's recommended first step (shape inference, graph optimisation); node names are kept.
+
+    Done once per file and process: a sensitivity sweep quantizes the same model dozens of times.
+    """
+    global _PREPARED_FOLDER
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared = folder / "prepared.onnx"
-    try:
-        quant_pre_process(str(fp32_onnx), str(prepared))
-    except Exception as error:
-        raise KitError(f"ONNX Runtime could not pre-process {fp32_onnx} ({str(error).splitlines()[0][:120]})") from None
-    return prepared
+    stat = fp32_onnx.stat()
+    key = (str(fp32_onnx.resolve()), stat.st_size, stat.st_mtime)
+    if key not in _PREPARED or not _PREPARED[key].is_file():
+        _PREPARED_FOLDER = _PREPARED_FOLDER or tempfile.TemporaryDirectory(prefix="quantlab-prepared-")
+        prepared = Path(_PREPARED_FOLDER.name) / f"prepared_{len(_PREPARED)}.onnx"
+        try:
+            quant_pre_process(str(fp32_onnx), str(prepared))
+        except Exception as error:
+            said = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+            raise KitError(f"ONNX Runtime could not pre-process {fp32_onnx} ({said})") from None
+        _PREPARED[key] = prepared
+    return _PREPARED[key]
 
 
 def quantize_static(
@@ -379,7 +393,7 @@ def quantize_static(
             return None if batch is None else {input_name: batch}
 
     with tempfile.TemporaryDirectory(prefix="quantlab-detect-") as folder:
-        prepared = _prepared(fp32_onnx, Path(folder))
+        prepared = _prepared(fp32_onnx)
         quantized = Path(folder) / "quantized.onnx"
         ort_quantize_static(
             str(prepared),
@@ -407,7 +421,7 @@ def quantize_dynamic(fp32_onnx: str | Path, output: str | Path) -> Path:
     fp32_onnx, output = Path(fp32_onnx), Path(output)
     Detector(fp32_onnx)  # refuses a file that is not a detector
     with tempfile.TemporaryDirectory(prefix="quantlab-detect-") as folder:
-        prepared = _prepared(fp32_onnx, Path(folder))
+        prepared = _prepared(fp32_onnx)
         quantized = Path(folder) / "quantized.onnx"
         ort_quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QUInt8)
         files.atomic_write(output, lambda partial: Path(partial).write_bytes(quantized.read_bytes()))
