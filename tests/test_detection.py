@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import run_in_process, run_script
-from quantlab import detection
+from quantlab import coverage, detection
 from quantlab.detection import Detections
 from quantlab.errors import KitError
 
@@ -114,6 +114,9 @@ def test_naive_static_silences_the_detector_and_its_output_concat_in_float_bring
     kept = detection.quantize_static(fall_onnx, tmp_path / "kept.onnx", calibration, [detection.output_node(fall_onnx)])
     assert detection.agreement_map(reference, detection.detect_all(detection.Detector(kept), photos))["map50_95"] > 0.4
     assert kept.stat().st_size < fall_onnx.stat().st_size / 3  # int8 weights
+    int8_layers = coverage.onnx_coverage(kept)
+    assert int8_layers["int8_layers"] == int8_layers["layers"] == 64 and int8_layers["float_weight_mb"] == 0
+    assert coverage.onnx_coverage(fall_onnx)["int8_layers"] == 0
     dynamic = detection.Detector(detection.quantize_dynamic(fall_onnx, tmp_path / "dynamic.onnx"))
     assert detection.agreement_map(reference, detection.detect_all(dynamic, photos))["map50_95"] > 0.4
 
