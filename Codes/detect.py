@@ -17,6 +17,7 @@ Examples:
 """
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--frames must be at least 1, got {args.frames}")
     if not 0 < args.confidence < 1:
         parser.error(f"--confidence must be between 0 and 1, got {args.confidence}")
+    if args.calibration is not None and not args.calibration.is_dir():
+        parser.error(f"--calibration must be a folder of photos, got {args.calibration}")
     files.check_writable(args.json, "--json", "detect.json")  # now, not after the run
     files.check_writable(args.save, "--save", "boxes.png")
     return args
@@ -67,9 +70,10 @@ def build_detector(args: argparse.Namespace, threads: int) -> tuple[detection.De
         return model, f"{fp32.name}{'' if args.model else ' fp32'}, {files.file_size_mb(fp32):.1f} MB"
     # int8: static QDQ, the head's tail in float (its last Concat puts pixels and 0-1 scores under one scale)
     float_nodes = detection.head_tail_nodes(fp32)
-    int8 = assets.cache_dir() / f"{fp32.stem}_{files.sha256_of(fp32)[:12]}_int8_qdq.onnx"
+    folder = args.calibration
+    photos_tag = f"_{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:6]}" if folder else ""  # own photos
+    int8 = assets.cache_dir() / f"{fp32.stem}_{files.sha256_of(fp32)[:12]}{photos_tag}_int8_qdq.onnx"
     if not int8.is_file():
-        folder = args.calibration
         photos = (
             sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:calibration_photos]
             if folder

@@ -192,12 +192,16 @@ def test_bad_inputs_get_one_line_and_exit_2(tmp_path):
         (["--model", classifier, "--source", "samples"], "not a YOLOv8/YOLO11 detector (a classifier?)"),
         (["--model", two_outputs, "--source", "samples"], "not a YOLOv8/YOLO11 detector"),
         (["--model", corrupt_model, "--source", "samples"], "is not an ONNX model onnxruntime can load"),
+        (["--model", corrupt_model, "--source", "samples", "--quantize"], "is not an ONNX model onnx can read"),
+        (["--model", shaped_like_a_detector, "--source", "samples", "--quantize"], "has no YOLOv8-style head"),
         (["--model", tmp_path / "absent.onnx", "--source", "samples"], "does not exist"),
         (["--model", shaped_like_a_detector, "--source", corrupt_image.parent], "gave no frames"),
         (["--source", "9"], "could not open camera 9"),
     ]
     for arguments, message in cases:
         assert_one_line_error(run_in_process("detect.py", *arguments, "--frames", "1"), message)
+    refused = run_in_process("detect.py", "--quantize", "--calibration", corrupt_image)  # argparse's own one line
+    assert refused.returncode == 2 and "--calibration must be a folder of photos" in refused.stderr
     with pytest.raises(KitError, match="cannot read the image"):
         detection.read_image(corrupt_image)
 

@@ -302,6 +302,16 @@ def latency_ms(detector: Detector, batch: np.ndarray, runs: int = 30, warmup: in
 # ---- quantization with ONNX Runtime -----------------------------------------------------------------
 
 
+def _graph(onnx_path: str | Path):
+    """The graph of an ONNX file; one line when it is missing or not ONNX."""
+    import onnx
+
+    try:
+        return onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception as error:
+        raise KitError(f"{onnx_path} is not an ONNX model onnx can read ({type(error).__name__})") from None
+
+
 def head_tail_nodes(onnx_path: str | Path) -> list[str]:
     """The nodes of the detection head after its last convolutions, in graph order: the candidates to keep float.
 
@@ -309,9 +319,7 @@ def head_tail_nodes(onnx_path: str | Path) -> list[str]:
     class maps there), Constant nodes left out: the concatenations, the DFL's softmax and convolution, the
     box arithmetic, the score sigmoid and the final Concat.
     """
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    graph = _graph(onnx_path)
     producer = {output: node for node in graph.node for output in node.output}
     tail: set[str] = set()
     names = []
@@ -328,9 +336,7 @@ def head_tail_nodes(onnx_path: str | Path) -> list[str]:
 
 def output_node(onnx_path: str | Path) -> str:
     """The name of the node that writes the model's output (the head's last Concat in a YOLO export)."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    graph = _graph(onnx_path)
     return next(node.name for node in graph.node if graph.output[0].name in node.output)
 
 
