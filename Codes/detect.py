@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from quantlab import assets, bench, detection, engines, files, sources, timing
+from quantlab import arguments, assets, bench, detection, engines, files, sources, timing
 from quantlab.errors import KitError, run_cli
 
 # ---- settings: each is the default of the command-line flag of the same name ------
@@ -39,24 +39,22 @@ warmup_runs = 3  # untimed model runs before the first frame
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments.Parser(description=__doc__)
     parser.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=quantize, help="int8 detector")
     parser.add_argument("--source", default=source, help="webcam index, picamera2, samples, a video file or a folder")
-    parser.add_argument("--frames", type=int, help="stop after N frames (default: run until the end or Ctrl-C)")
+    parser.add_argument(
+        "--frames", type=arguments.int_at_least(1), help="stop after N frames (default: run until the end or Ctrl-C)"
+    )
     parser.add_argument("--model", type=Path, help="a YOLOv8/YOLO11 ONNX detector (default: the fall detector)")
-    parser.add_argument("--confidence", type=float, default=confidence, help="lowest score of a box kept")
+    parser.add_argument("--confidence", type=arguments.fraction, default=confidence, help="lowest score of a box kept")
     parser.add_argument("--show", choices=("auto", "yes", "no"), default=show, help="draw boxes in a window")
-    parser.add_argument("--calibration", type=Path, help="a folder of photos for --quantize (default: the kit's)")
+    parser.add_argument(
+        "--calibration", type=arguments.existing_folder, help="a folder of photos for --quantize (default: the kit's)"
+    )
     parser.add_argument("--save", type=Path, help="write the last frame with its boxes to this image file")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    parser.add_argument("--threads", type=arguments.int_at_least(1), help="CPU threads (default: physical cores)")
     parser.add_argument("--json", type=Path, help="write the summary to this JSON file")
     args = parser.parse_args(argv)
-    if args.frames is not None and args.frames < 1:
-        parser.error(f"--frames must be at least 1, got {args.frames}")
-    if not 0 < args.confidence < 1:
-        parser.error(f"--confidence must be between 0 and 1, got {args.confidence}")
-    if args.calibration is not None and not args.calibration.is_dir():
-        parser.error(f"--calibration must be a folder of photos, got {args.calibration}")
     files.check_writable(args.json, "--json", "detect.json")  # now, not after the run
     files.check_writable(args.save, "--save", "boxes.png")
     return args

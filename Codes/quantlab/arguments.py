@@ -70,3 +70,10 @@ def file_ending(suffix: str) -> Callable[[str], Path]:
 
     check.__name__ = f"file_ending_{suffix.lstrip('.')}"
     return check
+
+
+def existing_folder(text: str) -> Path:
+    """A ``type=`` for a folder that exists (photos to read, say)."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"must be a folder, got {text}")
+    return Path(text)

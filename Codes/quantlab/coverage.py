@@ -105,10 +105,10 @@ def format_coverage(coverage: dict) -> str:
     )
 
 
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
+def main(argv: list[str] | None = None) -> int:
+    from quantlab import arguments
 
-    parser = argparse.ArgumentParser(prog="python -m quantlab.coverage", description=__doc__.split("\n\n")[0])
+    parser = arguments.Parser(prog="python -m quantlab.coverage", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="an ONNX file")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
@@ -122,4 +122,4 @@ def _main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from quantlab.errors import run_cli
 
-    run_cli(_main)
+    run_cli(main)
