@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
+import platform
 import subprocess
 import sys
+import textwrap
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 # instead; every script, notebook kernel and sandboxed model the tests start inherits it. Tests never time.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from quantlab import cpu
 from quantlab.assets import ASSETS_ENV, FLOAT_WEIGHTS, IMAGENET_SAMPLE, INT8_WEIGHTS, assets_dir
 from quantlab.errors import run_cli
 
@@ -36,13 +40,20 @@ SLOW_FILES = {
     "test_speed_suite.py",
     "test_user_model.py",
 }
-EMULATION = {"test_pi_check.py": None, "test_cpu.py": {"test_onnx_runtime_format_is_exact_on_an_avx2_cpu"}}
+EMULATION = {"test_pi_check.py": None, "test_onnx_tools.py": {"test_onnx_runtime_format_is_exact_on_an_avx2_cpu"}}
 NOTEBOOK_FILES = {"test_notebooks.py"}
 
 
 # The longest files first: `make test` runs the files on two workers (pytest-xdist, --dist loadfile), which take
 # them in this order, so the Pi emulation and the notebooks do not start last and leave one worker idle.
-LONGEST_FIRST = ["test_pi_check.py", "test_notebooks.py", "test_grader_sandbox.py", "test_cpu.py", "test_grade.py"]
+LONGEST_FIRST = [
+    "test_pi_check.py",
+    "test_notebooks.py",
+    "test_grader_sandbox.py",
+    "test_onnx_tools.py",
+    "test_engines.py",
+    "test_grade.py",
+]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -122,3 +133,24 @@ def load_script(script: str):
 @pytest.fixture
 def run():
     return run_script
+
+
+# The non-VNNI int8 path, forced in a fresh Python (the variables are read once per process): test_cpu,
+# test_engines and test_onnx_tools check both kinds of x86 CPU on any x86 machine.
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+NON_VNNI = {cpu.FBGEMM_ENV: "AVX2", cpu.ONEDNN_ENV: "AVX2"}  # what PyTorch's x86 engines use on an AVX2-only CPU
+needs_x86_avx2 = pytest.mark.skipif(not X86 or cpu.int8_isa().name == "sse", reason="needs an x86 CPU with AVX2")
+
+
+def run_python(code: str, env: dict[str, str], prefix: tuple[str, ...] = (), timeout: float = 300) -> dict:
+    """Run ``code`` in a fresh Python (under ``prefix``, e.g. qemu) and return the JSON it prints last."""
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=timeout,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_script
 from quantlab import bench, data, loading
 from quantlab.errors import KitError
 
@@ -83,13 +82,6 @@ def test_unknown_labels_are_refused_for_accuracy_but_fine_for_calibration(tmp_pa
         KitError, match=r"'cats/'\) are named neither by ImageNet WordNet id nor by ImageNet class name"
     ):
         data.image_dataset(classes)
-
-
-def test_benchmark_refuses_an_unlabelled_folder_in_one_line_and_offers_timing_only(tmp_path, sample_photos):
-    shutil.copy(next(sample_photos.iterdir()), tmp_path / "photo.jpg")
-    result = run_script("benchmark.py", "--model", "mobilenet_v2", "--data", tmp_path, "--runs", "1")
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert "cannot tell the labels" in result.stderr and "timing only" in result.stderr
 
 
 def test_mixed_layouts_and_ambiguous_class_names_are_refused(tmp_path, sample_photos):

@@ -92,3 +92,24 @@ def test_a_model_that_is_no_imagenet_classifier_is_one_line(tmp_path, module, me
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
         line for line in result.stderr.splitlines() if line.startswith("error:") and "student.pt" in line
     ]
+
+
+class _FastAlone(torch.nn.Module):
+    """A cheat: a cheap answer at batch 1 (what latency times), the real network on batches (what is scored)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.cheap = torch.nn.Linear(3, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.size(0) == 1:
+            return self.cheap(x.mean((2, 3)))
+        return self.net(x)
+
+
+def test_a_model_that_answers_batches_otherwise_is_scored_as_it_is_timed(tmp_path, float_weights):
+    path = tmp_path / "cheat.pt"
+    torch.jit.save(torch.jit.script(_FastAlone(models.mobilenet_v2_fp32(float_weights)).eval()), str(path))
+    loaded = loading.load_any(str(path), engine="auto", threads=2)
+    assert loaded.batch_one and any("differently alone than in a batch" in note for note in loaded.notes)

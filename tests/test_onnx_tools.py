@@ -7,6 +7,9 @@ notebook's and the lab's job (notebooks/06_onnx_runtime.ipynb), not this file's.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import onnx
@@ -14,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_in_process
+from conftest import X86, run_in_process, run_python
 from quantlab import cpu, data, models, onnx_tools, quantize
 from quantlab.errors import KitError
 
@@ -237,3 +240,83 @@ def test_calibration_in_chunks_gives_the_single_pass_ranges(tmp_path, method):
             assert torch.equal(once[name], parts[name]), name
         else:  # histograms merged chunk by chunk: the 99.999th percentile moves a little
             assert torch.allclose(once[name], parts[name], rtol=0.01, atol=1.0), name  # measured: 0.04 % at most
+
+
+@pytest.fixture(scope="session")
+def qemu_haswell() -> tuple[str, ...]:
+    """The command prefix that runs a program on an emulated AVX2 CPU without VNNI (qemu-user, installed when
+    missing as root with apt-get, as tools/pi_check does)."""
+    if not X86:
+        pytest.skip("qemu-x86_64 emulates an x86 CPU: this check runs on x86 hosts")
+    qemu = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
+    if qemu is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "qemu-user-static"]):
+            subprocess.run(
+                command, capture_output=True, timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            )
+        qemu = shutil.which("qemu-x86_64-static")
+    if qemu is None:
+        pytest.skip("qemu-x86_64-static not found (apt-get install qemu-user-static, as root)")
+    return (qemu, "-cpu", "Haswell")
+
+
+def test_onnx_runtime_format_is_exact_on_an_avx2_cpu(qemu_haswell, tmp_path, float_weights, sample_photos):
+    """What the kit picks for an AVX2 CPU (U8S8 with 7-bit weights) matches fp32 there; full-range U8S8 does not.
+
+    Quantized here, run there: the number format, not the CPU that quantized, decides. Under the emulator
+    only numpy and onnxruntime run (importing torch there takes minutes).
+    """
+    import numpy as np
+
+    from quantlab import data, models, onnx_tools
+
+    fp32_onnx = onnx_tools.export_onnx(models.mobilenet_v2_fp32(float_weights), tmp_path / "fp32.onnx")
+    calibration, check = data.split(data.image_dataset(sample_photos), first_n=8, seed=0)
+    for reduce_range in (False, True):
+        onnx_tools.quantize_onnx_static(
+            fp32_onnx,
+            tmp_path / f"reduce_range_{reduce_range}.onnx",
+            data.loader(calibration, batch_size=8),
+            progress=False,
+            reduce_range=reduce_range,
+        )
+    np.save(tmp_path / "images.npy", next(iter(data.loader(check, batch_size=4)))[0].numpy())
+    code = f"""
+        import json, numpy as np, onnxruntime
+        from quantlab import cpu
+        folder = {str(tmp_path)!r}
+        images = np.load(folder + "/images.npy")
+        def run(name):
+            session = onnxruntime.InferenceSession(folder + "/" + name, providers=["CPUExecutionProvider"])
+            return np.concatenate([session.run(None, {{"input": image[None]}})[0] for image in images])
+        def cosine(a, b):
+            return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+        reference = run("fp32.onnx")
+        found = {{"isa": cpu.int8_isa().name, "probe": cpu.onnxruntime_u8s8_error(),
+                  "probe_reduce_range": cpu.onnxruntime_u8s8_error(reduce_range=True)}}
+        for reduce_range in (False, True):
+            found[str(reduce_range)] = cosine(run(f"reduce_range_{{reduce_range}}.onnx"), reference)
+        print(json.dumps(found))
+    """
+    found = run_python(code, {}, prefix=qemu_haswell, timeout=600)
+    assert found["isa"] == "avx2", found
+    assert found["probe"] > 0.4 and found["probe_reduce_range"] < 0.01, found  # what choose_static_format reads
+    assert found["True"] > 0.96, found  # the kit's choice for this CPU agrees with fp32
+    assert found["False"] < found["True"] - 0.02, found  # full-range U8S8 saturates here
+
+
+@pytest.mark.parametrize(
+    ("errors", "reduce_range", "words"),
+    [
+        ({False: 0.0}, False, "U8S8 is exact on this CPU"),
+        ({False: 0.49, True: 0.0}, True, "U8S8 saturates on this CPU"),
+    ],
+)
+def test_static_format_follows_the_measurement(monkeypatch, errors, reduce_range, words):
+    from quantlab import onnx_tools
+
+    monkeypatch.setattr(cpu, "onnxruntime_u8s8_error", lambda reduce_range=False: errors[reduce_range])
+    chosen = onnx_tools.choose_static_format()
+    assert chosen["reduce_range"] is reduce_range and words in chosen["format_reason"]
+    assert chosen["activation_type"] == "uint8" and chosen["target_int8_isa"] == cpu.int8_isa().name
+    assert onnx_tools.choose_static_format(reduce_range=True)["weight_type"] == "int8 (7-bit range)"

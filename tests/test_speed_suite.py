@@ -1,4 +1,4 @@
-"""Codes/speed_suite.py end to end (tiny --runs: behaviour, not speed) and engine auto's measurement and cache."""
+"""Codes/speed_suite.py end to end (tiny --runs: behaviour, not speed); engine auto: test_engines.py."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import re
 import pytest
 import torch
 
-from quantlab import assets, cpu, engines
-from quantlab.errors import KitError
+from quantlab import cpu
 
 ENGINES = [e for e in torch.backends.quantized.supported_engines if e != "none"]
 EXPECTED_PATHS = [
@@ -121,64 +120,3 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(run, tmp_path, float
         line for line in result.stderr.splitlines() if message in line
     ]
     assert not (tmp_path / "plot.png").exists()
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """engine auto with an empty cache folder and nothing remembered in this process."""
-    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(engines, "_resolved", {})
-    monkeypatch.setattr(engines, "is_arm", lambda: False)
-    return tmp_path / "cache" / "engine.json"
-
-
-@pytest.mark.skipif(not {"x86", "onednn"} <= set(ENGINES), reason="needs PyTorch's x86 and onednn engines")
-def test_auto_measures_x86_and_onednn_once_then_reads_the_cache(fresh_cache):
-    previous = torch.backends.quantized.engine
-    engine, reason = engines.resolve_engine("auto")
-    assert engine in ("x86", "onednn")
-    assert torch.backends.quantized.engine == previous  # measuring leaves the active engine alone
-    assert "measured now in" in reason and f"saved to {fresh_cache}" in reason
-    key = engines._cache_key()
-    assert engines.cpu_name() in key and f"onednn {cpu.engine_isa('onednn')}" in key and torch.__version__ in key
-    entry = json.loads(fresh_cache.read_text())[key]
-    assert entry["engine"] == engine == min(entry["ms"], key=entry["ms"].get)
-    if cpu.engine_isa("onednn").saturates_u8s8:  # no VNNI: onednn's 8-bit activations saturate, x86's 7 do not
-        assert engine == "x86" and set(entry["ms"]) == {"x86"} and "saturate" in entry["rejected"]["onednn"]
-        assert "onednn rejected: its int8 sums saturate here" in reason
-    else:
-        assert re.search(r"ran (x86|onednn) [\d.]+ ms, (x86|onednn) [\d.]+ ms", reason)
-        assert set(entry["ms"]) == {"x86", "onednn"} and entry["rejected"] == {}
-
-    engines._resolved.clear()  # a new process: the answer comes from the cache
-    again, cached_reason = engines.resolve_engine("auto")
-    assert again == engine and f"from the cache {fresh_cache}" in cached_reason
-    assert engines.resolve_engine("qnnpack") == ("qnnpack", "chosen with --engine")
-    with pytest.raises(KitError, match="engine 'tpu' is not available"):
-        engines.resolve_engine("tpu")
-
-
-@pytest.mark.skipif(not {"x86", "onednn"} <= set(ENGINES), reason="needs PyTorch's x86 and onednn engines")
-def test_auto_skips_engines_that_fail_and_survives_a_bad_cache(fresh_cache, monkeypatch):
-    fresh_cache.parent.mkdir(parents=True)
-    fresh_cache.write_text("{not json")
-    measured = ({"onednn": 2.5}, {"x86": "int8 output strays from fp32 (cosine 0.500)"})
-    monkeypatch.setattr(engines, "measure_engines", lambda candidates: measured)
-    engine, reason = engines.resolve_engine("auto")
-    assert engine == "onednn"
-    assert "onednn 2.50 ms" in reason and "x86 rejected: int8 output strays" in reason
-    assert json.loads(fresh_cache.read_text())[engines._cache_key()]["engine"] == "onednn"
-
-    monkeypatch.setattr(engines, "_resolved", {})
-    monkeypatch.setenv(assets.CACHE_ENV, "/proc/no-cache-here")  # not writable: still answers, says so
-    assert "not cached" in engines.resolve_engine("auto")[1]
-
-    monkeypatch.setattr(engines, "_resolved", {})
-    monkeypatch.setattr(engines, "measure_engines", lambda candidates: ({}, {"x86": "boom", "onednn": "boom"}))
-    assert engines.resolve_engine("auto")[0] == "x86"  # nothing measurable: PyTorch's default for x86
-
-
-def test_auto_on_arm_is_qnnpack_without_measuring(monkeypatch):
-    monkeypatch.setattr(engines, "is_arm", lambda: True)
-    monkeypatch.setattr(engines, "measure_engines", lambda candidates: pytest.fail("measured on ARM"))
-    assert engines.resolve_engine("auto")[0] == "qnnpack"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quantization toolkit's headline figures, reproducibly (README "Measured figures"):
+# The quantization toolkit's headline figures, reproducibly (docs/figures.md, written from docs/runs/quantize_methods.json):
 # the offline float MobileNetV2, calibrated on 200 of the 1000 sample photos, evaluated on the other 800.
 #   make figures-quantize            (or: bash tools/quantize_figures.sh [OUTPUT_DIR])
 set -euo pipefail
@@ -40,4 +40,5 @@ done
 models+=(--model "$OUT/pt2e.pt2" --model "$OUT/static_qdq.onnx")
 $PY Codes/benchmark.py --model "$FLOAT" "${models[@]}" \
     --data "$PHOTOS" --holdout 200 --seed 0 --runs 100 --warmup 20 \
-    --json "$OUT/quantize_figures.json" --csv "$OUT/quantize_figures.csv" --plot "$OUT/quantize_figures.png"
+    --json docs/runs/quantize_methods.json --csv "$OUT/quantize_figures.csv" --plot "$OUT/quantize_figures.png"
+$PY tools/figures.py                                             # docs/runs/*.json -> docs/figures.md

@@ -46,6 +46,7 @@ INCLUDE_GLOBS = (
     "configs/*",
     "labs/*.md",
     "docs/*.md",
+    "docs/runs/*.json",  # what docs/figures.md is generated from
     f"{project.STUDENT_DIR}/*.ipynb",
     "requirements-*.txt",
     "pyproject.toml",

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable, Iterable
@@ -59,8 +60,18 @@ def machine_info(threads: int, engine: str | None) -> dict:
         "threads": threads,
         "physical_cores": engines.physical_cores(),
         "engine": engine,
+        "load_average": load_average(),
         **cpu.machine_fields(),  # int8_isa, int8_isa_note, ...: whether int8 sums can saturate here
     }
+
+
+def load_average() -> list[float] | None:
+    """The OS's 1-, 5- and 15-minute load averages now (None where it keeps none): above the core count,
+    other work shared the CPU while the latencies were measured."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):  # Windows has no load average
+        return None
 
 
 # ---- measuring -----------------------------------------------------------------

@@ -9,7 +9,7 @@ region is resized.
 - Resize: OpenCV's area filter where it is cheap (shrinking by a whole number:
   it averages blocks of pixels), bilinear for what is left (a factor under 2).
   That stays close to torchvision's antialiased resize (the same top-1 accuracy,
-  tests/test_mobile_net.py checks it) at a fraction of a general area filter's cost.
+  tests/test_preprocess.py checks it) at a fraction of a general area filter's cost.
 - Normalize: uint8 -> float32, then one per-pixel 3x4 matrix (``cv2.transform``)
   that scales, shifts and, for BGR frames, swaps the channels, straight into the
   model's input tensor. That tensor is channels-last in memory (HxWx3, like the
