@@ -240,21 +240,22 @@ def class_run(
 ) -> shards.ClassRun:
     """What this run graded and with what: all a leaderboard needs, now or after merging shards."""
     measure = models.measure
+    machine = bench.machine_info(threads, engine=None)
     settings = {
         "kit": quantlab.__version__,
-        "torch": bench.machine_info(threads, engine=None)["torch"],
+        "torch": machine["torch"],
         "rubric": marks,
         "measure": None if measure is None else {**asdict(measure), "data": str(measure.data)},
         "isolation": models.isolation,
         "timeout": models.timeout,
         "memory_mb": models.memory_mb,
-        "threads": models.threads,
-        "jobs": args.jobs if measure else 1,  # students measured side by side: part of what the numbers mean
+        # what the measured numbers mean (quick grading's results do not depend on them)
+        "threads": models.threads if measure else None,
+        "jobs": args.jobs if measure else 1,  # students measured side by side
     }
-    machine = bench.machine_info(threads, engine=None)["cpu"] if measure else None
     return shards.ClassRun(
         settings=settings,
-        shown={"rubric": str(args.rubric or rubric.DEFAULT_RUBRIC), "machine": machine},
+        shown={"rubric": str(args.rubric or rubric.DEFAULT_RUBRIC), "machine": machine["cpu"] if measure else None},
         folders=[folder.name for folder in folders],
         shard=list(shards.parse_shard(args.shard)) if args.shard else [1, 1],
         graded=len(graded),

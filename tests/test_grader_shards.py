@@ -104,6 +104,7 @@ def test_bad_shards_and_merges_give_one_error_line(single_and_merged, small_clas
         ((root, "--shard", "0/3", *common), "I must be between 1 and N"),
         ((root, "--shard", "4/3", *common), "I must be between 1 and N"),
         ((root, "--shard", "two", *common), "write it as I/N"),
+        ((root, "--remeasure", "--data", root, "--jobs", "3", *common), "needs a thread per job"),
         (("--merge", one, two, "--output", tmp_path), "shard 3/3 missing"),
         (("--merge", one, two, three, tmp_path / "copy.json", "--output", tmp_path), "are both shard 3/3"),
         (("--merge", one, two, _edited(three, tmp_path, other_rubric), "--output", tmp_path), "(rubric)"),

@@ -70,7 +70,7 @@ def build_class(folder: Path, count: int, photos: Path, weights: Path) -> None:
                  "--seed", str(1000 * number + index), "--threads", "2"]
             )  # fmt: skip
     print(f"built {len(models)} models in {time.monotonic() - started:.0f} s")
-    report = made / "benchmark.json"
+    report = made / f"benchmark-{count}.json"
     if not report.is_file():
         model_args = [arg for path in models for arg in ("--model", str(path))]
         sys.argv = ["benchmark.py"]  # benchmark.main reads its flags from sys.argv
@@ -134,7 +134,7 @@ def main() -> int:
     parser.add_argument("--build-only", action="store_true")
     args = parser.parse_args()
     photos, weights = assets_dir() / IMAGENET_SAMPLE, assets_dir() / FLOAT_WEIGHTS
-    build_class(args.class_dir, max(args.students, students), photos, weights)
+    build_class(args.class_dir, args.students, photos, weights)
     if args.build_only:
         return 0
     submissions = subset(args.class_dir, args.students)
