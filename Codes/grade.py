@@ -36,6 +36,7 @@ Examples:
 
 import argparse
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
@@ -193,15 +194,22 @@ def describe_baseline(baseline: dict) -> str:
     return f"baseline fp32 MobileNetV2 {numbers}{baseline['size_mb']:.2f} MB"
 
 
+# the grader's own checks run one student at a time (with --jobs only the sandboxed children run side by
+# side): they are quick, and Python 3.11's ast.parse, which reads TorchScript code, is not thread-safe
+checking = threading.Lock()
+
+
 def grade_folder(
     folder: Path, marks: dict, baseline: runner.Baseline, models: runner.ModelRunner
 ) -> records.StudentGrade:
     """One student: the checks find the models to run, one sandboxed child runs them all, then the scoring."""
     student_models = runner.StudentModels(models, scoring.STUDENT_BUDGET_TIMEOUTS)
     try:
-        scoring.grade_student(folder, marks, baseline, student_models)  # collects what the checks let through
+        with checking:
+            scoring.grade_student(folder, marks, baseline, student_models)  # collects what the checks let through
         student_models.run()
-        return scoring.grade_student(folder, marks, baseline, student_models)
+        with checking:
+            return scoring.grade_student(folder, marks, baseline, student_models)
     except (KitError, OSError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as error:
         # its reason is ours, not an internal text
         reason = f"the grader could not read this submission ({type(error).__name__}); check its files"

@@ -67,6 +67,7 @@ SANDBOX_SCRATCH = "/scratch"
 PR_SET_PDEATHSIG = 1
 _live: set[subprocess.Popen] = set()  # the children running now (several with --jobs): Ctrl-C kills them all
 _live_lock = threading.Lock()
+_spawn_lock = threading.Lock()
 _stopping = threading.Event()
 
 
@@ -343,7 +344,8 @@ class _Child:
     def answer(self, request: dict, paths: list[str], first: int, outcomes: list[Outcome | None]) -> int:
         """One child for ``paths[first:]``: fills ``outcomes`` as it answers; returns where a fresh child starts."""
         limits = self.limits
-        with open(self.log, "ab") as errors:
+        # one fork at a time (--jobs): the limits are set by Python code between fork and exec
+        with open(self.log, "ab") as errors, _spawn_lock:
             process = subprocess.Popen(
                 self.command,
                 stdin=subprocess.PIPE,
