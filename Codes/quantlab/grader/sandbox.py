@@ -57,7 +57,7 @@ ISOLATION_ENV = "QUANTLAB_SANDBOX"
 BWRAP = "bubblewrap"
 RLIMITS = "rlimits"
 DESCRIPTIONS = {
-    BWRAP: "bubblewrap sandbox (no network, read-only copy of one model, scratch folder) + resource limits",
+    BWRAP: "bubblewrap sandbox (no network, read-only copy of one student's models, scratch folder) + resource limits",
     RLIMITS: "child process with resource limits on a read-only copy (bubblewrap not available: the child has "
     "the grader's user rights, the static checks guard files)",
 }
