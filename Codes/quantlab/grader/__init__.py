@@ -13,13 +13,15 @@ One submission folder goes through, in order:
   read as untrusted input (``untrusted``: links refused, sizes capped, numbers checked);
 - ``model_checks``: each model file before anything loads it (zip bombs,
   load-time code, an operator allowlist);
-- ``runner`` -> ``sandbox`` -> ``model_runner``: each model loaded, run and
-  measured in a child process that can always be stopped, never in the grader;
+- ``runner`` -> ``sandbox`` -> ``model_runner``: the student's models loaded, run and
+  measured in one child process (each model with its own limits) that can always
+  be stopped, never in the grader;
 - ``scoring``: points by the ``rubric`` (``rubric.yaml``, package data), the
   parts handed in, the Pi runs (``pi_runs``), flags for claims that disagree;
   then, class-wide, the open target and possible copying;
-- ``records``: what is kept of each model and student; ``leaderboard``: the
-  ranking as CSV, Markdown, a plot and a terminal table.
+- ``records``: what is kept of each model and student; ``shards``: a run kept
+  as a record (``grade.py --shard I/N``) and N shards merged into one;
+  ``leaderboard``: the ranking as CSV, Markdown, a plot and a terminal table.
 
 One bad submission gives its reasons in the leaderboard; it never stops the run.
 

@@ -1,14 +1,15 @@
 """The grader's child process: load one model, check its operators, run it, measure it when asked.
 
-Started by ``quantlab.grader.sandbox.run_model`` as ``python -m quantlab.grader.model_runner``
-inside the sandbox. It reads one JSON request on stdin:
+Started by ``quantlab.grader.sandbox.run_models`` as ``python -m quantlab.grader.model_runner``
+inside the sandbox, once per student (Python and torch start once). It reads one JSON request on stdin:
 
-    {"model": PATH, "threads": 2, "task": "check" | "measure",
+    {"models": [PATH, ...], "threads": 2, "task": "check" | "measure",
      "data": {"path": DIR, "holdout": N|null, "images": N|null, "seed": 0, "batch_size": 16,
               "runs": 50, "warmup": 10}}
 
-and writes one JSON object on its original stdout (anything the model or torch
-prints goes to stderr): ``{"ok": true, "method", "engine", "quantized", "parameters",
+and answers each model in turn with one line of JSON on its original stdout (anything the model or torch
+prints goes to stderr), so that the grader can stop a model that runs too long and keep the answers
+before it: ``{"ok": true, "method", "engine", "quantized", "parameters",
 "weights_sha256", "answers_sha256", "convs": {"int8", "float", "granularities"} | null,
 "measured": {...} | null}`` or ``{"ok": false, "reason": ...}``.
 ``answers_sha256`` fingerprints what the model computes (its logits on a fixed input): two files that
@@ -18,6 +19,7 @@ The grader treats all of it as untrusted.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -122,21 +124,31 @@ def run(request: dict) -> dict:
     }
 
 
-def main() -> None:
-    result_fd = os.dup(1)
-    os.dup2(2, 1)  # whatever the model or torch prints goes to stderr, never into the result
+def answer(request: dict) -> dict:
+    """``run``'s result, or why it has none: a student's model can fail in any way inside torch."""
     try:
-        request = json.loads(sys.stdin.read(1 << 16))
-        result = run(request)
+        return run(request)
     except MemoryError:
-        result = {"ok": False, "reason": "ran out of memory"}
-    except Exception as error:  # noqa: BLE001 - a student's model can fail in any way inside torch
+        return {"ok": False, "reason": "ran out of memory"}
+    except Exception as error:  # noqa: BLE001
         message = _first_line(error)
         if "can't allocate memory" in message or "Cannot allocate memory" in message:
-            result = {"ok": False, "reason": "ran out of memory"}
-        else:
-            result = {"ok": False, "reason": f"does not load or run ({type(error).__name__})"}
-    os.write(result_fd, json.dumps(result).encode("utf-8"))
+            return {"ok": False, "reason": "ran out of memory"}
+        return {"ok": False, "reason": f"does not load or run ({type(error).__name__})"}
+
+
+def main() -> None:
+    result_fd = os.dup(1)
+    os.dup2(2, 1)  # whatever the model or torch prints goes to stderr, never into the results
+    request = json.loads(sys.stdin.read(1 << 20))
+    import torch
+
+    engine = torch.backends.quantized.engine
+    for model in request.pop("models"):  # one student's models, answered one by one as each is done
+        torch.backends.quantized.engine = engine  # a model's engine is its own, never the previous one's
+        result = answer({**request, "model": model})
+        os.write(result_fd, (json.dumps(result) + "\n").encode("utf-8"))
+        gc.collect()
     os.close(result_fd)
 
 

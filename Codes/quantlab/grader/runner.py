@@ -1,15 +1,17 @@
 """Running students' models: each distinct file once, in the sandbox, and the fp32 baseline the same way.
 
-``ModelRunner`` is the grader's side of ``sandbox.run_model``: it builds the
+``ModelRunner`` is the grader's side of ``sandbox.run_models``: it builds the
 request the child (``model_runner``) answers, caches outcomes by file and
-sidecar, and ``measured_numbers`` keeps a child's measurement only when every
-number in it is believable.
+sidecar; ``StudentModels`` runs one student's models in one child; and
+``measured_numbers`` keeps a child's measurement only when every number in it
+is believable.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,8 @@ class MeasureSettings:
 class ModelRunner:
     """Loads, checks, runs and (with ``measure``) measures model files in the sandbox, once per distinct file.
 
-    Identical files with identical sidecars get identical numbers, and are run once.
+    Identical files with identical sidecars get identical numbers, and are run once (across students, and
+    across the students graded at the same time with ``--jobs``: the first outcome stored is everyone's).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class ModelRunner:
         self.memory_mb = memory_mb
         self.timeout = timeout or self.default_timeout(measure)
         self.cache: dict[tuple, sandbox.Outcome] = {}
+        self._cache_lock = threading.Lock()
 
     @staticmethod
     def default_timeout(measure: MeasureSettings | None) -> float:
@@ -62,31 +66,96 @@ class ModelRunner:
             return 120.0
         return 120.0 + 0.5 * measure.image_count + 0.5 * (measure.runs + measure.warmup)
 
-    def __call__(self, path: Path, sidecar: dict | None) -> sandbox.Outcome:
+    @staticmethod
+    def child_sidecar(path: Path, sidecar: dict | None) -> dict | None:
+        """What the child is told of a sidecar: of a TorchScript file's, only the engine (the method is the
+        sidecar's, read by the grader), so a model handed in again with an edited method runs once."""
         if sidecar is not None and path.suffix.lower() in TORCH_SUFFIXES:
-            # the child needs only the engine (the method is the sidecar's, read here): a model handed in again
-            # with an edited method runs once
-            sidecar = {"engine": sidecar["engine"]} if "engine" in sidecar else None
-        key = (files.sha256_of(path), json.dumps(sidecar, sort_keys=True))
-        if key not in self.cache:
-            request: dict = {"task": "check", "threads": self.threads, "data": None}
-            read_only = []
-            if self.measure is not None:
-                settings = self.measure
-                request["task"] = "measure"
-                request["data"] = {
-                    "path": str(Path(settings.data).resolve()),
-                    "holdout": settings.holdout,
-                    "images": settings.images,
-                    "seed": settings.seed,
-                    "batch_size": settings.batch_size,
-                    "runs": settings.runs,
-                    "warmup": settings.warmup,
-                }
-                read_only = [Path(settings.data).resolve()]
-            limits = sandbox.Limits(wall_seconds=self.timeout, memory_mb=self.memory_mb, threads=self.threads)
-            self.cache[key] = sandbox.run_model(path, sidecar, request, limits, self.isolation, read_only)
-        return self.cache[key]
+            return {"engine": sidecar["engine"]} if "engine" in sidecar else None
+        return sidecar
+
+    def key(self, path: Path, sidecar: dict | None) -> tuple[str, str]:
+        return files.sha256_of(path), json.dumps(self.child_sidecar(path, sidecar), sort_keys=True)
+
+    def cached(self, key: tuple[str, str]) -> sandbox.Outcome | None:
+        with self._cache_lock:
+            return self.cache.get(key)
+
+    def run_all(
+        self, wanted: list[tuple[Path, dict | None]], budget_seconds: float | None = None
+    ) -> list[sandbox.Outcome | None]:
+        """Run ``wanted`` (one student's models, not yet cached) in one sandboxed child; None for those the
+        budget left unrun. Each outcome is cached, and the cached one returned (identical numbers for all)."""
+        request: dict = {"task": "check", "threads": self.threads, "data": None}
+        read_only = []
+        if self.measure is not None:
+            settings = self.measure
+            request["task"] = "measure"
+            request["data"] = {
+                "path": str(Path(settings.data).resolve()),
+                "holdout": settings.holdout,
+                "images": settings.images,
+                "seed": settings.seed,
+                "batch_size": settings.batch_size,
+                "runs": settings.runs,
+                "warmup": settings.warmup,
+            }
+            read_only = [Path(settings.data).resolve()]
+        limits = sandbox.Limits(wall_seconds=self.timeout, memory_mb=self.memory_mb, threads=self.threads)
+        children = [(path, self.child_sidecar(path, sidecar)) for path, sidecar in wanted]
+        outcomes = sandbox.run_models(children, request, limits, self.isolation, read_only, budget_seconds)
+        kept: list[sandbox.Outcome | None] = []
+        for (path, sidecar), outcome in zip(wanted, outcomes, strict=True):
+            if outcome is not None:
+                with self._cache_lock:
+                    outcome = self.cache.setdefault(self.key(path, sidecar), outcome)
+            kept.append(outcome)
+        return kept
+
+    def __call__(self, path: Path, sidecar: dict | None) -> sandbox.Outcome:
+        outcome = self.cached(self.key(path, sidecar))
+        return outcome if outcome is not None else self.run_all([(path, sidecar)])[0]
+
+
+class StudentModels:
+    """One student's models, all run by one sandboxed child (Python and torch start once per student).
+
+    ``scoring.grade_student`` asks for its models one by one, after its checks. It is run twice through
+    this: while ``collecting``, each request is recorded and answered "not run yet"; ``run`` then runs the
+    recorded ones together, within the student's time budget; the second pass gets their outcomes. So only
+    what the checks let through ever runs, with no second copy of those checks here.
+    """
+
+    def __init__(self, runner: ModelRunner, budget_timeouts: float) -> None:
+        self.runner = runner
+        self.measure, self.isolation, self.threads = runner.measure, runner.isolation, runner.threads
+        self.timeout, self.memory_mb = runner.timeout, runner.memory_mb
+        self.budget = budget_timeouts * runner.timeout
+        self.budget_timeouts = budget_timeouts
+        self.collecting = True
+        self.wanted: dict[tuple, tuple[Path, dict | None]] = {}
+        self.unrun: dict[tuple, sandbox.Outcome] = {}  # left by the budget: not cached, a classmate's copy runs
+
+    def __call__(self, path: Path, sidecar: dict | None) -> sandbox.Outcome:
+        key = self.runner.key(path, sidecar)
+        if self.collecting:
+            self.wanted.setdefault(key, (path, sidecar))
+            return sandbox.Outcome(None, "was not run yet")
+        return self.unrun.get(key) or self.runner(path, sidecar)
+
+    def run(self) -> None:
+        """Run the recorded models not cached yet, in one child; then answer from the outcomes."""
+        todo = [(key, wanted) for key, wanted in self.wanted.items() if self.runner.cached(key) is None]
+        if todo:
+            outcomes = self.runner.run_all([wanted for _, wanted in todo], self.budget)
+            for (key, _), outcome in zip(todo, outcomes, strict=True):
+                if outcome is None:
+                    self.unrun[key] = sandbox.Outcome(
+                        None,
+                        f"was not run: this submission's models used up its {self.budget:.3g} s "
+                        f"({self.budget_timeouts:g} x the limit per model); make the slow ones faster",
+                    )
+        self.collecting = False
 
 
 def measured_numbers(result: dict) -> dict | None:
