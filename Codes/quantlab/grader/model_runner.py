@@ -27,10 +27,7 @@ import re
 import sys
 from pathlib import Path
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else "no details")[:160]
+from quantlab.errors import first_line
 
 
 def _checked_before_running(path: str) -> str | None:
@@ -77,7 +74,7 @@ def run(request: dict) -> dict:
         # runs the model once and checks it returns [1, 1000] (loading.probe): that proves it is a classifier
         loaded = loading.load_any(path, engine="auto", threads=int(request["threads"]))
     except KitError as error:
-        message = _first_line(error)
+        message = first_line(error)
         if "allocate" in message or "out of memory" in message.lower():
             return {"ok": False, "reason": "ran out of memory"}
         return {"ok": False, "reason": f"does not load: {_our_words(message)}"}
@@ -131,7 +128,7 @@ def answer(request: dict) -> dict:
     except MemoryError:
         return {"ok": False, "reason": "ran out of memory"}
     except Exception as error:  # noqa: BLE001
-        message = _first_line(error)
+        message = first_line(error)
         if "can't allocate memory" in message or "Cannot allocate memory" in message:
             return {"ok": False, "reason": "ran out of memory"}
         return {"ok": False, "reason": f"does not load or run ({type(error).__name__})"}
