@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from quantlab import bench, engines
 from quantlab.errors import KitError, at_least, between, run_cli
-from quantlab.grader import leaderboard, records, rubric, runner, sandbox, scoring
+from quantlab.grader import grading_machine, leaderboard, records, rubric, runner, sandbox, scoring
 
 # ---- settings (command-line flags override them) -----------------------------
 runs = 50  # timed batch-1 runs per model (with --remeasure)
@@ -198,6 +198,7 @@ def leaderboard_header(
         f"isolation: {sandbox.DESCRIPTIONS[models.isolation]}; limits per model {models.timeout:.0f} s, "
         f"{models.memory_mb} MB",
     ]
+    header += grading_machine.header_lines(marks, measure.data if measure else None, students)  # issue 29
     # student names follow intake.FOLDER_NAME, so they are safe to print in the Markdown header
     unstable = [student.student for student in students if any(model.unstable for model in student.models)]
     if measure and (baseline.result["unstable"] or unstable):  # the instructor's machine, not the students
