@@ -207,3 +207,37 @@ def test_the_leaderboard_shows_the_drop_with_its_interval():
     markdown = leaderboard.leaderboard_markdown([ada], ["header"])
     assert "+1.22 \\[+0.11, +2.33\\]" in markdown and "top-1 drop (points) \\[95 % interval\\]" not in markdown
     assert "## Notes" in markdown and "unstable: ..." in markdown
+
+
+ANSWERS = """
+import hashlib, sys, torch
+torch.backends.quantized.engine = "x86"
+model = torch.jit.load(sys.argv[1])
+image = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+print(hashlib.sha256(model(image).contiguous().numpy().tobytes()).hexdigest())
+"""
+
+
+def test_an_x86_model_answers_the_same_with_the_non_vnni_path_forced(tmp_path):
+    """The rubric's engine: FBGEMM keeps activations to 7 bits, so its sums are exact with and without VNNI."""
+    if cpu.int8_isa().name not in cpu.X86_LEVELS:
+        pytest.skip("x86 CPUs only")
+    import torch
+
+    from quantlab import engines
+    from quantlab.quantize import quantize_static
+
+    probe = engines._probe_model()  # three stages of MobileNetV2, as auto's probe
+    calibration = [torch.randn(8, 3, 112, 112, generator=torch.Generator().manual_seed(0))]
+    model = quantize_static(probe, calibration, "x86", observer="histogram", progress=False)
+    path = tmp_path / "x86.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+    answers = []
+    for forced in (False, True):
+        environment = {key: value for key, value in os.environ.items() if key not in FORCED_AVX2}
+        environment.update(FORCED_AVX2 if forced else {})
+        done = subprocess.run([sys.executable, "-c", ANSWERS, str(path)], env=environment, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        answers.append(done.stdout.split()[-1])
+    assert answers[0] == answers[1]

@@ -192,9 +192,10 @@ def _claims_faster(claimed: float, measured: float, tolerance: dict) -> bool:
 
 
 def _measure_speed_again(path: Path, sidecar: dict | None, grade: ModelGrade, runner, base: dict) -> None:
-    """Measure the model a second time before a speed claim is flagged; keep both speed-ups, score the better.
+    """Measure the model a second time before a speed claim is flagged; keep both speed-ups.
 
-    Load only ever slows a run down, so the faster of two measurements is the closer to the model's own speed.
+    The points stay the first measurement's, as every other model's: a second chance only for the suspect
+    claims would favour them.
     """
     again = runner.measure_again(path, sidecar) if hasattr(runner, "measure_again") else None
     measured = measured_numbers(again.result) if again and again.result and again.result.get("ok") else None
@@ -204,7 +205,6 @@ def _measure_speed_again(path: Path, sidecar: dict | None, grade: ModelGrade, ru
     second = base["latency_ms"]["median"] / measured["latency_ms"]["median"]
     grade.speedup_range = (min(grade.speedup, second), max(grade.speedup, second))
     grade.unstable = grade.unstable or measured["unstable"]
-    grade.speedup = grade.speedup_range[1]
 
 
 def _speed_verdict(name: str, claimed: float, grade: ModelGrade, tolerance: dict) -> str | None:
