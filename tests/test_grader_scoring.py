@@ -59,6 +59,11 @@ def test_speed_claims_are_flagged_only_when_faster_than_two_measurements():
     assert verdict(4.0, 1.0, 1.5).startswith("unstable: m.pt claims a 4.00x speed-up")
     assert verdict(4.0, 1.45, 1.5, unstable=True).startswith("unstable")  # the child saw a busy machine
     assert verdict(4.0, 1.45, 1.5) == "m.pt: claimed speed-up 4.00x, re-measured 1.45x and 1.50x (tolerance x/÷ 2)"
+    # the student's own benchmark marked its latency unstable (their machine was busy): a note, not a flag
+    steady = ModelGrade(file="m.pt", method="static", speedup=1.5, speedup_range=(1.45, 1.5))
+    assert "marks that latency unstable" in scoring._speed_verdict("m.pt", 292.0, steady, tolerance, True)
+    assert scoring._own_unstable({"unstable": None}, {"unstable": "p90 is 3.1x the median"})
+    assert not scoring._own_unstable({"unstable": None}, {"unstable": None})
 
     pupil = StudentGrade(student="ada")
     pupil.models = [ModelGrade(file=f"m{i}.pt", method="static", speed_claim=claim) for i, claim in

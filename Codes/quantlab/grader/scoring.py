@@ -170,7 +170,9 @@ def grade_model(
         _check_claims(name, row, claimed, grade, tolerance, flags, rubric["accuracy"]["gate"])
         if claimed is not None and _claims_faster(claimed["speedup"], grade.speedup, tolerance):
             _measure_speed_again(path, sidecar, grade, runner, base)
-            grade.speed_claim = _speed_verdict(name, claimed["speedup"], grade, tolerance)
+            grade.speed_claim = _speed_verdict(
+                name, claimed["speedup"], grade, tolerance, _own_unstable(row, reference)
+            )
     elif claimed is not None:
         grade.top1, grade.top1_drop, grade.speedup = row["top1"], claimed["top1_drop"], claimed["speedup"]
     _give_points(grade, rubric)
@@ -207,9 +209,20 @@ def _measure_speed_again(path: Path, sidecar: dict | None, grade: ModelGrade, ru
     grade.unstable = grade.unstable or measured["unstable"]
 
 
-def _speed_verdict(name: str, claimed: float, grade: ModelGrade, tolerance: dict) -> str | None:
+def _own_unstable(row: dict, reference: dict | None) -> bool:
+    """The student's benchmark said its own latency (the model's or its fp32 row's) was not to be trusted."""
+    return bool(row.get("unstable")) or bool(reference is not None and reference.get("unstable"))
+
+
+def _speed_verdict(
+    name: str, claimed: float, grade: ModelGrade, tolerance: dict, claim_unstable: bool = False
+) -> str | None:
     """After two measurements: None when the claim is within tolerance of the better one, an "unstable" note
-    (starting so) when the measurements' own spread covers the claim, else the flag's text."""
+    (starting so) when either side's measurement was unstable (the grader's spread covers the claim, the child
+    saw a busy machine, or the student's benchmark marked its own latency unstable), else the flag's text.
+
+    A busy machine on either side makes the ratio unreliable, not a lie; the points come from the grader's
+    measurement either way, so a note costs nothing but the instructor's look."""
     factor = tolerance["speedup_factor"]
     low, high = grade.speedup_range or (grade.speedup, grade.speedup)
     if claimed <= high * factor:
@@ -219,6 +232,11 @@ def _speed_verdict(name: str, claimed: float, grade: ModelGrade, tolerance: dict
         return (
             f"unstable: {name} claims a {claimed:.2f}x speed-up, the grader measured {low:.2f}x and {high:.2f}x "
             "on a busy machine; not flagged (grade again on a quiet machine)"
+        )
+    if claim_unstable:
+        return (
+            f"unstable: {name} claims a {claimed:.2f}x speed-up, the grader measured {low:.2f}x and {high:.2f}x; "
+            "the student's benchmark.json marks that latency unstable (a busy machine): not flagged"
         )
     return f"{name}: claimed speed-up {claimed:.2f}x, re-measured {low:.2f}x and {high:.2f}x (tolerance x/÷ {factor:g})"
 
