@@ -196,6 +196,9 @@ def test_a_sidecar_calibrated_on_the_grading_folder_gets_a_note(tmp_path):
     assert "its training photos" in grading_machine.source_note("q.pt", trained, photos)
     assert grading_machine.source_note("m.pt", {"calibration": {"source": "/content/train"}}, photos) is None
     assert grading_machine.source_note("m.pt", {"calibration": None}, photos) is None
+    # the grader's --holdout 100 leaves out the 100 photos the homework's commands calibrate on
+    assert grading_machine.source_note("m.pt", calibrated, photos, holdout=100) is None
+    assert grading_machine.source_note("m.pt", calibrated, photos, holdout=50) is not None
 
 
 def test_the_leaderboard_shows_the_drop_with_its_interval():

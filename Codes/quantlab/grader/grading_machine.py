@@ -111,13 +111,18 @@ def public_sample_warning(data: Path) -> str | None:
     )
 
 
-def source_note(name: str, sidecar: dict, data: Path) -> str | None:
-    """A note when the sidecar's calibration or training source names the grading photos' folder."""
+def source_note(name: str, sidecar: dict, data: Path, holdout: int | None = None) -> str | None:
+    """A note when the sidecar's calibration or training source names the grading photos' folder and the
+    grader's ``--holdout`` does not leave out at least as many photos as the model was fitted on (the homework's
+    commands take their photos from the start of the same seeded shuffle that --holdout leaves out)."""
     grading = Path(data).resolve().name
     for what in ("calibration", "training"):
         record = sidecar.get(what)
         source = record.get("source") if isinstance(record, dict) else None
         if not isinstance(source, str):
+            continue
+        images = record.get("images")
+        if holdout and isinstance(images, int) and not isinstance(images, bool) and 0 < images <= holdout:
             continue
         folder = Path(source.split(" (")[0].rstrip("/")).name  # "DIR (calibration subset)" -> DIR's name
         if folder == grading:

@@ -99,7 +99,7 @@ def grade_model(
     if sidecar:
         _set_recipe(grade, sidecar)
         if runner.measure is not None:
-            grade.source_note = grading_machine.source_note(name, sidecar, runner.measure.data)
+            grade.source_note = grading_machine.source_note(name, sidecar, runner.measure.data, runner.measure.holdout)
         sidecar = {key: sidecar[key] for key in ("engine", "method") if sidecar.get(key) is not None}  # the loader's
     outcome = runner(path, sidecar)
     if outcome.failure:
