@@ -46,7 +46,7 @@ from tqdm import tqdm
 import quantlab
 from quantlab import bench, engines
 from quantlab.errors import KitError, at_least, between, run_cli
-from quantlab.grader import leaderboard, records, rubric, runner, sandbox, scoring, shards
+from quantlab.grader import grading_machine, leaderboard, records, rubric, runner, sandbox, scoring, shards
 
 # ---- settings (command-line flags override them) -----------------------------
 runs = 50  # timed batch-1 runs per model (with --remeasure)
@@ -302,6 +302,7 @@ def leaderboard_header(run: shards.ClassRun, open_full_at: float | None) -> list
         f"isolation: {sandbox.DESCRIPTIONS[settings['isolation']]}; limits per model {settings['timeout']:.0f} s, "
         f"{settings['memory_mb']} MB",
     ]
+    header += grading_machine.header_lines(marks, Path(measure["data"]) if measure else None, students)
     # student names follow intake.FOLDER_NAME, so they are safe to print in the Markdown header
     unstable = [student.student for student in students if any(model.unstable for model in student.models)]
     if measure and (baseline["result"]["unstable"] or unstable):  # the instructor's machine, not the students

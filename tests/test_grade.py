@@ -96,7 +96,7 @@ def made(tmp_path_factory, float_weights, sample_photos) -> Path:
             "minmax",
             *calibration,
         ),
-        ("--output", folder / MODELS["dynamic"], "--method", "dynamic"),
+        ("--output", folder / MODELS["dynamic"], "--method", "dynamic", "--engine", "x86"),  # task 2's command
     ):
         check(run_script("quantize_model.py", *common, *args))
     for name, (granularity, observer) in TABLE.items():
@@ -303,10 +303,12 @@ def test_honest_students_are_ranked_by_the_rubric(remeasured, made):
         float(ada["points_parts"]) + float(ada["points_open"]) - float(ben["points_parts"]), abs=0.11
     )
     assert (ada["parts"], ada["missing_parts"]) == ("baseline dynamic static ptq_table pi", "qat")
-    # the open target: the only one in the class, so the class's best and all its points
+    # the open target: 1.25x against the rubric's fixed bar of 1.3x, on the line from 1.05x
     assert float(ada["pi_open_speedup"]) == pytest.approx(OPEN_SPEEDUP, abs=0.01)
-    assert (float(ada["points_open"]), float(ben["points_open"])) == (15.0, 0.0)
-    assert "all its points at 1.25x the default model's" in stdout
+    assert (float(ada["points_open"]), float(ben["points_open"])) == (12.0, 0.0)
+    assert "all its points at 1.30x the default model's" in stdout
+    assert "accuracy gates: a model fails an accuracy gate" in stdout and "int8 path graded: x86 " in stdout
+    assert float(ada["top1_drop_low"]) <= float(ada["top1_drop"]) <= float(ada["top1_drop_high"])
     assert (ben["parts"], cy["parts"]) == ("baseline static", "baseline dynamic")
     assert float(ada["pi_fps"]) == pytest.approx(json.loads((made / "pi_run.json").read_text())["mean_fps"], abs=0.05)
     assert "isolation: " in stdout

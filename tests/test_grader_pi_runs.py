@@ -124,7 +124,7 @@ def test_the_open_target_counts_only_like_against_like(
     [
         ({"granularity": "per_tensor"}, "its sidecar: static, qnnpack, per_tensor, histogram"),
         ({"parameters": 11_689_512}, "MobileNetV2 with 3,487,816 weights and biases (this one: 11689512)"),
-        ({"top1_drop": 82.0}, "a working MobileNetV2 (this one loses 82.0 points"),
+        ({"top1_drop": 82.0}, "a working MobileNetV2 (this one loses 82.00 points"),
         # the dynamic model in disguise (fp32 convolutions, 10.15 MB against fp32's 14 MB) under a static sidecar
         ({"size_ratio": 14.0 / 10.15}, "this one is 1/1.4 of it: fp32 layers left"),
     ],

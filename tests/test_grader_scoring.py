@@ -23,21 +23,80 @@ def test_claim_checks():
     tolerance = {"top1_points": 3.0, "speedup_factor": 2.0, "size_relative": 0.02}
     fp32 = {"top1": 70.0, "size_mb": 14.0, "latency_ms": {"median": 20.0}}
 
-    def flags(claimed_top1: float, claimed_ms: float, measured_drop: float, measured_speedup: float) -> list[str]:
-        row = {"top1": claimed_top1, "size_mb": 3.9, "latency_ms": {"median": claimed_ms}}
-        grade = ModelGrade(file="m.pt", method="static", top1_drop=measured_drop, speedup=measured_speedup)
+    def flags(claimed_top1: float, measured_drop: float, interval=(None, None), rule: str = "interval") -> list[str]:
+        row = {"top1": claimed_top1, "size_mb": 3.9, "latency_ms": {"median": 5.0}}
+        grade = ModelGrade(file="m.pt", method="static", top1_drop=measured_drop, speedup=3.0,
+                           top1_drop_low=interval[0], top1_drop_high=interval[1])  # fmt: skip
         found: list[str] = []
-        scoring._check_claims("m.pt", row, scoring._claimed(row, fp32), grade, tolerance, found)
+        scoring._check_claims("m.pt", row, scoring._claimed(row, fp32), grade, tolerance, found, rule)
         return found
 
-    assert flags(69.0, 5.0, measured_drop=2.0, measured_speedup=3.0) == []  # drop 1 vs 2, 4x vs 3x: within
-    assert flags(69.0, 5.0, measured_drop=3.5, measured_speedup=1.9) == [
-        "m.pt: claimed speed-up 4.00x, re-measured 1.90x (tolerance x/÷ 2)"
+    assert flags(69.0, measured_drop=2.0) == []  # drop 1 vs 2: within 3 points
+    assert flags(70.0, measured_drop=5.0) == [
+        "m.pt: claimed top-1 drop +0.0 points, re-measured 5.00 points (tolerance 3)"
     ]
-    assert [f.split(":")[1].strip() for f in flags(70.0, 20.0, measured_drop=5.0, measured_speedup=4.0)] == [
-        "claimed top-1 drop +0.0 points, re-measured +5.0 (tolerance 3)",
-        "claimed speed-up 1.00x, re-measured 4.00x (tolerance x/÷ 2)",
+    # on few photos the re-measured drop is 5 points, interval [+2.5, +7.5]: a claim of 0 is within 3 of it
+    assert flags(70.0, measured_drop=5.0, interval=(2.5, 7.5)) == []
+    assert flags(70.0, measured_drop=5.0, interval=(2.5, 7.5), rule="point") != []  # the point rule ignores it
+    assert flags(72.0, measured_drop=5.0, interval=(4.5, 5.5)) == [
+        "m.pt: claimed top-1 drop -2.0 points, re-measured 5.00 points, 95 % interval [+4.50, +5.50] (tolerance 3)"
     ]
+
+
+def test_speed_claims_are_flagged_only_when_faster_than_two_measurements():
+    tolerance = {"speedup_factor": 2.0}
+
+    def verdict(claimed: float, first: float, second: float, unstable: bool = False) -> str | None:
+        grade = ModelGrade(file="m.pt", method="static", speedup=max(first, second), unstable=unstable,
+                           speedup_range=(min(first, second), max(first, second)))  # fmt: skip
+        return scoring._speed_verdict("m.pt", claimed, grade, tolerance)
+
+    # the issue's honest class under load: 0.41x claimed, 0.85x re-measured: a slower claim is never checked
+    assert not scoring._claims_faster(0.41, 0.85, tolerance)
+    assert scoring._claims_faster(4.0, 1.5, tolerance) and not scoring._claims_faster(2.9, 1.5, tolerance)
+    assert verdict(2.9, 1.4, 1.5) is None  # the second measurement is within x2 of the claim
+    # the two measurements differ by 1.5x (a loaded machine): a claim within their spread is a note
+    assert verdict(4.0, 1.0, 1.5).startswith("unstable: m.pt claims a 4.00x speed-up")
+    assert verdict(4.0, 1.45, 1.5, unstable=True).startswith("unstable")  # the child saw a busy machine
+    assert verdict(4.0, 1.45, 1.5) == "m.pt: claimed speed-up 4.00x, re-measured 1.45x and 1.50x (tolerance x/÷ 2)"
+    # the student's own benchmark marked its latency unstable (their machine was busy): a note, not a flag
+    steady = ModelGrade(file="m.pt", method="static", speedup=1.5, speedup_range=(1.45, 1.5))
+    assert "marks that latency unstable" in scoring._speed_verdict("m.pt", 292.0, steady, tolerance, True)
+    assert scoring._own_unstable({"unstable": None}, {"unstable": "p90 is 3.1x the median"})
+    assert not scoring._own_unstable({"unstable": None}, {"unstable": None})
+
+    pupil = StudentGrade(student="ada")
+    pupil.models = [ModelGrade(file=f"m{i}.pt", method="static", speed_claim=claim) for i, claim in
+                    enumerate(["m0.pt: claimed speed-up 4.00x", "unstable: m1.pt ...", "m2.pt: claimed speed-up 9x"])]  # fmt: skip
+    scoring._speed_flags(pupil)
+    assert pupil.flags == ["m0.pt: claimed speed-up 4.00x"]  # at most one speed flag per student
+    assert pupil.notes == ["unstable: m1.pt ..."]
+    assert pupil.problems == ["m2.pt: claimed speed-up 9x; counted in the one speed flag above"]
+
+
+class TwiceRunner:
+    """Two measurements of one model: the first (cached) and the one measure_again asks for."""
+
+    measure, memory_mb, timeout = True, 3072, 60.0
+
+    def __init__(self, medians: list[float]) -> None:
+        self.medians = medians
+        self.calls = 0
+
+    def measure_again(self, path: Path, sidecar: dict | None) -> sandbox.Outcome:
+        self.calls += 1
+        median = self.medians[self.calls]
+        return sandbox.Outcome(
+            result={"ok": True, "measured": {"top1": 70.0, "top5": 90.0, "latency_ms": {"median": median}}}
+        )
+
+
+def test_a_second_measurement_gives_the_range_and_leaves_the_points():
+    grade = ModelGrade(file="m.pt", method="static", speedup=20.0 / 10.0)
+    runner = TwiceRunner([10.0, 5.0])
+    scoring._measure_speed_again(Path("m.pt"), None, grade, runner, {"latency_ms": {"median": 20.0}})
+    # the points stay the first measurement's, like every model's that was measured once
+    assert runner.calls == 1 and grade.speedup_range == (2.0, 4.0) and grade.speedup == 2.0
 
 
 def student(name: str, speedup: float | None, status: str = "ok") -> StudentGrade:
@@ -48,9 +107,10 @@ def student(name: str, speedup: float | None, status: str = "ok") -> StudentGrad
 
 
 def test_the_class_best_sets_full_points_and_a_forger_does_not():
+    best = {**RUBRIC, "open": {**RUBRIC["open"], "full_at": "best"}}
     students = [student("ada", 1.5), student("ben", 1.25), student("cy", 0.9), student("dan", None),
                 student("eve", 3.0, status="flagged")]  # fmt: skip
-    assert scoring.score_open_target(students, RUBRIC) == pytest.approx(1.5)
+    assert scoring.score_open_target(students, best) == pytest.approx(1.5)
     points = {s.student: s.points["open"] for s in students}
     # on a line from 1.05x (within the noise of two runs: nothing) to the best's 1.5x
     assert points == pytest.approx({"ada": 15.0, "ben": 15 * 0.2 / 0.45, "cy": 0.0, "dan": 0.0, "eve": 15.0})
@@ -60,10 +120,15 @@ def test_the_class_best_sets_full_points_and_a_forger_does_not():
     assert scoring.score_open_target(again, fixed) == 2.05 and again[0].points["open"] == pytest.approx(7.5)
     # one forger who edited two Pi files consistently (not flagged) at 29x: the bar is 1.5 x the next best
     forged = [student("ada", 1.3), student("ben", 1.25), student("zed", 29.0)]
-    assert scoring.score_open_target(forged, RUBRIC) == pytest.approx(1.3 * RUBRIC["open"]["best_cap"])
+    assert scoring.score_open_target(forged, best) == pytest.approx(1.3 * RUBRIC["open"]["best_cap"])
     assert forged[0].points["open"] == pytest.approx(15 * 0.25 / (1.95 - 1.05))
     nobody = [student("ada", 1.04), student("ben", None)]
-    assert scoring.score_open_target(nobody, RUBRIC) is None and nobody[0].points["open"] == 0.0
+    assert scoring.score_open_target(nobody, best) is None and nobody[0].points["open"] == 0.0
+    # the default: a fixed bar the instructor sets from a reference Pi run; a 29x forger changes nobody's points
+    assert RUBRIC["open"]["full_at"] == 1.3
+    fixed_bar = [student("ada", 1.3), student("ben", 1.25), student("zed", 29.0)]
+    assert scoring.score_open_target(fixed_bar, RUBRIC) == 1.3
+    assert fixed_bar[0].points["open"] == pytest.approx(15.0) and fixed_bar[1].points["open"] == pytest.approx(12.0)
 
 
 def test_task_3_table_needs_four_distinct_models_for_one_engine():

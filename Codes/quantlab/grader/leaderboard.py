@@ -31,6 +31,8 @@ LEADERBOARD_COLUMNS = (
     "engine",
     "top1",
     "top1_drop",
+    "top1_drop_low",
+    "top1_drop_high",
     "speedup",
     "size_mb",
     "size_ratio",
@@ -45,6 +47,7 @@ LEADERBOARD_COLUMNS = (
     "pi_fps",
     "pi_open_speedup",
     "reasons",
+    "notes",
     "possible_copying",
 )
 
@@ -79,6 +82,8 @@ def leaderboard_rows(students: list[StudentGrade]) -> list[dict]:
                 "engine": best.engine if best else None,
                 "top1": _rounded(best.top1) if best else None,
                 "top1_drop": _rounded(best.top1_drop) if best else None,
+                "top1_drop_low": _rounded(best.top1_drop_low) if best else None,
+                "top1_drop_high": _rounded(best.top1_drop_high) if best else None,
                 "speedup": _rounded(best.speedup) if best else None,
                 "size_mb": _rounded(best.size_mb, 3) if best else None,
                 "size_ratio": _rounded(best.size_ratio) if best else None,
@@ -92,6 +97,7 @@ def leaderboard_rows(students: list[StudentGrade]) -> list[dict]:
                 "pi_fps": _rounded(student.pi_fps, 1),
                 "pi_open_speedup": _rounded(student.open_speedup),
                 "reasons": " | ".join(capped_reasons(student.reasons)),
+                "notes": " | ".join(capped_reasons(student.notes)),
                 "possible_copying": " | ".join(capped_reasons(student.copying)),
             }
         )
@@ -145,6 +151,15 @@ def _notes_by_student(
     return lines or ["None."]
 
 
+def _drop_shown(row: dict) -> str | None:
+    """'+1.22 [+0.11, +2.33]': the drop with its paired interval when the grader measured one."""
+    if row["top1_drop"] is None:
+        return None
+    if row["top1_drop_low"] is None or row["top1_drop_high"] is None:
+        return f"{row['top1_drop']:+.2f}"
+    return f"{row['top1_drop']:+.2f} [{row['top1_drop_low']:+.2f}, {row['top1_drop_high']:+.2f}]"
+
+
 def leaderboard_markdown(students: list[StudentGrade], header: list[str]) -> str:
     """The leaderboard as Markdown: the context, the ranking, then every submission's problems."""
     rows = leaderboard_rows(students)
@@ -155,7 +170,7 @@ def leaderboard_markdown(students: list[StudentGrade], header: list[str]) -> str
         "status",
         "best_model",
         "method",
-        "top1_drop",
+        "drop_shown",
         "speedup",
         "size_ratio",
         "parts",
@@ -169,7 +184,7 @@ def leaderboard_markdown(students: list[StudentGrade], header: list[str]) -> str
         "status",
         "best model",
         "method",
-        "top-1 drop (points)",
+        "top-1 drop (points) [95 % interval]",
         "speed-up",
         "smaller",
         "parts",
@@ -184,8 +199,19 @@ def leaderboard_markdown(students: list[StudentGrade], header: list[str]) -> str
         "| " + " | ".join(titles) + " |",
         "|" + "---|" * len(titles),
     ]
+    for row in rows:
+        row["drop_shown"] = _drop_shown(row)
     lines += ["| " + " | ".join(_cell(row[key]) for key in shown) + " |" for row in rows]
     lines += ["", "## Problems", "", *_notes_by_student(students, lambda student: student.reasons, with_status=True)]
+    lines += [
+        "",
+        "## Notes",
+        "",
+        "No effect on the score or status: unstable speed measurements, models for another engine, photos a "
+        "model may have been fitted to, a student graded without a Pi.",
+        "",
+        *_notes_by_student(students, lambda student: student.notes, with_status=False),
+    ]
     lines += [
         "",
         "## Possible copying",

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantlab.grader import gates
 from quantlab.grader.records import ModelGrade
 from quantlab.grader.untrusted import clean_text, finite_number, read_json_file
 from quantlab.vocab import DEFAULT_RECIPE
@@ -193,10 +194,18 @@ def _default_problem(model: ModelGrade, rubric: dict, parameters: int | None) ->
             f"int8 MobileNetV2, about {1 / 3.6:.0%} of fp32's size (this one is 1/{model.size_ratio:.1f} of it: "
             "fp32 layers left, e.g. a dynamic model)"
         )
-    worst = rubric["accuracy"]["zero_at_drop"]
-    if model.top1_drop is not None and model.top1_drop > worst:
-        return f"a working MobileNetV2 (this one loses {model.top1_drop:.1f} points of top-1, more than {worst:g})"
+    worst, rule = rubric["accuracy"]["zero_at_drop"], rubric["accuracy"]["gate"]
+    if model.top1_drop is not None and gates.fails_gate(model.top1_drop, model.top1_drop_low, worst, rule):
+        lost = gates.describe_drop(model.top1_drop, model.top1_drop_low, model.top1_drop_high)
+        return f"a working MobileNetV2 (this one loses {lost} of top-1, more than {worst:g})"
     return None
+
+
+def _gate_drop(model: ModelGrade, rule: str) -> float:
+    """What a gate compares: the interval's low end under the interval rule, else the drop; unknown last."""
+    if model.top1_drop is None:
+        return math.inf
+    return model.top1_drop_low if rule == "interval" and model.top1_drop_low is not None else model.top1_drop
 
 
 def check_open_run(
@@ -252,13 +261,17 @@ def check_open_run(
     default_fps, default_why = model_fps(default, rubric)
     if why or default_why:
         return None, why or default_why
-    best = min(candidates, key=lambda model: model.top1_drop if model.top1_drop is not None else math.inf)
+    best = min(candidates, key=lambda model: _gate_drop(model, rubric["accuracy"]["gate"]))
     allowed = rubric["open"]["max_drop"]
     if best.top1_drop is None:
         return None, f"{name}: the top-1 of {best.file} is unknown (no fp32 row to compare with): no open points"
-    if best.top1_drop > allowed:
+    if gates.fails_gate(best.top1_drop, best.top1_drop_low, allowed, rubric["accuracy"]["gate"]):
+        lost = gates.describe_drop(best.top1_drop, best.top1_drop_low, best.top1_drop_high)
+        beyond = (
+            " (all of it beyond)" if rubric["accuracy"]["gate"] == "interval" and best.top1_drop_low is not None else ""
+        )
         return None, (
-            f"{name}: {best.file} loses {best.top1_drop:.2f} points of top-1 against fp32, more than the "
-            f"{allowed:g} the open target allows: no open points"
+            f"{name}: {best.file} loses {lost} of top-1 against fp32, more than the "
+            f"{allowed:g} the open target allows{beyond}: no open points"
         )
     return open_fps / default_fps, None

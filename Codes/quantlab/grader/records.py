@@ -15,11 +15,17 @@ class ModelGrade:
     size_mb: float | None = None  # the file's size, measured here
     top1: float | None = None  # re-measured, or claimed without --remeasure
     top1_drop: float | None = None  # vs fp32 (the grader's with --remeasure, the report's row without)
+    # the drop's paired 95 % interval (photo by photo against the grader's fp32), with --remeasure only
+    top1_drop_low: float | None = None
+    top1_drop_high: float | None = None
     speedup: float | None = None
     size_ratio: float | None = None
     points: dict[str, float] = field(default_factory=dict)
     excluded: str | None = None  # why the model is not scored
     unstable: bool = False  # its re-measured latency was unstable (the grader's machine was busy)
+    speedup_range: tuple[float, float] | None = None  # the speed-ups of its first and second measurement
+    source_note: str | None = None  # its sidecar's calibration or training photos are the grading folder
+    speed_claim: str | None = None  # a speed claim beyond tolerance after two measurements: flag or "unstable"
     sha256: str | None = None  # the file's bytes
     weights: str | None = None  # its weights, whatever the file's name or metadata
     answers: str | None = None  # what it computes (its logits on a fixed input): one model, whatever its bytes
@@ -55,6 +61,8 @@ class StudentGrade:
     flags: list[str] = field(default_factory=list)  # claims that disagree with the files or re-measurements
     problems: list[str] = field(default_factory=list)  # everything else that is wrong
     copying: list[str] = field(default_factory=list)  # files identical to another student's (for the instructor)
+    pi_scale: float | None = None  # the rubric made the Pi optional and this student had none: points x this
+    notes: list[str] = field(default_factory=list)  # for the instructor, no effect on status ("unstable", engines)
     fingerprints: dict[str, str] = field(default_factory=dict)  # what copying is detected on: label -> digest
 
     @property

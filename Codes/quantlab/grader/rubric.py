@@ -16,6 +16,13 @@ from quantlab.grader.untrusted import clean_text, finite_number
 KNOWN_PARTS = ("baseline", "dynamic", "static", "ptq_table", "qat", "pi")
 # the default rubric ships inside the package (configs/rubric.yaml links to it): a pip install without -e has it
 DEFAULT_RUBRIC = "rubric.yaml"
+# keys whose value may be a word: the words each allows (a number too where its default is a number's place)
+WORDS = {
+    "accuracy.gate": ("interval", "point"),
+    "open.full_at": ("best",),
+    "engines.pc": ("x86", "onednn", "fbgemm", "any"),
+}
+NUMBER_OR_WORD = ("open.full_at",)  # a number, or one of its words
 
 
 def _overlay(defaults: dict, overrides: dict, where: str, source: Path) -> dict:
@@ -41,10 +48,17 @@ def _overlay(defaults: dict, overrides: dict, where: str, source: Path) -> dict:
                     f"rubric {source}: '{name}' lists {len(value)} names; the parts are {', '.join(KNOWN_PARTS)}"
                 )
             merged[key] = value
-        elif isinstance(default, str) and value == default:  # a word the rubric allows instead of a number
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise KitError(f"rubric {source}: '{name}' must be true or false, got {clean_text(repr(value), 60)}")
             merged[key] = value
+        elif value in WORDS.get(name, (default,) if isinstance(default, str) else ()):  # a word the rubric allows
+            merged[key] = value
+        elif name in WORDS and name not in NUMBER_OR_WORD:
+            words = " or ".join(f"'{word}'" for word in WORDS[name])
+            raise KitError(f"rubric {source}: '{name}' must be {words}, got {clean_text(repr(value), 60)}")
         elif finite_number(value, low=-1e12, high=1e12) is None:  # not a number, NaN, or a typo's 400 digits
-            allowed = f" or '{default}'" if isinstance(default, str) else ""
+            allowed = "".join(f" or '{word}'" for word in WORDS.get(name, ()))
             raise KitError(f"rubric {source}: '{name}' must be a number{allowed}, got {clean_text(repr(value), 60)}")
         else:
             merged[key] = value

@@ -50,6 +50,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import quantlab
+from quantlab import cpu
 from quantlab.assets import CACHE_ENV, cache_dir
 from quantlab.errors import KitError
 
@@ -212,7 +213,15 @@ def _child_env(scratch: Path, temporary: Path) -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
         "MPLCONFIGDIR": str(scratch / "mpl"),
+        **_int8_isa_environment(),
     }
+
+
+def _int8_isa_environment() -> dict[str, str]:
+    """The grader's variables that lower PyTorch's int8 instruction level, passed on to the cleared child: an
+    instructor forcing the non-VNNI path (``ONEDNN_MAX_CPU_ISA=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2``) grades
+    every model on it."""
+    return {name: os.environ[name] for name in (cpu.ONEDNN_ENV, cpu.FBGEMM_ENV) if name in os.environ}
 
 
 def _limit_child(limits: Limits):
