@@ -9,6 +9,7 @@ Examples:
     python Codes/mobile_net.py --source picamera2 --quantize --json pi_run.json   # Pi Camera Module, summary saved
     python Codes/mobile_net.py --source clip.mp4 --top 5                # a video file, or a folder of images
     python Codes/mobile_net.py --model mobilenet_v2_int8.pt             # a model from quantize_model.py
+    python Codes/mobile_net.py --model mnv2_int8.tflite --source samples   # LiteRT (pip install ai-edge-litert)
 """
 
 import argparse
@@ -48,7 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=jit, help="TorchScript the model")
     model_or_weights = parser.add_mutually_exclusive_group()
     model_or_weights.add_argument("--weights", type=Path, help="a MobileNetV2 state dict (int8 with --quantize)")
-    model_or_weights.add_argument("--model", type=Path, help="a TorchScript (.pt), ONNX (.onnx) or PT2E (.pt2) file")
+    model_or_weights.add_argument(
+        "--model", type=Path, help="a TorchScript (.pt), ONNX (.onnx), PT2E (.pt2) or LiteRT (.tflite) file"
+    )
     parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     parser.add_argument("--json", type=Path, help="write the summary to this JSON file")
     args = parser.parse_args(argv)

@@ -46,8 +46,8 @@ class LoadedModel:
 
     name: str
     model: Callable[[torch.Tensor], torch.Tensor]
-    runtime: str  # pytorch | onnxruntime
-    format: str  # torchvision | state_dict | torchscript | onnx
+    runtime: str  # pytorch | onnxruntime | litert
+    format: str  # torchvision | state_dict | torchscript | onnx | pt2 | python | tflite
     engine: str | None  # PyTorch's int8 engine it runs on; None for fp32 and ONNX Runtime
     path: str | None
     size_mb: float
@@ -62,7 +62,12 @@ class LoadedModel:
     @property
     def quantized(self) -> bool:
         """Whether it computes in int8: a PyTorch int8 engine, or int8 operators in its ONNX graph."""
-        return self.engine is not None or (self.format == "onnx" and self.onnx_int8)
+        return (
+            self.engine is not None
+            or (self.format == "onnx" and self.onnx_int8)
+            or self.format == "tflite"
+            and self.method != "fp32"
+        )
 
 
 def count_parameters(model: Callable) -> int | None:
@@ -447,6 +452,10 @@ def _load_file(spec: str, engine: str, threads: int, arch: str, input_size: int)
         raise KitError(f"--model {spec} is a folder; pass a model file (.pt, .pth or .onnx)")
     if path.suffix.lower() in vocab.ONNX_SUFFIXES:
         return _load_onnx(path, threads, input_size)
+    if path.suffix.lower() == vocab.TFLITE_SUFFIX:
+        from quantlab import litert  # LiteRT's runtime: imported only for a .tflite file
+
+        return litert.load_tflite(path, threads, input_size)
     if files.is_torchscript_file(path):
         return _load_torchscript(path, engine, threads)
     try:
@@ -535,6 +544,11 @@ def load_for_demo(path: Path, engine: str, input_size: int, threads: int) -> tup
         return exported, f"none needed ({how})", f"{path} ({size}, PT2E)"
     if path.suffix.lower() in vocab.ONNX_SUFFIXES:
         return models.load_model_file(path, threads), "none needed (ONNX Runtime)", f"{path} ({size}, ONNX)"
+    if path.suffix.lower() == vocab.TFLITE_SUFFIX:
+        from quantlab import litert
+
+        model = litert.LiteRTModel(path, threads)
+        return model, f"none needed (LiteRT, {litert.describe(model)})", f"{path} ({size}, LiteRT)"
     made_for = models.read_sidecar(path).get("engine")
     if engine == "auto" and made_for:
         chosen, _ = engines.resolve_engine(made_for)
