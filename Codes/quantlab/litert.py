@@ -49,7 +49,6 @@ CONVERTER_MISSING = (
     "so give it a virtual environment of its own"
 )
 TFLITE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every LiteRT flatbuffer
-TFLITE_SUFFIX = ".tflite"
 _HARMLESS = ("Created TensorFlow Lite XNNPACK delegate", "Estimated count of arithmetic ops")
 
 
