@@ -9,6 +9,7 @@ Examples:
     python Codes/mobile_net.py --source picamera2 --quantize --json pi_run.json   # Pi Camera Module, summary saved
     python Codes/mobile_net.py --source clip.mp4 --top 5                # a video file, or a folder of images
     python Codes/mobile_net.py --model mobilenet_v2_int8.pt             # a model from quantize_model.py
+    python Codes/mobile_net.py --model mnv2_int8.tflite --source samples   # LiteRT (pip install ai-edge-litert)
 """
 
 import argparse
@@ -51,7 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model_or_weights = parser.add_mutually_exclusive_group()
     model_or_weights.add_argument("--weights", type=Path, help="a MobileNetV2 state dict (int8 with --quantize)")
     model_or_weights.add_argument(
-        "--model", type=Path, help="a model file: TorchScript (.pt), ONNX (.onnx), PT2E (.pt2) or a state dict"
+        "--model",
+        type=Path,
+        help="a model file: TorchScript (.pt), ONNX (.onnx), PT2E (.pt2), LiteRT (.tflite) or a state dict",
     )
     parser.add_argument("--threads", type=count, help="CPU threads (default: physical cores)")
     parser.add_argument("--json", type=Path, help="write the summary to this JSON file")
@@ -69,6 +72,8 @@ def load_model_file(args: argparse.Namespace, threads: int) -> tuple[Callable[[t
         engine_used = f"{loaded.engine} ({loaded.engine_reason})"
     elif loaded.format == "onnx":
         engine_used = "none needed (ONNX Runtime)"
+    elif loaded.format == "tflite":
+        engine_used = loaded.engine_reason
     elif loaded.format == "pt2":
         engine_used = f"none needed ({'torch.compile, inductor' if loaded.model.compiled else 'exported program'})"
     else:

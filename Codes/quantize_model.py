@@ -7,7 +7,9 @@ Three methods, as in the notebooks:
            model's answers, --qat-loss distill, unless --qat-loss labels), then convert
 
 The output is a TorchScript file (``torch.jit.load`` alone runs it, e.g. on the
-Pi) or, with ``--format onnx``, an ONNX file for ONNX Runtime. A JSON sidecar
+Pi) or, with ``--format onnx``, an ONNX file for ONNX Runtime, or with ``--format
+tflite`` a LiteRT file (needs litert-torch; it writes X_fp32.tflite beside X.tflite,
+the float baseline converted the same way). A JSON sidecar
 beside it records how it was made; ``Codes/mobile_net.py --model`` reads the
 engine from it. ``--config FILE.yaml`` takes the same settings in sections
 modelled on the STM32 model zoo (see configs/); flags override the file.
@@ -19,6 +21,7 @@ Examples:
     python Codes/quantize_model.py --output mnv2_dynamic.pt --method dynamic
     python Codes/quantize_model.py --output mnv2_qat.pt --method qat --train-data photos/ --epochs 1 --lr 3e-5
     python Codes/quantize_model.py --output mnv2_int8.onnx --format onnx --calib-data photos/
+    python Codes/quantize_model.py --output mnv2_int8.tflite --calib-data photos/   # LiteRT, + mnv2_int8_fp32.tflite
     python Codes/quantize_model.py --model my_finetuned.pth --arch resnet18 --output mine_int8.pt --calib-data photos/
     python Codes/quantize_model.py --config configs/quantize_chain_eqeb.yaml
     python Codes/quantize_model.py --model my_net.py:build --weights my_net.pth --output my_net_int8.pt2 --calib-data photos/
@@ -83,13 +86,15 @@ SETTINGS: dict[str, Setting] = {
         yaml="general.arch",
         expected="an architecture name",
     ),
-    "output": Setting(None, "the file to write: FILE.pt (TorchScript), FILE.onnx or FILE.pt2 (PT2E)", Path),
+    "output": Setting(
+        None, "the file to write: FILE.pt (TorchScript), FILE.onnx, FILE.pt2 (PT2E) or FILE.tflite (LiteRT)", Path
+    ),
     "format": Setting(
         None,
-        "torchscript, onnx or pt2 (default: from --output's suffix)",
+        "torchscript, onnx, pt2 or tflite (default: from --output's suffix)",
         choices=vocab.FORMATS,
         yaml="quantization.format",
-        expected="torchscript, onnx or pt2",
+        expected="torchscript, onnx, pt2 or tflite",
     ),
     "method": Setting(
         "static",
@@ -285,7 +290,7 @@ def check_settings(settings: dict) -> None:
     if output is None:
         if settings["export_dir"] is None:
             raise KitError("name the file to write: --output FILE.pt (or quantization.export_dir in --config)")
-        suffix = ".onnx" if settings["format"] == "onnx" else ".pt"
+        suffix = {"onnx": ".onnx", "pt2": ".pt2", "tflite": vocab.TFLITE_SUFFIX}.get(settings["format"], ".pt")
         name = Path(str(settings["model"])).stem
         output = (
             Path(settings["export_dir"])
@@ -297,13 +302,15 @@ def check_settings(settings: dict) -> None:
         if output.suffix.lower() in vocab.ONNX_SUFFIXES
         else "pt2"
         if pt2e.is_exported_file(output)
+        else "tflite"
+        if output.suffix.lower() == vocab.TFLITE_SUFFIX
         else "torchscript"
     )
     settings["format"] = settings["format"] or suffix_format
     if settings["format"] != suffix_format:
         raise KitError(
             f"--output {output} does not fit --format {settings['format']}; "
-            f"name it FILE{ {'onnx': '.onnx', 'pt2': '.pt2'}.get(settings['format'], '.pt') }"
+            f"name it FILE{ {'onnx': '.onnx', 'pt2': '.pt2', 'tflite': '.tflite'}.get(settings['format'], '.pt') }"
         )
     check_own_model_route(settings, method)
     if settings["format"] == "onnx" and method == "qat":
@@ -353,6 +360,15 @@ def check_own_model_route(settings: dict, method: str) -> None:
         raise KitError(
             f"PT2E (FILE.pt2) does static post-training quantization here, not --method {method}; drop --method"
         )
+    if settings["format"] == "tflite" and (method != "static" or settings["observer"] != "histogram"):
+        raise KitError(
+            "LiteRT (FILE.tflite) gets static post-training quantization with its PT2E quantizer's histogram "
+            f"observer here; drop --method {method} / --observer {settings['observer']}"
+        )
+    if settings["format"] == "tflite":
+        from quantlab import litert
+
+        litert.check_converter()  # fail now, not after loading the model and the photos
     if settings["format"] == "pt2" and settings["observer"] != "histogram":
         raise KitError(
             "PT2E's quantizers observe activations with a histogram; drop --observer "
@@ -662,6 +678,16 @@ def quantize_and_save(
         return models.save_with_sidecar(
             output, lambda partial: write_onnx(fp32, settings, calibration, partial), sidecar
         )
+    if settings["format"] == "tflite":  # LiteRT: litert-torch converts, its PT2E quantizer calibrates
+        from quantlab import litert
+
+        del sidecar["engine"]  # LiteRT runs its own kernels (XNNPACK): no PyTorch engine to pick
+        batches, source = calibration_batches(settings, calibration)
+        sidecar.update(runtime="litert", calibration={"source": source})
+        sidecar = litert.save_tflite(fp32, output, batches, size, settings["granularity"], sidecar)
+        print(f"LiteRT: {sidecar['quantizer']}; calibrated on {sidecar['calibration']['images']} images from {source}")
+        print(f"wrote the float model converted the same way: {litert.fp32_companion(output)}")
+        return sidecar
     if settings["format"] == "pt2":
         return quantize_with_pt2e(fp32, settings, engine, calibration, sidecar)
     int8, facts = quantize_torch(fp32, settings, engine, calibration)
@@ -715,8 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(settings["seed"])
     engine, why = engines.resolve_engine(settings["engine"])
     print(f"engine: {engine} ({why}); threads: {threads}")
-    if settings["format"] == "onnx":
-        print("note: ONNX Runtime runs the ONNX file with its own int8 kernels; --engine applies to PyTorch only")
+    if settings["format"] in ("onnx", "tflite"):
+        runtime = "ONNX Runtime" if settings["format"] == "onnx" else "LiteRT (XNNPACK)"
+        print(f"note: {runtime} runs the file with its own int8 kernels; --engine applies to PyTorch only")
     fp32 = float_model(settings)
     calibration, evaluation = data_subsets(settings)
     if "evaluate" in steps and (evaluation is None or len(evaluation) == 0):

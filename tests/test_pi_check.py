@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,6 +112,7 @@ def test_pinned_requirements_work_on_pi4_and_pi5() -> None:
         "x86-model",
         "x86-onnx-model",
         "x86-onnx-dynamic-model",  # uint8 weights: onnxruntime 1.23.2 has no ConvInteger kernel for int8 ones
+        "litert",  # ai-edge-litert's interpreter and XNNPACK on a small model (the .tflite files need litert-torch)
     )
     first_cpu = ("x86-pt2e-model", "mobile-net")  # the same Python on every CPU: the first runs them (CI time)
     for cpu, steps in (("cortex-a72", every_cpu + first_cpu), ("cortex-a76", every_cpu)):
@@ -118,6 +120,39 @@ def test_pinned_requirements_work_on_pi4_and_pi5() -> None:
             assert f"[{cpu}] ok   {step}:" in done.stdout, f"{cpu} {step} missing\n" + explain(done)
     assert "[cortex-a76] the demo and the PT2E file run on cortex-a72 only" in done.stdout, explain(done)
     assert "PASS on cortex-a72, cortex-a76" in done.stdout, explain(done)
+
+
+CONTAINER_CHECK = REPO / "tools" / "pi_check" / "container_check.py"
+
+
+def test_container_check_bad_command_line_exits_2() -> None:
+    done = subprocess.run(
+        [sys.executable, str(CONTAINER_CHECK), "--model", "no_such_model.tflite"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("container_check: error: --model no_such"), explain(done)
+
+
+@emulation
+@pytest.mark.skipif(
+    not (shutil.which("podman") and shutil.which("runc")), reason="the container check needs podman and runc"
+)
+def test_the_demo_container_builds_and_runs_on_an_emulated_pi4() -> None:
+    """docker/Dockerfile built with podman on the Pi check's Debian root, the demo run in it under qemu."""
+    done = subprocess.run(
+        [sys.executable, str(CONTAINER_CHECK), "--frames", "2"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 0, explain(done)
+    assert "ok   container: mobile_net.py --source samples --quantize" in done.stdout, explain(done)
 
 
 @emulation

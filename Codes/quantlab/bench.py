@@ -57,6 +57,7 @@ def machine_info(threads: int, engine: str | None) -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "onnxruntime": _version("onnxruntime"),
+        "litert": _version("ai-edge-litert"),  # LiteRT's runtime (.tflite files)
         "threads": threads,
         "physical_cores": engines.physical_cores(),
         "engine": engine,

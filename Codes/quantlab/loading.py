@@ -69,9 +69,9 @@ class LoadedModel:
 
     name: str
     model: Callable[[torch.Tensor], torch.Tensor]
-    runtime: str  # pytorch | onnxruntime
-    format: str  # torchvision | state_dict | torchscript | onnx | pt2 | python
-    engine: str | None  # PyTorch's int8 engine it runs on; None for fp32, ONNX Runtime and PT2E
+    runtime: str  # pytorch | onnxruntime | litert
+    format: str  # torchvision | state_dict | torchscript | onnx | pt2 | python | tflite
+    engine: str | None  # PyTorch's int8 engine it runs on; None for fp32, ONNX Runtime, PT2E and LiteRT
     path: str | None
     size_mb: float
     parameters: int | None
@@ -86,7 +86,12 @@ class LoadedModel:
     @property
     def quantized(self) -> bool:
         """Whether it computes in int8: a PyTorch int8 engine, or int8 operators in its ONNX graph."""
-        return self.engine is not None or (self.format == "onnx" and self.onnx_int8)
+        return (
+            self.engine is not None
+            or (self.format == "onnx" and self.onnx_int8)
+            or self.format == "tflite"
+            and self.method != "fp32"
+        )
 
 
 def count_parameters(model: Callable) -> int | None:
@@ -561,9 +566,19 @@ def _load_user_model(spec: str, request: _Request) -> LoadedModel:
     )
 
 
+def _load_tflite(path: Path, request: _Request) -> LoadedModel:
+    """A LiteRT file: LiteRT's interpreter runs it (XNNPACK), no PyTorch engine to pick."""
+    from quantlab import litert  # LiteRT's runtime: imported only for a .tflite file
+
+    loaded = litert.load_tflite(path, request.threads, request.input_size)
+    loaded.engine_reason = f"none needed (LiteRT, {litert.describe(loaded.model)})"
+    return loaded
+
+
 # how each kind of model file is loaded, by its suffix; any other suffix: TorchScript or a state dict, by content
 _LOADERS: dict[str, Callable[[Path, _Request], LoadedModel]] = {
     vocab.PT2_SUFFIX: _load_exported,
     **dict.fromkeys(vocab.ONNX_SUFFIXES, _load_onnx),
+    vocab.TFLITE_SUFFIX: _load_tflite,
     **dict.fromkeys(vocab.TORCH_SUFFIXES, _load_torch_file),
 }

@@ -115,8 +115,8 @@ RESULT_FIELDS = {
 }
 # written by newer versions of the kit; a report without them is still valid
 OPTIONAL_RESULT_FIELDS = {"unstable": _OPTIONAL_STR, "peak_rss_mb": _OPTIONAL_NUMBER, "recipe": _OPTIONAL_STR}
-FORMATS = ("torchvision", "state_dict", "torchscript", "onnx", "pt2", "python")
-RUNTIMES = ("pytorch", "onnxruntime")
+FORMATS = ("torchvision", "state_dict", "torchscript", "onnx", "pt2", "python", "tflite")
+RUNTIMES = ("pytorch", "onnxruntime", "litert")
 
 
 def _type_name(types) -> str:

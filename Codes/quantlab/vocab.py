@@ -18,7 +18,12 @@ RECORDED_METHODS = ("fp32", *METHODS, "int8")
 GRANULARITIES = ("per_channel", "per_tensor")  # one weight scale per output channel, or one per layer
 OBSERVERS = ("histogram", "minmax")  # how calibration estimates activation ranges
 ENGINE_CHOICES = ("auto", "qnnpack", "x86", "fbgemm", "onednn")  # PyTorch's int8 engines (quantlab.engines)
-FORMATS = ("torchscript", "onnx", "pt2")  # quantize_model.py --format; pt2: PT2E's exported program
+FORMATS = (
+    "torchscript",
+    "onnx",
+    "pt2",
+    "tflite",
+)  # quantize_model.py --format; pt2: PT2E's exported program; tflite: LiteRT
 
 # task 5's model (labs/homework.md): quantize_model.py's defaults with --engine qnnpack, run on the Pi;
 # the grader measures the open target against it (tests check quantize_model.py's defaults are these)
@@ -28,7 +33,8 @@ DEFAULT_RECIPE = ("static", "qnnpack", "per_channel", "histogram")  # method, en
 TORCH_SUFFIXES = (".pt", ".pth", ".ptl")  # TorchScript archives and torch.save files
 ONNX_SUFFIXES = (".onnx", ".ort")
 PT2_SUFFIX = ".pt2"  # torch.export's program (PT2E, your own model)
+TFLITE_SUFFIX = ".tflite"  # LiteRT (TensorFlow Lite) flatbuffers, run by ai-edge-litert (quantlab.litert)
 # your own float model: FILE.py:FUNCTION[@WEIGHTS.pth] (quantlab.user_model imports FILE.py and calls FUNCTION)
 USER_MODEL_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)(?:@(?P<weights>.+))?$")
-MODEL_SUFFIXES = (*TORCH_SUFFIXES, PT2_SUFFIX, *ONNX_SUFFIXES)
+MODEL_SUFFIXES = (*TORCH_SUFFIXES, PT2_SUFFIX, *ONNX_SUFFIXES, TFLITE_SUFFIX)
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")  # what OpenCV and PIL read here

@@ -9,8 +9,10 @@
   classifies ``skimage.data.chelsea()`` with the pretrained int8 MobileNetV2
   (qnnpack, TorchScript). Given ``--x86-dir`` it also loads the TorchScript
   file that ``Codes/quantize_model.py`` wrote on x86 and compares top-1; the same
-  for its ``--format onnx`` static QDQ and dynamic files under ONNX Runtime and for its PT2E
-  ``.pt2`` file, run by torch alone (``torch.export.load``).
+  for its ``--format onnx`` static QDQ and dynamic files under ONNX Runtime, for its PT2E
+  ``.pt2`` file, run by torch alone (``torch.export.load``), and for its ``--format tflite`` files
+  (fp32 and int8) under LiteRT's interpreter with XNNPACK (``quantlab.litert``). LiteRT itself is
+  checked first on a small classifier written on the Pi (``litert.write_mean_classifier``).
 * ``x86-reference``: on the x86 host, next to that model file: save the input
   tensors and the x86 top-1 the Pi side must reproduce.
 * ``x86-tiny-onnx``: on the x86 host, with the onnx package: the small ONNX
@@ -133,6 +135,25 @@ def write_tiny_onnx(output: Path) -> int:
 
 
 # --------------------------------------------------------------- pi steps --
+
+
+def step_litert() -> str:
+    """LiteRT's interpreter runs a small float classifier, written here with its flatbuffer schema, correctly."""
+    import tempfile
+
+    import numpy
+    import torch
+
+    from quantlab import litert
+
+    with tempfile.TemporaryDirectory() as folder:
+        model = litert.LiteRTModel(litert.write_mean_classifier(Path(folder) / "mean.tflite"), threads=2)
+        images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+        scores = model(images).numpy()
+    expected = litert.mean_classifier_scores(images.numpy())
+    if not numpy.allclose(scores, expected, atol=1e-4):
+        raise RuntimeError(f"LiteRT computed scores off by up to {abs(scores - expected).max():.5f}")
+    return f"ai-edge-litert {litert.runtime_version()} ran a small classifier correctly ({litert.describe(model)})"
 
 
 def step_import_torch() -> str:
@@ -332,6 +353,30 @@ def step_x86_pt2e(x86_dir: Path) -> str:
     )
 
 
+# quantize_model.py --format tflite on x86 (X.tflite and its float companion X_fp32.tflite), when present
+TFLITE_MODELS = {"tflite_int8": "mobilenet_v2_int8.tflite", "tflite_fp32": "mobilenet_v2_int8_fp32.tflite"}
+
+
+def _run_tflite_file(model_file: Path, inputs: Any) -> Any:
+    from quantlab import litert
+
+    return litert.LiteRTModel(model_file, threads=2)(inputs)
+
+
+def step_x86_tflite(x86_dir: Path, key: str) -> str:
+    from quantlab import litert
+
+    reference, top1, max_diff = _compare_with_x86(
+        x86_dir, "LiteRT", _run_tflite_file, f"{key}_model_file", f"{key}_logits.npy", f"{key}_top1"
+    )
+    model = litert.LiteRTModel(x86_dir / reference[f"{key}_model_file"], threads=2)
+    return (
+        f"{reference[f'{key}_model_file']} (litert-torch on x86, LiteRT {reference['litert']}) runs on LiteRT "
+        f"{litert.runtime_version()} ({litert.describe(model)}); top-1 equal on {len(top1)} images "
+        f"({', '.join(str(t) for t in top1)}), max |logit diff| {max_diff:.4f}"
+    )
+
+
 def step_x86_model(x86_dir: Path) -> str:
     reference, top1, max_diff = _compare_with_x86(
         x86_dir, "TorchScript", _run_model_file, "model_file", "logits.npy", "top1"
@@ -364,6 +409,11 @@ def run_pi(weights: Path | None, x86_dir: Path | None, tiny_onnx: Path | None, p
             steps.run("x86-onnx-dynamic-model", lambda: step_x86_onnx(x86_dir, "onnx_dynamic"))
         if pt2e and "pt2e_model_file" in reference:
             steps.run("x86-pt2e-model", lambda: step_x86_pt2e(x86_dir))
+    # LiteRT last: its XNNPACK kernels pick instructions by CPU, and a SIGILL there must not hide the steps above
+    if steps.run("litert", step_litert) and x86_dir is not None:
+        for key in TFLITE_MODELS:
+            if f"{key}_model_file" in reference:
+                steps.run(f"x86-{key.replace('_', '-')}-model", lambda key=key: step_x86_tflite(x86_dir, key))
     return 1 if steps.failed else 0
 
 
@@ -414,6 +464,19 @@ def run_x86_reference(x86_dir: Path, model_file: str, sample_dir: Path | None, c
                 f"{key}_top1": [int(i) for i in onnx_logits.argmax(dim=1)],
             }
         )
+    for key, tflite_file in TFLITE_MODELS.items():
+        if (x86_dir / tflite_file).is_file():
+            from quantlab import litert
+
+            tflite_logits = _run_tflite_file(x86_dir / tflite_file, inputs)
+            numpy.save(x86_dir / f"{key}_logits.npy", tflite_logits.numpy())
+            reference.update(
+                {
+                    f"{key}_model_file": tflite_file,
+                    "litert": litert.runtime_version(),
+                    f"{key}_top1": [int(i) for i in tflite_logits.argmax(dim=1)],
+                }
+            )
     if (x86_dir / PT2E_MODEL).is_file():
         pt2e_logits = _run_pt2e_file(x86_dir / PT2E_MODEL, inputs[:PT2E_IMAGES])
         numpy.save(x86_dir / "pt2e_logits.npy", pt2e_logits.numpy())

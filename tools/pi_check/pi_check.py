@@ -16,8 +16,14 @@ What it does:
    qnnpack) and classifies scikit-image's chelsea() cat photo as a cat, loads
    with torch.jit.load the model that ``Codes/quantize_model.py --engine qnnpack``
    wrote on this x86 machine and requires the x86 top-1 (and the same for its
-   ``--format onnx`` static QDQ file under ONNX Runtime), and runs
+   ``--format onnx`` static QDQ file under ONNX Runtime, and for its ``--format tflite``
+   fp32 and int8 files under LiteRT with XNNPACK), and runs
    ``Codes/mobile_net.py --source samples --frames 3 --quantize``.
+
+The ``.tflite`` files need litert-torch, which the kit keeps out of the default install:
+``--litert-python PATH`` (or ``$QUANTLAB_LITERT_PYTHON``) names a Python that has it (for
+example a venv of its own); without one the LiteRT runtime is still checked on the Pi, on a
+small model, and the x86 ``.tflite`` files are skipped with a note.
 
 The Debian root and the installed wheels are cached under
 ``${QUANTLAB_CACHE:-~/.cache/quantlab}/pi``, keyed by a hash of what they are
@@ -42,6 +48,9 @@ Examples::
     # a known-bad pin: torch 2.10.0 dies with SIGILL on the Pi 4's CPU;
     # exits 1 with "torch 2.10.0 dies with Illegal instruction (SIGILL) on cortex-a72: ..."
     python tools/pi_check/pi_check.py --torch 2.10.0 --cpu cortex-a72
+
+    # with LiteRT's .tflite files, converted by a Python that has litert-torch
+    python tools/pi_check/pi_check.py --litert-python ~/venv-litert/bin/python
 
     # the same, for scripts: exit 0 because the failure is the expected outcome
     python tools/pi_check/pi_check.py --torch 2.10.0 --cpu cortex-a72 --expect-fail
@@ -87,6 +96,21 @@ PI_CPUS = {
     "cortex-a53": "Raspberry Pi 3 / Zero 2 W",
 }
 DEFAULT_CPUS = ("cortex-a72", "cortex-a76")
+# What each board's /proc/cpuinfo says (variant, part, revision of its MIDR; the kernel's feature names).
+# qemu-user (7.2) shows an aarch64 guest the host's x86 /proc/cpuinfo; the cpuinfo library inside LiteRT's
+# XNNPACK finds no ARM core in it and dereferences NULL (SIGSEGV at LiteRT's interpreter creation, on every
+# -cpu). Each emulated run sees its board's file instead, bind-mounted in a private mount namespace; the
+# instruction set a program may use still comes from qemu's -cpu (the AT_HWCAP bits it sets).
+PI_CPUINFO = {
+    "cortex-a72": ("0x0", "0xd08", "3", "fp asimd evtstrm crc32 cpuid"),
+    "cortex-a76": (
+        "0x4",
+        "0xd0b",
+        "1",
+        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
+    ),
+    "cortex-a53": ("0x0", "0xd03", "4", "fp asimd evtstrm crc32 cpuid"),
+}
 
 SUITE = "bookworm"  # Raspberry Pi OS (64-bit) is Debian Bookworm for arm64
 ROOTFS_PACKAGES = ("python3.11", "libstdc++6", "libgomp1")
@@ -120,6 +144,9 @@ STEP_TEXT = {
     "x86-onnx-model": "running the x86-made static QDQ ONNX model under ONNX Runtime",
     "x86-onnx-dynamic-model": "running the x86-made dynamic ONNX model (uint8 weights) under ONNX Runtime",
     "mobile-net": "Codes/mobile_net.py",
+    "litert": "running a small classifier in LiteRT's interpreter (XNNPACK)",
+    "x86-tflite-int8-model": "running the x86-made int8 .tflite file in LiteRT (XNNPACK int8 kernels)",
+    "x86-tflite-fp32-model": "running the x86-made fp32 .tflite file in LiteRT (XNNPACK)",
 }
 
 GUEST_TIMEOUT_S = 420
@@ -436,7 +463,23 @@ def x86_python_env() -> dict[str, str]:
     return env
 
 
-def build_x86_model(cache: Path, weights: Path) -> Path:
+def litert_python(requested: str | None) -> str | None:
+    """A Python with litert-torch to write the .tflite files (--litert-python, else this one if it has it)."""
+    candidate = requested or sys.executable
+    found = subprocess.run(
+        [candidate, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('litert_torch') is None)"],
+        capture_output=True,
+        check=False,
+    )
+    if found.returncode == 0:
+        return candidate
+    if requested:
+        raise UsageError(f"--litert-python {requested} has no litert-torch (pip install litert-torch==0.10.0 there)")
+    note("no litert-torch in this Python: the x86 .tflite files are skipped (--litert-python PATH names one)")
+    return None
+
+
+def build_x86_model(cache: Path, weights: Path, converter: str | None = None) -> Path:
     """The model Codes/quantize_model.py writes on this x86 machine, and the x86 top-1 to compare with."""
     quantize_script = REPO / "Codes" / "quantize_model.py"
     kit_sources = sorted((REPO / "Codes" / "quantlab").rglob("*.py"))
@@ -446,7 +489,7 @@ def build_x86_model(cache: Path, weights: Path) -> Path:
     sources = [quantize_script, *kit_sources]
     folder = (
         cache
-        / f"x86-{digest(torch_version, DEVICE_CHECKS.read_bytes(), *(p.read_bytes() for p in sources), str(weights))}"
+        / f"x86-{digest(torch_version, DEVICE_CHECKS.read_bytes(), *(p.read_bytes() for p in sources), str(weights), str(converter))}"
     )
     model_name = "mobilenet_v2_qnnpack_static.pt"
 
@@ -459,8 +502,11 @@ def build_x86_model(cache: Path, weights: Path) -> Path:
             ("mobilenet_v2_dynamic.onnx", ["--format", "onnx", "--method", "dynamic"]),  # labs/03's dynamic file
             ("mobilenet_v2_pt2e_arm.pt2", ["--engine", "qnnpack"]),  # PT2E, XNNPACKQuantizer: runs with torch alone?
         )
+        if converter is not None:  # LiteRT: writes mobilenet_v2_int8.tflite and mobilenet_v2_int8_fp32.tflite
+            made += (("mobilenet_v2_int8.tflite", []),)
         for name, flags in made:
-            command = [sys.executable, str(quantize_script), "--model", "mobilenet_v2", *flags]
+            python = converter if name.endswith(".tflite") and converter else sys.executable
+            command = [python, str(quantize_script), "--model", "mobilenet_v2", *flags]
             command += ["--calib-data", photos, "--calib-images", "8", "--output", str(target / name)]
             run_quiet(
                 command, f"Codes/quantize_model.py {' '.join(flags)} --output {name} on x86", BUILD_TIMEOUT_S, env
@@ -519,6 +565,29 @@ class CpuResult:
 PROTOCOL = re.compile(r"^PI_CHECK (STEP|OK|FAIL) (\S+)(?: \| (.*))?$")
 
 
+def pi_cpuinfo(cpu: str, folder: Path) -> Path:
+    """A /proc/cpuinfo as the board of ``cpu`` prints it, one entry per CPU of this machine (what sysfs says)."""
+    variant, part, revision, features = PI_CPUINFO[cpu]
+    entries = [
+        f"processor\t: {index}\nBogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+        f"CPU architecture: 8\nCPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n"
+        for index in range(os.cpu_count() or 1)
+    ]
+    path = folder / f"cpuinfo-{cpu}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(entries) + "\n", encoding="utf-8")
+    return path
+
+
+def with_pi_cpuinfo(cmd: Sequence[str], cpuinfo: Path) -> list[str]:
+    """``cmd`` run in a private mount namespace in which /proc/cpuinfo is ``cpuinfo`` (root: pi_check runs as root)."""
+    unshare = find_tool("unshare")
+    if unshare is None:
+        raise HostError("unshare (util-linux) not found: it gives the emulated Pi its /proc/cpuinfo")
+    script = 'mount --bind "$0" /proc/cpuinfo && exec "$@"'
+    return [unshare, "--mount", "--propagation", "private", "sh", "-c", script, str(cpuinfo), *cmd]
+
+
 class Emulator:
     def __init__(self, root: Path, qemu: str, pythonpath: Sequence[Path], verbose: bool, logs: Path) -> None:
         self.root, self.qemu, self.verbose, self.logs = root, qemu, verbose, logs
@@ -542,6 +611,7 @@ class Emulator:
             str(self.root / "usr" / "bin" / f"python{PYTHON_VERSION}"),
             *args,
         ]
+        cmd = with_pi_cpuinfo(cmd, pi_cpuinfo(cpu, self.logs))
 
         def echo(line: str) -> None:
             match = PROTOCOL.match(line)
@@ -751,6 +821,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-x86-model", action="store_true", help="skip the model made by quantize_model.py on x86")
     parser.add_argument(
+        "--litert-python",
+        default=os.environ.get("QUANTLAB_LITERT_PYTHON"),
+        metavar="PATH",
+        help="a Python with litert-torch, to write the .tflite files on x86 (default $QUANTLAB_LITERT_PYTHON, "
+        "else this Python if it has litert-torch; without one the .tflite files are skipped)",
+    )
+    parser.add_argument(
         "--mirror",
         default=os.environ.get("QUANTLAB_DEBIAN_MIRROR", DEFAULT_MIRROR),
         help=f"Debian mirror for debootstrap (default $QUANTLAB_DEBIAN_MIRROR or {DEFAULT_MIRROR})",
@@ -815,7 +892,8 @@ def run(args: argparse.Namespace) -> int:
         pythonpath = [install_site(cache, args.requirements)]
         if args.torch:
             pythonpath.insert(0, install_overlay(cache, args.torch, args.torchvision))
-        x86_dir = None if args.no_x86_model else build_x86_model(cache, weights)
+        converter = None if args.no_x86_model else litert_python(args.litert_python)
+        x86_dir = None if args.no_x86_model else build_x86_model(cache, weights, converter)
         tiny_onnx = cache / "x86-tiny.onnx"  # the Pi has no onnx package: the graph its onnxruntime runs is made here
         run_quiet(
             [sys.executable, str(DEVICE_CHECKS), "x86-tiny-onnx", "--output", str(tiny_onnx)],
