@@ -30,8 +30,9 @@ which runs them in a sandbox.
 import argparse
 from pathlib import Path
 
-from quantlab import arguments, bench, data, engines, files, loading, provenance, report, vocab
+from quantlab import arguments, bench, coverage, data, engines, files, loading, provenance, report, vocab
 from quantlab.errors import KitError, run_cli
+from quantlab.preprocess import IMAGENET, Preprocessing
 
 # ---- settings (command-line flags override them) -----------------------------
 runs = 50  # timed batch-1 runs per model: the median is what the table leads with
@@ -95,12 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def evaluation_batches(args: argparse.Namespace):
-    """Batches of (images, labels) to measure accuracy on, or None without --data."""
+def evaluation_batches(args: argparse.Namespace, preprocessing: Preprocessing = IMAGENET):
+    """Batches of (images, labels) to measure accuracy on, prepared as the model declares, or None without --data."""
     if args.data is None:
         return None
     try:
-        dataset = bench.evaluation_dataset(args.data, args.size, args.holdout, args.images, args.seed)
+        dataset = bench.evaluation_dataset(args.data, args.size, args.holdout, args.images, args.seed, preprocessing)
     except KitError as error:
         if "cannot tell the labels" in str(error):
             raise KitError(f"{error}; or leave out --data to measure timing only") from None
@@ -128,15 +129,22 @@ def load_models(args: argparse.Namespace, threads: int) -> list[loading.LoadedMo
 
 
 def measure(loaded: list[loading.LoadedModel], batches, args: argparse.Namespace) -> list[dict]:
-    """Each model's size, latency and accuracy, one after the other on the same settings."""
-    results = []
+    """Each model's size, latency and accuracy, one after the other on the same settings and photos (each model's
+    photos prepared as it declares: quantlab.preprocess)."""
+    results, prepared = [], {IMAGENET: batches}
     for model in loaded:
+        if model.preprocessing not in prepared:
+            print(f"{model.name} declares its preprocessing: {model.preprocessing.describe()}")
+            prepared[model.preprocessing] = evaluation_batches(args, model.preprocessing)
+        batches = prepared[model.preprocessing]
         print(
             f"measuring {model.name} ({model.format}, {model.method}"
             + (f", engine {model.engine}" if model.engine else "")
             + f"): {args.warmup} warm-up + {args.runs} runs"
         )
         results.append(bench.benchmark_model(model, batches, args.runs, args.warmup, args.size))
+        if results[-1]["coverage"] is not None:  # which layers run in int8, and the MB of weights left in float
+            print(coverage.format_coverage(results[-1]["coverage"]))
     return results
 
 

@@ -23,7 +23,7 @@ import torchvision
 
 from quantlab import arguments, bench, engines, files, labels, loading, models, sources, timing, vocab
 from quantlab.errors import KitError, run_cli
-from quantlab.preprocess import Preprocessor
+from quantlab.preprocess import IMAGENET, Preprocessing, Preprocessor
 
 # ---- settings: each is the default of the command-line flag of the same name ------
 quantize = False  # the lab: set this to True and compare the FPS
@@ -63,8 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_model_file(args: argparse.Namespace, threads: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str, str]:
-    """--model FILE, loaded as benchmark.py loads it: the model, its engine (and why), a line that describes it."""
+def load_model_file(
+    args: argparse.Namespace, threads: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], str, str, Preprocessing]:
+    """--model FILE, loaded as benchmark.py loads it: the model, its engine (and why), a line that describes it,
+    and the input it declares (its sidecar's preprocessing; ImageNet's when it declares none)."""
     loaded = loading.load_any(args.model, args.engine, threads, input_size=args.size, check=False)
     for note in loaded.notes:
         print(note)
@@ -78,11 +81,16 @@ def load_model_file(args: argparse.Namespace, threads: int) -> tuple[Callable[[t
         engine_used = f"none needed ({'torch.compile, inductor' if loaded.model.compiled else 'exported program'})"
     else:
         engine_used = f"none needed ({loaded.method} model)"
-    return loaded.model, engine_used, f"{args.model} ({loaded.size_mb:.1f} MB, {loaded.format}, {loaded.method})"
+    description = f"{args.model} ({loaded.size_mb:.1f} MB, {loaded.format}, {loaded.method})"
+    if loaded.preprocessing != IMAGENET:
+        description += f", input: {loaded.preprocessing.describe()}"
+    return loaded.model, engine_used, description, loaded.preprocessing
 
 
-def build_model(args: argparse.Namespace, threads: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str, str]:
-    """The model to run, its engine (and why), and a line that describes it."""
+def build_model(
+    args: argparse.Namespace, threads: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], str, str, Preprocessing]:
+    """The model to run, its engine (and why), a line that describes it, and the input it wants."""
     if args.model:  # a file from quantize_model.py, or any model file the kit loads
         return load_model_file(args, threads)
     if args.quantize:
@@ -101,7 +109,7 @@ def build_model(args: argparse.Namespace, threads: int) -> tuple[Callable[[torch
     if args.jit:  # TorchScript: one compiled graph, no Python between layers; freezing folds the weights in
         net = torch.jit.freeze(torch.jit.script(net))
         description += ", TorchScript"
-    return net, f"{chosen} ({why})", description
+    return net, f"{chosen} ({why})", description, IMAGENET
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)  # one small frame gains nothing from OpenCV's threads; they would compete with the model's
     with sources.open_source(args.source, args.size, camera_fps) as frames:  # before any download: no camera fails fast
         print(f"source: {frames.description}")
-        model, engine_used, description = build_model(args, threads)
+        model, engine_used, description, preprocessing = build_model(args, threads)
         print(f"engine: {engine_used}\nmodel: {description}; threads: {threads}")
-        preprocess, logits = Preprocessor(args.size), None
+        preprocess, logits = Preprocessor(args.size, preprocessing=preprocessing), None
         with torch.inference_mode():
             for _ in range(warmup_runs):  # the first calls allocate memory and pick kernels: not timed
                 classes = model(preprocess.buffer.zero_()).shape[-1]

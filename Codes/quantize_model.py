@@ -44,12 +44,14 @@ from quantlab import (
     arguments,
     bench,
     config,
+    coverage,
     data,
     engines,
     files,
     loading,
     memory,
     models,
+    preprocess,
     pt2e,
     quantize,
     user_model,
@@ -448,17 +450,34 @@ def with_preprocessing(dataset: Dataset, settings: dict) -> Dataset:
     )
 
 
-def data_subsets(settings: dict) -> tuple[Dataset | None, Dataset | None]:
+def declared_preprocessing(settings: dict) -> preprocess.Preprocessing:
+    """The input your own model FILE.py:FUNCTION declares (quantlab.preprocess); ImageNet's for the others (a
+    --config's rescaling is applied by with_preprocessing)."""
+    model = str(settings["model"])
+    configured = settings["rescale_scale"] or settings["rescale_offset"] or settings["color_mode"] != "rgb"
+    if configured or not user_model.is_user_model_spec(model) or Path(model).suffix.lower() in vocab.ONNX_SUFFIXES:
+        return preprocess.IMAGENET
+    declared = user_model.declared_preprocessing(model)
+    if declared.size not in (None, size):
+        raise KitError(f"{model} declares input size {declared.size}; quantize_model.py feeds {size}x{size} photos")
+    if declared != preprocess.IMAGENET:
+        print(f"{model} declares its preprocessing: {declared.describe()} (calibration and evaluation use it)")
+    return declared
+
+
+def data_subsets(
+    settings: dict, preprocessing: preprocess.Preprocessing = preprocess.IMAGENET
+) -> tuple[Dataset | None, Dataset | None]:
     """(calibration subset, evaluation set): the evaluation photos never include calibration photos."""
     calibration = evaluation = None
-    if settings["calib_data"] is not None:
-        dataset = data.image_dataset(settings["calib_data"], size, need_labels=False)  # ranges need no labels
+    if settings["calib_data"] is not None:  # ranges need no labels
+        dataset = data.image_dataset(settings["calib_data"], size, need_labels=False, preprocessing=preprocessing)
         if settings["calib_split"] is not None:
             calibration, evaluation = data.split(dataset, fraction=settings["calib_split"], seed=settings["seed"])
         else:
             calibration, evaluation = data.split(dataset, first_n=settings["calib_images"], seed=settings["seed"])
     if settings["eval_data"] is not None:
-        evaluation = data.image_dataset(settings["eval_data"], size)
+        evaluation = data.image_dataset(settings["eval_data"], size, preprocessing=preprocessing)
     if evaluation is not None and settings["eval_images"] is not None:
         evaluation = torch.utils.data.Subset(evaluation, range(min(settings["eval_images"], len(evaluation))))
     return calibration, evaluation
@@ -651,11 +670,15 @@ def float_model(settings: dict) -> torch.nn.Module | Path:
     return load_fp32(model, settings["arch"])
 
 
-def first_sidecar(settings: dict, engine: str, fp32: torch.nn.Module | Path) -> dict:
+def first_sidecar(
+    settings: dict, engine: str, fp32: torch.nn.Module | Path, declared: preprocess.Preprocessing = preprocess.IMAGENET
+) -> dict:
     """What the sidecar says before quantizing: the settings, the preprocessing when it is not the kit's."""
     sidecar = models.make_sidecar(
         settings["method"], settings["format"], engine, str(settings["model"]), settings["arch"], settings["seed"], size
     )
+    if declared != preprocess.IMAGENET:  # benchmark.py, mobile_net.py and the grader read it back
+        sidecar["preprocessing"] = declared.as_dict()
     if settings["rescale_scale"] or settings["rescale_offset"] or settings["color_mode"] != "rgb":
         sidecar["preprocessing"] = {
             "scale": settings["rescale_scale"],
@@ -745,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
         runtime = "ONNX Runtime" if settings["format"] == "onnx" else "LiteRT (XNNPACK)"
         print(f"note: {runtime} runs the file with its own int8 kernels; --engine applies to PyTorch only")
     fp32 = float_model(settings)
-    calibration, evaluation = data_subsets(settings)
+    declared = declared_preprocessing(settings)
+    calibration, evaluation = data_subsets(settings, declared)
     if "evaluate" in steps and (evaluation is None or len(evaluation) == 0):
         raise KitError(
             f"operation mode {settings['operation_mode']} evaluates: pass --eval-data DIR "
@@ -754,10 +778,13 @@ def main(argv: list[str] | None = None) -> int:
     if "evaluate" in steps:
         fp32_top1 = evaluate("fp32", fp32, evaluation, settings)["top1"]
 
-    sidecar = quantize_and_save(fp32, settings, engine, calibration, first_sidecar(settings, engine, fp32))
+    sidecar = quantize_and_save(fp32, settings, engine, calibration, first_sidecar(settings, engine, fp32, declared))
     print_sizes(fp32, settings, sidecar)
     # the file as it was written, loaded back as benchmark.py loads it (a .pt2 uncompiled: benchmark.py compiles it)
     int8_model = loading.load_any(settings["output"], engine, threads, input_size=size, check=False, compile=False)
+    written = coverage.of_loaded(int8_model)  # which layers stayed in float, and how many MB of weights they hold
+    if written is not None:
+        print(coverage.format_coverage(written))
     if "evaluate" in steps:
         int8_top1 = evaluate("int8", int8_model.model, evaluation, settings)["top1"]
         print(f"top-1 change: {int8_top1 - fp32_top1:+.1f} points (fp32 {fp32_top1:.1f} % -> int8 {int8_top1:.1f} %)")

@@ -89,8 +89,11 @@ def test_benchmark_and_the_demo_run_a_tflite_file(mean_classifier: Path, tmp_pat
     ten = litert.write_mean_classifier(tmp_path / "ten.tflite", classes=10)
     refused = run_in_process("benchmark.py", "--model", ten, "--runs", "1")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    model, engine, described = loading.load_for_demo(mean_classifier, "auto", 224, 1)
-    assert "LiteRT" in engine and "LiteRT" in described and model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+    loaded = loading.load_any(str(mean_classifier), "auto", 1, check=False)
+    assert loaded.runtime == "litert" and loaded.format == "tflite" and "LiteRT" in loaded.engine_reason
+    assert loaded.model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+    demo = run_script("mobile_net.py", "--model", mean_classifier, "--source", "samples", "--frames", "2")
+    assert demo.returncode == 0 and "LiteRT" in demo.stdout, demo.stderr
 
 
 def test_a_missing_runtime_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

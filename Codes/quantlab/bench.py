@@ -32,10 +32,11 @@ import torchvision
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from quantlab import cpu, data, engines, memory, models, timing
+from quantlab import coverage, cpu, data, engines, memory, models, timing
 from quantlab.engines import cpu_name
 from quantlab.errors import KitError
 from quantlab.loading import LoadedModel, fixed_batch
+from quantlab.preprocess import IMAGENET, Preprocessing
 
 # ---- the machine ---------------------------------------------------------------
 
@@ -170,16 +171,23 @@ def evaluate(
 
 
 def evaluation_dataset(
-    path: str | Path, size: int = 224, holdout: int | None = None, images: int | None = None, seed: int = 0
+    path: str | Path,
+    size: int = 224,
+    holdout: int | None = None,
+    images: int | None = None,
+    seed: int = 0,
+    preprocessing: Preprocessing = IMAGENET,
 ) -> Dataset:
     """The images accuracy is measured on, as benchmark.py picks them (graders re-measure on the same ones).
 
     ``holdout`` N: the images left after the first N of ``data.split``'s seeded
     shuffle, i.e. after the N that ``quantize_model.py --calib-images N --seed S``
     calibrated on. ``images`` caps the count; without a holdout the cap takes the
-    first N of the seeded shuffle, so that a few images still mix the classes.
+    first N of the seeded shuffle, so that a few images still mix the classes. ``preprocessing``: the model's
+    declared input (``LoadedModel.preprocessing``); the same images whatever it is.
     """
-    dataset = data.image_dataset(path, size)  # a folder, or "imagenette" (Colab); labels from names
+    # a folder, or "imagenette" (Colab); labels from names
+    dataset = data.image_dataset(path, size, preprocessing=preprocessing)
     if holdout is not None:
         if holdout >= len(dataset):
             raise KitError(f"--holdout {holdout} leaves no image of the {len(dataset)} in {path}; hold out fewer")
@@ -249,4 +257,5 @@ def benchmark_model(
         **accuracy,
         "skipped": skipped,
         "peak_rss_mb": memory.peak_rss_mb(),
+        "coverage": coverage.of_loaded(loaded),  # layers with weights in int8 vs float, MB left in float
     }

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from quantlab.assets import IMAGENET_SAMPLE, asset_path
 from quantlab.errors import KitError, first_line
 from quantlab.labels import imagenet_classes
-from quantlab.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_tensor
+from quantlab.preprocess import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, Preprocessing, to_tensor
 from quantlab.vocab import IMAGE_SUFFIXES
 
 UNLABELLED = -1  # the label of a photo whose class the kit cannot tell (fine for calibration)
@@ -103,9 +103,12 @@ class ImageFiles(Dataset):
     (in the loading process: with ``num_workers > 0`` each worker keeps its own count).
     """
 
-    def __init__(self, items: Sequence[tuple[Path, int]], size: int = 224) -> None:
+    def __init__(
+        self, items: Sequence[tuple[Path, int]], size: int = 224, preprocessing: Preprocessing = IMAGENET
+    ) -> None:
         self.items = list(items)
         self.size = size
+        self.preprocessing = preprocessing  # the model's declared input (quantlab.preprocess)
         self.skipped = 0
         self.skipped_names: list[str] = []
         self.unlabelled = 0  # photos or folders whose ImageNet class is unknown (set by image_dataset)
@@ -120,14 +123,16 @@ class ImageFiles(Dataset):
             self.skipped += 1
             self.skipped_names.append(path.name)
             return None
-        return to_tensor(frame, self.size, bgr=True), label
+        return to_tensor(frame, self.size, bgr=True, preprocessing=self.preprocessing), label
 
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def image_dataset(path: str | Path, size: int = 224, need_labels: bool = True) -> ImageFiles:
+def image_dataset(
+    path: str | Path, size: int = 224, need_labels: bool = True, preprocessing: Preprocessing = IMAGENET
+) -> ImageFiles:
     """The photos of a folder with their ImageNet labels, read from names (see the module docstring).
 
     ``need_labels``: refuse a folder whose labels cannot be told (evaluation,
@@ -137,7 +142,9 @@ def image_dataset(path: str | Path, size: int = 224, need_labels: bool = True) -
     """
     root = Path(path)
     if str(path) == "imagenette" and not root.is_dir():
-        return imagenette("data", "val", size)
+        dataset = imagenette("data", "val", size)
+        dataset.preprocessing = preprocessing
+        return dataset
     if not root.is_dir():
         raise KitError(f"data folder {root} does not exist; pass a folder of images or of class folders")
     flat = _images_in(root)
@@ -175,7 +182,7 @@ def image_dataset(path: str | Path, size: int = 224, need_labels: bool = True) -
         )
     if unknown and need_labels:
         raise KitError(f"cannot tell the labels: {where}; the kit reads labels from names: {LAYOUTS}")
-    dataset = ImageFiles([(p, UNLABELLED if label is None else label) for p, label in items], size)
+    dataset = ImageFiles([(p, UNLABELLED if label is None else label) for p, label in items], size, preprocessing)
     dataset.unlabelled = sum(label is None for _, label in items)
     return dataset
 

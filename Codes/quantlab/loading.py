@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantlab import engines, files, models, onnx_tools, vocab
+from quantlab import engines, files, models, onnx_tools, preprocess, vocab
 from quantlab._quiet import quiet_native_warnings
 from quantlab.errors import KitError, last_line
 from quantlab.files import file_size_mb, sha256_of
@@ -82,6 +82,8 @@ class LoadedModel:
     engine_reason: str = ""  # why this engine: its sidecar names it, --engine forces it, the CPU's fast one
     batch_one: bool = False  # takes one photo at a time only (traced or exported for batch 1)
     onnx_int8: bool = False  # an ONNX file with int8 operators (QuantizeLinear, ConvInteger, ...)
+    # the input it wants (quantlab.preprocess): declared in its sidecar or by FILE.py; ImageNet's otherwise
+    preprocessing: preprocess.Preprocessing = preprocess.IMAGENET
 
     @property
     def quantized(self) -> bool:
@@ -503,6 +505,15 @@ def load_any(
         if not path.is_file():
             raise KitError(f"--model {spec} is a folder; pass a model file ({', '.join(vocab.MODEL_SUFFIXES)})")
         loaded = _LOADERS.get(path.suffix.lower(), _load_torch_file)(path, request)
+        declared = (
+            loaded.sidecar.get("preprocessing") if loaded.sidecar else models.read_sidecar(path).get("preprocessing")
+        )
+        loaded.preprocessing = preprocess.read_preprocessing(declared, f"{models.sidecar_path(path).name}")
+    if loaded.preprocessing.size not in (None, input_size):
+        raise KitError(
+            f"{loaded.name} declares input size {loaded.preprocessing.size} ({loaded.preprocessing.describe()}); "
+            f"pass --size {loaded.preprocessing.size}"
+        )
     if check:
         probe(loaded, input_size)
     return loaded
@@ -563,6 +574,7 @@ def _load_user_model(spec: str, request: _Request) -> LoadedModel:
         sha256=sha256_of(weights) if weights else None,
         method="fp32",
         notes=notes,
+        preprocessing=user_model.declared_preprocessing(spec),
     )
 
 

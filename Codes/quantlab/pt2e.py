@@ -300,10 +300,19 @@ def save(program: torch.export.ExportedProgram, output: Path, sidecar: dict) -> 
 
 
 class ExportedModel:
-    """A loaded .pt2: called like a module; ``compiled`` says whether inductor runs it."""
+    """A loaded .pt2: called like a module; ``compiled`` says whether inductor runs it; ``graph_module`` is the
+    exported graph itself (what quantlab.coverage reads), compiled or not."""
 
-    def __init__(self, module: nn.Module, compiled: bool, note: str | None, quantized: bool) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        compiled: bool,
+        note: str | None,
+        quantized: bool,
+        graph_module: nn.Module | None = None,
+    ) -> None:
         self.module = module
+        self.graph_module = graph_module if graph_module is not None else module
         self.compiled = compiled
         self.note = note
         self.quantized = quantized
@@ -551,7 +560,7 @@ def load_exported(path: Path, input_size: int = 224, compile: bool | None = None
             "uncompiled (correct, slower)"
         )
         return ExportedModel(module, compiled=False, note=note, quantized=quantized)
-    return ExportedModel(_NoGrad(compiled), compiled=True, note=None, quantized=quantized)
+    return ExportedModel(_NoGrad(compiled), compiled=True, note=None, quantized=quantized, graph_module=module)
 
 
 class _NoGrad(nn.Module):

@@ -114,7 +114,14 @@ RESULT_FIELDS = {
     "skipped": _OPTIONAL_INT,
 }
 # written by newer versions of the kit; a report without them is still valid
-OPTIONAL_RESULT_FIELDS = {"unstable": _OPTIONAL_STR, "peak_rss_mb": _OPTIONAL_NUMBER, "recipe": _OPTIONAL_STR}
+OPTIONAL_RESULT_FIELDS = {
+    "unstable": _OPTIONAL_STR,
+    "peak_rss_mb": _OPTIONAL_NUMBER,
+    "recipe": _OPTIONAL_STR,
+    "coverage": (dict, type(None)),
+}
+COVERAGE_FIELDS = {"layers": int, "int8_layers": int, "float_layers": list, "int8_weight_mb": _NUMBER,
+                   "float_weight_mb": _NUMBER}  # fmt: skip
 FORMATS = ("torchvision", "state_dict", "torchscript", "onnx", "pt2", "python", "tflite")
 RUNTIMES = ("pytorch", "onnxruntime", "litert")
 
@@ -161,6 +168,10 @@ def _check_result(result: dict, where: str, has_data: bool) -> list[str]:
     problems += _check_fields(
         result, {key: types for key, types in OPTIONAL_RESULT_FIELDS.items() if key in result}, where
     )
+    if not problems and isinstance(result.get("coverage"), dict):
+        problems += _check_fields(result["coverage"], COVERAGE_FIELDS, f"{where}.coverage")
+        if not problems and result["coverage"]["int8_layers"] > result["coverage"]["layers"]:
+            problems.append(f"{where}.coverage: int8_layers is more than layers")
     if problems:
         return problems
     if result["format"] not in FORMATS:

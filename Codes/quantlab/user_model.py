@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantlab import models, onnx_tools, vocab
+from quantlab import models, onnx_tools, preprocess, vocab
 from quantlab.errors import KitError, first_line
 
 # FILE.py:FUNCTION[@WEIGHTS]: FILE may hold colons of its own (C:\...), the function name cannot
@@ -55,11 +55,15 @@ def _where_in(error: BaseException, path: Path) -> str:
     return f" at {path.name} line {frame.lineno}{code}"
 
 
+def _module_name(path: Path) -> str:
+    return f"quantlab_user_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
+
+
 def import_file(path: Path):
     """Import a Python file by its path (it need not be on sys.path); its own folder is importable from it."""
     if not path.is_file():
         raise KitError(f"model file {path} does not exist; check the path of FILE.py in --model FILE.py:FUNCTION")
-    name = f"quantlab_user_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
+    name = _module_name(path)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise KitError(f"{path} cannot be imported as Python; pass a .py file")
@@ -122,6 +126,20 @@ def build_user_model(spec: str, weights: str | Path | None = None) -> nn.Module:
     if any(p.is_quantized for p in model.parameters()) or any(b.is_quantized for b in model.buffers()):
         raise KitError(f"{spec} is already quantized; return the float model")
     return model.eval()
+
+
+def declared_preprocessing(spec: str) -> preprocess.Preprocessing:
+    """The input ``FILE.py:FUNCTION`` declares: FUNCTION's ``preprocessing`` attribute, else FILE.py's
+    ``PREPROCESSING`` dict, else ImageNet's (quantlab.preprocess). FILE.py is imported once: a second call reuses it."""
+    path, function_name, _ = parse_spec(spec)
+    module = sys.modules.get(_module_name(path))
+    if module is None or Path(getattr(module, "__file__", "")).resolve() != path.resolve():  # another FILE.py
+        module = import_file(path)
+    function = getattr(module, function_name, None)
+    declared = getattr(function, "preprocessing", None)
+    if declared is not None:
+        return preprocess.read_preprocessing(declared, f"{path.name}:{function_name}.preprocessing")
+    return preprocess.read_preprocessing(getattr(module, "PREPROCESSING", None), f"{path.name} PREPROCESSING")
 
 
 def _load_weights(model: nn.Module, spec: str, weights: str | Path) -> None:

@@ -97,7 +97,7 @@ def run(request: dict) -> dict:
     if request.get("task") == "measure":
         settings = request["data"]
         evaluation = bench.evaluation_dataset(
-            settings["path"], 224, settings["holdout"], settings["images"], settings["seed"]
+            settings["path"], 224, settings["holdout"], settings["images"], settings["seed"], loaded.preprocessing
         )
         result = bench.benchmark_model(
             loaded,
