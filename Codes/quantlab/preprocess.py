@@ -73,6 +73,8 @@ _CONFIG_KEYS = ("scale", "offset", "color_mode")  # quantize_model.py --config's
 
 def _three(value: object, key: str, where: str) -> tuple[float, float, float]:
     values = [value] * 3 if isinstance(value, Real) and not isinstance(value, bool) else value
+    if isinstance(values, (list, tuple)) and len(values) == 1:  # one value for every channel, as --config writes
+        values = list(values) * 3
     if (
         not isinstance(values, (list, tuple))
         or len(values) != 3
