@@ -291,3 +291,23 @@ def test_a_wrapper_keeps_the_int8_weights_fingerprint(tmp_path):
     fingerprints = {name: found[name]["convs"]["weights_sha256"] for name in found}
     assert fingerprints["a"] == fingerprints["b"] == fingerprints["c"] != fingerprints["other"]
     assert fingerprints["a"] is not None
+
+
+def test_one_students_child_measures_a_model_again_past_the_cache(tmp_path, monkeypatch):
+    from quantlab.grader import runner as runner_module
+
+    runs: list[int] = []
+
+    def run_models(children, request, limits, isolation, read_only, budget_seconds):
+        runs.append(len(children))
+        return [sandbox.Outcome({"ok": True, "run": len(runs)}) for _ in children]
+
+    monkeypatch.setattr(runner_module.sandbox, "run_models", run_models)
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"weights")
+    models = runner_module.StudentModels(runner_module.ModelRunner(2, None, "rlimits"), 2.0)
+    assert models(model, None).failure == "was not run yet" and models.measure_again(model, None).failure
+    models.run()
+    assert models(model, None).result == {"ok": True, "run": 1}
+    assert models.measure_again(model, None).result == {"ok": True, "run": 2}  # a new child, not the cache
+    assert models(model, None).result == {"ok": True, "run": 1} and runs == [1, 1]  # the first stays everyone's

@@ -83,10 +83,11 @@ class ModelRunner:
             return self.cache.get(key)
 
     def run_all(
-        self, wanted: list[tuple[Path, dict | None]], budget_seconds: float | None = None
+        self, wanted: list[tuple[Path, dict | None]], budget_seconds: float | None = None, cache: bool = True
     ) -> list[sandbox.Outcome | None]:
         """Run ``wanted`` (one student's models, not yet cached) in one sandboxed child; None for those the
-        budget left unrun. Each outcome is cached, and the cached one returned (identical numbers for all)."""
+        budget left unrun. Each outcome is cached, and the cached one returned (identical numbers for all);
+        ``cache=False``: a second measurement, returned as it came and not kept."""
         request: dict = {"task": "check", "threads": self.threads, "data": None}
         read_only = []
         if self.measure is not None:
@@ -107,7 +108,7 @@ class ModelRunner:
         outcomes = sandbox.run_models(children, request, limits, self.isolation, read_only, budget_seconds)
         kept: list[sandbox.Outcome | None] = []
         for (path, sidecar), outcome in zip(wanted, outcomes, strict=True):
-            if outcome is not None:
+            if outcome is not None and cache:
                 with self._cache_lock:
                     outcome = self.cache.setdefault(self.key(path, sidecar), outcome)
             kept.append(outcome)
@@ -160,12 +161,10 @@ class StudentModels:
 
     def measure_again(self, path: Path, sidecar: dict | None) -> sandbox.Outcome:
         """A second measurement of one model, past the cache: a speed claim is flagged only if it disagrees too."""
-        first = self.cache
-        self.cache = {}
-        try:
-            return self(path, sidecar)
-        finally:
-            self.cache = first
+        if self.collecting:
+            return sandbox.Outcome(None, "was not run yet")
+        again = self.runner.run_all([(path, sidecar)], cache=False)[0]
+        return again if again is not None else sandbox.Outcome(None, "was not measured again")
 
 
 def measured_numbers(result: dict) -> dict | None:
