@@ -212,8 +212,9 @@ def _conv_net() -> torch.nn.Module:
     )  # fmt: skip
 
 
-def _quantized(kind: str) -> torch.nn.Module:
-    """``kind``: static per_channel / per_tensor (every conv int8), or dynamic (fp32 convs, int8 Linear)."""
+def _quantized(kind: str, calibration_scale: float = 1.0) -> torch.nn.Module:
+    """``kind``: static per_channel / per_tensor (every conv int8), or dynamic (fp32 convs, int8 Linear).
+    ``calibration_scale`` scales the calibration batch: other activation ranges, the same int8 weights."""
     from torch.ao import quantization as tq
 
     torch.backends.quantized.engine = "x86"
@@ -223,7 +224,7 @@ def _quantized(kind: str) -> torch.nn.Module:
     weight = tq.default_per_channel_weight_observer if kind == "per_channel" else tq.default_weight_observer
     model.qconfig = tq.QConfig(activation=tq.HistogramObserver.with_args(reduce_range=True), weight=weight)
     prepared = tq.prepare(model)
-    prepared(torch.rand(4, 3, 32, 32))
+    prepared(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * calibration_scale)
     return tq.convert(prepared)
 
 
@@ -291,6 +292,33 @@ def test_a_wrapper_keeps_the_int8_weights_fingerprint(tmp_path):
     fingerprints = {name: found[name]["convs"]["weights_sha256"] for name in found}
     assert fingerprints["a"] == fingerprints["b"] == fingerprints["c"] != fingerprints["other"]
     assert fingerprints["a"] is not None
+
+
+def test_honest_students_with_the_same_weights_but_their_own_calibration_are_not_one_model(tmp_path):
+    # per-channel weight quantization of the same pretrained weights gives everyone the same int8 weights:
+    # only the activations' ranges (calibration) tell two honest students' models apart
+    from quantlab.grader import model_checks
+
+    facts = {}
+    for name, scale in (("mine", 1.0), ("theirs", 2.0)):
+        path = tmp_path / f"{name}.pt"
+        torch.jit.save(torch.jit.freeze(torch.jit.script(_quantized("per_channel", scale).eval())), str(path))
+        facts[name] = model_checks.conv_facts(torch.jit.load(str(path)))
+    weights = [
+        [params.unpack()[0].int_repr() for params in _packed(torch.jit.load(str(tmp_path / f"{name}.pt")))]
+        for name in facts
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(*weights)) and weights[0]  # the same int8 weights...
+    assert facts["mine"]["weights_sha256"] != facts["theirs"]["weights_sha256"]  # ...but two models
+
+
+def _packed(model) -> list:
+    """The frozen model's packed conv weights (graph constants)."""
+    return [
+        node.output().toIValue()
+        for node in model.inlined_graph.nodes()
+        if node.kind() == "prim::Constant" and "Conv2dPackedParams" in str(node.output().type())
+    ]
 
 
 def test_one_students_child_measures_a_model_again_past_the_cache(tmp_path, monkeypatch):

@@ -461,25 +461,32 @@ def conv_facts(model) -> dict:
     ``quantized::conv*`` against ``aten::conv*`` in the graph tells them apart, and the packed weights'
     qscheme tells per-channel from per-tensor whatever the sidecar says. The packed weights are graph
     constants in a frozen model (quantize_model.py freezes) and module attributes in one that is not.
-    ``weights_sha256`` fingerprints the int8 convolution weights alone (None without any): a wrapper that
-    adds a constant to the logits, or re-saves the file, leaves it as it is; another model changes it.
+    ``weights_sha256`` fingerprints the int8 convolution weights and each int8 convolution's output scale
+    and zero point (None without any): a wrapper that adds a constant to the logits, or re-saves the file,
+    leaves it as it is; another model changes it. The output scales matter: quantizing the same pretrained
+    weights per channel gives every honest student the same int8 weights, and only calibration (the
+    activations' ranges) tells their models apart.
     """
     import torch
 
     int8 = floating = 0
-    packed = []
+    packed, output_qparams = [], []
     for node in _all_nodes(model.inlined_graph):
         namespace, _, op = node.kind().partition("::")
         if op.startswith(("conv", "_convolution")) and not op.startswith(("conv_tbc", "convolution_backward")):
             if namespace == "quantized":
                 int8 += 1
+                output_qparams.append(_constant_qparams(node))
             elif namespace == "aten":
                 floating += 1
         elif node.kind() == "prim::Constant" and node.outputsSize() == 1:
             value = node.output()
             if str(value.type()) == CONV_PACKED_PARAMS:
                 packed.append(value.toIValue())
-    packed += [getattr(module, "_packed_params", None) for _, module in model.named_modules()]
+    for _, module in model.named_modules():
+        packed.append(getattr(module, "_packed_params", None))
+        if hasattr(module, "_packed_params"):  # not frozen: the output's scale and zero point are attributes
+            output_qparams.append(_number_pair(getattr(module, "scale", None), getattr(module, "zero_point", None)))
     granularities, layers = set(), set()
     for params in packed:
         # only the C++ class's unpack() is called, never a method of a student's own class
@@ -490,8 +497,24 @@ def conv_facts(model) -> dict:
             layer = hashlib.sha256(str(tuple(weight.shape)).encode("ascii"))
             layer.update(weight.int_repr().contiguous().numpy().tobytes())
             layers.add(layer.hexdigest())  # a set: the order layers are found in, or a layer used twice, is no matter
-    weights = hashlib.sha256("".join(sorted(layers)).encode("ascii")).hexdigest() if layers else None
+    qparams = sorted(pair for pair in output_qparams if pair is not None)
+    weights = hashlib.sha256(("".join(sorted(layers)) + repr(qparams)).encode("ascii")).hexdigest() if layers else None
     return {"int8": int8, "float": floating, "granularities": sorted(granularities), "weights_sha256": weights}
+
+
+def _number_pair(scale: object, zero_point: object) -> str | None:
+    """A conv output's scale and zero point as text for the fingerprint; None unless both are plain numbers."""
+    if isinstance(scale, float) and isinstance(zero_point, int) and not isinstance(zero_point, bool):
+        return f"{scale!r}/{zero_point}"
+    return None
+
+
+def _constant_qparams(node) -> str | None:
+    """The output scale and zero point of a ``quantized::conv*`` node, where they are graph constants (frozen)."""
+    inputs = list(node.inputs())
+    if len(inputs) < 4 or any(value.node().kind() != "prim::Constant" for value in inputs[2:4]):
+        return None
+    return _number_pair(inputs[2].toIValue(), inputs[3].toIValue())
 
 
 def _all_nodes(block) -> list:
