@@ -34,16 +34,13 @@ def silence_deprecations() -> None:
 
 
 @contextlib.contextmanager
-def quiet_native_warnings() -> Iterator[None]:
-    """Drop PyTorch's C++ deprecation warnings (written straight to stderr) inside the block.
-
-    ``torch.jit.load`` of an int8 model warns from C++ that quantized tensors are
-    deprecated, bypassing Python's warnings filters; other stderr lines pass through.
-    """
+def native_stderr(lines: list[str]) -> Iterator[None]:
+    """Collect into ``lines`` what C++ code writes straight to stderr (file descriptor 2) inside the block,
+    where Python's warnings filters and ``sys.stderr`` cannot reach it; the caller decides what to print."""
     sys.stderr.flush()
     try:
         saved = os.dup(2)
-    except OSError:  # no real stderr (some notebook front ends): nothing to filter
+    except OSError:  # no real stderr (some notebook front ends): nothing to collect
         yield
         return
     with tempfile.TemporaryFile() as captured:
@@ -54,6 +51,21 @@ def quiet_native_warnings() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            for line in captured.read().decode("utf-8", errors="replace").splitlines():
-                if "deprecated" not in line:
-                    print(line, file=sys.stderr)
+            lines.extend(captured.read().decode("utf-8", errors="replace").splitlines())
+
+
+@contextlib.contextmanager
+def quiet_native_warnings() -> Iterator[None]:
+    """Drop PyTorch's C++ deprecation warnings (written straight to stderr) inside the block.
+
+    ``torch.jit.load`` of an int8 model warns from C++ that quantized tensors are
+    deprecated, bypassing Python's warnings filters; other stderr lines pass through.
+    """
+    lines: list[str] = []
+    try:
+        with native_stderr(lines):
+            yield
+    finally:
+        for line in lines:
+            if "deprecated" not in line:
+                print(line, file=sys.stderr)

@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantlab._quiet import native_stderr
 from quantlab.errors import KitError
 
 RUNTIME_PIN = "ai-edge-litert==2.3.0"  # the release requirements-pi.txt pins and tools/pi_check runs on the Pi 4/5
@@ -74,25 +74,15 @@ def runtime_version() -> str | None:
 def _native_output(said: list[str], echo: bool = True) -> Iterator[None]:
     """Collect what LiteRT's C++ writes to stderr inside the block into ``said`` (its errors arrive there, the
     exception only says "failed"); the delegate's "created" line is dropped, anything else is printed after."""
-    sys.stderr.flush()
+    lines: list[str] = []
     try:
-        saved = os.dup(2)
-    except OSError:  # no real stderr (some notebook front ends): nothing to collect
-        yield
-        return
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
+        with native_stderr(lines):
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode("utf-8", errors="replace").splitlines()
-            said.extend(line.strip() for line in lines if line.strip())
-            for line in lines if echo else ():
-                if line.strip() and not any(text in line for text in _HARMLESS):
-                    print(line, file=sys.stderr)
+    finally:
+        said.extend(line.strip() for line in lines if line.strip())
+        for line in lines if echo else ():
+            if line.strip() and not any(text in line for text in _HARMLESS):
+                print(line, file=sys.stderr)
 
 
 def _first_problem(said: list[str], error: BaseException) -> str:
