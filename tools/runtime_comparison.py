@@ -16,13 +16,9 @@ Example (the figures of labs/01's LiteRT section; .tflite files need ai-edge-lit
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
 
-from quantlab import bench, data, engines, loading, stats
+from quantlab import arguments, bench, data, engines, files, loading, stats
 from quantlab.errors import KitError, run_cli
 
 RESAMPLES = 10_000  # bootstrap resamples of the photos for each top-1 interval
@@ -37,16 +33,19 @@ def top1_interval(hits: torch.Tensor, confidence: float = 0.95, seed: int = 0) -
     return round(low, 2), round(high, 2)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments.Parser(description=__doc__)
     parser.add_argument("models", nargs="+", help="model files (the first is the baseline of the differences)")
-    parser.add_argument("--data", type=Path, required=True, help="labelled photos")
-    parser.add_argument("--holdout", type=int, default=200, help="skip the first N photos (the calibration ones)")
-    parser.add_argument("--runs", type=int, default=50, help="timed batch-1 runs per model")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed runs first")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
-    parser.add_argument("--json", type=Path, help="write every figure here")
-    args = parser.parse_args()
+    parser.add_argument("--data", type=arguments.existing_folder, required=True, help="labelled photos")
+    parser.add_argument(
+        "--holdout", type=arguments.int_at_least(0), default=200, help="skip the first N photos (the calibration ones)"
+    )
+    parser.add_argument("--runs", type=arguments.int_at_least(1), default=50, help="timed batch-1 runs per model")
+    parser.add_argument("--warmup", type=arguments.int_at_least(0), default=10, help="untimed runs first")
+    parser.add_argument("--threads", type=arguments.int_at_least(1), help="CPU threads (default: physical cores)")
+    parser.add_argument("--json", type=arguments.file_ending(".json"), help="write every figure here")
+    args = parser.parse_args(argv)
+    files.check_writable(args.json, "--json", "comparison.json")  # now, not after the measuring
     threads = engines.set_threads(args.threads)
     evaluation = bench.evaluation_dataset(args.data, holdout=args.holdout)
     batches = data.loader(evaluation, batch_size=16)
@@ -75,7 +74,7 @@ def main() -> int:
     print(f"\n{machine['cpu']} ({machine['arch']}), {threads} threads; {rows[0]['images']} photos")
     if args.json:
         document = {"machine": machine, "holdout": args.holdout, "runs": args.runs, "results": rows}
-        args.json.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        files.write_json(args.json, document, "--json")
         print(f"wrote {args.json}")
     return 0
 
