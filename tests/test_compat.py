@@ -73,7 +73,7 @@ def test_a_torchao_that_would_kill_the_process_is_refused_before_its_import(tmp_
         [
             sys.executable,
             "-c",
-            "from quantlab.errors import run_cli; from quantlab import pt2e; run_cli(pt2e.require_torchao)",
+            "from quantlab.errors import run_cli; from quantlab import pt2e; run_cli(lambda argv: pt2e.require_torchao())",
         ],
         capture_output=True,
         text=True,

@@ -49,6 +49,8 @@ INCLUDE_GLOBS = (
     "docs/runs/*.json",  # what docs/figures.md is generated from
     f"{project.STUDENT_DIR}/*.ipynb",
     "requirements-*.txt",
+    "docker/*",  # the demo as a container, for students on a Pi (labs/01 links it)
+    ".dockerignore",
     "pyproject.toml",
     ".gitignore",
     "LICENSE",  # the terms a course reuses the kit under, and the third parties' (weights, photos)
