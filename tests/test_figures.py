@@ -78,6 +78,14 @@ def test_each_section_comes_from_its_json_and_names_its_machine(tmp_path):
     assert "Load: not recorded." in benchmark
 
 
+def test_a_run_on_another_machine_shows_folders_by_name(tmp_path):
+    figures = _tool()
+    elsewhere = {**SPEED, "settings": {**SPEED["settings"], "calibration": "16 photos from /home/me/photos"}}
+    (tmp_path / "a_speed.json").write_text(json.dumps(elsewhere))
+    page = figures.page([tmp_path / "a_speed.json"])
+    assert "calibrated on 16 photos from photos;" in page and "/home/me" not in page
+
+
 def test_check_says_when_the_page_is_stale(tmp_path):
     figures = _tool()
     run = tmp_path / "speed.json"

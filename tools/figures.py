@@ -21,6 +21,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,11 @@ MADE_BY = {
     "measures them on the held-out photos.",
 }
 DEMO_PLACE = "<the demo's table>"  # where the demo's one table goes: the place its first file sorts to
+
+
+def _folder_names(text: str) -> str:
+    """An absolute path in a run's settings shown by its folder name: the page is read on other machines."""
+    return re.sub(r"(?<![\w.])/\S+", lambda found: Path(found.group(0)).name, text)
 
 
 def machine_line(machine: dict, created: str | None, load: bool = True) -> str:
@@ -84,9 +90,10 @@ def load_shown(machine: dict) -> str:
 
 
 def under_load(machine: dict) -> bool:
-    """More work waited for the CPU than it has cores: other jobs took time from the timed runs."""
+    """More work waited for the CPU than it has cores in the last minute (the run's own time; the 5- and
+    15-minute averages remember what ran before it): other jobs took time from the timed runs."""
     load, cores = machine.get("load_average"), machine.get("physical_cores")
-    return bool(load and cores and max(load) > cores)
+    return bool(load and cores and load[0] > cores)
 
 
 def _shown(value: object, spec: str) -> str:
@@ -122,7 +129,7 @@ def speed_suite_section(run: dict, name: str) -> str:
             "",
             machine_line(run["machine"], run.get("created")),
             f"Batch 1, {settings['input_size']}x{settings['input_size']}, median of {settings['runs']} runs; "
-            f"int8 models calibrated on {settings['calibration']}; best int8 path that agrees with fp32: "
+            f"int8 models calibrated on {_folder_names(settings['calibration'])}; best int8 path that agrees with fp32: "
             f"{run.get('best_int8') or 'none'}.",
             "",
             f"`{command}`",
