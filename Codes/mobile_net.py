@@ -71,20 +71,10 @@ def load_model_file(
     loaded = loading.load_any(args.model, args.engine, threads, input_size=args.size, check=False)
     for note in loaded.notes:
         print(note)
-    if loaded.engine is not None:  # int8 in PyTorch: its sidecar names the engine it was quantized for
-        engine_used = f"{loaded.engine} ({loaded.engine_reason})"
-    elif loaded.format == "onnx":
-        engine_used = "none needed (ONNX Runtime)"
-    elif loaded.format == "tflite":
-        engine_used = loaded.engine_reason
-    elif loaded.format == "pt2":
-        engine_used = f"none needed ({'torch.compile, inductor' if loaded.model.compiled else 'exported program'})"
-    else:
-        engine_used = f"none needed ({loaded.method} model)"
     description = f"{args.model} ({loaded.size_mb:.1f} MB, {loaded.format}, {loaded.method})"
     if loaded.preprocessing != IMAGENET:
         description += f", input: {loaded.preprocessing.describe()}"
-    return loaded.model, engine_used, description, loaded.preprocessing
+    return loaded.model, loaded.runs_on, description, loaded.preprocessing
 
 
 def build_model(

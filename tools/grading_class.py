@@ -11,7 +11,7 @@ machine and its load: the figures mean something only next to them.
 
 Examples:
     python tools/grading_class.py                                   # build /tmp/class30 if needed, time this kit
-    python tools/grading_class.py --before /work/main               # and main's grader, back to back
+    python tools/grading_class.py --before ../kit-0.2.0             # and an older checkout's grader, back to back
     python tools/grading_class.py --students 10 --modes quick --jobs 1 2
     python tools/grading_class.py --build-only
 """
@@ -128,7 +128,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--class-dir", type=Path, default=Path("/tmp/class30"), help="where the class is built")
     parser.add_argument("--students", type=int, default=students, help="students to time (the first N)")
-    parser.add_argument("--before", type=Path, help="another checkout of the kit to time too (e.g. main's)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout of the kit to time too; a kit from before the per-student child (0.2.0) "
+        "imports the installed quantlab in its sandbox: run it from the checkout the venv was installed from",
+    )
     parser.add_argument("--modes", nargs="+", choices=("quick", "remeasure"), default=["quick", "remeasure"])
     parser.add_argument("--jobs", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--build-only", action="store_true")

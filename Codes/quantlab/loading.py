@@ -79,11 +79,19 @@ class LoadedModel:
     method: str  # fp32 | static | dynamic | qat | int8 (quantized, method unknown)
     sidecar: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # one-line remarks for the user (engine overrides, ...)
-    engine_reason: str = ""  # why this engine: its sidecar names it, --engine forces it, the CPU's fast one
+    # why this engine (its sidecar names it, --engine forces it, the CPU's fast one); with no engine, what runs it
+    engine_reason: str = ""
     batch_one: bool = False  # takes one photo at a time only (traced or exported for batch 1)
     onnx_int8: bool = False  # an ONNX file with int8 operators (QuantizeLinear, ConvInteger, ...)
     # the input it wants (quantlab.preprocess): declared in its sidecar or by FILE.py; ImageNet's otherwise
     preprocessing: preprocess.Preprocessing = preprocess.IMAGENET
+
+    @property
+    def runs_on(self) -> str:
+        """The engine and why, or what runs it when it needs none: the line the demo prints."""
+        if self.engine is not None:
+            return f"{self.engine} ({self.engine_reason})"
+        return f"none needed ({self.engine_reason or f'{self.method} model'})"
 
     @property
     def quantized(self) -> bool:
@@ -465,6 +473,7 @@ def _load_onnx(path: Path, request: _Request) -> LoadedModel:
         method=made.get("method") or ("int8" if quantized else "fp32"),
         sidecar=made,
         onnx_int8=quantized,
+        engine_reason="ONNX Runtime",
     )
 
 
@@ -544,6 +553,7 @@ def _load_exported(path: Path, request: _Request) -> LoadedModel:
         method=sidecar.get("method") or ("int8" if loaded.quantized else "fp32"),
         sidecar=sidecar,
         notes=notes,
+        engine_reason="torch.compile, inductor" if loaded.compiled else "exported program",
     )
 
 
@@ -583,7 +593,7 @@ def _load_tflite(path: Path, request: _Request) -> LoadedModel:
     from quantlab import litert  # LiteRT's runtime: imported only for a .tflite file
 
     loaded = litert.load_tflite(path, request.threads, request.input_size)
-    loaded.engine_reason = f"none needed (LiteRT, {litert.describe(loaded.model)})"
+    loaded.engine_reason = f"LiteRT, {litert.describe(loaded.model)}"
     return loaded
 
 
