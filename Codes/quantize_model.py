@@ -18,6 +18,8 @@ Examples:
     python Codes/quantize_model.py --output mnv2_int8.pt --calib-data photos/
     python Codes/quantize_model.py --output mnv2_qnnpack.pt --engine qnnpack --calib-data photos/   # for the Pi
     python Codes/quantize_model.py --output mnv2_pt.pt --granularity per_tensor --observer minmax --calib-data photos/
+    python Codes/quantize_model.py --output mnv2_mixed.pt --keep-float features.0.0,classifier.1 --calib-data photos/
+    python Codes/quantize_model.py --config my_recipe.yaml --calib-data photos/ --output mnv2_recipe.pt   # notebook 3b
     python Codes/quantize_model.py --output mnv2_dynamic.pt --method dynamic
     python Codes/quantize_model.py --output mnv2_qat.pt --method qat --train-data photos/ --epochs 1 --lr 3e-5
     python Codes/quantize_model.py --output mnv2_int8.onnx --format onnx --calib-data photos/
@@ -117,6 +119,15 @@ SETTINGS: dict[str, Setting] = {
         choices=vocab.OBSERVERS,
         yaml="quantization.observer",
         expected="histogram or minmax",
+    ),
+    "keep_float": Setting(
+        (),
+        "static: leave these layers in float, NAME[,NAME] (names as quantize.weighted_layers gives them, e.g. "
+        "features.1.conv.0.0: notebook 3b's sensitivity chooses them)",
+        config.layer_names,
+        yaml="quantization.keep_float",
+        convert=config.layer_names,
+        expected="a list of layer names",
     ),
     "engine": Setting(
         "auto",
@@ -315,6 +326,7 @@ def check_settings(settings: dict) -> None:
             f"name it FILE{ {'onnx': '.onnx', 'pt2': '.pt2', 'tflite': '.tflite'}.get(settings['format'], '.pt') }"
         )
     check_own_model_route(settings, method)
+    check_keep_float(settings, method)
     if settings["format"] == "onnx" and method == "qat":
         raise KitError("--format onnx takes static or dynamic quantization; for QAT write TorchScript (FILE.pt)")
     if output.suffix.lower() == ".json":
@@ -376,6 +388,23 @@ def check_own_model_route(settings: dict, method: str) -> None:
             "PT2E's quantizers observe activations with a histogram; drop --observer "
             f"{settings['observer']} (or write FILE.onnx for ONNX Runtime's minmax calibration)"
         )
+
+
+def check_keep_float(settings: dict, method: str) -> None:
+    """Layers kept in float: static eager-mode quantization of a torchvision architecture, names it has."""
+    names = settings["keep_float"]
+    if not names:
+        return
+    if method != "static" or settings["format"] != "torchscript":
+        raise KitError(
+            f"--keep-float works with --method static written as TorchScript (FILE.pt), not {method} / "
+            f"{settings['format']}; drop --keep-float"
+        )
+    if user_model.is_user_model_spec(str(settings["model"])):
+        raise KitError("--keep-float names layers of a torchvision architecture, not of your own model FILE.py")
+    if len(set(names)) != len(names):
+        raise KitError(f"--keep-float names a layer twice: {', '.join(names)}")
+    quantize.check_layer_names(names, list(quantize.arch_layers(settings["arch"])), settings["arch"])
 
 
 # ---- the float model -------------------------------------------------------------------
@@ -559,19 +588,30 @@ def quantize_torch(
         }
     batches, source = calibration_batches(settings, calibration)
     int8 = quantize.quantize_static(
-        fp32, batches, engine, settings["granularity"], settings["observer"], arch=settings["arch"]
+        fp32,
+        batches,
+        engine,
+        settings["granularity"],
+        settings["observer"],
+        arch=settings["arch"],
+        float_layers=settings["keep_float"],
     )
     skipped = data.skipped_count(calibration) if calibration is not None else 0
     used = (len(calibration) if calibration is not None else settings["calib_images"] or 16) - skipped
     print(
         f"static quantization: {settings['granularity']} weights, {settings['observer']} observer, "
-        f"calibrated on {used} images from {source}" + (f" ({skipped} unreadable skipped)" if skipped else "")
+        f"calibrated on {used} images from {source}"
+        + (f" ({skipped} unreadable skipped)" if skipped else "")
+        + (f"; in float: {', '.join(settings['keep_float'])}" if settings["keep_float"] else "")
     )
-    return int8, {
+    facts = {
         "granularity": settings["granularity"],
         "observer": settings["observer"],
         "calibration": {"source": source, "images": used, "skipped_unreadable": skipped},
     }
+    if settings["keep_float"]:  # the grader checks these layers are the float ones in the file
+        facts["keep_float"] = list(settings["keep_float"])
+    return int8, facts
 
 
 def quantize_with_pt2e(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import run_in_process, run_script
 
@@ -194,6 +195,26 @@ def _bad_inputs(tmp_path: Path, float_weights: Path) -> dict:
             ("--config", yaml_with("quantization:\n  method: qat\ntraining:\n  loss: labelz\n")),
             "unknown qat_loss 'labelz'; use one of labels, distill",
         ),
+        "keep-float typo": (  # the closest names show the fix
+            ("--model", float_weights, "--keep-float", "features.1.conv.0.O"),
+            "no layer with weights named 'features.1.conv.0.O'; close names: features.1.conv.0.0",
+        ),
+        "keep-float in yaml, typo": (
+            ("--config", yaml_with("quantization:\n  keep_float: [features.0.0, clasifier.1]\n")),
+            "close names: classifier.1",
+        ),
+        "keep-float not a list": (
+            ("--config", yaml_with("quantization:\n  keep_float: {features.0.0: 1}\n")),
+            "'quantization.keep_float' must be a list of layer names",
+        ),
+        "keep-float with dynamic": (
+            ("--model", float_weights, "--method", "dynamic", "--keep-float", "features.0.0"),
+            "--keep-float works with --method static",
+        ),
+        "recipe with an unknown section": (
+            ("--config", yaml_with("quantization:\n  keep_float: [features.0.0]\nevidenc: {}\n")),
+            "unknown key 'evidenc'",
+        ),
     }
 
 
@@ -213,6 +234,11 @@ def _bad_inputs(tmp_path: Path, float_weights: Path) -> dict:
         "bad yaml key",
         "chain without photos",
         "bad yaml choice",
+        "keep-float typo",
+        "keep-float in yaml, typo",
+        "keep-float not a list",
+        "keep-float with dynamic",
+        "recipe with an unknown section",
     ],
 )
 def test_bad_input_is_one_error_line_and_leaves_no_file(tmp_path, float_weights, case):
@@ -326,3 +352,49 @@ def test_imagenette_labels_map_to_imagenet_and_download_errors_are_one_line(monk
     monkeypatch.setattr(torchvision.datasets, "Imagenette", offline)
     with pytest.raises(KitError, match=r"could not get Imagenette into data \(RuntimeError"):
         data.image_dataset("imagenette")
+
+
+def notebook_recipe(folder: Path) -> Path:
+    """my_recipe.yaml as notebook 3b's last cell writes it: that cell's code, run on a table of made-up numbers."""
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "03b_debugging.ipynb").read_text())
+    cell = "".join(next(c["source"] for c in notebook["cells"] if c.get("id") == "write-recipe"))
+    gain = {"features.0.0": 0.3, "features.1.conv.0.0": 2.0, "classifier.1": 0.8, "features.2.conv.0.0": -0.1}
+    student = {  # the notebook's variables at that point
+        "FLOAT_COUNTS": [1, 2], "SEED": 1, "GRANULARITY": "per_tensor", "OBSERVER": "histogram", "ENGINE": "x86",
+        "WEIGHT_BITS": 8, "calibration": range(4), "evaluation": range(8), "source": "photos", "torch": torch,
+        "gain": gain, "layers": list(gain), "layers_to_keep_float": lambda gain, k: sorted(
+            [n for n in gain if gain[n] > 0], key=gain.get, reverse=True)[:k],
+        "table": [("int8", 3.5, 5.0, 60.0), ("int8, 2 most sensitive in float", 5.1, 6.0, 64.0)],
+        "intervals": {"int8, 2 most sensitive in float": {"difference": 4.0, "low": 1.5, "high": 6.5}},
+    }  # fmt: skip
+    cwd = Path.cwd()
+    try:
+        import os
+
+        os.chdir(folder)
+        exec(cell, student)  # noqa: S102 - the repository's own notebook cell
+    finally:
+        os.chdir(cwd)
+    return folder / "my_recipe.yaml"
+
+
+def test_the_notebooks_recipe_round_trip_keeps_its_layers_in_float(tmp_path, float_weights, sample_photos):
+    """Notebook 3b writes my_recipe.yaml (evidence and all); --config reads it; its layers stay float."""
+    recipe = notebook_recipe(tmp_path)
+    output = tmp_path / "mnv2_recipe.pt"
+    result = quantize(
+        output, "--model", str(float_weights), "--config", str(recipe), "--calib-data", str(sample_photos)
+    )
+    assert result.returncode == 0, result.stderr
+    sidecar = json.loads(output.with_suffix(".json").read_text())
+    assert sidecar["keep_float"] == ["features.1.conv.0.0", "classifier.1"]
+    assert (sidecar["granularity"], sidecar["seed"], sidecar["calibration"]["images"]) == ("per_tensor", 1, 4)
+    assert "2 in float" in result.stdout and "float: conv2d #1, linear #52" in result.stdout, result.stdout
+    graph = str(torch.jit.load(str(output)).inlined_graph)
+    assert graph.count("aten::conv2d") + graph.count("aten::_convolution") == 1  # the one float conv
+
+    from quantlab.grader import recipes
+
+    settings, why = recipes.recipe_settings(yaml.safe_load(recipe.read_text()))
+    assert why is None and settings["keep_float"] == ("classifier.1", "features.1.conv.0.0")
+    assert recipes.evidence_problem(yaml.safe_load(recipe.read_text()), settings["keep_float"]) is None

@@ -10,10 +10,11 @@ same settings in sections modelled on the STM32 model zoo:
     preprocessing:  {rescaling: {scale: ..., offset: ...}, resizing: {interpolation: bilinear, aspect_ratio: crop},
                      color_mode: rgb}
     quantization:   {method: static, granularity: per_channel, observer: histogram, engine: auto,
-                     calibration_images: 100, format: torchscript, export_dir: DIR}
+                     calibration_images: 100, keep_float: [features.0.0], format: torchscript, export_dir: DIR}
     training:       {train_path: DIR, epochs: 1, learning_rate: 3e-5, loss: distill, freeze_bn_epoch: 0,
                      freeze_observers_epoch: 1}
     benchmarking:   {runs: 50, warmup: 10, threads: 2}
+    evidence:       {...}              # read by the grader, not here (notebook 3b's my_recipe.yaml: labs/homework.md)
 
 ``load_config`` returns flat settings named like the flags; an unknown key or
 a value of the wrong kind is a KitError that names it. No torch here.
@@ -33,7 +34,18 @@ from quantlab.files import read_yaml
 INTERPOLATIONS = ("bilinear",)  # what the kit's pre-processing (and torchvision's eval transform) does
 ASPECT_RATIOS = ("crop",)
 COLOR_MODES = ("rgb", "bgr")
-SECTIONS = ("general", "operation_mode", "dataset", "preprocessing", "quantization", "training", "benchmarking")
+SECTIONS = (
+    "general",
+    "operation_mode",
+    "dataset",
+    "preprocessing",
+    "quantization",
+    "training",
+    "benchmarking",
+    "evidence",
+)
+# sections a run does not read: a recipe's evidence (notebook 3b's table) is for the report and the grader
+NOT_SETTINGS = ("operation_mode", "evidence")
 
 
 def number(value: Any) -> float:
@@ -64,6 +76,15 @@ def integer(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError
     return value
+
+
+def layer_names(value: Any) -> tuple[str, ...]:
+    """Layer names: a YAML list of names, or one text of names separated by commas (the flag's form)."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not all(isinstance(name, str) and name.strip() for name in value):
+        raise ValueError
+    return tuple(name.strip() for name in value)
 
 
 def count(value: Any) -> int:
@@ -189,9 +210,11 @@ def load_config(path: Path, table: Table) -> dict[str, Any]:
         if mode not in modes:
             raise KitError(f"{where}: operation_mode {_short(mode)} is unknown; use one of {', '.join(modes)}")
         settings["operation_mode"] = mode
+    if "evidence" in config and not isinstance(config["evidence"], (dict, type(None))):
+        raise KitError(f"{where}: 'evidence' must be a section of keys, got {type(config['evidence']).__name__}")
     rules = schema(table)
     for name in SECTIONS:
-        if name != "operation_mode":
+        if name not in NOT_SETTINGS:
             _section(config, name, where, rules, settings)
     check_preprocessing(settings)
     return settings

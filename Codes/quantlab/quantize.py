@@ -16,6 +16,8 @@ versions of the architectures in ``QUANTIZABLE_ARCHS``.
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterable
@@ -28,7 +30,7 @@ from torch.ao.nn.intrinsic import qat as intrinsic_qat
 from tqdm import tqdm
 
 from quantlab.errors import KitError
-from quantlab.models import torchvision_model
+from quantlab.models import AUX_HEADS, torchvision_model
 from quantlab.vocab import GRANULARITIES, OBSERVERS
 
 # the architectures torchvision.models.quantization provides in an eager-mode quantizable form
@@ -164,13 +166,42 @@ def _parent(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(parent_name) if parent_name else model
 
 
+def check_layer_names(names: Iterable[str], known: list[str], arch: str = "the model") -> None:
+    """A KitError naming the first unknown layer and the known names closest to it (a typo shows its fix)."""
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6) or known[:3]
+            raise KitError(
+                f"{arch} has no layer with weights named {str(name)[:60]!r}; close names: {', '.join(close)} "
+                f"({len(known)} layers: quantize.weighted_layers lists them)"
+            )
+
+
+@functools.lru_cache(maxsize=4)
+def arch_layers(arch: str) -> dict[str, tuple[int, ...]]:
+    """The fused quantizable ``arch``'s layers with weights, in the network's order, and each one's weight shape
+    (of the conv inside a ConvReLU2d): built without weights, so no download and no photos."""
+    from torchvision.models import quantization
+
+    if arch not in QUANTIZABLE_ARCHS:
+        raise KitError(f"'{arch}' has no eager-mode quantizable version; use one of {', '.join(QUANTIZABLE_ARCHS)}")
+    extra = {"aux_logits": False, "init_weights": False} if arch in AUX_HEADS else {}
+    model = getattr(quantization, arch)(weights=None, quantize=False, **extra).eval()
+    model.fuse_model()
+    shapes = {}
+    for name in weighted_layers(model):
+        layer = model.get_submodule(name)
+        weight = layer[0].weight if isinstance(layer, intrinsic.ConvReLU2d) else layer.weight
+        shapes[name] = tuple(weight.shape)
+    return shapes
+
+
 def keep_float(model: nn.Module, names: Iterable[str]) -> None:
     """Leave the named layers of a fused, not yet prepared model in float: a DeQuantStub before each, a
     QuantStub after it, so that int8 tensors come in and go out as the neighbours expect."""
-    known = set(weighted_layers(model))
+    names = list(names)
+    check_layer_names(names, weighted_layers(model))
     for name in names:
-        if name not in known:
-            raise KitError(f"no layer with weights named {name!r} (one of: {', '.join(sorted(known)[:5])}, ...)")
         parent, child = _parent(model, name), name.rpartition(".")[2]
         layer = getattr(parent, child)
         layer.qconfig = None  # prepare and convert leave a module whose qconfig is None alone

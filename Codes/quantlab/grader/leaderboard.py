@@ -40,6 +40,7 @@ LEADERBOARD_COLUMNS = (
     "points_speedup",
     "points_size",
     "points_parts",
+    "points_recipe",
     "points_open",
     "penalty",
     "parts",
@@ -89,7 +90,7 @@ def leaderboard_rows(students: list[StudentGrade]) -> list[dict]:
                 "size_ratio": _rounded(best.size_ratio) if best else None,
                 **{
                     f"points_{key}": _rounded(points.get(key), 1)
-                    for key in ("accuracy", "speedup", "size", "parts", "open")
+                    for key in ("accuracy", "speedup", "size", "parts", "recipe", "open")
                 },
                 "penalty": _rounded(points.get("penalty"), 1),
                 "parts": " ".join(student.parts),
@@ -241,6 +242,7 @@ def write_points_plot(students: list[StudentGrade], path: Path, title: str) -> N
         ("speedup", "tab:blue"),
         ("size", "tab:orange"),
         ("parts", "tab:purple"),
+        ("recipe", "tab:olive"),
         ("open", "tab:cyan"),
     ):
         widths = [s.points.get(key, 0.0) for s in ordered]

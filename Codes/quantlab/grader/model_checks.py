@@ -455,7 +455,7 @@ GRANULARITY_OF_QSCHEME = {
 
 
 def conv_facts(model) -> dict:
-    """How ``model``'s convolutions run: ``{"int8": N, "float": M, "granularities": [...], "weights_sha256"}``.
+    """How ``model``'s convolutions run: ``{"int8": N, "float": M, "float_shapes", "granularities", "weights_sha256"}``.
 
     A dynamic model keeps its convolutions in fp32 (only Linear is int8), whatever its sidecar claims:
     ``quantized::conv*`` against ``aten::conv*`` in the graph tells them apart, and the packed weights'
@@ -470,7 +470,7 @@ def conv_facts(model) -> dict:
     import torch
 
     int8 = floating = 0
-    packed, output_qparams = [], []
+    packed, output_qparams, float_shapes = [], [], []
     for node in _all_nodes(model.inlined_graph):
         namespace, _, op = node.kind().partition("::")
         if op.startswith(("conv", "_convolution")) and not op.startswith(("conv_tbc", "convolution_backward")):
@@ -479,6 +479,7 @@ def conv_facts(model) -> dict:
                 output_qparams.append(_constant_qparams(node))
             elif namespace == "aten":
                 floating += 1
+                float_shapes.append(_weight_shape(node))
         elif node.kind() == "prim::Constant" and node.outputsSize() == 1:
             value = node.output()
             if str(value.type()) == CONV_PACKED_PARAMS:
@@ -499,7 +500,25 @@ def conv_facts(model) -> dict:
             layers.add(layer.hexdigest())  # a set: the order layers are found in, or a layer used twice, is no matter
     qparams = sorted(pair for pair in output_qparams if pair is not None)
     weights = hashlib.sha256(("".join(sorted(layers)) + repr(qparams)).encode("ascii")).hexdigest() if layers else None
-    return {"int8": int8, "float": floating, "granularities": sorted(granularities), "weights_sha256": weights}
+    return {
+        "int8": int8,
+        "float": floating,
+        # the float convolutions' weight shapes (None where the weight is not a constant): which layers a recipe
+        # kept in float (grader/recipes.py)
+        "float_shapes": sorted(float_shapes, key=repr),
+        "granularities": sorted(granularities),
+        "weights_sha256": weights,
+    }
+
+
+def _weight_shape(node) -> list[int] | None:
+    """The shape of a float convolution's weight when it is a graph constant (a frozen model), else None."""
+    inputs = list(node.inputs())
+    if len(inputs) < 2 or inputs[1].node().kind() != "prim::Constant":
+        return None
+    weight = inputs[1].toIValue()
+    shape = getattr(weight, "shape", None)
+    return [int(size) for size in shape] if shape is not None else None
 
 
 def _number_pair(scale: object, zero_point: object) -> str | None:

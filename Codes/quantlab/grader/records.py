@@ -37,6 +37,10 @@ class ModelGrade:
     granularity: str | None = None
     observer: str | None = None
     calibration_images: int | None = None
+    seed: int | None = None
+    arch: str | None = None
+    keep_float: list[str] | None = None  # the layers its sidecar keeps in float (None: not a list of names)
+    float_layers: list[str] | None = None  # keep_float once the child's float convolutions matched it (task 3b)
 
     @property
     def total(self) -> float:

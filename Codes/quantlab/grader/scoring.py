@@ -14,7 +14,7 @@ from pathlib import Path
 
 from quantlab import files, report, vocab
 from quantlab.errors import KitError
-from quantlab.grader import gates, grading_machine, model_checks, pi_runs, sandbox
+from quantlab.grader import gates, grading_machine, model_checks, pi_runs, recipes, sandbox
 from quantlab.grader.intake import (
     GRADED_SUFFIXES,
     OPEN_RUN_FILE,
@@ -52,6 +52,10 @@ def _set_recipe(grade: ModelGrade, sidecar: dict) -> None:
     calibration = sidecar.get("calibration")
     images = calibration.get("images") if isinstance(calibration, dict) else None
     grade.calibration_images = images if isinstance(images, int) and not isinstance(images, bool) else None
+    seed, arch = sidecar.get("seed"), sidecar.get("arch")
+    grade.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    grade.arch = arch if isinstance(arch, str) else None
+    grade.keep_float = recipes.sidecar_float_layers(sidecar)
 
 
 def _child_reason(name: str, result: dict, memory_mb: int) -> str:
@@ -252,11 +256,11 @@ def _convs_problem(name: str, method: str | None, grade: ModelGrade, convs: obje
     int8, floating, granularities = convs.get("int8"), convs.get("float"), convs.get("granularities")
     if not isinstance(int8, int) or not isinstance(floating, int) or not isinstance(granularities, list):
         return None
-    if method in ("static", "qat") and floating > 0:
-        return (
-            f"{name}: its sidecar says {method}, but {floating} of its {int8 + floating} convolutions run in fp32 "
-            "(a dynamic model?): quantize it with Codes/quantize_model.py"
-        )
+    if method in ("static", "qat") and (floating > 0 or grade.keep_float):
+        why = recipes.float_layers_problem(name, method, grade.keep_float, grade.arch, convs)
+        if why:
+            return why
+    grade.float_layers = grade.keep_float  # the child's float convolutions are the sidecar's (task 3b reads it)
     if grade.granularity and granularities and granularities != [grade.granularity]:
         found = clean_text(", ".join(str(word) for word in granularities), 60)
         return f"{name}: its sidecar says {grade.granularity} weights, its convolutions' packed weights are {found}"
@@ -416,6 +420,13 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
     student.points = dict(student.best.points) if student.best else {"accuracy": 0.0, "speedup": 0.0, "size": 0.0}
     student.points["parts"] = weights["parts"] * len(student.parts) / max(1, len(parts))
     student.points["open"] = 0.0  # given by score_open_target, once the whole class is graded
+    if weights.get("recipe"):  # task 3b: the student's own recipe and the model it made
+        why = recipes.check_recipe(folder, graded)
+        student.points["recipe"] = 0.0 if why else float(weights["recipe"])
+        if why and why.startswith(f"no {recipes.RECIPE_FILE}"):  # not handed in: a missing task, like a part
+            student.missing.append("recipe")
+        elif why:
+            student.problems.append(f"recipe (task 3b): {why}")
     if no_pi:  # the Pi's parts left out; what remains scaled up to the same total
         student.pi_scale = pi_optional_scale(rubric)
         student.points = {key: value * student.pi_scale for key, value in student.points.items()}
