@@ -302,7 +302,7 @@ def test_honest_students_are_ranked_by_the_rubric(remeasured, made):
     assert float(ada["score"]) - float(ben["score"]) == pytest.approx(
         float(ada["points_parts"]) + float(ada["points_open"]) - float(ben["points_parts"]), abs=0.11
     )
-    assert (ada["parts"], ada["missing_parts"]) == ("baseline dynamic static ptq_table pi", "qat")
+    assert (ada["parts"], ada["missing_parts"]) == ("baseline dynamic static ptq_table pi", "qat recipe")
     # the open target: 1.25x against the rubric's fixed bar of 1.3x, on the line from 1.05x
     assert float(ada["pi_open_speedup"]) == pytest.approx(OPEN_SPEEDUP, abs=0.01)
     assert (float(ada["points_open"]), float(ben["points_open"])) == (12.0, 0.0)
