@@ -287,6 +287,84 @@ def agreement_map(reference: Sequence[Detections], candidate: Sequence[Detection
     return {"map50_95": float(evaluation.stats[0]), "map50": float(evaluation.stats[1])}
 
 
+@dataclass(frozen=True)
+class BoxAgreement:
+    """How the boxes of two runs of a detector on the same images agree (``match_detections``)."""
+
+    reference_boxes: int  # boxes the reference run found, over all images
+    candidate_boxes: int  # boxes the candidate run found
+    matched: int  # reference boxes paired with a candidate box of IoU at least the threshold
+    same_class: int  # of the matched pairs, those whose classes agree
+    max_coordinate_diff: float  # largest |difference| of a box coordinate over the matched pairs, pixels
+    max_score_diff: float  # largest |difference| of a score over the matched pairs
+
+    @property
+    def identical_boxes(self) -> bool:
+        """Every box on either side has a partner of the same class, and no side has more."""
+        return self.matched == self.same_class == self.reference_boxes == self.candidate_boxes
+
+    def __str__(self) -> str:
+        return (
+            f"{self.matched}/{self.reference_boxes} reference boxes matched, classes equal {self.same_class}/"
+            f"{self.matched}, {self.candidate_boxes} candidate boxes, max coordinate diff "
+            f"{self.max_coordinate_diff:.3g} px, max score diff {self.max_score_diff:.3g}"
+        )
+
+
+def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``first`` (n x 4, x1 y1 x2 y2) with every box in ``second`` (m x 4): n x m."""
+    top_left = np.maximum(first[:, None, :2], second[None, :, :2])
+    bottom_right = np.minimum(first[:, None, 2:], second[None, :, 2:])
+    overlap = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    area_first = (first[:, 2:] - first[:, :2]).prod(axis=1)
+    area_second = (second[:, 2:] - second[:, :2]).prod(axis=1)
+    return overlap / np.maximum(area_first[:, None] + area_second[None, :] - overlap, 1e-9)
+
+
+def match_detections(
+    reference: Sequence[Detections], candidate: Sequence[Detections], iou_threshold: float = 0.5
+) -> BoxAgreement:
+    """Pair each image's reference boxes with its candidate boxes, greedily by IoU, whatever their classes.
+
+    For comparing one detector on two machines (x86 against the Pi): the same file should give the same boxes,
+    so a box without a partner, another class or a shifted coordinate is the finding.
+    """
+    if len(reference) != len(candidate):
+        raise KitError(f"compare the same images: {len(reference)} reference results, {len(candidate)} candidates")
+    matched = same_class = 0
+    coordinate_diff = score_diff = 0.0
+    for ours, theirs in zip(reference, candidate):
+        if not len(ours) or not len(theirs):
+            continue
+        overlaps = box_iou(np.asarray(ours.boxes, np.float64), np.asarray(theirs.boxes, np.float64))
+        while overlaps.size and overlaps.max() >= iou_threshold:
+            row, column = np.unravel_index(int(overlaps.argmax()), overlaps.shape)
+            matched += 1
+            same_class += int(ours.classes[row]) == int(theirs.classes[column])
+            coordinate_diff = max(coordinate_diff, float(np.abs(ours.boxes[row] - theirs.boxes[column]).max()))
+            score_diff = max(score_diff, abs(float(ours.scores[row]) - float(theirs.scores[column])))
+            overlaps[row, :], overlaps[:, column] = -1.0, -1.0  # each box is paired once
+    return BoxAgreement(
+        reference_boxes=sum(len(found) for found in reference),
+        candidate_boxes=sum(len(found) for found in candidate),
+        matched=matched,
+        same_class=same_class,
+        max_coordinate_diff=coordinate_diff,
+        max_score_diff=score_diff,
+    )
+
+
+def detections_to_json(found: Detections) -> dict[str, list]:
+    """A Detections as plain lists (for a JSON file passed between machines)."""
+    return {"boxes": found.boxes.tolist(), "scores": found.scores.tolist(), "classes": found.classes.tolist()}
+
+
+def detections_from_json(saved: dict[str, list]) -> Detections:
+    """``detections_to_json``'s inverse."""
+    boxes = np.asarray(saved["boxes"], np.float32).reshape(-1, 4)
+    return Detections(boxes, np.asarray(saved["scores"], np.float32), np.asarray(saved["classes"], np.int64))
+
+
 def latency_ms(detector: Detector, batch: np.ndarray, runs: int = 30, warmup: int = 3) -> dict[str, float]:
     """The model's time per image in ms over ``runs`` runs (after ``warmup``): median and 90th percentile."""
     for _ in range(warmup):
