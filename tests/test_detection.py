@@ -247,3 +247,33 @@ def test_coco_yolo_where_its_weights_exist(tmp_path, sample_photos):
                     f"to a yolov8n.pt or yolo11n.pt, with ultralytics installed")  # fmt: skip
     detector = detection.Detector(detection.export_yolo(weights, tmp_path / "coco.onnx"))
     assert detector.class_count == 80 and detector.class_names[0] == "person"
+
+
+COMPARISON = Path(__file__).resolve().parents[1] / "tools" / "detection_comparison.py"
+
+
+def run_comparison(*args: str, timeout: float = 600):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(COMPARISON.parents[1] / "Codes")}
+    command = [sys.executable, str(COMPARISON), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def test_detection_comparison_refuses_bad_flags_in_one_line(tmp_path):
+    assert_one_line_error(run_comparison("--pt2e", "--model", str(tmp_path / "x.onnx")), "--pt2e quantizes")
+    assert_one_line_error(run_comparison("--model", str(tmp_path / "missing.onnx")), "does not exist")
+
+
+@pytest.mark.slow
+def test_detection_comparison_prints_the_table_with_the_silenced_row(fall_onnx, tmp_path, sample_photos):
+    done = run_comparison("--model", str(fall_onnx), "--calibration", "4", "--evaluation", "4", "--runs", "2",
+                          "--json", str(tmp_path / "table.json"))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {row["model"]: row for row in json.loads((tmp_path / "table.json").read_text())["rows"]}
+    assert rows["fp32"]["map50_95"] == pytest.approx(1.0) and rows["fp32"]["boxes"] > 0
+    assert rows["static QDQ, every node"]["candidates"] == 0  # the naive recipe's lesson, measured again
+    assert rows["static QDQ, head tail in float"]["boxes"] > 0
+    assert "| dynamic (uint8 weights) |" in done.stdout

@@ -512,6 +512,48 @@ def quantize_dynamic(fp32_onnx: str | Path, output: str | Path) -> Path:
     return output
 
 
+def quantize_pt2e(
+    weights: str | Path, output: str | Path, calibration: Sequence[np.ndarray], size: int = DEFAULT_SIZE
+) -> tuple[Path, Callable[[np.ndarray], np.ndarray]]:
+    """The kit's PT2E path on an Ultralytics ``.pt``: torch.export, XNNPACKQuantizer (the Pi's target), calibrate
+    on ``calibration`` (letterboxed batches), write the ``.pt2``; returns it and a function giving the raw
+    (4+C) x N output of one batch, run by torch alone (no compiler: not the speed of a lowered model).
+
+    The head is switched to its export mode with anchors made on every call (Ultralytics' ``dynamic``): with
+    the anchors it caches, torch.export specialises the batch size and refuses the kit's dynamic batch axis.
+    Loading a ``.pt`` unpickles it: only weights you trust.
+    """
+    import torch
+
+    from quantlab import pt2e
+
+    weights, output = Path(weights), Path(output)
+    try:
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(assets.cache_dir() / "ultralytics"))
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        os.environ.setdefault("YOLO_VERBOSE", "False")
+        from ultralytics import YOLO
+    except ImportError:
+        raise KitError(f"PT2E of a .pt needs ultralytics: pip install {ULTRALYTICS_PIN}") from None
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = YOLO(str(weights)).model.float().eval()
+    for module in model.modules():  # what ultralytics' own ONNX export sets, plus anchors made on every call
+        for flag, value in (("export", True), ("format", "onnx"), ("dynamic", True)):
+            if hasattr(module, flag):
+                setattr(module, flag, value)
+    batches = [(torch.from_numpy(batch), None) for batch in calibration]
+    program, facts = pt2e.quantize(model, batches, "arm", size)
+    pt2e.save(program, output, facts | {"input_size": size, "source": weights.name})
+    module = program.module()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            result = module(torch.from_numpy(batch))
+        return (result[0] if isinstance(result, (tuple, list)) else result)[0].numpy()
+
+    return output, run
+
+
 def detect_all(detector: Detector, images: Sequence[np.ndarray], confidence: float = CONFIDENCE) -> list[Detections]:
     """The detector's boxes on each image."""
     return [detector(image, confidence) for image in images]
