@@ -95,6 +95,34 @@ def test_agreement_map_is_one_for_the_same_boxes_and_falls_with_shifted_ones():
         detection.agreement_map(nothing, reference)
 
 
+def test_match_detections_pairs_boxes_by_iou_and_reports_what_differs():
+    boxes = np.array([[10, 10, 60, 80], [100, 40, 180, 120]], np.float32)
+    reference = [
+        Detections(boxes, np.array([0.9, 0.8]), np.array([0, 1])),
+        Detections(boxes[:1], np.ones(1), np.ones(1, int)),
+    ]
+    same = detection.match_detections(reference, reference)
+    assert same.identical_boxes and same.matched == 3 and same.max_coordinate_diff == 0.0
+    nudged = [
+        Detections(found.boxes[::-1] + 1.5, found.scores[::-1] - 0.01, found.classes[::-1]) for found in reference
+    ]
+    close = detection.match_detections(reference, nudged)  # the order of the boxes does not matter
+    assert close.identical_boxes and close.max_coordinate_diff == pytest.approx(1.5)
+    assert close.max_score_diff == pytest.approx(0.01)
+    relabelled = [Detections(found.boxes, found.scores, 1 - found.classes) for found in reference]
+    other_class = detection.match_detections(reference, relabelled)
+    assert other_class.matched == 3 and other_class.same_class == 0 and not other_class.identical_boxes
+    moved = [Detections(found.boxes + 40, found.scores, found.classes) for found in reference]
+    assert detection.match_detections(reference, moved).matched == 0
+    extra = [reference[0], Detections(boxes, np.ones(2), np.ones(2, int))]
+    one_more = detection.match_detections(reference, extra)
+    assert one_more.matched == 3 and one_more.candidate_boxes == 4 and not one_more.identical_boxes
+    restored = [detection.detections_from_json(detection.detections_to_json(found)) for found in reference]
+    assert detection.match_detections(reference, restored).identical_boxes
+    with pytest.raises(KitError, match="same images"):
+        detection.match_detections(reference, reference[:1])
+
+
 def test_head_tail_ends_with_the_concat_that_writes_the_output(fall_onnx):
     tail = detection.head_tail_nodes(fall_onnx)
     assert tail[-1] == detection.output_node(fall_onnx) == "/model.22/Concat_3"
@@ -219,3 +247,33 @@ def test_coco_yolo_where_its_weights_exist(tmp_path, sample_photos):
                     f"to a yolov8n.pt or yolo11n.pt, with ultralytics installed")  # fmt: skip
     detector = detection.Detector(detection.export_yolo(weights, tmp_path / "coco.onnx"))
     assert detector.class_count == 80 and detector.class_names[0] == "person"
+
+
+COMPARISON = Path(__file__).resolve().parents[1] / "tools" / "detection_comparison.py"
+
+
+def run_comparison(*args: str, timeout: float = 600):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(COMPARISON.parents[1] / "Codes")}
+    command = [sys.executable, str(COMPARISON), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def test_detection_comparison_refuses_bad_flags_in_one_line(tmp_path):
+    assert_one_line_error(run_comparison("--pt2e", "--model", str(tmp_path / "x.onnx")), "--pt2e quantizes")
+    assert_one_line_error(run_comparison("--model", str(tmp_path / "missing.onnx")), "does not exist")
+
+
+@pytest.mark.slow
+def test_detection_comparison_prints_the_table_with_the_silenced_row(fall_onnx, tmp_path, sample_photos):
+    done = run_comparison("--model", str(fall_onnx), "--calibration", "4", "--evaluation", "4", "--runs", "2",
+                          "--json", str(tmp_path / "table.json"))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {row["model"]: row for row in json.loads((tmp_path / "table.json").read_text())["rows"]}
+    assert rows["fp32"]["map50_95"] == pytest.approx(1.0) and rows["fp32"]["boxes"] > 0
+    assert rows["static QDQ, every node"]["candidates"] == 0  # the naive recipe's lesson, measured again
+    assert rows["static QDQ, head tail in float"]["boxes"] > 0
+    assert "| dynamic (uint8 weights) |" in done.stdout

