@@ -244,3 +244,25 @@ def test_an_x86_model_answers_the_same_with_the_non_vnni_path_forced(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         answers.append(done.stdout.split()[-1])
     assert answers[0] == answers[1]
+
+
+def test_an_onnx_file_with_8_bit_weights_is_not_scored_where_onnx_runtime_saturates(monkeypatch, tmp_path):
+    """ONNX Runtime has no switch like ONEDNN_MAX_CPU_ISA: the probe's measurement is stood in for a CPU without
+    VNNI (test_onnx_tools runs the real probe under qemu -cpu Haswell); the weights are read from the file."""
+    from quantlab.grader import model_checks
+
+    full, seven_bit = tmp_path / "full.onnx", tmp_path / "seven.onnx"
+    full.write_bytes(cpu._u8s8_probe_model(127))  # a QDQ convolution, int8 weights of 127 (the kit on VNNI)
+    seven_bit.write_bytes(cpu._u8s8_probe_model(63))  # 7-bit weights (the kit without VNNI: reduce_range)
+    assert model_checks.onnx_int8_weight_max(full) == 127 and model_checks.onnx_int8_weight_max(seven_bit) == 63
+    assert model_checks.onnx_int8_weight_max(tmp_path / "missing.onnx") is None
+    assert grading_machine.onnx_saturation_problem("full.onnx", None) is None  # no int8 weights (uint8, fp32)
+    native = grading_machine.onnx_saturation_problem("full.onnx", 127)
+    assert (native is None) is (cpu.onnxruntime_u8s8_error() <= 0.05)  # on a VNNI CPU: exact, scored
+    monkeypatch.setattr(grading_machine, "_onnxruntime_u8s8_error", lambda: 0.49)  # what an AVX2 CPU measures
+    saturated = grading_machine.onnx_saturation_problem("full.onnx", 127)
+    assert saturated.startswith("full.onnx not scored on this grading CPU: ONNX Runtime's uint8 x int8 sums saturate")
+    assert "weights reach 127 (8 bits)" in saturated
+    assert grading_machine.onnx_saturation_problem("seven.onnx", 63) is None  # 2 x 255 x 63 fits in 16 bits
+    assert grading_machine.onnx_saturation_problem("odd.onnx", True) is None  # the child's word, checked
+    assert "U8S8 saturates: 8-bit ONNX weights not scored" in grading_machine.int8_path_line("x86")

@@ -63,6 +63,9 @@ def test_bad_command_line_exits_2_with_one_line() -> None:
         ["--frames", "0"],
         ["--no-such-option"],
         ["--no-detector", "--only-detector"],
+        ["--model", "no_such_model.pt"],
+        ["--model", str(PI_CHECK), "--json", "x.json"],  # not a .pt file
+        ["--model", __file__, "--cpu", "cortex-a72", "--cpu", "cortex-a76"],
     ):
         done = pi_check(*args, timeout=60)
         assert done.returncode == 2, explain(done)
@@ -174,6 +177,36 @@ def test_detector_boxes_on_pi4_and_pi5_match_x86() -> None:
             )
     assert "[cortex-a76] ok   detector-fp32" not in done.stdout, explain(done)
     assert "PASS on cortex-a72, cortex-a76" in done.stdout, explain(done)
+
+
+@emulation
+def test_a_student_without_a_pi_hands_in_what_the_grader_accepts(tmp_path: Path) -> None:
+    """pi_check.py --model: a qnnpack model made by quantize_model.py, run on x86 and the emulated Pi 4; the JSON
+    it writes holds no speed and is what quantlab.grader.emulated_pi accepts for the pi part."""
+    import json
+
+    from quantlab import files
+    from quantlab.assets import FLOAT_WEIGHTS, IMAGENET_SAMPLE
+    from quantlab.grader import emulated_pi
+    from quantlab.grader.records import ModelGrade
+
+    model = tmp_path / "mnv2_qnnpack.pt"
+    made = subprocess.run(
+        [sys.executable, str(REPO / "Codes" / "quantize_model.py"), "--model", str(assets_dir() / FLOAT_WEIGHTS),
+         "--engine", "qnnpack", "--calib-data", str(assets_dir() / IMAGENET_SAMPLE), "--calib-images", "8",
+         "--output", str(model)],
+        capture_output=True, text=True, timeout=600, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    done = pi_check("--model", str(model), "--json", str(tmp_path / "pi_check.json"), "--photos", "8", timeout=900)
+    assert done.returncode == 0, explain(done)
+    assert "top-1 equal to x86's on 8 of 8 photos" in done.stdout, explain(done)
+    document = json.loads((tmp_path / "pi_check.json").read_text())
+    assert document["emulated"] is True and document["cpu"] == "cortex-a72" and document["photos"] == 8
+    assert not [key for key in document if "fps" in key or "second" in key], document
+    graded = [ModelGrade(file=model.name, method="static", engine="qnnpack", sha256=files.sha256_of(model))]
+    check, why = emulated_pi.check_pi_check(tmp_path / "pi_check.json", graded)
+    assert why is None and check.agree == 8, why
 
 
 CONTAINER_CHECK = REPO / "tools" / "pi_check" / "container_check.py"

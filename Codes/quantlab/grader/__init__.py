@@ -5,7 +5,8 @@ package (it imports them: the kit's loaders, measuring and report schema). A
 submission is one folder per student (``labs/homework.md``) holding
 ``benchmark.json`` (``Codes/benchmark.py --json``), the model files it lists
 with their sidecar JSONs (``Codes/quantize_model.py``), and ``pi_run.json`` and
-``pi_open.json`` (``Codes/mobile_net.py --json`` on the Raspberry Pi).
+``pi_open.json`` (``Codes/mobile_net.py --json`` on the Raspberry Pi), or without a Pi ``pi_check.json``
+(``tools/pi_check/pi_check.py --model``, the emulated Pi).
 
 One submission folder goes through, in order:
 
@@ -17,7 +18,8 @@ One submission folder goes through, in order:
   measured in one child process (each model with its own limits) that can always
   be stopped, never in the grader;
 - ``scoring``: points by the ``rubric`` (``rubric.yaml``, package data), the
-  parts handed in, the Pi runs (``pi_runs``), flags for claims that disagree;
+  parts handed in, the Pi runs (``pi_runs``) or the emulated Pi check (``emulated_pi``), flags for claims
+  that disagree;
   then, class-wide, the open target and possible copying;
 - ``records``: what is kept of each model and student; ``shards``: a run kept
   as a record (``grade.py --shard I/N``) and N shards merged into one;

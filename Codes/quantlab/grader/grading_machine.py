@@ -4,7 +4,11 @@
   by ``ONEDNN_MAX_CPU_ISA`` / ``FBGEMM_ENABLE_INSTRUCTIONS``, which the sandboxed child receives too), said in
   the leaderboard's header; a model whose engine's int8 sums saturate on this CPU (the probe
   ``quantlab.engines``' auto uses to reject an engine) is named and not scored, instead of losing accuracy
-  points to the grader's CPU.
+  points to the grader's CPU. ONNX files the same way: ONNX Runtime's U8S8 kernels saturate on x86 without
+  VNNI (``quantlab.cpu.onnxruntime_u8s8_error`` measures it here; ONNX Runtime has no switch like the two
+  variables above, so only a CPU without VNNI, or ``qemu-x86_64 -cpu Haswell``, shows it), and a file whose
+  int8 weights use the full 8 bits (``--format onnx`` made on a VNNI CPU) is not scored on such a grader;
+  one with 7-bit weights (``reduce_range``, what the kit writes on a CPU without VNNI) is exact everywhere.
 - The photos: grading on the kit's public sample (or photos from it) measures accuracy on photos every student
   has, and may have calibrated or trained on; the header warns, and each model whose sidecar names the grading
   photos as its calibration or training source gets a note.
@@ -12,6 +16,7 @@
 Example:
     print(int8_path_line("x86"))
     saturation_problem("m.pt", "onednn")   # a reason on a CPU without VNNI, else None
+    onnx_saturation_problem("m.onnx", 127)  # the same for an ONNX file whose int8 weights reach 127
     public_sample_warning(Path("photos/"))
 """
 
@@ -62,6 +67,45 @@ def saturation_problem(name: str, engine: str | None) -> str | None:
     )
 
 
+@cache
+def _onnxruntime_u8s8_error() -> float | None:
+    """``cpu.onnxruntime_u8s8_error`` once per process (the child runs ONNX Runtime on the same CPU)."""
+    try:
+        return cpu.onnxruntime_u8s8_error()
+    except ImportError:  # no onnxruntime here: no ONNX file loads either
+        return None
+
+
+def onnx_saturation_problem(name: str, int8_weight_max: int | None) -> str | None:
+    """Why ONNX file ``name`` cannot be scored on this CPU: ONNX Runtime's U8S8 sums saturate here and its int8
+    weights (the largest |value|, read from the file by the child) exceed 7 bits; else None."""
+    from quantlab import onnx_tools
+    from quantlab.grader.model_checks import ONNX_EXACT_WEIGHT_MAX
+
+    if not isinstance(int8_weight_max, int) or int8_weight_max <= ONNX_EXACT_WEIGHT_MAX:
+        return None
+    error = _onnxruntime_u8s8_error()
+    if error is None or error <= onnx_tools.PROBE_MAX_ERROR:
+        return None
+    return (
+        f"{name} not scored on this grading CPU: ONNX Runtime's uint8 x int8 sums saturate here "
+        f"({cpu.int8_isa().label}; the probe convolution kept {100 * (1 - error):.0f} % of fp32's sum) and its int8 "
+        f"weights reach {int8_weight_max} (8 bits), so its accuracy would be the CPU's, not the model's. Grade it "
+        "on a CPU with VNNI, or quantize on a CPU without VNNI (the kit then writes 7-bit weights, exact everywhere)"
+    )
+
+
+def onnx_path_word() -> str:
+    """ONNX Runtime's int8 path here, as the probe measured it (no environment variable lowers it)."""
+    from quantlab import onnx_tools
+
+    error = _onnxruntime_u8s8_error()
+    if error is None:
+        return "onnxruntime not installed"
+    state = "U8S8 exact" if error <= onnx_tools.PROBE_MAX_ERROR else "U8S8 saturates: 8-bit ONNX weights not scored"
+    return f"onnxruntime {cpu.int8_isa().name} ({state}; no switch lowers it)"
+
+
 def int8_path_line(pc_engine: str) -> str:
     """The leaderboard header's line: each engine's int8 level here, VNNI or not, and the rubric's engine."""
     parts = []
@@ -72,7 +116,7 @@ def int8_path_line(pc_engine: str) -> str:
     capped = cpu.capped_engines()
     forced = f"; forced by environment: {', '.join(f'{e} {why}' for e, why in capped.items())}" if capped else ""
     rule = "any engine" if pc_engine == "any" else f"engine {pc_engine}"
-    return f"int8 path graded: {', '.join(parts)}; rubric's PC tasks: {rule}{forced}"
+    return f"int8 path graded: {', '.join(parts)}; rubric's PC tasks: {rule}; ONNX files: {onnx_path_word()}{forced}"
 
 
 def _photos(folder: Path) -> list[Path]:
@@ -140,9 +184,11 @@ def header_lines(rubric: dict, data: Path | None, students: list) -> list[str]:
     lines = [gates.rule_line(rubric, intervals=data is not None), int8_path_line(rubric["engines"]["pc"])]
     if rubric["pi"]["optional"]:
         without = sum(1 for student in students if student.pi_scale)
+        emulated = sum(1 for student in students if student.pi_emulated)
         lines.append(
-            f"Pi tasks optional: {without} student(s) without pi_run.json / pi_open.json are scored without the pi "
-            f"part and the open target, their other points x{scoring.pi_optional_scale(rubric):.3f}"
+            f"Pi tasks optional: {without} student(s) without pi_run.json / pi_open.json are scored without the open "
+            f"target, their other points x{scoring.pi_optional_scale(rubric):.3f}; {emulated} earned the pi part with "
+            "the emulated Pi check (pi_check.json: answers on ARM's qnnpack, never FPS or the open target)"
         )
     warning = public_sample_warning(data) if data is not None else None
     if warning:

@@ -46,6 +46,7 @@ LEADERBOARD_COLUMNS = (
     "parts",
     "missing_parts",
     "pi_fps",
+    "pi_check",
     "pi_open_speedup",
     "reasons",
     "notes",
@@ -96,6 +97,7 @@ def leaderboard_rows(students: list[StudentGrade]) -> list[dict]:
                 "parts": " ".join(student.parts),
                 "missing_parts": " ".join(student.missing),
                 "pi_fps": _rounded(student.pi_fps, 1),
+                "pi_check": "emulated Pi check" if student.pi_emulated else None,  # answers only: never an FPS
                 "pi_open_speedup": _rounded(student.open_speedup),
                 "reasons": " | ".join(capped_reasons(student.reasons)),
                 "notes": " | ".join(capped_reasons(student.notes)),
@@ -175,7 +177,7 @@ def leaderboard_markdown(students: list[StudentGrade], header: list[str]) -> str
         "speedup",
         "size_ratio",
         "parts",
-        "pi_fps",
+        "pi_shown",
         "pi_open_speedup",
     )
     titles = (
@@ -189,7 +191,7 @@ def leaderboard_markdown(students: list[StudentGrade], header: list[str]) -> str
         "speed-up",
         "smaller",
         "parts",
-        "Pi FPS",
+        "Pi FPS (or emulated Pi check: no FPS)",
         "open target: Pi x default",
     )
     lines = [
@@ -202,6 +204,7 @@ def leaderboard_markdown(students: list[StudentGrade], header: list[str]) -> str
     ]
     for row in rows:
         row["drop_shown"] = _drop_shown(row)
+        row["pi_shown"] = row["pi_fps"] if row["pi_fps"] is not None else row["pi_check"]
     lines += ["| " + " | ".join(_cell(row[key]) for key in shown) + " |" for row in rows]
     lines += ["", "## Problems", "", *_notes_by_student(students, lambda student: student.reasons, with_status=True)]
     lines += [

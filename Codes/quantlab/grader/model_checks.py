@@ -597,3 +597,29 @@ def onnx_weights_hash(path: Path) -> str | None:
     for initializer in sorted(graph.initializer, key=lambda tensor: tensor.name):
         digest.update(initializer.SerializeToString())
     return digest.hexdigest()
+
+
+# ONNX Runtime's U8S8 kernels on x86 with AVX2 or AVX-512 but no VNNI add pairs of uint8 x int8 products in
+# 16 bits: 2 x 255 x 64 = 32640 fits in 32767, 2 x 255 x 65 does not (quantlab.cpu)
+ONNX_EXACT_WEIGHT_MAX = 64
+
+
+def onnx_int8_weight_max(path: Path) -> int | None:
+    """The largest |value| of an ONNX file's int8 weight tensors (initializers of 2 or more dimensions), read from
+    the file itself, not its metadata's word: above ``ONNX_EXACT_WEIGHT_MAX`` its U8S8 sums may saturate on a CPU
+    without VNNI. None when it holds no int8 weights (fp32, or uint8 weights as in the kit's dynamic files)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001
+        return None
+    largest = None
+    for initializer in graph.initializer:
+        if initializer.data_type == onnx.TensorProto.INT8 and len(initializer.dims) >= 2:
+            values = numpy_helper.to_array(initializer).astype(np.int16)
+            if values.size:
+                largest = max(largest or 0, int(np.abs(values).max()))
+    return largest

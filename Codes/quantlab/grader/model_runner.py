@@ -10,7 +10,7 @@ inside the sandbox, once per student (Python and torch start once). It reads one
 and answers each model in turn with one line of JSON on its original stdout (anything the model or torch
 prints goes to stderr), so that the grader can stop a model that runs too long and keep the answers
 before it: ``{"ok": true, "method", "engine", "quantized", "parameters",
-"weights_sha256", "answers_sha256", "convs": {"int8", "float", "granularities"} | null,
+"weights_sha256", "int8_weight_max", "answers_sha256", "convs": {"int8", "float", "granularities"} | null,
 "measured": {...} | null}`` or ``{"ok": false, "reason": ...}``.
 ``answers_sha256`` fingerprints what the model computes (its logits on a fixed input): two files that
 answer alike are one model, whatever their bytes, names or sidecars.
@@ -90,6 +90,7 @@ def run(request: dict) -> dict:
     if loaded.engine is not None:
         engines.set_engine(loaded.engine)
     weights = model_checks.onnx_weights_hash(Path(path)) if loaded.format == "onnx" else None
+    int8_weight_max = model_checks.onnx_int8_weight_max(Path(path)) if loaded.format == "onnx" else None
     with torch.inference_mode():
         fixed_input = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
         answers = hashlib.sha256(loaded.model(fixed_input).float().contiguous().numpy().tobytes()).hexdigest()
@@ -117,6 +118,7 @@ def run(request: dict) -> dict:
         "quantized": loaded.quantized,
         "parameters": loaded.parameters,
         "weights_sha256": weights,
+        "int8_weight_max": int8_weight_max,
         "answers_sha256": answers,
         "convs": convs,
         "measured": measured,

@@ -66,6 +66,7 @@ class StudentGrade:
     problems: list[str] = field(default_factory=list)  # everything else that is wrong
     copying: list[str] = field(default_factory=list)  # files identical to another student's (for the instructor)
     pi_scale: float | None = None  # the rubric made the Pi optional and this student had none: points x this
+    pi_emulated: str | None = None  # the pi part came from pi_check.json, the emulated Pi (answers, no speed)
     notes: list[str] = field(default_factory=list)  # for the instructor, no effect on status ("unstable", engines)
     fingerprints: dict[str, str] = field(default_factory=dict)  # what copying is detected on: label -> digest
 

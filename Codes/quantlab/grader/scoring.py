@@ -14,7 +14,7 @@ from pathlib import Path
 
 from quantlab import files, report, vocab
 from quantlab.errors import KitError
-from quantlab.grader import gates, grading_machine, model_checks, pi_runs, recipes, sandbox
+from quantlab.grader import emulated_pi, gates, grading_machine, model_checks, pi_runs, recipes, sandbox
 from quantlab.grader.intake import (
     GRADED_SUFFIXES,
     OPEN_RUN_FILE,
@@ -137,7 +137,9 @@ def grade_model(
         return grade
     grade.method = method if method in vocab.RECORDED_METHODS else "int8"
     grade.engine = engine if engine in vocab.ENGINE_CHOICES else None
-    why = grading_machine.saturation_problem(name, grade.engine)
+    why = grading_machine.saturation_problem(name, grade.engine) or grading_machine.onnx_saturation_problem(
+        name, result.get("int8_weight_max") if path.suffix.lower() in vocab.ONNX_SUFFIXES else None
+    )
     if why:  # the grading CPU's fault, not the student's: not scored here, never a penalty
         grade.excluded = why
         return grade
@@ -405,6 +407,8 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
         if why:
             (student.flags if pi_runs.EDITED in why else student.problems).append(why)
 
+    _emulated_pi_part(folder / emulated_pi.PI_CHECK_FILE, student, graded, present, rubric)
+
     pc_engine = rubric["engines"]["pc"]
     candidates = [m for m in graded if m.method != "fp32" and _scored_engine(m, pc_engine, student)]
     if runner.measure is None and candidates and reference is None:
@@ -413,7 +417,7 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
     if student.best is None:
         student.problems.append("no quantized model passed the checks: no accuracy, speed or size points")
     no_pi = rubric["pi"]["optional"] and not any(p.exists() or p.is_symlink() for p in (pi_path, open_path))
-    parts = [part for part in rubric["parts"] if not (no_pi and part == "pi")]
+    parts = list(rubric["parts"])  # without a Pi, the pi part is still due: pi_check.json (emulated) fills it
     student.parts = [part for part in parts if part in present]
     student.missing = [part for part in parts if part not in present]
     weights = rubric["weights"]
@@ -427,12 +431,13 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
             student.missing.append("recipe")
         elif why:
             student.problems.append(f"recipe (task 3b): {why}")
-    if no_pi:  # the Pi's parts left out; what remains scaled up to the same total
+    if no_pi:  # the open target left out (it needs a Pi's speed); what remains scaled up to the same total
         student.pi_scale = pi_optional_scale(rubric)
         student.points = {key: value * student.pi_scale for key, value in student.points.items()}
+        proof = "the emulated Pi check" if student.pi_emulated else "no pi_check.json (the emulated Pi check)"
         student.notes.append(
-            f"no Pi: scored without the pi part and the open target, the other points x{student.pi_scale:.3f} "
-            "(the rubric makes the Pi optional)"
+            f"no Pi: scored without the open target, the other points x{student.pi_scale:.3f} (the rubric makes "
+            f"the Pi optional); the pi part: {proof}"
         )
     student.points["penalty"] = -rubric["penalty_per_flag"] * len(student.flags)
     student.score = round(max(0.0, sum(student.points.values())), 1)
@@ -441,13 +446,34 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
 
 
 def pi_optional_scale(rubric: dict) -> float:
-    """What a student without a Pi's points are multiplied by: the total over what the other parts carry."""
+    """What a student without a Pi's points are multiplied by: the total over what is left without the open
+    target (the pi part stays: the emulated Pi check, ``emulated_pi``, fills it)."""
     weights = rubric["weights"]
     total = sum(weights.values())
-    pi_share = weights["parts"] / max(1, len(rubric["parts"])) if "pi" in rubric["parts"] else 0.0
-    # the pi part's share moves to the other parts (split over fewer), so only the open target's weight is missing
-    left = total - weights["open"] - (pi_share if len(rubric["parts"]) == 1 else 0.0)
+    left = total - weights["open"]
     return total / left if left > 0 else 1.0
+
+
+def _emulated_pi_part(path: Path, student: StudentGrade, graded: list[ModelGrade], present: set, rubric: dict) -> None:
+    """pi_check.json, the emulated Pi check: the pi part when the rubric makes the Pi optional and no real Pi run
+    counts; never FPS or the open target. A file with edited numbers is flagged, other faults are problems."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if "pi" in present:
+        student.notes.append(f"{path.name} not read: {PI_RUN_FILE} from a real Pi counts for the pi part")
+        return
+    if not rubric["pi"]["optional"]:
+        student.problems.append(
+            f"{path.name} (the emulated Pi check) does not count: the rubric asks for {PI_RUN_FILE} from a real Pi "
+            "(pi.optional: false)"
+        )
+        return
+    check, why = emulated_pi.check_pi_check(path, graded)
+    if why:
+        (student.flags if pi_runs.EDITED in why else student.problems).append(why)
+        return
+    present.add("pi")
+    student.pi_emulated = check.summary
 
 
 def _speed_flags(student: StudentGrade) -> None:
