@@ -559,8 +559,8 @@ def load_exported(path: Path, input_size: int = 224, compile: bool | None = None
 class InductorRunner(nn.Module):
     """An exported graph compiled by inductor (``torch._inductor.compile``), once per input shape.
 
-    Not ``torch.compile``: its Dynamo front end re-checks guards on every call (each of the model's ~200
-    weights), measured 0.8-1.1 ms of CPU per MobileNetV2 call, a third of the int8 network's own time. An
+    Not ``torch.compile``: its Dynamo front end re-checks its guards on every call (the graph holds ~200
+    weights), measured 0.8-1.1 ms of CPU per int8 MobileNetV2 call, a fifth of the whole call. An
     exported graph needs no tracing and no guards; the one guard that matters (inductor's code is
     specialised to one input shape) is the dictionary lookup below. ``freezing`` makes the weights
     constants, so inductor folds the quantize/dequantize pairs into oneDNN int8 kernels (without it the
