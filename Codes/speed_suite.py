@@ -3,7 +3,7 @@
 One process, one machine, batch 1, 224x224, the same settings for every path:
   fp32 eager, fp32 channels-last, fp32 TorchScript,
   int8 on every quantized engine this PyTorch has (x86, onednn, fbgemm, qnnpack), eager and TorchScript,
-  int8 PT2E (torch.export + torchao's X86InductorQuantizer, run through torch.compile/inductor),
+  int8 PT2E (torch.export + torchao's X86InductorQuantizer, compiled by inductor; its compile time is shown),
   ONNX Runtime fp32 and ONNX Runtime static int8 (QDQ).
 Each int8 model is calibrated for the engine it runs on (a few photos), and every
 path's top-1 prediction is compared with fp32 eager's on those photos: the
@@ -118,7 +118,7 @@ def pt2e_builder(fp32: torch.nn.Module, calibration: list, folder: Path):
         pt2e.save(program, path, {"method": "static", **facts})
         loaded = loading.load_any(path, input_size=size, check=False)
         if not loaded.model.compiled:  # an uncompiled exported program is correct but says nothing about PT2E's speed
-            raise KitError(loaded.notes[0] if loaded.notes else "torch.compile did not compile the PT2E model")
+            raise KitError(loaded.notes[0] if loaded.notes else "inductor did not compile the PT2E model")
         return loaded.model
 
     return build
@@ -151,7 +151,7 @@ def shown(value, spec: str) -> str:
 def format_table(results: list[dict], photos_note: str) -> str:
     header = (
         f"{'path':<28}{'median ms':>10}{'p90 ms':>9}{'x fp32 eager':>14}{'x ORT fp32':>12}{'top-1 = fp32':>14}"
-        f"  {'int8 ISA':<12}{'peak MB':>8}"
+        f"  {'int8 ISA':<12}{'peak MB':>8}{'compile s':>10}"
     )
     lines = [header, "-" * len(header)]
     for result in results:
@@ -164,13 +164,14 @@ def format_table(results: list[dict], photos_note: str) -> str:
             f"{result['name']:<28}{median:>10}{result['p90_ms']:>9.2f}"
             f"{shown(result['vs_fp32_eager'], '.2f'):>13}x{shown(result['vs_onnxruntime_fp32'], '.2f'):>11}x"
             f"{shown(agreement and 100 * agreement, '.0f'):>13}%  {result['int8_isa'] or '':<12}"
-            f"{shown(result.get('peak_rss_mb'), '.0f'):>8}"
+            f"{shown(result.get('peak_rss_mb'), '.0f'):>8}{shown(result.get('compile_s'), '.1f'):>10}"
         )
     lines.append(
         f"x fp32 eager / x ORT fp32: this path's median latency over theirs (0.20x = 5 times faster); "
         f"top-1 = fp32: photos whose top-1 class matches fp32 eager's ({photos_note}); int8 ISA: the "
         f"instruction level the int8 path runs with (avx2, avx512: no VNNI, sums can saturate); peak MB: "
-        f"the process's peak resident memory during that path's timed runs"
+        f"the process's peak resident memory during that path's timed runs; compile s: the wait for inductor's "
+        f"first compile (PT2E, once per process and input shape)"
     )
     for result in results:
         if not result["error"] and result.get("unstable"):
@@ -276,6 +277,7 @@ def time_paths(paths: list, photos: torch.Tensor, args: argparse.Namespace) -> l
                 "fps": latency["fps"],
                 "unstable": latency["unstable"],
                 "peak_rss_mb": memory.peak_rss_mb(),
+                "compile_s": getattr(model, "compile_s", None),  # PT2E: inductor's first compile, seconds
                 "top1_agreement": round(float((predictions == reference).float().mean()), 4),
             }
         )

@@ -266,3 +266,35 @@ def test_benchmark_and_the_demo_refuse_it_without_running_it(honest, tmp_path, r
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert "could run code when opened" in result.stderr, result.stderr
         assert not marker.exists(), f"{script} ran the file's code"
+
+
+def test_inductor_runs_the_exported_graph_once_compiled_per_input_shape(dynamic):
+    """load_exported compiles with inductor directly (no Dynamo guards per call): the same answers as the exported
+    program, its first compile time kept, a new batch size (or a channels-last input) compiled or copied as needed."""
+    pytest.importorskip("torch._inductor")
+    plain = pt2e.load_exported(dynamic, input_size=8, compile=False)
+    compiled = pt2e.load_exported(dynamic, input_size=8, compile=True)
+    if not compiled.compiled:  # a machine without a C++ compiler: the fallback is the next test's subject
+        pytest.skip(compiled.note)
+    assert compiled.note is None and compiled.compile_s > 0
+    first_compile = compiled.compile_s
+    for batch in (torch.randn(1, 3, 8, 8), torch.randn(3, 3, 8, 8)):
+        torch.testing.assert_close(compiled(batch), plain(batch), rtol=1e-4, atol=1e-5)
+    channels_last = torch.randn(3, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(compiled(channels_last), plain(channels_last), rtol=1e-4, atol=1e-5)
+    assert len(compiled.module.by_shape) == 2  # batch 1 and batch 3; the channels-last batch reused batch 3's
+    assert compiled.compile_s == first_compile  # what a student waits for before the first answer
+
+
+def test_a_failed_compile_is_one_note_and_the_program_runs_uncompiled(honest, monkeypatch):
+    import torch._inductor
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nsecond line of the trace")
+
+    monkeypatch.setattr(torch._inductor, "compile", no_compiler)
+    loaded = pt2e.load_exported(honest, input_size=8, compile=True)
+    assert not loaded.compiled and loaded.compile_s is None
+    assert loaded.note.startswith("note: honest.pt2: inductor failed (RuntimeError: InvalidCxxCompiler")
+    assert "\n" not in loaded.note and "uncompiled" in loaded.note
+    assert loaded(torch.randn(1, 3, 8, 8)).shape == (1, 4)

@@ -258,4 +258,6 @@ def benchmark_model(
         "skipped": skipped,
         "peak_rss_mb": memory.peak_rss_mb(),
         "coverage": coverage.of_loaded(loaded),  # layers with weights in int8 vs float, MB left in float
+        # a compiled PT2E model: the seconds its first compile took (a student waits for it once per process)
+        "compile_s": getattr(loaded.model, "compile_s", None),
     }

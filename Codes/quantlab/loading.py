@@ -537,7 +537,7 @@ def _load_exported(path: Path, request: _Request) -> LoadedModel:
     notes = [loaded.note] if loaded.note else []
     if loaded.compiled:
         notes.append(
-            f"note: {path.name} runs through torch.compile (inductor, freezing): compiled for batch 1, "
+            f"note: {path.name} runs compiled by inductor (freezing, {loaded.compile_s} s): compiled for batch 1, "
             "it compiles again for each new batch size"
         )
     return LoadedModel(
@@ -553,7 +553,7 @@ def _load_exported(path: Path, request: _Request) -> LoadedModel:
         method=sidecar.get("method") or ("int8" if loaded.quantized else "fp32"),
         sidecar=sidecar,
         notes=notes,
-        engine_reason="torch.compile, inductor" if loaded.compiled else "exported program",
+        engine_reason="inductor" if loaded.compiled else "exported program",
     )
 
 

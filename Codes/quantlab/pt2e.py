@@ -5,7 +5,7 @@ FloatFunctional adds); PT2E takes any model that ``torch.export`` can capture:
 
 1. ``torch.export`` captures the forward pass as a graph of ATen operators;
 2. a Quantizer for the target annotates that graph: ``X86InductorQuantizer``
-   on x86 (int8 kernels of oneDNN through torch.compile/inductor),
+   on x86 (int8 kernels of oneDNN, compiled by inductor),
    ``XNNPACKQuantizer`` for ARM (ExecuTorch's XNNPACK backend, phones and the Pi);
 3. ``prepare_pt2e`` inserts observers, the calibration photos run through it,
    ``convert_pt2e`` writes quantize/dequantize pairs with the measured ranges;
@@ -14,11 +14,11 @@ FloatFunctional adds); PT2E takes any model that ``torch.export`` can capture:
 
 ``load_exported`` reads it back with ``torch.export.load``, after ``check_archive``
 has refused every entry that torch would unpickle (a .pt2 from elsewhere must not
-run code when opened); on x86 it compiles
-it with inductor and ``freezing`` (weights become constants, so inductor folds
-the quantize/dequantize pairs into oneDNN int8 kernels: without freezing the
-graph runs float kernels between (de)quantize steps). Without a compiler, or for
-the ARM target, the exported program runs as it is: correct, but not fast.
+run code when opened); on x86 it compiles the exported graph with inductor and
+``freezing`` (``InductorRunner``: weights become constants, so inductor folds the
+quantize/dequantize pairs into oneDNN int8 kernels: without freezing the graph
+runs float kernels between (de)quantize steps). Without a compiler, or for the
+ARM target, the exported program runs as it is: correct, but not fast.
 
 The quantizers and prepare/convert live in torchao (``pip install torchao``),
 not in torch: ``require_torchao`` says so in one line when it is missing.
@@ -44,6 +44,7 @@ import logging
 import pickle
 import platform
 import re
+import time
 import traceback
 import warnings
 import zipfile
@@ -52,6 +53,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from quantlab import compat, models
 from quantlab.errors import KitError, first_line
@@ -300,8 +302,8 @@ def save(program: torch.export.ExportedProgram, output: Path, sidecar: dict) -> 
 
 
 class ExportedModel:
-    """A loaded .pt2: called like a module; ``compiled`` says whether inductor runs it; ``graph_module`` is the
-    exported graph itself (what quantlab.coverage reads), compiled or not."""
+    """A loaded .pt2: called like a module; ``compiled`` says whether inductor runs it (``compile_s``: how long
+    its first compile took); ``graph_module`` is the exported graph itself (what quantlab.coverage reads)."""
 
     def __init__(
         self,
@@ -310,12 +312,14 @@ class ExportedModel:
         note: str | None,
         quantized: bool,
         graph_module: nn.Module | None = None,
+        compile_s: float | None = None,
     ) -> None:
         self.module = module
         self.graph_module = graph_module if graph_module is not None else module
         self.compiled = compiled
         self.note = note
         self.quantized = quantized
+        self.compile_s = compile_s  # seconds inductor took for the first shape (None: not compiled)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return self.module(batch)
@@ -538,38 +542,62 @@ def load_exported(path: Path, input_size: int = 224, compile: bool | None = None
                 f"{TORCHAO_HINT}"
             )
             return ExportedModel(module, compiled=False, note=note, quantized=quantized)
-    # freezing makes the weights constants: inductor then folds quantize/dequantize pairs into int8 kernels
-    # (MobileNetV2 measured 14 ms with it, 23 ms without on an AVX2 CPU); a process-wide inductor setting
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    # inductor's int8 lowering warns about its own tensor copy each time it compiles (e.g. a new batch size)
-    warnings.filterwarnings(
-        "ignore",
-        message="To copy construct from a tensor",
-        category=UserWarning,
-        module="torch._inductor.mkldnn_lowerings",
-    )
-    compiled = torch.compile(module, dynamic=False)
+    runner = InductorRunner(module)
     try:
-        with _quiet(), torch.no_grad():
-            compiled(torch.randn(1, 3, input_size, input_size))
+        runner(torch.randn(1, 3, input_size, input_size))
     except Exception as error:  # noqa: BLE001 - no C++ compiler, an unsupported CPU, ...
         note = (
-            f"note: {path.name}: torch.compile failed ({first_line(error, with_type=True, limit=120)}); running the exported program "
-            "uncompiled (correct, slower)"
+            f"note: {path.name}: inductor failed ({first_line(error, with_type=True, limit=120)}); running the "
+            "exported program uncompiled (correct, slower)"
         )
         return ExportedModel(module, compiled=False, note=note, quantized=quantized)
-    return ExportedModel(_NoGrad(compiled), compiled=True, note=None, quantized=quantized, graph_module=module)
+    return ExportedModel(
+        runner, compiled=True, note=None, quantized=quantized, graph_module=module, compile_s=runner.compile_s
+    )
 
 
-class _NoGrad(nn.Module):
-    """Calls the compiled module under no_grad: inductor's freezing applies to inference only."""
+class InductorRunner(nn.Module):
+    """An exported graph compiled by inductor (``torch._inductor.compile``), once per input shape.
 
-    def __init__(self, compiled: Callable) -> None:
+    Not ``torch.compile``: its Dynamo front end re-checks its guards on every call (the graph holds ~200
+    weights), measured 0.8-1.1 ms of CPU per int8 MobileNetV2 call, a fifth of the whole call. An
+    exported graph needs no tracing and no guards; the one guard that matters (inductor's code is
+    specialised to one input shape) is the dictionary lookup below. ``freezing`` makes the weights
+    constants, so inductor folds the quantize/dequantize pairs into oneDNN int8 kernels (without it the
+    graph runs float kernels between (de)quantize steps). Not AOTInductor either: it loads a native
+    library (code the kit would have to vouch for) and ran MobileNetV2 int8 about 3x slower here.
+    """
+
+    def __init__(self, graph_module: nn.Module) -> None:
         super().__init__()
-        self.compiled = compiled
+        self.graph_module = graph_module
+        self.out_spec = graph_module.graph._codegen.pytree_info.out_spec
+        self.by_shape: dict[tuple, Callable] = {}
+        self.compile_s: float | None = None  # the first compile (what a student waits for), seconds
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.compiled(batch)
+        batch = batch.contiguous()  # inductor's code is specialised to the strides it compiled for as well
+        key = (tuple(batch.shape), batch.dtype)
+        compiled = self.by_shape.get(key)
+        if compiled is None:
+            compiled = self.by_shape[key] = self._compile(batch)
+        with torch.no_grad():  # freezing applies to inference only
+            outputs = compiled(batch)
+        if isinstance(outputs, torch.Tensor):  # the exported module's own pytree code ran inside the compiled one
+            return outputs
+        # or inductor returned the graph's outputs as a flat list: give them the exported program's structure back
+        return pytree.tree_unflatten(list(outputs), self.out_spec)
+
+    def _compile(self, example: torch.Tensor) -> Callable:
+        import torch._inductor
+        import torch._inductor.config as inductor_config
+
+        started = time.perf_counter()
+        # inductor's int8 lowering warns about its own tensor copy each time it compiles; forward already
+        # guarantees the shape, strides and dtype inductor's size asserts re-check before each kernel
+        settings = {"freezing": True, "size_asserts": False, "alignment_asserts": False}
+        with _quiet(), torch.no_grad(), inductor_config.patch(settings):
+            compiled = torch._inductor.compile(self.graph_module, [example])
+        if self.compile_s is None:
+            self.compile_s = round(time.perf_counter() - started, 2)
+        return compiled

@@ -119,6 +119,7 @@ OPTIONAL_RESULT_FIELDS = {
     "peak_rss_mb": _OPTIONAL_NUMBER,
     "recipe": _OPTIONAL_STR,
     "coverage": (dict, type(None)),
+    "compile_s": _OPTIONAL_NUMBER,
 }
 COVERAGE_FIELDS = {"layers": int, "int8_layers": int, "float_layers": list, "int8_weight_mb": _NUMBER,
                    "float_weight_mb": _NUMBER}  # fmt: skip
