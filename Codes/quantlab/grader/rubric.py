@@ -21,6 +21,7 @@ WORDS = {
     "accuracy.gate": ("interval", "point"),
     "open.full_at": ("best",),
     "engines.pc": ("x86", "onednn", "fbgemm", "any"),
+    "scored_model": ("recipe", "best"),
 }
 NUMBER_OR_WORD = ("open.full_at",)  # a number, or one of its words
 

@@ -413,19 +413,27 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
     candidates = [m for m in graded if m.method != "fp32" and _scored_engine(m, pc_engine, student)]
     if runner.measure is None and candidates and reference is None:
         student.problems.append("without --remeasure, accuracy and speed points need the report's fp32 row")
+    weights = rubric["weights"]
+    recipe_problem = recipes.check_recipe(folder, graded) if weights.get("recipe") else None
+    if weights.get("recipe") and rubric["scored_model"] == "recipe":  # the student's own model, not a pasted one
+        candidates = [] if recipe_problem else [m for m in candidates if m.file == recipes.RECIPE_MODEL]
+        if not candidates:  # a note: the recipe's own line (missing part or problem) says what to fix
+            student.notes.append(
+                f"accuracy, speed and size points are those of {recipes.RECIPE_MODEL}, the model of your own "
+                f"recipe (task 3b; rubric scored_model: recipe): {recipe_problem or 'not scored for the PC engine'}"
+            )
     student.best = max(candidates, key=lambda m: m.total, default=None)
-    if student.best is None:
+    if student.best is None and not (weights.get("recipe") and rubric["scored_model"] == "recipe"):
         student.problems.append("no quantized model passed the checks: no accuracy, speed or size points")
     no_pi = rubric["pi"]["optional"] and not any(p.exists() or p.is_symlink() for p in (pi_path, open_path))
     parts = list(rubric["parts"])  # without a Pi, the pi part is still due: pi_check.json (emulated) fills it
     student.parts = [part for part in parts if part in present]
     student.missing = [part for part in parts if part not in present]
-    weights = rubric["weights"]
     student.points = dict(student.best.points) if student.best else {"accuracy": 0.0, "speedup": 0.0, "size": 0.0}
     student.points["parts"] = weights["parts"] * len(student.parts) / max(1, len(parts))
     student.points["open"] = 0.0  # given by score_open_target, once the whole class is graded
     if weights.get("recipe"):  # task 3b: the student's own recipe and the model it made
-        why = recipes.check_recipe(folder, graded)
+        why = recipe_problem
         student.points["recipe"] = 0.0 if why else float(weights["recipe"])
         if why and why.startswith(f"no {recipes.RECIPE_FILE}"):  # not handed in: a missing task, like a part
             student.missing.append("recipe")
