@@ -4,7 +4,9 @@ One process, one machine, batch 1, 224x224, the same settings for every path:
   fp32 eager, fp32 channels-last, fp32 TorchScript,
   int8 on every quantized engine this PyTorch has (x86, onednn, fbgemm, qnnpack), eager and TorchScript,
   int8 PT2E (torch.export + torchao's X86InductorQuantizer, compiled by inductor; its compile time is shown),
-  ONNX Runtime fp32 and ONNX Runtime static int8 (QDQ).
+  ONNX Runtime fp32 and ONNX Runtime static int8 (QDQ),
+  LiteRT fp32 and int8 (.tflite files run by LiteRT's interpreter with the XNNPACK delegate, the same threads),
+  where LiteRT's converter litert-torch is installed (it is optional and heavy: without it one line says so).
 Each int8 model is calibrated for the engine it runs on (a few photos), and every
 path's top-1 prediction is compared with fp32 eager's on those photos: the
 fastest int8 path counts only if it agrees with fp32 on all of them (int8 sums
@@ -22,13 +24,28 @@ Examples:
 import argparse
 import copy
 import datetime
+import importlib.util
 import tempfile
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from quantlab import arguments, bench, cpu, data, engines, files, loading, memory, models, onnx_tools, pt2e, quantize
+from quantlab import (
+    arguments,
+    bench,
+    cpu,
+    data,
+    engines,
+    files,
+    litert,
+    loading,
+    memory,
+    models,
+    onnx_tools,
+    pt2e,
+    quantize,
+)
 from quantlab.assets import IMAGENET_SAMPLE, asset_path
 from quantlab.errors import KitError, first_line, run_cli
 
@@ -66,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     files.check_writable(args.json, "--json", "speed.json")  # fail now, not after minutes of measuring
     files.check_writable(args.plot, "--plot", "speed.png")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise KitError("--plot needs matplotlib, which is not installed: pip install matplotlib (or drop --plot)")
     return args
 
 
@@ -140,6 +159,45 @@ def onnx_builder(fp32: torch.nn.Module, calibration: list | None, folder: Path, 
     return build
 
 
+def litert_missing() -> str | None:
+    """Why this machine cannot make the LiteRT rows (None: it can): the converter is optional, the runtime too."""
+    try:
+        litert.require_runtime()
+        litert.check_converter()
+    except KitError as error:
+        return str(error)
+    return None
+
+
+def litert_builder(fp32: torch.nn.Module, calibration: list | None, folder: Path, threads: int):
+    """A .tflite file converted by litert-torch (int8: LiteRT's PT2E quantizer, calibrated on ``calibration``),
+    loaded as benchmark.py loads one: LiteRT's interpreter, XNNPACK, ``threads`` threads."""
+
+    def build():
+        if calibration is None:
+            path = folder / "mobilenet_v2_fp32.tflite"
+            litert.convert_fp32(copy.deepcopy(fp32), path, size)
+        else:
+            path = folder / "mobilenet_v2_int8.tflite"
+            litert.convert_int8(copy.deepcopy(fp32), calibration, path, size)
+        return loading.load_any(path, threads=threads, input_size=size, check=False).model
+
+    return build
+
+
+def path_runtime(name: str) -> str:
+    """What runs a path, from its name: ONNX Runtime, LiteRT, inductor (PT2E) or PyTorch's eager/TorchScript."""
+    if name.startswith("ONNX"):
+        return "onnxruntime"
+    if name.startswith("LiteRT"):
+        return "litert"
+    return "inductor" if "PT2E" in name else "pytorch"
+
+
+def isa_shown(result: dict) -> str:
+    return "XNNPACK" if result["runtime"] == "litert" and result["precision"] == "int8" else result["int8_isa"] or ""
+
+
 def ratio(value: float | None, baseline: float | None) -> float | None:
     return round(value / baseline, 3) if value is not None and baseline else None
 
@@ -163,15 +221,15 @@ def format_table(results: list[dict], photos_note: str) -> str:
         lines.append(
             f"{result['name']:<28}{median:>10}{result['p90_ms']:>9.2f}"
             f"{shown(result['vs_fp32_eager'], '.2f'):>13}x{shown(result['vs_onnxruntime_fp32'], '.2f'):>11}x"
-            f"{shown(agreement and 100 * agreement, '.0f'):>13}%  {result['int8_isa'] or '':<12}"
+            f"{shown(agreement and 100 * agreement, '.0f'):>13}%  {isa_shown(result):<12}"
             f"{shown(result.get('peak_rss_mb'), '.0f'):>8}{shown(result.get('compile_s'), '.1f'):>10}"
         )
     lines.append(
         f"x fp32 eager / x ORT fp32: this path's median latency over theirs (0.20x = 5 times faster); "
         f"top-1 = fp32: photos whose top-1 class matches fp32 eager's ({photos_note}); int8 ISA: the "
-        f"instruction level the int8 path runs with (avx2, avx512: no VNNI, sums can saturate); peak MB: "
-        f"the process's peak resident memory during that path's timed runs; compile s: the wait for inductor's "
-        f"first compile (PT2E, once per process and input shape)"
+        f"instruction level the int8 path runs with (avx2, avx512: no VNNI, sums can saturate; XNNPACK: LiteRT's "
+        f"kernels, chosen by XNNPACK for this CPU); peak MB: the process's peak resident memory during that "
+        f"path's timed runs; compile s: the wait for inductor's first compile (PT2E, once per process and input shape)"
     )
     for result in results:
         if not result["error"] and result.get("unstable"):
@@ -220,7 +278,9 @@ def write_latency_chart(path: Path, report: dict) -> None:
         plt.close(figure)
 
 
-def paths_to_time(fp32: torch.nn.Module, calibration: list, folder: Path, threads: int, onnx_facts: dict) -> list:
+def paths_to_time(
+    fp32: torch.nn.Module, calibration: list, folder: Path, threads: int, onnx_facts: dict, with_litert: bool
+) -> list:
     """Every path this PyTorch can take: (name, precision, engine, build), build() making the runnable model."""
     paths = [
         ("fp32 eager", "fp32", None, lambda: fp32),
@@ -238,6 +298,9 @@ def paths_to_time(fp32: torch.nn.Module, calibration: list, folder: Path, thread
     paths.append(
         ("ONNX Runtime int8 static", "int8", None, onnx_builder(fp32, calibration, folder, threads, onnx_facts))
     )
+    if with_litert:
+        paths.append(("LiteRT fp32", "fp32", None, litert_builder(fp32, None, folder, threads)))
+        paths.append(("LiteRT int8", "int8", None, litert_builder(fp32, calibration, folder, threads)))
     return paths
 
 
@@ -246,9 +309,16 @@ def time_paths(paths: list, photos: torch.Tensor, args: argparse.Namespace) -> l
     built here is recorded with its error."""
     results, reference = [], None
     for name, precision, engine, build in tqdm(paths, desc="paths", unit="path"):
-        runtime = "onnxruntime" if name.startswith("ONNX") else "inductor" if "PT2E" in name else "pytorch"
+        runtime = path_runtime(name)
         kernels = "onednn" if "PT2E" in name else engine  # inductor lowers PT2E int8 to oneDNN's kernels
-        isa = None if precision == "fp32" else cpu.engine_isa(kernels) if kernels else cpu.int8_isa()
+        # XNNPACK picks its own int8 kernels (and does not saturate): the ISA column is for PyTorch's and ORT's
+        isa = (
+            None
+            if precision == "fp32" or runtime == "litert"
+            else cpu.engine_isa(kernels)
+            if kernels
+            else cpu.int8_isa()
+        )
         result = {
             "name": name,
             "precision": precision,
@@ -303,7 +373,7 @@ def print_verdict(results: list[dict], photos_count: int, auto_engine: str) -> d
         print(
             f"fastest int8 path that agrees with fp32 on {which} {photos_count} check photos: {best['name']}, "
             f"{best['median_ms']:.2f} ms = {shown(best['vs_onnxruntime_fp32'], '.2f')}x ONNX Runtime fp32, "
-            f"{best['vs_fp32_eager']:.2f}x fp32 eager (int8 ISA {best['int8_isa']})"
+            f"{best['vs_fp32_eager']:.2f}x fp32 eager (int8 ISA {isa_shown(best)})"
         )
     faster_but_wrong = [
         r
@@ -313,7 +383,7 @@ def print_verdict(results: list[dict], photos_count: int, auto_engine: str) -> d
     for result in sorted(faster_but_wrong, key=lambda r: r["median_ms"]):
         print(
             f"  faster but disagrees with fp32: {result['name']}, {result['median_ms']:.2f} ms, top-1 = fp32 on "
-            f"{100 * result['top1_agreement']:.0f}% (int8 ISA {result['int8_isa']})"
+            f"{100 * result['top1_agreement']:.0f}% (int8 ISA {isa_shown(result)})"
         )
     # auto chooses among x86 and onednn (qnnpack on ARM) for TorchScript models, the demo's default
     choices = [
@@ -336,9 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"threads: {threads} (of {engines.physical_cores()} physical cores); engine auto: {auto_engine} ({auto_reason})"
     )
+    without_litert = litert_missing()
+    if without_litert:
+        print(f"no LiteRT rows: {without_litert}")
     onnx_facts: dict = {}  # the number format ONNX Runtime's static quantization picked for this CPU, and why
     with tempfile.TemporaryDirectory(prefix="quantlab-speed-") as folder:
-        paths = paths_to_time(fp32, list(photos.split(8)), Path(folder), threads, onnx_facts)
+        calibration = list(photos.split(8))
+        paths = paths_to_time(fp32, calibration, Path(folder), threads, onnx_facts, not without_litert)
         results = time_paths(paths, photos, args)
     print(format_table(results, photos_note))
     if onnx_facts.get("format_reason"):
@@ -355,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": bench.machine_info(threads, auto_engine),
         "onnxruntime_int8_format": onnx_facts or None,
+        "litert": {
+            "runtime": litert.runtime_version(),
+            "converter": litert.converter_version(),
+            "missing": without_litert,
+        },
         "settings": {
             "runs": args.runs,
             "warmup": args.warmup,

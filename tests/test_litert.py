@@ -46,6 +46,20 @@ def test_the_interpreter_computes_what_the_file_says(mean_classifier: Path) -> N
 
 
 @needs_runtime
+def test_an_int8_file_takes_and_returns_int8_and_the_model_converts_for_you(tmp_path: Path) -> None:
+    quantization = {"image": (0.02, -9), "channel_means": (0.012, 4), "scores": (0.004, -11)}
+    path = litert.write_mean_classifier(tmp_path / "int8.tflite", input_size=8, int8=quantization)
+    model = litert.LiteRTModel(path, threads=1)
+    assert model.int8 and np.dtype(model.input["dtype"]) == np.int8 == np.dtype(model.output["dtype"])
+    assert model.input["quantization"] == pytest.approx((0.02, -9))
+    assert model.output["quantization"] == pytest.approx((0.004, -11))
+    images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    scores = model(images).numpy()
+    # within a few int8 steps of the float computation (input, means and scores are each rounded once)
+    np.testing.assert_allclose(scores, litert.mean_classifier_scores(images.numpy()), atol=0.03)
+
+
+@needs_runtime
 def test_load_any_reads_a_tflite_file(mean_classifier: Path) -> None:
     loaded = loading.load_any(str(mean_classifier), engine="auto", threads=1)
     assert (loaded.format, loaded.runtime, loaded.engine, loaded.method) == ("tflite", "litert", None, "fp32")

@@ -384,13 +384,21 @@ def convert_int8(
 # ---- a small model without the converter (tests, tools/pi_check) -----------------------
 
 
-def write_mean_classifier(path: Path, classes: int = 1000, input_size: int = 224, custom_op: str | None = None) -> Path:
+def write_mean_classifier(
+    path: Path,
+    classes: int = 1000,
+    input_size: int = 224,
+    custom_op: str | None = None,
+    int8: dict[str, tuple[float, int]] | None = None,
+) -> Path:
     """A .tflite classifier written with LiteRT's own flatbuffer schema, no converter needed: the mean of each
     colour channel, then a fully connected layer to ``classes`` scores (weight[k, c] = (c + 1) * (k % 7 - 3) / 10,
     bias 0, so that ``mean_classifier_scores`` can check what a runtime computes).
 
     ``custom_op`` NAME: the layer is a custom operator of that name instead, which no runtime has (the
-    "operator missing" case). Written for tests and for tools/pi_check, which runs it on the emulated Pi.
+    "operator missing" case). ``int8``: an int8 file as LiteRT's quantizer writes them, every tensor int8 with
+    the (scale, zero point) given for "image", "channel_means" and "scores", the weight symmetric (zero point 0,
+    one scale). Written for tests, notebook 6 and tools/pi_check, which runs it on the emulated Pi.
     """
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
@@ -414,6 +422,9 @@ def write_mean_classifier(path: Path, classes: int = 1000, input_size: int = 224
             stored.data = np.frombuffer(data.tobytes(), dtype=np.uint8)
         return stored
 
+    weight_scale = float(np.abs(weight).max()) / 127
+    if int8 is not None:  # symmetric: zero point 0, one scale for the whole weight
+        weight = np.clip(np.round(weight / weight_scale), -127, 127).astype(np.int8)
     model.buffers = [
         buffer(None),
         buffer(None),
@@ -426,16 +437,21 @@ def write_mean_classifier(path: Path, classes: int = 1000, input_size: int = 224
     def tensor(name: str, shape: list[int], kind: int, stored: int) -> schema.TensorT:
         made = schema.TensorT()
         made.name, made.shape, made.type, made.buffer = name, shape, kind, stored
+        if int8 is not None and kind == schema.TensorType.INT8:
+            scale, zero_point = (weight_scale, 0) if name == "weight" else int8[name]
+            made.quantization = schema.QuantizationParametersT()
+            made.quantization.scale, made.quantization.zeroPoint = [float(scale)], [int(zero_point)]
         return made
 
-    float32, int32 = schema.TensorType.FLOAT32, schema.TensorType.INT32
+    values = schema.TensorType.FLOAT32 if int8 is None else schema.TensorType.INT8
+    int32 = schema.TensorType.INT32
     graph = schema.SubGraphT()
     graph.tensors = [
-        tensor("image", [1, 3, input_size, input_size], float32, 1),
+        tensor("image", [1, 3, input_size, input_size], values, 1),
         tensor("axes", [2], int32, 2),
-        tensor("channel_means", [1, 3], float32, 3),
-        tensor("weight", [classes, 3], float32, 4),
-        tensor("scores", [1, classes], float32, 5),
+        tensor("channel_means", [1, 3], values, 3),
+        tensor("weight", [classes, 3], values, 4),
+        tensor("scores", [1, classes], values, 5),
     ]
     graph.inputs, graph.outputs = [0], [4]
     mean = schema.OperatorT()

@@ -151,7 +151,8 @@ def write_tiny_onnx(output: Path) -> int:
 
 
 def step_litert() -> str:
-    """LiteRT's interpreter runs a small float classifier, written here with its flatbuffer schema, correctly."""
+    """LiteRT's interpreter runs a small classifier, written here with its flatbuffer schema, correctly: float, then
+    int8 (XNNPACK's int8 kernels, which the converted files use too, run on this CPU without the converter)."""
     import tempfile
 
     import numpy
@@ -159,14 +160,21 @@ def step_litert() -> str:
 
     from quantlab import litert
 
-    with tempfile.TemporaryDirectory() as folder:
-        model = litert.LiteRTModel(litert.write_mean_classifier(Path(folder) / "mean.tflite"), threads=2)
-        images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-        scores = model(images).numpy()
+    # channel means away from 0, so that the scores are large against int8's steps
+    offsets = torch.tensor([0.8, -0.5, 0.3]).view(1, 3, 1, 1)
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)) + offsets
     expected = litert.mean_classifier_scores(images.numpy())
-    if not numpy.allclose(scores, expected, atol=1e-4):
-        raise RuntimeError(f"LiteRT computed scores off by up to {abs(scores - expected).max():.5f}")
-    return f"ai-edge-litert {litert.runtime_version()} ran a small classifier correctly ({litert.describe(model)})"
+    int8 = {"image": (0.02, -9), "channel_means": (0.012, 4), "scores": (0.01, -11)}
+    said = []
+    for precision, quantization, tolerance in (("float", None, 1e-4), ("int8", int8, 0.03)):  # int8: 3 output steps
+        with tempfile.TemporaryDirectory() as folder:
+            path = litert.write_mean_classifier(Path(folder) / "mean.tflite", int8=quantization)
+            model = litert.LiteRTModel(path, threads=2)
+            scores = model(images).numpy()
+        if not numpy.allclose(scores, expected, atol=tolerance):
+            raise RuntimeError(f"LiteRT computed {precision} scores off by up to {abs(scores - expected).max():.5f}")
+        said.append(litert.describe(model))
+    return f"ai-edge-litert {litert.runtime_version()} ran a small classifier correctly ({'; '.join(said)})"
 
 
 def step_import_torch() -> str:
