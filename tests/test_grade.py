@@ -51,7 +51,9 @@ MODELS |= {name: f"ptq_{name}.pt" for name in TABLE}
 # Timings on a shared CI machine are noise (tests assert behaviour, not speed): no speed points and no
 # speed-up flags here; test_claim_checks covers the speed-up check with fixed numbers.
 # 16 photos: one photo is 6.25 points, so the open target's 1-point limit is test_grader_pi_runs.py's to check.
-TEST_RUBRIC = {
+TEST_RUBRIC = {  # scored_model best: this class tests the ranking by each student's best model (the recipe
+    # rule, scored_model: recipe, is tested in test_grader_recipes.py)
+    "scored_model": "best",
     "weights": {"speedup": 0},
     "pi": {"min_frames": 3},
     "tolerance": {"speedup_factor": 1e9},

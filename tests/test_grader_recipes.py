@@ -118,6 +118,25 @@ def test_the_rubric_gives_the_recipe_points_from_the_pasteable_tasks():
     assert weights == {"accuracy": 30, "speedup": 20, "size": 5, "parts": 15, "recipe": 15, "open": 15}
 
 
+def test_accuracy_speed_and_size_points_go_to_the_recipes_model_not_a_pasted_one(tmp_path):
+    """scored_model recipe (default): the best pasted model earns nothing there; the recipe's model does."""
+    from quantlab.grader import scoring
+
+    pasted = model_grade(file="ptq_per_channel_histogram.pt", granularity="per_channel", float_layers=[])
+    mine = model_grade()
+    rules = rubric.load_rubric(None)
+    assert rules["scored_model"] == "recipe"
+    chosen, _ = scoring.scored_models([pasted, mine], rules, recipe_problem=None)
+    assert chosen == [mine]
+    chosen, why = scoring.scored_models([pasted], rules, recipe_problem="no my_recipe.yaml: ...")
+    assert chosen == [] and "mnv2_recipe.pt" in why and "no my_recipe.yaml" in why
+    chosen, _ = scoring.scored_models([pasted, mine], rules, recipe_problem="my_recipe.yaml is the default recipe")
+    assert chosen == []  # a recipe that fails its check earns no points through its model either
+    for changed in ({"scored_model": "best"}, {"weights": {**rules["weights"], "recipe": 0}}):
+        chosen, _ = scoring.scored_models([pasted, mine], {**rules, **changed}, recipe_problem="no my_recipe.yaml")
+        assert chosen == [pasted, mine]
+
+
 @pytest.fixture(scope="module")
 def kept_float_file(tmp_path_factory) -> Path:
     """A real MobileNetV2 (random weights) with KEPT in float, saved as quantize_model.py saves it (frozen)."""

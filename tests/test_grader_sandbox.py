@@ -23,7 +23,10 @@ from torch import nn
 from conftest import run_script
 
 SECRET = "s3cr3t-token-of-the-instructor"
-TEST_RUBRIC = "weights: {speedup: 0}\npi: {min_frames: 3}\ntolerance: {speedup_factor: 1000000000}\n"
+# scored_model best: these students hand in tiny models, no recipe (test_grader_recipes.py tests that rule)
+TEST_RUBRIC = (
+    "scored_model: best\nweights: {speedup: 0}\npi: {min_frames: 3}\ntolerance: {speedup_factor: 1000000000}\n"
+)
 TIMEOUT = "25"
 
 

@@ -415,16 +415,10 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
         student.problems.append("without --remeasure, accuracy and speed points need the report's fp32 row")
     weights = rubric["weights"]
     recipe_problem = recipes.check_recipe(folder, graded) if weights.get("recipe") else None
-    if weights.get("recipe") and rubric["scored_model"] == "recipe":  # the student's own model, not a pasted one
-        candidates = [] if recipe_problem else [m for m in candidates if m.file == recipes.RECIPE_MODEL]
-        if not candidates:  # a note: the recipe's own line (missing part or problem) says what to fix
-            student.notes.append(
-                f"accuracy, speed and size points are those of {recipes.RECIPE_MODEL}, the model of your own "
-                f"recipe (task 3b; rubric scored_model: recipe): {recipe_problem or 'not scored for the PC engine'}"
-            )
+    candidates, why_none = scored_models(candidates, rubric, recipe_problem)
     student.best = max(candidates, key=lambda m: m.total, default=None)
-    if student.best is None and not (weights.get("recipe") and rubric["scored_model"] == "recipe"):
-        student.problems.append("no quantized model passed the checks: no accuracy, speed or size points")
+    if student.best is None:  # a note when the recipe's own line (missing part or problem) says what to fix
+        (student.notes if recipe_problem else student.problems).append(why_none)
     no_pi = rubric["pi"]["optional"] and not any(p.exists() or p.is_symlink() for p in (pi_path, open_path))
     parts = list(rubric["parts"])  # without a Pi, the pi part is still due: pi_check.json (emulated) fills it
     student.parts = [part for part in parts if part in present]
@@ -451,6 +445,19 @@ def grade_student(folder: Path, rubric: dict, baseline: Baseline, runner: ModelR
     student.score = round(max(0.0, sum(student.points.values())), 1)
     student.status = "flagged" if student.flags else "problems" if student.problems else "ok"
     return student
+
+
+def scored_models(candidates: list[ModelGrade], rubric: dict, recipe_problem: str | None) -> tuple[list, str]:
+    """The models that may earn accuracy, speed and size points (rubric ``scored_model``), and why there is none
+    when none is left: ``recipe``, the model of the student's own recipe once its check passed (tasks 2-5 are
+    commands to paste); ``best``, or the recipe task left out (weight 0), every quantized model for the PC engine."""
+    if not (rubric["weights"].get("recipe") and rubric["scored_model"] == "recipe"):
+        return candidates, "no quantized model passed the checks: no accuracy, speed or size points"
+    mine = [] if recipe_problem else [m for m in candidates if m.file == recipes.RECIPE_MODEL]
+    return mine, (
+        f"accuracy, speed and size points are those of {recipes.RECIPE_MODEL}, the model of your own recipe "
+        f"(task 3b; rubric scored_model: recipe): {recipe_problem or 'it is not scored for the PC engine'}"
+    )
 
 
 def pi_optional_scale(rubric: dict) -> float:
