@@ -55,7 +55,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from quantlab import compat, models
+from quantlab import compat, cpu, models
 from quantlab.errors import KitError, first_line
 from quantlab.quantize import calibrate
 
@@ -176,9 +176,13 @@ def quantizer_for(target: str, granularity: str = "per_channel"):
             get_default_x86_inductor_quantization_config,
         )
 
+        # inductor runs oneDNN's int8 kernels: where their uint8 x int8 sums saturate (no VNNI), 7-bit
+        # activations keep every pair of products inside 16 bits, as the x86 engine's reduce_range does
+        reduce_range = cpu.engine_isa("onednn").saturates_u8s8
         quantizer = X86InductorQuantizer()
-        quantizer.set_global(get_default_x86_inductor_quantization_config())
-        return quantizer, "X86InductorQuantizer (torchao): uint8 activations, per-channel int8 weights, inductor"
+        quantizer.set_global(get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
+        activations = "7-bit uint8 activations (reduce_range: no VNNI here)" if reduce_range else "uint8 activations"
+        return quantizer, f"X86InductorQuantizer (torchao): {activations}, per-channel int8 weights, inductor"
     if target == "arm":
         per_channel = granularity == "per_channel"
         try:  # ExecuTorch owns the XNNPACK quantizer; torchao keeps a copy for its tests
