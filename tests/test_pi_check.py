@@ -63,6 +63,7 @@ def test_bad_command_line_exits_2_with_one_line() -> None:
         ["--frames", "0"],
         ["--no-such-option"],
         ["--no-detector", "--only-detector"],
+        ["--detector-photos", "0"],
         ["--model", "no_such_model.pt"],
         ["--model", str(PI_CHECK), "--json", "x.json"],  # not a .pt file
         ["--model", __file__, "--cpu", "cortex-a72", "--cpu", "cortex-a76"],
@@ -167,7 +168,10 @@ DETECTOR_MISSING = [
 def test_detector_boxes_on_pi4_and_pi5_match_x86() -> None:
     """The fall detector's int8 static QDQ file (both CPUs) and fp32 file (the first) under the Pi's onnxruntime:
     every box matched with x86's, agreement mAP printed."""
-    done = pi_check("--only-detector", "--cpu", "cortex-a72", "--cpu", "cortex-a76", timeout=1500)
+    # one photo (pi_check's default is 2): about 40 s per photo and file emulated, and CI's time is counted
+    done = pi_check(
+        "--only-detector", "--detector-photos", "1", "--cpu", "cortex-a72", "--cpu", "cortex-a76", timeout=1500
+    )
     assert done.returncode == 0, explain(done)
     for cpu, kinds in (("cortex-a72", ("int8", "fp32")), ("cortex-a76", ("int8",))):
         for kind in kinds:

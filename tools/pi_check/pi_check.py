@@ -571,7 +571,7 @@ def build_x86_model(cache: Path, weights: Path, converter: str | None = None) ->
     return folder
 
 
-def build_x86_detector(cache: Path) -> Path | None:
+def build_x86_detector(cache: Path, photos: int = DETECTOR_PHOTOS) -> Path | None:
     """The detector files made on this x86 machine, the photos and x86's boxes; None (with a note) when this
     Python cannot export the fall detector."""
     probe = "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None for m in sys.argv[1:]))"
@@ -585,12 +585,11 @@ def build_x86_detector(cache: Path) -> Path | None:
         [sys.executable, "-c", "import onnxruntime; print(onnxruntime.__version__)"], "import onnxruntime on x86", 300
     ).strip()
     sources = [DEVICE_CHECKS, *sorted((REPO / "Codes" / "quantlab").glob("*.py"))]
-    folder = cache / f"detector-{digest(onnxruntime_version, str(DETECTOR_PHOTOS), *(p.read_bytes() for p in sources))}"
+    folder = cache / f"detector-{digest(onnxruntime_version, str(photos), *(p.read_bytes() for p in sources))}"
 
     def build(target: Path) -> None:
         run_quiet(
-            [sys.executable, str(DEVICE_CHECKS), "x86-detector", "--x86-dir", str(target)]
-            + ["--count", str(DETECTOR_PHOTOS)],
+            [sys.executable, str(DEVICE_CHECKS), "x86-detector", "--x86-dir", str(target)] + ["--count", str(photos)],
             "the detector files and x86's boxes (export, quantize_static)",
             BUILD_TIMEOUT_S,
             x86_python_env(),
@@ -1015,6 +1014,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only-detector", action="store_true", help="run only the detection path (step 4), not the classifier's"
     )
     parser.add_argument(
+        "--detector-photos",
+        type=int,
+        default=DETECTOR_PHOTOS,
+        metavar="N",
+        help=f"sample photos (on which fp32 finds boxes) the detector's boxes are compared on (default {DETECTOR_PHOTOS}; "
+        "about 40 s per photo and file emulated)",
+    )
+    parser.add_argument(
         "--litert-python",
         default=os.environ.get("QUANTLAB_LITERT_PYTHON"),
         metavar="PATH",
@@ -1073,6 +1080,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.torchvision = torchvision_for(args.torch)
     if args.frames < 1:
         raise UsageError(f"--frames must be at least 1, got {args.frames}")
+    if not 1 <= args.detector_photos <= 20:
+        raise UsageError(f"--detector-photos must be between 1 and 20, got {args.detector_photos}")
     if not args.requirements.is_file():
         raise UsageError(f"--requirements {args.requirements} does not exist")
     if not re.fullmatch(r"https?://\S+", args.mirror):
@@ -1122,7 +1131,7 @@ def run(args: argparse.Namespace) -> int:
         skip_x86_model = args.no_x86_model or args.only_detector
         converter = None if skip_x86_model else litert_python(args.litert_python)
         x86_dir = None if skip_x86_model else build_x86_model(cache, weights, converter)
-        detector_dir = None if args.no_detector else build_x86_detector(cache)
+        detector_dir = None if args.no_detector else build_x86_detector(cache, args.detector_photos)
         if args.only_detector and detector_dir is None:
             raise HostError("--only-detector: this Python cannot make the detector files (see the note above)")
         tiny_onnx = cache / "x86-tiny.onnx"  # the Pi has no onnx package: the graph its onnxruntime runs is made here
