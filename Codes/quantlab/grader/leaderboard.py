@@ -185,7 +185,7 @@ def leaderboard_markdown(students: list[StudentGrade], header: list[str]) -> str
         "student",
         "score",
         "status",
-        "best model",
+        "scored model",
         "method",
         "top-1 drop (points) [95 % interval]",
         "speed-up",
@@ -300,7 +300,7 @@ def _shown(value, spec: str, unit: str = "") -> str:
 def summary_table(students: list[StudentGrade]) -> str:
     """The leaderboard as a text table for the terminal."""
     header = (
-        f"{'rank':>4}  {'student':<16}{'score':>7}  {'status':<9}{'best model':<22}{'drop':>8}"
+        f"{'rank':>4}  {'student':<16}{'score':>7}  {'status':<9}{'scored model':<22}{'drop':>8}"
         f"{'faster':>10}{'smaller':>9}{'Pi open':>9}  {'parts':<34}{'problems':>8}"
     )
     lines = [header, "-" * len(header)]

@@ -1,7 +1,7 @@
 """Scoring: each model against the baseline and the rubric, each student's parts, then the class-wide steps.
 
-The score adds the best model's points (accuracy kept, speed-up, size), the
-parts handed in and the open target (``score_open_target``, once the whole
+The score adds the scored model's points (accuracy kept, speed-up, size; rubric ``scored_model``: the model of
+the student's own recipe, or their best), the parts handed in, the recipe (task 3b) and the open target (``score_open_target``, once the whole
 class is graded: its full mark can be the class's best), minus a penalty per
 flagged claim (a claim that disagrees with the files or the re-measured numbers).
 """
