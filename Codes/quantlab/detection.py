@@ -593,7 +593,7 @@ def quantize_qat_pt2e(
     calibration: Sequence[np.ndarray],
     train_photos: Sequence[np.ndarray],
     epochs: int = 3,
-    lr: float = 1e-5,
+    lr: float = 1e-6,
     size: int = DEFAULT_SIZE,
     batch_size: int = 8,
 ) -> tuple[Path, Callable[[np.ndarray], np.ndarray], list[float]]:
@@ -603,8 +603,8 @@ def quantize_qat_pt2e(
     torch.export, ``prepare_qat_pt2e`` with XNNPACKQuantizer's QAT config (the Pi's target), ranges set on
     ``calibration`` (letterboxed batches) and then frozen, ``epochs`` passes of Adam over ``train_photos``
     (letterboxed batches; keep them apart from the photos you evaluate on) with BN's statistics frozen, then
-    ``convert_pt2e`` and a ``.pt2`` written like ``quantize_pt2e``'s. On the fall detector it did not beat PTQ
-    (labs/04_detection.md has the figures). Returns the file, a function giving the raw
+    ``convert_pt2e`` and a ``.pt2`` written like ``quantize_pt2e``'s. ``lr``: Adam's 1e-5 and 3e-6 raised the
+    loss on the fall detector, 1e-6 lowered it; even so it did not beat PTQ (labs/04_detection.md). Returns the file, a function giving the raw
     (4+C) x N output of one batch (run by torch alone, not lowered) and the mean loss of each epoch.
     Loading a ``.pt`` unpickles it: only weights you trust.
     """
