@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import run_in_process, run_script
 from quantlab import coverage, detection
@@ -264,6 +265,8 @@ def run_comparison(*args: str, timeout: float = 600):
 
 def test_detection_comparison_refuses_bad_flags_in_one_line(tmp_path):
     assert_one_line_error(run_comparison("--pt2e", "--model", str(tmp_path / "x.onnx")), "--pt2e quantizes")
+    assert_one_line_error(run_comparison("--qat", "--model", str(tmp_path / "x.onnx")), "--qat quantizes")
+    assert_one_line_error(run_comparison("--qat-epochs", "0"), "--qat-epochs")
     assert_one_line_error(run_comparison("--model", str(tmp_path / "missing.onnx")), "does not exist")
 
 
@@ -277,3 +280,24 @@ def test_detection_comparison_prints_the_table_with_the_silenced_row(fall_onnx, 
     assert rows["static QDQ, every node"]["candidates"] == 0  # the naive recipe's lesson, measured again
     assert rows["static QDQ, head tail in float"]["boxes"] > 0
     assert "| dynamic (uint8 weights) |" in done.stdout
+
+
+def test_qat_trains_the_fake_quantized_model_and_writes_a_loadable_pt2(fall_onnx, sample_photos, tmp_path):
+    pytest.importorskip("torchao", reason="PT2E QAT needs torchao (requirements-dev.txt installs it)")
+    from quantlab import models, pt2e
+
+    batches = [detection.letterbox(detection.read_image(path))[0] for path in detection.sample_photos(2, "calibration")]
+    weights = detection.fall_detector_weights()
+    output, trained, losses = detection.quantize_qat_pt2e(weights, tmp_path / "qat.pt2", batches, batches,
+                                                          epochs=1, lr=1e-4, batch_size=2)  # fmt: skip
+    _, untrained, _ = detection.quantize_qat_pt2e(weights, tmp_path / "still.pt2", batches, batches, epochs=1, lr=0.0)
+    assert len(losses) == 1 and losses[0] > 0
+    assert trained(batches[0]).shape == (6, 2100)  # (4 box + 2 class) x candidates at 320
+    assert not np.allclose(trained(batches[0]), untrained(batches[0]))  # training moved the weights (lr 0: none)
+    loaded = pt2e.load_exported(output, 320, compile=False)
+    assert loaded.quantized
+    assert tuple(loaded(torch.from_numpy(batches[0])).shape) == (1, 6, 2100)
+    assert models.read_sidecar(output)["qat"]["epochs"] == 1
+    with pytest.raises(KitError, match="at least 1 epoch"):
+        detection.quantize_qat_pt2e(weights, tmp_path / "none.pt2", batches, [], 1)
+    assert not (tmp_path / "none.pt2").exists()

