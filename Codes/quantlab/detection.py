@@ -620,7 +620,7 @@ def quantize_qat_pt2e(
     from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    with pt2e._quiet():  # torchao's copy of the quantizer warns that it is deprecated (ExecuTorch owns it)
+    with pt2e.quiet_torch():  # torchao's copy of the quantizer warns that it is deprecated (ExecuTorch owns it)
         quantizer, described = pt2e.quantizer_for("arm")
         config_module = importlib.import_module(type(quantizer).__module__)  # ExecuTorch's or torchao's copy
         quantizer.set_global(config_module.get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
@@ -629,7 +629,7 @@ def quantize_qat_pt2e(
     with torch.no_grad():  # the fp32 targets, once: they never change
         targets = torch.cat([teacher(train[i : i + batch_size]) for i in range(0, len(train), batch_size)])
     program = pt2e.export(_load_for_export(weights), size)
-    with pt2e._quiet():
+    with pt2e.quiet_torch():
         student = prepare_qat_pt2e(program.module(), quantizer)
     # BN stays in eval mode throughout, its running statistics frozen: a few dozen photos unlike its training
     # set would drag them away from the teacher's (measured: BN in training mode lost more agreement mAP)
@@ -659,9 +659,9 @@ def quantize_qat_pt2e(
             optimiser.step()
             total += float(loss.detach()) * len(chosen)
         losses.append(total / len(train))
-    with pt2e._quiet():
+    with pt2e.quiet_torch():
         converted = convert_pt2e(student)
-    pt2e._drop_unused_weights(converted)
+    pt2e.drop_unused_weights(converted)
     quantized = pt2e.export(converted, size)
     quantized.example_inputs = None  # torch.export.save would store them
     facts = {"quantizer": described + ", QAT config", "target": "arm", "calibration_images": calibrated,

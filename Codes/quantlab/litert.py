@@ -361,10 +361,10 @@ def convert_int8(
 
     quantizer, described = quantizer_for(granularity)
     program = pt2e.export(model, input_size)  # batch axis dynamic: calibration runs whole batches
-    with pt2e._quiet():
+    with pt2e.quiet_torch():
         prepared = prepare_pt2e(program.module(), quantizer)
     images = calibrate(prepared, calibration_batches, progress=False)
-    with pt2e._quiet():
+    with pt2e.quiet_torch():
         # the quantize/dequantize pairs stay in the graph: litert-torch turns them into int8 tensors and kernels
         converted = convert_pt2e(prepared, fold_quantize=False)
         move_exported_model_to_eval(converted)

@@ -81,7 +81,7 @@ def require_torchao() -> str:
     if problem is not None:
         raise KitError(problem)
     try:
-        with _quiet():
+        with quiet_torch():
             import torchao  # noqa: F401
             from torchao.quantization.pt2e import quantize_pt2e  # noqa: F401
     except ImportError as error:
@@ -95,7 +95,7 @@ def require_torchao() -> str:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_torch() -> Iterator[None]:
     """torch.export and torchao warn about internals a student cannot act on (deprecations, pytree notes)."""
     loggers = [
         logging.getLogger(name)
@@ -140,7 +140,7 @@ def inductor_int8_available() -> bool:
 
 def _x86_quantizer_annotates() -> bool:
     try:
-        with _quiet():
+        with quiet_torch():
             from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
                 X86InductorQuantizer,
                 get_default_x86_inductor_quantization_config,
@@ -231,7 +231,7 @@ def export(model: nn.Module, input_size: int, batch: int = 2) -> torch.export.Ex
     example = (torch.randn(batch, 3, input_size, input_size),)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
     try:
-        with _quiet():
+        with quiet_torch():
             return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
     except Exception as error:  # noqa: BLE001 - whatever export refuses, the student needs the line and why
         raise KitError(
@@ -258,7 +258,7 @@ def quantize(
 
     quantizer, described = quantizer_for(target, granularity)
     program = model if isinstance(model, torch.export.ExportedProgram) else export(model, input_size)
-    with _quiet():
+    with quiet_torch():
         prepared = prepare_pt2e(program.module(), quantizer)
     if not any(str(node.target).startswith("activation_post_process") for node in prepared.graph.nodes):
         raise KitError(
@@ -266,9 +266,9 @@ def quantize(
             "stay float; on x86 with torch 2.9 use --engine qnnpack (target arm, XNNPACKQuantizer), or a newer torch"
         )
     images = calibrate(prepared, calibration_batches, progress=False)
-    with _quiet():
+    with quiet_torch():
         converted = convert_pt2e(prepared)
-    _drop_unused_weights(converted)
+    drop_unused_weights(converted)
     quantized = export(converted, input_size)
     quantized.example_inputs = None  # torch.export.save would store them: 1.2 MB of noise at 224x224
     return quantized, {
@@ -280,7 +280,7 @@ def quantize(
     }
 
 
-def _drop_unused_weights(graph_module: torch.fx.GraphModule) -> None:
+def drop_unused_weights(graph_module: torch.fx.GraphModule) -> None:
     """convert_pt2e adds int8 copies of the weights but keeps the float ones as attributes: drop those.
 
     Exporting again would save every attribute, doubling the file.
@@ -298,7 +298,7 @@ def save(program: torch.export.ExportedProgram, output: Path, sidecar: dict) -> 
     """``torch.export.save`` into ``output`` (.pt2) with its JSON sidecar, atomically; the sidecar."""
 
     def write(path: Path) -> dict:
-        with _quiet():
+        with quiet_torch():
             torch.export.save(program, str(path))
         return {}
 
@@ -495,15 +495,15 @@ def _load_program(path: Path) -> torch.export.ExportedProgram:
     try:  # registers the quantize/dequantize operators a PT2E file calls; a torchao for another torch can abort
         # the process at import, so it is imported only when quantlab.compat's table says it fits
         if _torchao_fits():
-            with _quiet():
+            with quiet_torch():
                 importlib.import_module("torchao.quantization.pt2e")
         else:
             raise ImportError("no torchao that fits this torch")
     except ImportError:  # torch keeps its own copy of them (deprecated): enough to run a file, e.g. on the Pi
-        with contextlib.suppress(ImportError), _quiet():
+        with contextlib.suppress(ImportError), quiet_torch():
             importlib.import_module("torch.ao.quantization.fx._decomposed")
     try:
-        with _quiet():
+        with quiet_torch():
             return torch.export.load(str(path))
     except Exception as error:  # noqa: BLE001 - a corrupt, foreign or newer-format file
         hint = (
@@ -538,7 +538,7 @@ def load_exported(path: Path, input_size: int = 224, compile: bool | None = None
             # compiles the (de)quantize pairs around float convolutions, slower than fp32 (measured: 52 float convs)
             if not _torchao_fits():
                 raise ImportError("no torchao that fits this torch")
-            with _quiet():
+            with quiet_torch():
                 importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
         except ImportError:
             note = (
@@ -600,7 +600,7 @@ class InductorRunner(nn.Module):
         # inductor's int8 lowering warns about its own tensor copy each time it compiles; forward already
         # guarantees the shape, strides and dtype inductor's size asserts re-check before each kernel
         settings = {"freezing": True, "size_asserts": False, "alignment_asserts": False}
-        with _quiet(), torch.no_grad(), inductor_config.patch(settings):
+        with quiet_torch(), torch.no_grad(), inductor_config.patch(settings):
             compiled = torch._inductor.compile(self.graph_module, [example])
         if self.compile_s is None:
             self.compile_s = round(time.perf_counter() - started, 2)
