@@ -402,8 +402,9 @@ def check_keep_float(settings: dict, method: str) -> None:
         )
     if user_model.is_user_model_spec(str(settings["model"])):
         raise KitError("--keep-float names layers of a torchvision architecture, not of your own model FILE.py")
-    if len(set(names)) != len(names):
-        raise KitError(f"--keep-float names a layer twice: {', '.join(names)}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise KitError(f"--keep-float names {', '.join(twice)} twice: name each layer once")
     quantize.check_layer_names(names, list(quantize.arch_layers(settings["arch"])), settings["arch"])
 
 

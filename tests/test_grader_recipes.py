@@ -74,7 +74,11 @@ def test_an_honest_recipe_earns_the_points(tmp_path):
             None,
             "says observer minmax, mnv2_recipe.pt's sidecar histogram",
         ),
-        (with_changes("quantization", keep_float=["features.0.0"]), None, "says keep_float ('features.0.0',)"),
+        (
+            with_changes("quantization", keep_float=["features.0.0"]),
+            None,
+            "only my_recipe.yaml keeps features.0.0; only the sidecar keeps classifier.1, features.1.conv.0.0",
+        ),
         (with_changes("dataset", seed=7), None, "says seed 7"),
         (HONEST, [model_grade(calibration_images=100)], "says calibration_images 200"),
         # the default recipe, made honestly, is no choice
@@ -156,8 +160,21 @@ def test_the_childs_float_convolutions_must_be_the_recipes_layers(kept_float_fil
     assert convs["float"] == 1 and convs["float_shapes"] == [[32, 1, 3, 3]]  # classifier.1 is a Linear
     assert recipes.float_layers_problem("m.pt", "static", KEPT, "mobilenet_v2", convs) is None
     # a sidecar naming another layer of the same count, or none, or a layer the architecture lacks
+    assert convs["weighted_layers"] == 53 and convs["float_positions"] == [1, 52]  # by place: conv #1, linear #52
     other = recipes.float_layers_problem("m.pt", "static", ["features.0.0"], "mobilenet_v2", convs)
-    assert "keeps 1 convolution(s) in float (features.0.0), the file runs 1 in float, not those layers" in other
+    assert "in float in the sidecar, int8 in the file: features.0.0" in other
+    assert "in float in the file only: features.1.conv.0.0, classifier.1" in other
+    # what a hostile review found: a float layer swapped for another of the same shape ([32, 1, 3, 3] is
+    # features.1.conv.0.0's alone, so swap the classifier's claim), or the Linear claimed float but int8
+    swapped = recipes.float_layers_problem("m.pt", "static", ["features.1.conv.0.0"], "mobilenet_v2", convs)
+    assert "in float in the file only: classifier.1" in swapped
+    int8_linear = {**convs, "float_positions": [1]}
+    claimed = recipes.float_layers_problem("m.pt", "static", KEPT, "mobilenet_v2", int8_linear)
+    assert "in float in the sidecar, int8 in the file: classifier.1" in claimed
+    same_shape = {**convs, "float_positions": [6, 52]}  # features.5.conv.1.0's shape is features.6.conv.1.0's
+    assert "features.1.conv.0.0" in recipes.float_layers_problem("m.pt", "static", KEPT, "mobilenet_v2", same_shape)
+    old_child = {key: value for key, value in convs.items() if key not in ("float_positions", "weighted_layers")}
+    assert recipes.float_layers_problem("m.pt", "static", KEPT, "mobilenet_v2", old_child) is None  # by shape
     assert "a dynamic model?" in recipes.float_layers_problem("m.pt", "static", [], "mobilenet_v2", convs)
     typo = recipes.float_layers_problem("m.pt", "static", ["features.1.conv.0.O"], "mobilenet_v2", convs)
     assert "close names: features.1.conv.0.0" in typo

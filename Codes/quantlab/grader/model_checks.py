@@ -471,8 +471,17 @@ def conv_facts(model) -> dict:
 
     int8 = floating = 0
     packed, output_qparams, float_shapes = [], [], []
+    weighted, float_positions = 0, []  # convolutions and linears in the graph's order: which ones run in float
     for node in _all_nodes(model.inlined_graph):
         namespace, _, op = node.kind().partition("::")
+        if (
+            namespace in ("quantized", "aten")
+            and "pack" not in op
+            and op.startswith(("conv2d", "_convolution", "linear"))
+        ):
+            if namespace == "aten":
+                float_positions.append(weighted)
+            weighted += 1
         if op.startswith(("conv", "_convolution")) and not op.startswith(("conv_tbc", "convolution_backward")):
             if namespace == "quantized":
                 int8 += 1
@@ -506,6 +515,10 @@ def conv_facts(model) -> dict:
         # the float convolutions' weight shapes (None where the weight is not a constant): which layers a recipe
         # kept in float (grader/recipes.py)
         "float_shapes": sorted(float_shapes, key=repr),
+        # each float convolution's or linear's place among the layers with weights, in the graph's order: the
+        # recipe's layers by position, so that a float layer swapped for another of the same shape is seen
+        "float_positions": float_positions,
+        "weighted_layers": weighted,
         "granularities": sorted(granularities),
         "weights_sha256": weights,
     }

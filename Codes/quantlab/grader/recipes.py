@@ -44,8 +44,9 @@ def sidecar_float_layers(sidecar: dict) -> list[str] | None:
 def float_layers_problem(name: str, method: str, keep_float: list[str] | None, arch: object, convs: dict) -> str | None:
     """Why the float convolutions the child found are not the sidecar's ``keep_float`` layers; None if they are.
 
-    The child reports each float convolution's weight shape; the architecture (built here, without weights)
-    gives each named layer's. Equal lists of shapes: those layers, and no others, run in float.
+    The child reports the place of each float convolution or linear among the layers with weights, in the
+    graph's order; the architecture (built here, without weights) gives each named layer's place. The same
+    places: those layers, and no others, run in float. (A child without places: the weight shapes.)
     """
     from quantlab import quantize  # torch: the grader's parent has it already (bench)
 
@@ -60,6 +61,17 @@ def float_layers_problem(name: str, method: str, keep_float: list[str] | None, a
         quantize.check_layer_names(keep_float, list(shapes), str(arch))
     except KitError as error:
         return f"{name}: its sidecar's keep_float: {clean_text(str(error), 160)}"
+    names = list(shapes)
+    positions, total = convs.get("float_positions"), convs.get("weighted_layers")
+    if isinstance(positions, list) and total == len(names):  # by place in the network: the layers themselves
+        found_names = {names[i] for i in positions if isinstance(i, int) and 0 <= i < len(names)}
+        only_sidecar = sorted(set(keep_float) - found_names, key=names.index)
+        only_file = sorted(found_names - set(keep_float), key=names.index)
+        if not (only_sidecar or only_file) and len(found_names) == len(positions):
+            return None
+        said = [f"in float in the sidecar, int8 in the file: {', '.join(only_sidecar)}" if only_sidecar else "",
+                f"in float in the file only: {', '.join(only_file)}" if only_file else ""]  # fmt: skip
+        return f"{name}: its float layers are not its sidecar's keep_float ({clean_text('; '.join(w for w in said if w) or 'layers the architecture does not have', 160)})"
     expected = sorted(([*shapes[layer]] for layer in keep_float if len(shapes[layer]) == 4), key=repr)
     if not isinstance(found, list) or sorted(found, key=repr) != expected:
         return (
@@ -173,6 +185,14 @@ def check_recipe(folder: Path, graded: list[ModelGrade]) -> str | None:
     if "engine" not in settings:
         made.pop("engine")
     differ = [key for key in made if made[key] != settings[key]]
+    if differ and differ[0] == "keep_float":  # name the layers that differ: both lists are long
+        said, made_float = set(settings["keep_float"]), set(made["keep_float"])
+        parts = [f"only {RECIPE_FILE} keeps {', '.join(sorted(said - made_float))}" if said - made_float else "",
+                 f"only the sidecar keeps {', '.join(sorted(made_float - said))}" if made_float - said else ""]  # fmt: skip
+        return (
+            f"{RECIPE_FILE} and {RECIPE_MODEL}'s sidecar keep other layers in float "
+            f"({clean_text('; '.join(p for p in parts if p), 160)}): make the model with quantize_model.py --config {RECIPE_FILE}"
+        )
     if differ:
         key = differ[0]
         return (
