@@ -21,11 +21,9 @@ Example (the figures of labs/04_detection.md; needs ultralytics and human-fall-d
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from quantlab import arguments, bench, detection, engines, files
 from quantlab.errors import KitError, run_cli
@@ -35,17 +33,13 @@ def measure(name: str, run, size_mb: float, batches: list[np.ndarray], runs: int
     """One row: ``run(batch)`` gives the raw (4+C) x N output of one letterboxed batch."""
     for batch in batches[:3]:  # warm-up: first calls allocate and pick kernels
         run(batch)
-    times = []
-    for _ in tqdm(range(runs), desc=f"timing {name}", unit="run", leave=False):
-        started = time.perf_counter()
-        run(batches[0])
-        times.append(1000 * (time.perf_counter() - started))
+    timed = bench.measure_latency(run, runs=runs, warmup=0, image=batches[0])
     raw = [run(batch) for batch in batches]
     return {
         "model": name,
         "size_mb": round(size_mb, 2),
-        "median_ms": round(float(np.median(times)), 2),
-        "p90_ms": round(float(np.percentile(times, 90)), 2),
+        "median_ms": round(timed["median_ms"], 2),
+        "p90_ms": round(timed["p90_ms"], 2),
         "candidates": sum(detection.candidate_count(output) for output in raw),
         "found": [detection.decode(output) for output in raw],
     }

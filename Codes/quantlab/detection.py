@@ -618,7 +618,7 @@ def quantize_qat_pt2e(
     weights, output = Path(weights), Path(output)
     torchao_version = pt2e.require_torchao()
     from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     with pt2e.quiet_torch():  # torchao's copy of the quantizer warns that it is deprecated (ExecuTorch owns it)
         quantizer, described = pt2e.quantizer_for("arm")
@@ -659,11 +659,7 @@ def quantize_qat_pt2e(
             optimiser.step()
             total += float(loss.detach()) * len(chosen)
         losses.append(total / len(train))
-    with pt2e.quiet_torch():
-        converted = convert_pt2e(student)
-    pt2e.drop_unused_weights(converted)
-    quantized = pt2e.export(converted, size)
-    quantized.example_inputs = None  # torch.export.save would store them
+    quantized = pt2e.convert_and_export(student, size)
     facts = {"quantizer": described + ", QAT config", "target": "arm", "calibration_images": calibrated,
              "torchao": torchao_version, "granularity": "per_channel", "input_size": size, "source": weights.name,
              "qat": {"epochs": epochs, "lr": lr, "train_images": len(train), "loss": "self-distillation from fp32",

@@ -254,7 +254,7 @@ def quantize(
     calibration image count, torchao version).
     """
     torchao_version = require_torchao()
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     quantizer, described = quantizer_for(target, granularity)
     program = model if isinstance(model, torch.export.ExportedProgram) else export(model, input_size)
@@ -266,12 +266,7 @@ def quantize(
             "stay float; on x86 with torch 2.9 use --engine qnnpack (target arm, XNNPACKQuantizer), or a newer torch"
         )
     images = calibrate(prepared, calibration_batches, progress=False)
-    with quiet_torch():
-        converted = convert_pt2e(prepared)
-    drop_unused_weights(converted)
-    quantized = export(converted, input_size)
-    quantized.example_inputs = None  # torch.export.save would store them: 1.2 MB of noise at 224x224
-    return quantized, {
+    return convert_and_export(prepared, input_size), {
         "quantizer": described,
         "target": target,
         "calibration_images": images,
@@ -280,7 +275,19 @@ def quantize(
     }
 
 
-def drop_unused_weights(graph_module: torch.fx.GraphModule) -> None:
+def convert_and_export(prepared: torch.fx.GraphModule, input_size: int) -> torch.export.ExportedProgram:
+    """A prepared (PTQ-calibrated or QAT-trained) graph converted to int8 and exported again, ready for ``save``."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    with quiet_torch():
+        converted = convert_pt2e(prepared)
+    _drop_unused_weights(converted)
+    quantized = export(converted, input_size)
+    quantized.example_inputs = None  # torch.export.save would store them: 1.2 MB of noise at 224x224
+    return quantized
+
+
+def _drop_unused_weights(graph_module: torch.fx.GraphModule) -> None:
     """convert_pt2e adds int8 copies of the weights but keeps the float ones as attributes: drop those.
 
     Exporting again would save every attribute, doubling the file.

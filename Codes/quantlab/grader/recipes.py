@@ -7,8 +7,8 @@ of the layers they kept. ``quantize_model.py --config my_recipe.yaml --calib-dat
 mnv2_recipe.pt`` makes the model. The task's points (``weights.recipe``) are earned only when
 
 - ``my_recipe.yaml`` is in the folder, a plain file within the size limit, safe YAML;
-- ``mnv2_recipe.pt`` was graded, and its convolutions were read by the grader's child: the float ones are
-  exactly the recipe's (by weight shape, ``float_layers_problem``), the rest int8;
+- ``mnv2_recipe.pt`` was graded, and the grader's child read which of its layers run in float: exactly the
+  recipe's (by their place in the network, ``float_layers_problem``), the rest int8;
 - the recipe's settings equal the model's sidecar;
 - it is not the default recipe (no layer in float, per-channel histogram), and its evidence has rows with
   intervals, and a gain for each layer it keeps in float.
@@ -29,8 +29,9 @@ RECIPE_FILE = "my_recipe.yaml"
 RECIPE_MODEL = "mnv2_recipe.pt"
 MAX_RECIPE_BYTES = 64 * 1024  # the notebook's file is about 2 kB: 53 sensitivity rows fit many times over
 MAX_ROWS = 64
-DEFAULT_RECIPE = {"keep_float": (), "granularity": "per_channel", "observer": "histogram"}  # quantize_model.py's
-DEFAULTS = {"method": "static", "calibration_images": 100, "seed": 0, **DEFAULT_RECIPE}
+# what quantize_model.py does when the recipe chooses nothing (vocab.DEFAULT_RECIPE: the kit's default model)
+NO_CHOICE = {"keep_float": (), "granularity": vocab.DEFAULT_RECIPE[2], "observer": vocab.DEFAULT_RECIPE[3]}
+DEFAULTS = {"method": vocab.DEFAULT_RECIPE[0], "calibration_images": 100, "seed": 0, **NO_CHOICE}
 
 
 def sidecar_float_layers(sidecar: dict) -> list[str] | None:
@@ -42,7 +43,7 @@ def sidecar_float_layers(sidecar: dict) -> list[str] | None:
 
 
 def float_layers_problem(name: str, method: str, keep_float: list[str] | None, arch: object, convs: dict) -> str | None:
-    """Why the float convolutions the child found are not the sidecar's ``keep_float`` layers; None if they are.
+    """Why the float layers the child found are not the sidecar's ``keep_float`` layers; None if they are.
 
     The child reports the place of each float convolution or linear among the layers with weights, in the
     graph's order; the architecture (built here, without weights) gives each named layer's place. The same
@@ -199,6 +200,6 @@ def check_recipe(folder: Path, graded: list[ModelGrade]) -> str | None:
             f"{RECIPE_FILE} says {key} {clean_text(settings[key], 60)}, {RECIPE_MODEL}'s sidecar "
             f"{clean_text(made[key], 60)}: make the model with quantize_model.py --config {RECIPE_FILE}"
         )
-    if all(settings[key] == value for key, value in DEFAULT_RECIPE.items()):
+    if all(settings[key] == value for key, value in NO_CHOICE.items()):
         return f"{RECIPE_FILE} is the default recipe (no layer in float, per-channel, histogram): your choice earns the points"
     return evidence_problem(loaded, settings["keep_float"])
