@@ -13,12 +13,14 @@ Examples:
     python Codes/benchmark.py --model my_finetuned.pth --arch resnet18 --runs 100 --threads 4
     python Codes/benchmark.py --model mnv2_qnnpack.pt --engine x86   # force another engine (prints a note)
     python Codes/benchmark.py --model my_net.py:build@my_net.pth --model my_net_int8.pt2   # your own model, PT2E
+    python Codes/benchmark.py --model mnv2_int8.pt --model mnv2_int8.pte   # TorchScript against PT2E on ExecuTorch
 
 A model is a torchvision name (mobilenet_v2, mobilenet_v2_int8), a state dict
 (.pth, --arch tells the architecture), a TorchScript file (.pt; it runs on the
 engine named in its JSON sidecar), an ONNX file (.onnx, run with ONNX Runtime), a PT2E
-exported program (.pt2, compiled with inductor on x86) or your own float model,
-FILE.py:FUNCTION[@WEIGHTS.pth] (importing FILE.py runs its code).
+exported program (.pt2, compiled with inductor on x86), an ExecuTorch program (.pte,
+PT2E lowered to XNNPACK: a flatbuffer, no code), a LiteRT file (.tflite) or your own
+float model, FILE.py:FUNCTION[@WEIGHTS.pth] (importing FILE.py runs its code).
 TorchScript, .pt2 and FILE.py models run code when they load: benchmark.py runs
 those the kit wrote on this account (quantize_model.py, the notebooks) and
 refuses others unless you pass --trust; grade handed-in files with grade.py,
@@ -49,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model",
         action="append",
         required=True,
-        help="repeatable: a torchvision name, a state dict, a TorchScript, ONNX or PT2E (.pt2) "
-        "file, or your own model FILE.py:FUNCTION[@WEIGHTS.pth]",
+        help="repeatable: a torchvision name, a state dict, a TorchScript, ONNX, PT2E (.pt2), LiteRT (.tflite) "
+        "or ExecuTorch (.pte) file, or your own model FILE.py:FUNCTION[@WEIGHTS.pth]",
     )
     parser.add_argument("--arch", default="mobilenet_v2", help="torchvision architecture of state dict files")
     parser.add_argument(

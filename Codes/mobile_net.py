@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model_or_weights.add_argument(
         "--model",
         type=Path,
-        help="a model file: TorchScript (.pt), ONNX (.onnx), PT2E (.pt2), LiteRT (.tflite) or a state dict",
+        help="a model file: TorchScript (.pt), ONNX (.onnx), PT2E (.pt2), LiteRT (.tflite), ExecuTorch (.pte) "
+        "or a state dict",
     )
     parser.add_argument("--threads", type=count, help="CPU threads (default: physical cores)")
     parser.add_argument("--json", type=Path, help="write the summary to this JSON file")

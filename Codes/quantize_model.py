@@ -9,7 +9,8 @@ Three methods, as in the notebooks:
 The output is a TorchScript file (``torch.jit.load`` alone runs it, e.g. on the
 Pi) or, with ``--format onnx``, an ONNX file for ONNX Runtime, or with ``--format
 tflite`` a LiteRT file (needs litert-torch; it writes X_fp32.tflite beside X.tflite,
-the float baseline converted the same way). A JSON sidecar
+the float baseline converted the same way), or with ``--format pte`` PT2E int8 lowered
+to ExecuTorch's XNNPACK (needs executorch; the fastest PT2E path, docs/pt2e_speed.md). A JSON sidecar
 beside it records how it was made; ``Codes/mobile_net.py --model`` reads the
 engine from it. ``--config FILE.yaml`` takes the same settings in sections
 modelled on the STM32 model zoo (see configs/); flags override the file.
@@ -24,6 +25,7 @@ Examples:
     python Codes/quantize_model.py --output mnv2_qat.pt --method qat --train-data photos/ --epochs 1 --lr 3e-5
     python Codes/quantize_model.py --output mnv2_int8.onnx --format onnx --calib-data photos/
     python Codes/quantize_model.py --output mnv2_int8.tflite --calib-data photos/   # LiteRT, + mnv2_int8_fp32.tflite
+    python Codes/quantize_model.py --output mnv2_int8.pte --calib-data photos/   # PT2E -> ExecuTorch (XNNPACK)
     python Codes/quantize_model.py --model my_finetuned.pth --arch resnet18 --output mine_int8.pt --calib-data photos/
     python Codes/quantize_model.py --config configs/quantize_chain_eqeb.yaml
     python Codes/quantize_model.py --model my_net.py:build --weights my_net.pth --output my_net_int8.pt2 --calib-data photos/
@@ -67,6 +69,8 @@ from quantlab.errors import KitError, run_cli
 size = 224  # input resolution
 
 # operation_mode (STM32 model zoo's chains): what one run does, in order
+FORMAT_SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "tflite": vocab.TFLITE_SUFFIX, "pte": vocab.PTE_SUFFIX}  # else .pt
+
 OPERATION_MODES = {
     "quantization": ("quantize",),
     "chain_eqe": ("evaluate", "quantize", "evaluate"),
@@ -91,14 +95,17 @@ SETTINGS: dict[str, Setting] = {
         expected="an architecture name",
     ),
     "output": Setting(
-        None, "the file to write: FILE.pt (TorchScript), FILE.onnx, FILE.pt2 (PT2E) or FILE.tflite (LiteRT)", Path
+        None,
+        "the file to write: FILE.pt (TorchScript), FILE.onnx, FILE.pt2 (PT2E), FILE.tflite (LiteRT) or FILE.pte "
+        "(ExecuTorch)",
+        Path,
     ),
     "format": Setting(
         None,
-        "torchscript, onnx, pt2 or tflite (default: from --output's suffix)",
+        "torchscript, onnx, pt2, tflite or pte (default: from --output's suffix)",
         choices=vocab.FORMATS,
         yaml="quantization.format",
-        expected="torchscript, onnx, pt2 or tflite",
+        expected="torchscript, onnx, pt2, tflite or pte",
     ),
     "method": Setting(
         "static",
@@ -303,7 +310,7 @@ def check_settings(settings: dict) -> None:
     if output is None:
         if settings["export_dir"] is None:
             raise KitError("name the file to write: --output FILE.pt (or quantization.export_dir in --config)")
-        suffix = {"onnx": ".onnx", "pt2": ".pt2", "tflite": vocab.TFLITE_SUFFIX}.get(settings["format"], ".pt")
+        suffix = FORMAT_SUFFIXES.get(settings["format"], ".pt")
         name = Path(str(settings["model"])).stem
         output = (
             Path(settings["export_dir"])
@@ -317,13 +324,15 @@ def check_settings(settings: dict) -> None:
         if pt2e.is_exported_file(output)
         else "tflite"
         if output.suffix.lower() == vocab.TFLITE_SUFFIX
+        else "pte"
+        if output.suffix.lower() == vocab.PTE_SUFFIX
         else "torchscript"
     )
     settings["format"] = settings["format"] or suffix_format
     if settings["format"] != suffix_format:
         raise KitError(
             f"--output {output} does not fit --format {settings['format']}; "
-            f"name it FILE{ {'onnx': '.onnx', 'pt2': '.pt2', 'tflite': '.tflite'}.get(settings['format'], '.pt') }"
+            f"name it FILE{FORMAT_SUFFIXES.get(settings['format'], '.pt')}"
         )
     check_own_model_route(settings, method)
     check_keep_float(settings, method)
@@ -370,9 +379,10 @@ def check_own_model_route(settings: dict, method: str) -> None:
             f"--model {model} is an ONNX file: ONNX Runtime quantizes it; add --format onnx and name "
             "the output FILE.onnx"
         )
-    if settings["format"] == "pt2" and method != "static":
+    if settings["format"] in ("pt2", "pte") and method != "static":
         raise KitError(
-            f"PT2E (FILE.pt2) does static post-training quantization here, not --method {method}; drop --method"
+            f"PT2E (FILE.{settings['format']}) does static post-training quantization here, not --method {method}; "
+            "drop --method"
         )
     if settings["format"] == "tflite" and (method != "static" or settings["observer"] != "histogram"):
         raise KitError(
@@ -383,7 +393,11 @@ def check_own_model_route(settings: dict, method: str) -> None:
         from quantlab import litert
 
         litert.check_converter()  # fail now, not after loading the model and the photos
-    if settings["format"] == "pt2" and settings["observer"] != "histogram":
+    if settings["format"] == "pte":
+        from quantlab import executorch_runtime
+
+        executorch_runtime.require_runtime()  # fail now, not after loading the model and the photos
+    if settings["format"] in ("pt2", "pte") and settings["observer"] != "histogram":
         raise KitError(
             "PT2E's quantizers observe activations with a histogram; drop --observer "
             f"{settings['observer']} (or write FILE.onnx for ONNX Runtime's minmax calibration)"
@@ -642,6 +656,37 @@ def quantize_with_pt2e(
     return pt2e.save(program, settings["output"], sidecar)
 
 
+def quantize_to_executorch(fp32: torch.nn.Module, settings: dict, calibration: Dataset | None, sidecar: dict) -> dict:
+    """PT2E with the XNNPACK quantizer, lowered ahead of time to ExecuTorch's XNNPACK; saved as FILE.pte; the sidecar."""
+    from quantlab import executorch_runtime
+
+    pt2e.quantizer_for("arm", settings["granularity"])  # fail before the photos load: torchao missing, ...
+    program = pt2e.export(fp32, size)  # ... or a model torch.export cannot capture
+    batches, source = calibration_batches(settings, calibration)
+    buffer, facts = executorch_runtime.quantize_to_pte(program, batches, size, settings["granularity"])
+    skipped = data.skipped_count(calibration) if calibration is not None else 0
+    print(
+        f"PT2E static quantization for ExecuTorch: {facts['quantizer']}; calibrated on "
+        f"{facts['calibration_images']} images from {source}" + (f" ({skipped} unreadable skipped)" if skipped else "")
+    )
+    print(f"lowered to XNNPACK in {facts['lower_s']} s (ExecuTorch's ahead-of-time compile, done once per file)")
+    if facts["outside_xnnpack"]:
+        print(f"note: outside XNNPACK (ExecuTorch's slower portable kernels): {', '.join(facts['outside_xnnpack'])}")
+    del sidecar["engine"]  # XNNPACK runs it: no PyTorch engine to pick
+    sidecar.update(
+        runtime="executorch",
+        target=facts["target"],
+        quantizer=facts["quantizer"],
+        torchao=facts["torchao"],
+        granularity=facts["granularity"],
+        observer="histogram",
+        lower_s=facts["lower_s"],
+        outside_xnnpack=facts["outside_xnnpack"],
+        calibration={"source": source, "images": facts["calibration_images"], "skipped_unreadable": skipped},
+    )
+    return executorch_runtime.save_pte(buffer, settings["output"], sidecar)
+
+
 def write_onnx(fp32: torch.nn.Module | Path, settings: dict, calibration: Dataset | None, partial: Path) -> dict:
     """Export to ONNX (or take your own float ONNX file) and quantize it with ONNX Runtime into ``partial``;
     the sidecar's facts."""
@@ -754,6 +799,8 @@ def quantize_and_save(
         return sidecar
     if settings["format"] == "pt2":
         return quantize_with_pt2e(fp32, settings, engine, calibration, sidecar)
+    if settings["format"] == "pte":
+        return quantize_to_executorch(fp32, settings, calibration, sidecar)
     int8, facts = quantize_torch(fp32, settings, engine, calibration)
     sidecar.update(facts)
     return models.save_torchscript(int8, output, sidecar)
@@ -805,8 +852,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(settings["seed"])
     engine, why = engines.resolve_engine(settings["engine"])
     print(f"engine: {engine} ({why}); threads: {threads}")
-    if settings["format"] in ("onnx", "tflite"):
-        runtime = "ONNX Runtime" if settings["format"] == "onnx" else "LiteRT (XNNPACK)"
+    if settings["format"] in ("onnx", "tflite", "pte"):
+        runtime = {"onnx": "ONNX Runtime", "tflite": "LiteRT (XNNPACK)", "pte": "ExecuTorch (XNNPACK)"}[
+            settings["format"]
+        ]
         print(f"note: {runtime} runs the file with its own int8 kernels; --engine applies to PyTorch only")
     fp32 = float_model(settings)
     declared = declared_preprocessing(settings)

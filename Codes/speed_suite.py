@@ -4,6 +4,8 @@ One process, one machine, batch 1, 224x224, the same settings for every path:
   fp32 eager, fp32 channels-last, fp32 TorchScript,
   int8 on every quantized engine this PyTorch has (x86, onednn, fbgemm, qnnpack), eager and TorchScript,
   int8 PT2E (torch.export + torchao's X86InductorQuantizer, compiled by inductor; its compile time is shown),
+  int8 PT2E lowered to ExecuTorch (the XNNPACK quantizer, a .pte file run by XNNPACK; its lowering time is
+  shown), where executorch is installed (without it one line says so),
   ONNX Runtime fp32 and ONNX Runtime static int8 (QDQ),
   LiteRT fp32 and int8 (.tflite files run by LiteRT's interpreter with the XNNPACK delegate, the same threads),
   where LiteRT's converter litert-torch is installed (it is optional and heavy: without it one line says so).
@@ -37,6 +39,7 @@ from quantlab import (
     cpu,
     data,
     engines,
+    executorch_runtime,
     files,
     litert,
     loading,
@@ -185,17 +188,38 @@ def litert_builder(fp32: torch.nn.Module, calibration: list | None, folder: Path
     return build
 
 
+def executorch_builder(fp32: torch.nn.Module, calibration: list, folder: Path, threads: int):
+    """PT2E int8 with the XNNPACK quantizer lowered to a .pte file, loaded as benchmark.py loads one: ExecuTorch,
+    XNNPACK, ``threads`` threads. Its ``compile_s`` is the lowering (paid once, when the file is written)."""
+
+    def build():
+        buffer, facts = executorch_runtime.quantize_to_pte(copy.deepcopy(fp32), calibration, size)
+        path = folder / "mobilenet_v2_int8.pte"
+        executorch_runtime.save_pte(buffer, path, {"method": "static", **facts})
+        return loading.load_any(path, threads=threads, input_size=size, check=False).model
+
+    return build
+
+
 def path_runtime(name: str) -> str:
-    """What runs a path, from its name: ONNX Runtime, LiteRT, inductor (PT2E) or PyTorch's eager/TorchScript."""
+    """What runs a path, from its name: ONNX Runtime, LiteRT, ExecuTorch, inductor (PT2E) or PyTorch's
+    eager/TorchScript."""
     if name.startswith("ONNX"):
         return "onnxruntime"
     if name.startswith("LiteRT"):
         return "litert"
+    if "ExecuTorch" in name:
+        return "executorch"
     return "inductor" if "PT2E" in name else "pytorch"
 
 
+XNNPACK_RUNTIMES = ("litert", "executorch")  # XNNPACK picks its own int8 kernels for the CPU (and does not saturate)
+
+
 def isa_shown(result: dict) -> str:
-    return "XNNPACK" if result["runtime"] == "litert" and result["precision"] == "int8" else result["int8_isa"] or ""
+    if result["runtime"] in XNNPACK_RUNTIMES and result["precision"] == "int8":
+        return "XNNPACK"
+    return result["int8_isa"] or ""
 
 
 def ratio(value: float | None, baseline: float | None) -> float | None:
@@ -228,8 +252,9 @@ def format_table(results: list[dict], photos_note: str) -> str:
         f"x fp32 eager / x ORT fp32: this path's median latency over theirs (0.20x = 5 times faster); "
         f"top-1 = fp32: photos whose top-1 class matches fp32 eager's ({photos_note}); int8 ISA: the "
         f"instruction level the int8 path runs with (avx2, avx512: no VNNI, sums can saturate; XNNPACK: LiteRT's "
-        f"kernels, chosen by XNNPACK for this CPU); peak MB: the process's peak resident memory during that "
-        f"path's timed runs; compile s: the wait for inductor's first compile (PT2E, once per process and input shape)"
+        f"or ExecuTorch's kernels, chosen by XNNPACK for this CPU); peak MB: the process's peak resident memory "
+        f"during that path's timed runs; compile s: the wait for inductor's first compile (PT2E inductor, once per "
+        f"process and input shape) or for ExecuTorch's lowering to XNNPACK (once, when the .pte file is written)"
     )
     for result in results:
         if not result["error"] and result.get("unstable"):
@@ -279,7 +304,13 @@ def write_latency_chart(path: Path, report: dict) -> None:
 
 
 def paths_to_time(
-    fp32: torch.nn.Module, calibration: list, folder: Path, threads: int, onnx_facts: dict, with_litert: bool
+    fp32: torch.nn.Module,
+    calibration: list,
+    folder: Path,
+    threads: int,
+    onnx_facts: dict,
+    with_litert: bool,
+    with_executorch: bool,
 ) -> list:
     """Every path this PyTorch can take: (name, precision, engine, build), build() making the runnable model."""
     paths = [
@@ -294,6 +325,8 @@ def paths_to_time(
                 (f"int8 {engine} {how}", "int8", engine, int8_builder(fp32, calibration, engine, jit, quantized))
             )
     paths.append(("int8 PT2E inductor", "int8", None, pt2e_builder(fp32, calibration, folder)))
+    if with_executorch:
+        paths.append(("int8 PT2E ExecuTorch", "int8", None, executorch_builder(fp32, calibration, folder, threads)))
     paths.append(("ONNX Runtime fp32", "fp32", None, onnx_builder(fp32, None, folder, threads, {})))
     paths.append(
         ("ONNX Runtime int8 static", "int8", None, onnx_builder(fp32, calibration, folder, threads, onnx_facts))
@@ -310,11 +343,11 @@ def time_paths(paths: list, photos: torch.Tensor, args: argparse.Namespace) -> l
     results, reference = [], None
     for name, precision, engine, build in tqdm(paths, desc="paths", unit="path"):
         runtime = path_runtime(name)
-        kernels = "onednn" if "PT2E" in name else engine  # inductor lowers PT2E int8 to oneDNN's kernels
+        kernels = "onednn" if runtime == "inductor" else engine  # inductor lowers PT2E int8 to oneDNN's kernels
         # XNNPACK picks its own int8 kernels (and does not saturate): the ISA column is for PyTorch's and ORT's
         isa = (
             None
-            if precision == "fp32" or runtime == "litert"
+            if precision == "fp32" or runtime in XNNPACK_RUNTIMES
             else cpu.engine_isa(kernels)
             if kernels
             else cpu.int8_isa()
@@ -347,7 +380,7 @@ def time_paths(paths: list, photos: torch.Tensor, args: argparse.Namespace) -> l
                 "fps": latency["fps"],
                 "unstable": latency["unstable"],
                 "peak_rss_mb": memory.peak_rss_mb(),
-                "compile_s": getattr(model, "compile_s", None),  # PT2E: inductor's first compile, seconds
+                "compile_s": getattr(model, "compile_s", None),  # PT2E: inductor's first compile / the lowering, s
                 "top1_agreement": round(float((predictions == reference).float().mean()), 4),
             }
         )
@@ -409,10 +442,15 @@ def main(argv: list[str] | None = None) -> int:
     without_litert = litert_missing()
     if without_litert:
         print(f"no LiteRT rows: {without_litert}")
+    without_executorch = executorch_runtime.missing()
+    if without_executorch:
+        print(f"no ExecuTorch row: {without_executorch}")
     onnx_facts: dict = {}  # the number format ONNX Runtime's static quantization picked for this CPU, and why
     with tempfile.TemporaryDirectory(prefix="quantlab-speed-") as folder:
         calibration = list(photos.split(8))
-        paths = paths_to_time(fp32, calibration, Path(folder), threads, onnx_facts, not without_litert)
+        paths = paths_to_time(
+            fp32, calibration, Path(folder), threads, onnx_facts, not without_litert, not without_executorch
+        )
         results = time_paths(paths, photos, args)
     print(format_table(results, photos_note))
     if onnx_facts.get("format_reason"):
@@ -434,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             "converter": litert.converter_version(),
             "missing": without_litert,
         },
+        "executorch": {"version": executorch_runtime.runtime_version(), "missing": without_executorch},
         "settings": {
             "runs": args.runs,
             "warmup": args.warmup,

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from conftest import load_script, run_in_process
-from quantlab import cpu, litert
+from quantlab import cpu, executorch_runtime, litert
 
 HAS_LITERT = importlib.util.find_spec("litert_torch") is not None and importlib.util.find_spec("ai_edge_litert")
+HAS_EXECUTORCH = executorch_runtime.missing() is None
 
 ENGINES = [e for e in torch.backends.quantized.supported_engines if e != "none"]
 EXPECTED_PATHS = [
@@ -27,6 +28,7 @@ EXPECTED_PATHS = [
     "fp32 TorchScript",
     *[f"int8 {e} {how}" for e in ENGINES for how in ("eager", "TorchScript")],
     "int8 PT2E inductor",
+    *(["int8 PT2E ExecuTorch"] if HAS_EXECUTORCH else []),
     "ONNX Runtime fp32",
     "ONNX Runtime int8 static",
     *(["LiteRT fp32", "LiteRT int8"] if HAS_LITERT else []),
@@ -79,7 +81,7 @@ def test_suite_measures_every_path_and_checks_int8_against_fp32(run, tmp_path, f
         kernels = "onednn" if r["runtime"] == "inductor" else r["engine"]  # inductor's int8 kernels are oneDNN's
         expected_isa = (
             None
-            if r["precision"] == "fp32" or r["runtime"] == "litert"  # XNNPACK picks its own kernels
+            if r["precision"] == "fp32" or r["runtime"] in ("litert", "executorch")  # XNNPACK picks its own kernels
             else cpu.engine_isa(kernels).name
             if kernels
             else cpu.int8_isa().name
@@ -156,12 +158,24 @@ def test_without_litert_the_suite_says_why_and_leaves_the_rows_out(monkeypatch: 
     assert suite.litert_missing() == litert.CONVERTER_MISSING
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # nor LiteRT's runtime
     assert suite.litert_missing() == litert.RUNTIME_MISSING
-    paths = suite.paths_to_time(torch.nn.Identity(), [], None, 1, {}, with_litert=False)
+    paths = suite.paths_to_time(torch.nn.Identity(), [], None, 1, {}, with_litert=False, with_executorch=True)
     assert not [name for name, *_ in paths if "LiteRT" in name]
-    paths = suite.paths_to_time(torch.nn.Identity(), [], None, 1, {}, with_litert=True)
+    paths = suite.paths_to_time(torch.nn.Identity(), [], None, 1, {}, with_litert=True, with_executorch=True)
     assert [(name, precision) for name, precision, *_ in paths if "LiteRT" in name] == [
         ("LiteRT fp32", "fp32"),
         ("LiteRT int8", "int8"),
+    ]
+
+
+def test_without_executorch_the_suite_says_why_and_leaves_its_row_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    suite = load_script("speed_suite.py")
+    monkeypatch.setitem(sys.modules, "executorch.runtime", None)  # as if executorch were not installed
+    assert suite.executorch_runtime.missing() == executorch_runtime.MISSING
+    paths = suite.paths_to_time(torch.nn.Identity(), [], None, 1, {}, with_litert=False, with_executorch=False)
+    assert not [name for name, *_ in paths if "ExecuTorch" in name]
+    paths = suite.paths_to_time(torch.nn.Identity(), [], None, 1, {}, with_litert=False, with_executorch=True)
+    assert [(name, precision) for name, precision, *_ in paths if "ExecuTorch" in name] == [
+        ("int8 PT2E ExecuTorch", "int8")
     ]
 
 

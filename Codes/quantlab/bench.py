@@ -59,6 +59,7 @@ def machine_info(threads: int, engine: str | None) -> dict:
         "torchvision": torchvision.__version__,
         "onnxruntime": _version("onnxruntime"),
         "litert": _version("ai-edge-litert"),  # LiteRT's runtime (.tflite files)
+        "executorch": _version("executorch"),  # ExecuTorch (.pte files: PT2E lowered to XNNPACK)
         "threads": threads,
         "physical_cores": engines.physical_cores(),
         "engine": engine,

@@ -7,6 +7,7 @@
   TorchScript           FILE.pt, run on the engine its sidecar FILE.json names (``engine`` "auto")
   ONNX                  FILE.onnx or FILE.ort, run with ONNX Runtime
   PT2E                  FILE.pt2 (torch.export), compiled with inductor on x86
+  ExecuTorch            FILE.pte (PT2E lowered to XNNPACK), run with ExecuTorch
   your own model        FILE.py:FUNCTION[@WEIGHTS.pth] (importing FILE.py runs its code)
 
 and returns a ``LoadedModel``: the callable model and the facts a benchmark
@@ -69,8 +70,8 @@ class LoadedModel:
 
     name: str
     model: Callable[[torch.Tensor], torch.Tensor]
-    runtime: str  # pytorch | onnxruntime | litert
-    format: str  # torchvision | state_dict | torchscript | onnx | pt2 | python | tflite
+    runtime: str  # pytorch | onnxruntime | litert | executorch
+    format: str  # torchvision | state_dict | torchscript | onnx | pt2 | python | tflite | pte
     engine: str | None  # PyTorch's int8 engine it runs on; None for fp32, ONNX Runtime, PT2E and LiteRT
     path: str | None
     size_mb: float
@@ -99,7 +100,7 @@ class LoadedModel:
         return (
             self.engine is not None
             or (self.format == "onnx" and self.onnx_int8)
-            or self.format == "tflite"
+            or self.format in ("tflite", "pte")
             and self.method != "fp32"
         )
 
@@ -597,10 +598,18 @@ def _load_tflite(path: Path, request: _Request) -> LoadedModel:
     return loaded
 
 
+def _load_pte(path: Path, request: _Request) -> LoadedModel:
+    """An ExecuTorch program: its runtime runs it (XNNPACK), no PyTorch engine to pick."""
+    from quantlab import executorch_runtime  # imported only for a .pte file
+
+    return executorch_runtime.load_pte(path, request.threads, request.input_size)
+
+
 # how each kind of model file is loaded, by its suffix; any other suffix: TorchScript or a state dict, by content
 _LOADERS: dict[str, Callable[[Path, _Request], LoadedModel]] = {
     vocab.PT2_SUFFIX: _load_exported,
     **dict.fromkeys(vocab.ONNX_SUFFIXES, _load_onnx),
     vocab.TFLITE_SUFFIX: _load_tflite,
+    vocab.PTE_SUFFIX: _load_pte,
     **dict.fromkeys(vocab.TORCH_SUFFIXES, _load_torch_file),
 }

@@ -23,7 +23,8 @@ FORMATS = (
     "onnx",
     "pt2",
     "tflite",
-)  # quantize_model.py --format; pt2: PT2E's exported program; tflite: LiteRT
+    "pte",
+)  # quantize_model.py --format; pt2: PT2E's exported program; tflite: LiteRT; pte: PT2E lowered to ExecuTorch
 
 # task 5's model (labs/homework.md): quantize_model.py's defaults with --engine qnnpack, run on the Pi;
 # the grader measures the open target against it (tests check quantize_model.py's defaults are these)
@@ -34,7 +35,8 @@ TORCH_SUFFIXES = (".pt", ".pth", ".ptl")  # TorchScript archives and torch.save 
 ONNX_SUFFIXES = (".onnx", ".ort")
 PT2_SUFFIX = ".pt2"  # torch.export's program (PT2E, your own model)
 TFLITE_SUFFIX = ".tflite"  # LiteRT (TensorFlow Lite) flatbuffers, run by ai-edge-litert (quantlab.litert)
+PTE_SUFFIX = ".pte"  # ExecuTorch programs (PT2E lowered to XNNPACK), run by executorch (quantlab.executorch_runtime)
 # your own float model: FILE.py:FUNCTION[@WEIGHTS.pth] (quantlab.user_model imports FILE.py and calls FUNCTION)
 USER_MODEL_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)(?:@(?P<weights>.+))?$")
-MODEL_SUFFIXES = (*TORCH_SUFFIXES, PT2_SUFFIX, *ONNX_SUFFIXES, TFLITE_SUFFIX)
+MODEL_SUFFIXES = (*TORCH_SUFFIXES, PT2_SUFFIX, *ONNX_SUFFIXES, TFLITE_SUFFIX, PTE_SUFFIX)
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")  # what OpenCV and PIL read here
