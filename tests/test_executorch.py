@@ -16,7 +16,7 @@ from torch import nn
 
 import speed_suite
 from conftest import run_in_process, run_script
-from quantlab import executorch_runtime, loading
+from quantlab import executorch_runtime, loading, pt2e
 from quantlab.errors import KitError
 
 HAS_EXECUTORCH = executorch_runtime.missing() is None
@@ -182,3 +182,37 @@ def test_quantize_model_writes_a_pte_that_benchmark_measures(tmp_path: Path, sam
     (result,) = json.loads(report.read_text())["results"]
     assert (result["runtime"], result["format"]) == ("executorch", "pte")
     assert result["compile_s"] == sidecar["lower_s"] and result["top1"] > 50
+
+
+@pytest.fixture(scope="module")
+def xnnpack_pt2(small_net: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A .pt2 quantized for XNNPACK (what quantize_model.py --engine qnnpack --output X.pt2 writes)."""
+    calibration = [torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    program, facts = pt2e.quantize(small_net, calibration, "arm", SIZE)
+    path = tmp_path_factory.mktemp("pt2") / "small_xnnpack.pt2"
+    pt2e.save(program, path, {"method": "static", **facts})
+    return path
+
+
+@needs_executorch
+def test_a_pt2_quantized_for_xnnpack_is_lowered_to_executorch_as_it_loads(xnnpack_pt2: Path) -> None:
+    lowered = pt2e.load_exported(xnnpack_pt2, SIZE)
+    assert (lowered.runner, lowered.compiled) == ("executorch", True) and lowered.compile_s > 0
+    uncompiled = pt2e.load_exported(xnnpack_pt2, SIZE, compile=False)
+    assert (uncompiled.runner, uncompiled.compiled) == (None, False)
+    images = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        fast, reference = lowered(images), uncompiled(images)
+    # the same int8 model: XNNPACK's kernels round like the exported program's quantize/dequantize pairs
+    assert (fast - reference).abs().max().item() < 0.05 * reference.abs().max().item()
+    loaded = loading.load_any(xnnpack_pt2, threads=1, input_size=SIZE, check=False)
+    assert loaded.engine_reason == "ExecuTorch, XNNPACK"
+    assert any("lowered to ExecuTorch's XNNPACK as it loaded" in note for note in loaded.notes)
+
+
+def test_without_executorch_a_pt2_for_xnnpack_runs_uncompiled(
+    xnnpack_pt2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(executorch_runtime, "missing", lambda: executorch_runtime.MISSING)
+    loaded = pt2e.load_exported(xnnpack_pt2, SIZE)
+    assert (loaded.runner, loaded.compiled, loaded.note) == (None, False, None)

@@ -99,25 +99,28 @@ def _is_pte(path: Path) -> bool:
 class ExecuTorchModel:
     """A ``.pte`` program run by ExecuTorch (its XNNPACK delegate), taking and returning torch tensors.
 
-    The file must take one float image tensor [1, 3, S, S] and return one score tensor.
+    ``source``: the file, or the program's bytes (``lower``'s, for a .pt2 lowered as it loads). The program
+    must take one float image tensor [1, 3, S, S] and return one score tensor.
     """
 
-    def __init__(self, path: Path, threads: int) -> None:
-        path = Path(path)
+    def __init__(self, source: Path | bytes, threads: int) -> None:
         runtime, verification = require_runtime()
-        if not path.is_file():
-            raise KitError(f"model file {path} does not exist; make one with quantize_model.py --format pte")
-        if not _is_pte(path):
-            raise KitError(
-                f"{path} is not an ExecuTorch (.pte) program: its header lacks the 'ET12' mark; "
-                "write one with quantize_model.py --format pte"
-            )
+        path = Path("lowered.pte") if isinstance(source, bytes) else Path(source)
+        if not isinstance(source, bytes):
+            if not path.is_file():
+                raise KitError(f"model file {path} does not exist; make one with quantize_model.py --format pte")
+            if not _is_pte(path):
+                raise KitError(
+                    f"{path} is not an ExecuTorch (.pte) program: its header lacks the 'ET12' mark; "
+                    "write one with quantize_model.py --format pte"
+                )
         self.threads = set_threads(threads)
         said: list[str] = []
         try:
             with native_stderr(said):
-                program = runtime.get().load_program(path, verification=verification.InternalConsistency)
-                self.method = program.load_method("forward")
+                # the method runs inside the program's memory (and a bytes source's): both live as long as the model
+                self.program = runtime.get().load_program(source, verification=verification.InternalConsistency)
+                self.method = self.program.load_method("forward")
         except Exception as error:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError with a bare code
             problems = [line.strip() for line in said if " E " in line or "rror" in line]
             reason = problems[0][-200:] if problems else first_line(error, with_type=True, limit=200)

@@ -6,7 +6,7 @@
   a state dict          FILE.pth saved with torch.save (``arch`` names its torchvision architecture)
   TorchScript           FILE.pt, run on the engine its sidecar FILE.json names (``engine`` "auto")
   ONNX                  FILE.onnx or FILE.ort, run with ONNX Runtime
-  PT2E                  FILE.pt2 (torch.export), compiled with inductor on x86
+  PT2E                  FILE.pt2 (torch.export), compiled with inductor on x86 (XNNPACK's: ExecuTorch)
   ExecuTorch            FILE.pte (PT2E lowered to XNNPACK), run with ExecuTorch
   your own model        FILE.py:FUNCTION[@WEIGHTS.pth] (importing FILE.py runs its code)
 
@@ -530,16 +530,22 @@ def load_any(
 
 
 def _load_exported(path: Path, request: _Request) -> LoadedModel:
-    """A PT2E file (torch.export.save): checked (pt2e.check_archive), compiled with inductor on x86."""
+    """A PT2E file (torch.export.save): checked (pt2e.check_archive), compiled with inductor on x86; one
+    quantized for XNNPACK (target arm) lowered to ExecuTorch where it is installed."""
     from quantlab import pt2e  # PT2E needs torch.export: imported only for a .pt2 file
 
     loaded = pt2e.load_exported(path, request.input_size, request.compile)
     sidecar = models.read_sidecar(path)
     notes = [loaded.note] if loaded.note else []
-    if loaded.compiled:
+    if loaded.runner == "inductor":
         notes.append(
             f"note: {path.name} runs compiled by inductor (freezing, {loaded.compile_s} s): compiled for batch 1, "
             "it compiles again for each new batch size"
+        )
+    elif loaded.runner == "executorch":
+        notes.append(
+            f"note: {path.name} was lowered to ExecuTorch's XNNPACK as it loaded ({loaded.compile_s} s); "
+            f"quantize_model.py --output {path.stem}.pte saves that wait"
         )
     return LoadedModel(
         name=path.name,
@@ -554,7 +560,9 @@ def _load_exported(path: Path, request: _Request) -> LoadedModel:
         method=sidecar.get("method") or ("int8" if loaded.quantized else "fp32"),
         sidecar=sidecar,
         notes=notes,
-        engine_reason="inductor" if loaded.compiled else "exported program",
+        engine_reason={"inductor": "inductor", "executorch": "ExecuTorch, XNNPACK"}.get(
+            loaded.runner, "exported program"
+        ),
     )
 
 

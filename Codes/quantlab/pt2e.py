@@ -313,8 +313,9 @@ def save(program: torch.export.ExportedProgram, output: Path, sidecar: dict) -> 
 
 
 class ExportedModel:
-    """A loaded .pt2: called like a module; ``compiled`` says whether inductor runs it (``compile_s``: how long
-    its first compile took); ``graph_module`` is the exported graph itself (what quantlab.coverage reads)."""
+    """A loaded .pt2: called like a module; ``compiled`` says whether inductor or ExecuTorch runs it
+    (``runner``: which; ``compile_s``: how long its first compile or its lowering took); ``graph_module`` is the
+    exported graph itself (what quantlab.coverage reads)."""
 
     def __init__(
         self,
@@ -324,8 +325,10 @@ class ExportedModel:
         quantized: bool,
         graph_module: nn.Module | None = None,
         compile_s: float | None = None,
+        runner: str | None = None,
     ) -> None:
         self.module = module
+        self.runner = runner or ("inductor" if compiled else None)  # "inductor" | "executorch" | None
         self.graph_module = graph_module if graph_module is not None else module
         self.compiled = compiled
         self.note = note
@@ -525,7 +528,8 @@ def _load_program(path: Path) -> torch.export.ExportedProgram:
 
 
 def load_exported(path: Path, input_size: int = 224, compile: bool | None = None) -> ExportedModel:
-    """Load a .pt2 file; on x86 (``compile`` None = by the sidecar's target) compile it with inductor + freezing.
+    """Load a .pt2 file; on x86 (``compile`` None = by the sidecar's target) compile it with inductor + freezing;
+    one quantized for XNNPACK (target arm) is lowered to ExecuTorch instead where executorch is installed.
 
     The first call compiles (tens of seconds on 2 cores): done here, on one image,
     so that a missing C++ compiler falls back to the exported program with a note
@@ -536,6 +540,10 @@ def load_exported(path: Path, input_size: int = 224, compile: bool | None = None
     module = program.module()
     quantized = any(str(node.target).startswith(QUANTIZE_OPS) for node in program.graph.nodes)
     sidecar = models.read_sidecar(path)
+    if compile is None and quantized and sidecar.get("target") == "arm":
+        lowered = _lowered_to_executorch(program, input_size, module)
+        if lowered is not None:
+            return lowered
     if compile is None:
         compile = sidecar.get("target", "x86") == "x86" and inductor_int8_available()
     if not compile:
@@ -564,6 +572,29 @@ def load_exported(path: Path, input_size: int = 224, compile: bool | None = None
         return ExportedModel(module, compiled=False, note=note, quantized=quantized)
     return ExportedModel(
         runner, compiled=True, note=None, quantized=quantized, graph_module=module, compile_s=runner.compile_s
+    )
+
+
+def _lowered_to_executorch(
+    program: torch.export.ExportedProgram, input_size: int, module: nn.Module
+) -> ExportedModel | None:
+    """A .pt2 quantized for XNNPACK (target arm), lowered to ExecuTorch as it loads; None without executorch
+    (the exported program runs uncompiled then, as before). The fastest PT2E path the kit measured
+    (docs/pt2e_speed.md); a .pte file saves the lowering."""
+    from quantlab import executorch_runtime
+
+    if executorch_runtime.missing() is not None:
+        return None
+    started = time.perf_counter()
+    try:
+        buffer, _ = executorch_runtime.lower(program, input_size)
+        runner = executorch_runtime.ExecuTorchModel(buffer, torch.get_num_threads())
+    except KitError as error:  # an operator ExecuTorch cannot take: the exported program still runs, slowly
+        note = f"note: {error}; running the exported program uncompiled (correct, slower)"
+        return ExportedModel(module, compiled=False, note=note, quantized=True)
+    seconds = round(time.perf_counter() - started, 2)
+    return ExportedModel(
+        runner, compiled=True, note=None, quantized=True, graph_module=module, compile_s=seconds, runner="executorch"
     )
 
 
