@@ -340,7 +340,7 @@ def check_settings(settings: dict) -> None:
         raise KitError("--format onnx takes static or dynamic quantization; for QAT write TorchScript (FILE.pt)")
     if output.suffix.lower() == ".json":
         raise KitError(f"--output {output} ends in .json, the sidecar's suffix; name the model FILE.pt")
-    files.check_writable(output, "--output", "model.pt")  # fail now, not after calibrating
+    files.check_writable(output, "--output", f"model{output.suffix or '.pt'}")  # fail now, not after calibrating
     # X.pt and X.onnx would share the sidecar X.json: writing one would leave the other with a wrong sidecar
     siblings = sorted(
         other.name

@@ -259,6 +259,7 @@ def benchmark_model(
         "skipped": skipped,
         "peak_rss_mb": memory.peak_rss_mb(),
         "coverage": coverage.of_loaded(loaded),  # layers with weights in int8 vs float, MB left in float
-        # a compiled PT2E model: the seconds its first compile took (a student waits for it once per process)
+        # PT2E: inductor's first compile (a wait in every process), or the lowering to ExecuTorch (once per
+        # .pte file, read from its sidecar: the machine that wrote it), in seconds
         "compile_s": getattr(loaded.model, "compile_s", None),
     }

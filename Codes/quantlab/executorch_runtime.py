@@ -24,6 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import math
+import signal
+import subprocess
+import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -82,18 +86,50 @@ def set_threads(threads: int) -> int:
     """
     global _threads_set
     require_runtime()
-    import executorch.extension.pybindings.portable_lib as runtime_library
+    with native_stderr([]):  # its start-up prints CPU probing lines, the resize one more
+        import executorch.extension.pybindings.portable_lib as runtime_library
 
-    if _threads_set is None:
-        if runtime_library._threadpool_get_thread_count() != threads:
-            runtime_library._unsafe_reset_threadpool(threads)
-        _threads_set = threads
+        if _threads_set is None:
+            if runtime_library._threadpool_get_thread_count() != threads:
+                runtime_library._unsafe_reset_threadpool(threads)
+            _threads_set = threads
     return _threads_set
 
 
 def _is_pte(path: Path) -> bool:
     with path.open("rb") as file:
         return file.read(8)[4:8] == PTE_IDENTIFIER
+
+
+BROKEN = "a corrupt, truncated or crafted file, or one written by another ExecuTorch release"
+# loads a program and its forward method, then exits: 0 loaded, 3 refused (its reason on stdout), killed: crashed
+_CHILD_LOAD = """
+import sys
+from executorch.runtime import Runtime, Verification
+try:
+    program = Runtime.get().load_program(sys.argv[1], verification=Verification.InternalConsistency)
+    program.load_method("forward")
+except Exception as error:
+    print(" ".join(str(error).split())[:200])
+    sys.exit(3)
+"""
+
+
+def check_in_child(path: Path, timeout_s: float = 120) -> None:
+    """Load ``path`` once in a child process first: a file the kit did not write can crash ExecuTorch's C++
+    loader (a one-byte change to a string in a .pte aborted the process here); the child dies, not the caller."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD_LOAD, str(path)], capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        raise KitError(f"ExecuTorch took over {timeout_s:.0f} s to load {path}: {BROKEN}") from None
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise KitError(f"ExecuTorch {runtime_version()} crashed ({name}) loading {path}: {BROKEN}")
+    if done.returncode != 0:
+        reason = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else f"exit code {done.returncode}"
+        raise KitError(f"ExecuTorch {runtime_version()} cannot load {path}: {reason} ({BROKEN})")
 
 
 class ExecuTorchModel:
@@ -114,6 +150,10 @@ class ExecuTorchModel:
                     f"{path} is not an ExecuTorch (.pte) program: its header lacks the 'ET12' mark; "
                     "write one with quantize_model.py --format pte"
                 )
+            from quantlab import provenance
+
+            if not provenance.made_here(path):
+                check_in_child(path)
         self.threads = set_threads(threads)
         said: list[str] = []
         try:
@@ -124,7 +164,7 @@ class ExecuTorchModel:
         except Exception as error:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError with a bare code
             problems = [line.strip() for line in said if " E " in line or "rror" in line]
             reason = problems[0][-200:] if problems else first_line(error, with_type=True, limit=200)
-            raise KitError(f"ExecuTorch {runtime_version()} cannot load {path}: {reason}") from None
+            raise KitError(f"ExecuTorch {runtime_version()} cannot load {path}: {reason} ({BROKEN})") from None
         if self.method is None:
             raise KitError(f"{path} has no 'forward' method; the kit runs image classifiers")
         meta = self.method.metadata
@@ -222,12 +262,19 @@ def load_pte(path: Path, threads: int, input_size: int = 224):
     model = ExecuTorchModel(path, threads)
     if model.input_shape[2] != input_size:
         raise KitError(
-            f"{path} expects input {model.input_shape} but the benchmark feeds [1, 3, {input_size}, {input_size}] "
+            f"{path} expects input {model.input_shape} but it would be fed [1, 3, {input_size}, {input_size}] "
             f"(--size {input_size}); pass --size {model.input_shape[2]}"
         )
+    notes = []
+    if model.threads != threads:
+        notes.append(
+            f"note: {path.name} runs on {model.threads} threads, not {threads}: ExecuTorch's thread pool was sized "
+            "by the first .pte this process loaded; start a new process to measure another count"
+        )
     sidecar = models.read_sidecar(path)
-    lower_s = sidecar.get("lower_s")
-    model.compile_s = lower_s if isinstance(lower_s, (int, float)) and not isinstance(lower_s, bool) else None
+    lower_s = sidecar.get("lower_s")  # the sidecar is the writer's word: take only what it could have written
+    usable = isinstance(lower_s, (int, float)) and not isinstance(lower_s, bool) and 0 <= lower_s < math.inf
+    model.compile_s = lower_s if usable else None
     return loading.LoadedModel(
         name=path.name,
         model=model,
@@ -238,8 +285,8 @@ def load_pte(path: Path, threads: int, input_size: int = 224):
         size_mb=round(files.file_size_mb(path), 3),
         parameters=None,
         sha256=files.sha256_of(path),
-        method=sidecar.get("method") or "int8",
+        method="static" if sidecar.get("method") == "static" else "int8",  # the kit writes static int8 .pte only
         sidecar=sidecar,
-        notes=[],
+        notes=notes,
         engine_reason=f"ExecuTorch {runtime_version()}, XNNPACK, {model.threads} threads",
     )

@@ -69,6 +69,8 @@ def check_writable(path: Path | None, flag: str, example: str = "report.json") -
     if path.is_dir():
         raise KitError(f"{flag} {path} is a folder; name a file in it, e.g. {path / example}")
     existing = next((parent for parent in path.absolute().parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise KitError(f"{flag} {path}: {existing} is a file, not a folder; pick another {flag}")
     if existing is not None and not os.access(existing, os.W_OK):
         raise KitError(f"cannot write into {existing}; pick a writable {flag}")
 

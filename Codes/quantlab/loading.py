@@ -206,9 +206,12 @@ def _load_torch_file(path: Path, request: _Request) -> LoadedModel:
     try:
         state_dict = models.load_state_dict_file(path)
     except KitError:
+        with path.open("rb") as file:
+            executorch = file.read(8)[4:8] == b"ET12"  # a .pte renamed: say what it is
+        hint = f"; it is an ExecuTorch program: name it {path.stem}{vocab.PTE_SUFFIX}" if executorch else ""
         raise KitError(
             f"{path} is not a model file the kit can load: neither TorchScript (torch.jit.save), "
-            "a state dict (torch.save) nor ONNX (.onnx)"
+            f"a state dict (torch.save) nor ONNX (.onnx){hint}"
         ) from None
     return _load_state_dict(path, state_dict, request.engine, request.arch)
 

@@ -8,6 +8,7 @@ loading a model file, of any kind, is ``quantlab.loading.load_any``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -200,12 +201,13 @@ def sidecar_path(model_path: str | Path) -> Path:
 
 
 def read_sidecar(model_path: str | Path) -> dict:
-    """The model's sidecar JSON, or {} when there is none or it is unreadable."""
+    """The model's sidecar JSON object, or {} when there is none, it is unreadable or it is not an object."""
     path = sidecar_path(model_path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return sidecar if isinstance(sidecar, dict) else {}
 
 
 class OnnxModel:
@@ -321,8 +323,9 @@ def save_with_sidecar(output: Path, write_model: Callable[[Path], dict], sidecar
         reason = getattr(error, "strerror", None) or type(error).__name__
         raise KitError(f"could not write {output} ({reason}); pick a writable --output") from None
     finally:
-        partial_model.unlink(missing_ok=True)
-        partial_json.unlink(missing_ok=True)
+        for partial in (partial_model, partial_json):
+            with contextlib.suppress(OSError):  # its folder may not exist (a file where a folder should be)
+                partial.unlink(missing_ok=True)
     return sidecar
 
 

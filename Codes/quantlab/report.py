@@ -123,7 +123,7 @@ OPTIONAL_RESULT_FIELDS = {
 }
 COVERAGE_FIELDS = {"layers": int, "int8_layers": int, "float_layers": list, "int8_weight_mb": _NUMBER,
                    "float_weight_mb": _NUMBER}  # fmt: skip
-FORMATS = ("torchvision", "state_dict", "torchscript", "onnx", "pt2", "python", "tflite")
+FORMATS = ("torchvision", "state_dict", "torchscript", "onnx", "pt2", "python", "tflite", "pte")
 RUNTIMES = ("pytorch", "onnxruntime", "litert", "executorch")
 
 
