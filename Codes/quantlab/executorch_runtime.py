@@ -260,11 +260,7 @@ def load_pte(path: Path, threads: int, input_size: int = 224):
     from quantlab import files, loading, models
 
     model = ExecuTorchModel(path, threads)
-    if model.input_shape[2] != input_size:
-        raise KitError(
-            f"{path} expects input {model.input_shape} but it would be fed [1, 3, {input_size}, {input_size}] "
-            f"(--size {input_size}); pass --size {model.input_shape[2]}"
-        )
+    loading.require_input_size(path, model.input_shape, input_size)
     notes = []
     if model.threads != threads:
         notes.append(

@@ -385,6 +385,15 @@ def _probe_image(batch: int, input_size: int = 224) -> torch.Tensor:
     return torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(batch))
 
 
+def require_input_size(path: Path, input_shape: list[int], input_size: int) -> None:
+    """A file made for one image size (LiteRT, ExecuTorch: [1, 3, S, S]) fed another: one line naming --size S."""
+    if input_shape[2] != input_size:
+        raise KitError(
+            f"{path} expects input {input_shape} but it would be fed [1, 3, {input_size}, {input_size}] "
+            f"(--size {input_size}); pass --size {input_shape[2]}"
+        )
+
+
 def probe(loaded: LoadedModel, input_size: int = 224, classes: int = 1000) -> None:
     """Run the model on batch 1 and batch 2: it must return ``classes`` scores per photo.
 
