@@ -632,58 +632,40 @@ def quantize_torch(
 def quantize_with_pt2e(
     fp32: torch.nn.Module, settings: dict, engine: str, calibration: Dataset | None, sidecar: dict
 ) -> dict:
-    """PT2E: torch.export, the target's quantizer, calibration, convert; saved as FILE.pt2; the sidecar."""
-    target = pt2e.target_for(engine)
+    """PT2E: torch.export, the target's quantizer, calibration, convert; saved as FILE.pt2, or with --format pte
+    (the XNNPACK quantizer) lowered ahead of time to ExecuTorch's XNNPACK and saved as FILE.pte; the sidecar."""
+    lowered = settings["format"] == "pte"
+    target = "arm" if lowered else pt2e.target_for(engine)
     pt2e.quantizer_for(target, settings["granularity"])  # fail before the photos load: torchao missing, ...
     program = pt2e.export(fp32, size)  # ... or a model torch.export cannot capture
     batches, source = calibration_batches(settings, calibration)
-    program, facts = pt2e.quantize(program, batches, target, size, settings["granularity"])
+    if lowered:
+        from quantlab import executorch_runtime
+
+        buffer, facts = executorch_runtime.quantize_to_pte(program, batches, size, settings["granularity"])
+    else:
+        program, facts = pt2e.quantize(program, batches, target, size, settings["granularity"])
     skipped = data.skipped_count(calibration) if calibration is not None else 0
     print(
-        f"PT2E static quantization for {target}: {facts['quantizer']}; calibrated on "
+        f"PT2E static quantization for {'ExecuTorch' if lowered else target}: {facts['quantizer']}; calibrated on "
         f"{facts['calibration_images']} images from {source}" + (f" ({skipped} unreadable skipped)" if skipped else "")
     )
-    del sidecar["engine"]  # the quantizer picks the int8 kernels: inductor's (x86) or XNNPACK's (ARM)
+    del sidecar["engine"]  # the quantizer picks the int8 kernels: inductor's (x86) or XNNPACK's (ARM, ExecuTorch)
     sidecar.update(
-        runtime="torch.export",
-        target=target,
+        runtime="executorch" if lowered else "torch.export",
+        target=facts["target"],
         quantizer=facts["quantizer"],
         torchao=facts["torchao"],
         granularity=facts["granularity"],
         observer="histogram",  # both quantizers' activation observer
         calibration={"source": source, "images": facts["calibration_images"], "skipped_unreadable": skipped},
     )
-    return pt2e.save(program, settings["output"], sidecar)
-
-
-def quantize_to_executorch(fp32: torch.nn.Module, settings: dict, calibration: Dataset | None, sidecar: dict) -> dict:
-    """PT2E with the XNNPACK quantizer, lowered ahead of time to ExecuTorch's XNNPACK; saved as FILE.pte; the sidecar."""
-    from quantlab import executorch_runtime
-
-    pt2e.quantizer_for("arm", settings["granularity"])  # fail before the photos load: torchao missing, ...
-    program = pt2e.export(fp32, size)  # ... or a model torch.export cannot capture
-    batches, source = calibration_batches(settings, calibration)
-    buffer, facts = executorch_runtime.quantize_to_pte(program, batches, size, settings["granularity"])
-    skipped = data.skipped_count(calibration) if calibration is not None else 0
-    print(
-        f"PT2E static quantization for ExecuTorch: {facts['quantizer']}; calibrated on "
-        f"{facts['calibration_images']} images from {source}" + (f" ({skipped} unreadable skipped)" if skipped else "")
-    )
+    if not lowered:
+        return pt2e.save(program, settings["output"], sidecar)
     print(f"lowered to XNNPACK in {facts['lower_s']} s (ExecuTorch's ahead-of-time compile, done once per file)")
     if facts["outside_xnnpack"]:
         print(f"note: outside XNNPACK (ExecuTorch's slower portable kernels): {', '.join(facts['outside_xnnpack'])}")
-    del sidecar["engine"]  # XNNPACK runs it: no PyTorch engine to pick
-    sidecar.update(
-        runtime="executorch",
-        target=facts["target"],
-        quantizer=facts["quantizer"],
-        torchao=facts["torchao"],
-        granularity=facts["granularity"],
-        observer="histogram",
-        lower_s=facts["lower_s"],
-        outside_xnnpack=facts["outside_xnnpack"],
-        calibration={"source": source, "images": facts["calibration_images"], "skipped_unreadable": skipped},
-    )
+    sidecar.update(lower_s=facts["lower_s"], outside_xnnpack=facts["outside_xnnpack"])
     return executorch_runtime.save_pte(buffer, settings["output"], sidecar)
 
 
@@ -797,10 +779,8 @@ def quantize_and_save(
         print(f"LiteRT: {sidecar['quantizer']}; calibrated on {sidecar['calibration']['images']} images from {source}")
         print(f"wrote the float model converted the same way: {litert.fp32_companion(output)}")
         return sidecar
-    if settings["format"] == "pt2":
+    if settings["format"] in ("pt2", "pte"):
         return quantize_with_pt2e(fp32, settings, engine, calibration, sidecar)
-    if settings["format"] == "pte":
-        return quantize_to_executorch(fp32, settings, calibration, sidecar)
     int8, facts = quantize_torch(fp32, settings, engine, calibration)
     sidecar.update(facts)
     return models.save_torchscript(int8, output, sidecar)

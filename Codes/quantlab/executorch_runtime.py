@@ -96,7 +96,8 @@ def set_threads(threads: int) -> int:
     return _threads_set
 
 
-def _is_pte(path: Path) -> bool:
+def is_pte(path: Path) -> bool:
+    """Whether the file carries ExecuTorch's program mark (its suffix aside)."""
     with path.open("rb") as file:
         return file.read(8)[4:8] == PTE_IDENTIFIER
 
@@ -145,7 +146,7 @@ class ExecuTorchModel:
         if not isinstance(source, bytes):
             if not path.is_file():
                 raise KitError(f"model file {path} does not exist; make one with quantize_model.py --format pte")
-            if not _is_pte(path):
+            if not is_pte(path):
                 raise KitError(
                     f"{path} is not an ExecuTorch (.pte) program: its header lacks the 'ET12' mark; "
                     "write one with quantize_model.py --format pte"
@@ -207,8 +208,8 @@ def quantize_to_pte(
     quantized, facts = pt2e.quantize(model, calibration_batches, "arm", input_size, granularity)
     started = time.perf_counter()
     buffer, outside = lower(quantized, input_size)
-    facts = {**facts, "target": "xnnpack", "lower_s": round(time.perf_counter() - started, 2)}
-    return buffer, {**facts, "outside_xnnpack": outside}
+    lower_s = round(time.perf_counter() - started, 2)
+    return buffer, {**facts, "target": "xnnpack", "lower_s": lower_s, "outside_xnnpack": outside}
 
 
 def lower(program: torch.export.ExportedProgram, input_size: int) -> tuple[bytes, list[str]]:

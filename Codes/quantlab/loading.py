@@ -206,9 +206,10 @@ def _load_torch_file(path: Path, request: _Request) -> LoadedModel:
     try:
         state_dict = models.load_state_dict_file(path)
     except KitError:
-        with path.open("rb") as file:
-            executorch = file.read(8)[4:8] == b"ET12"  # a .pte renamed: say what it is
-        hint = f"; it is an ExecuTorch program: name it {path.stem}{vocab.PTE_SUFFIX}" if executorch else ""
+        from quantlab import executorch_runtime  # a .pte renamed: say what it is
+
+        renamed = executorch_runtime.is_pte(path)
+        hint = f"; it is an ExecuTorch program: name it {path.stem}{vocab.PTE_SUFFIX}" if renamed else ""
         raise KitError(
             f"{path} is not a model file the kit can load: neither TorchScript (torch.jit.save), "
             f"a state dict (torch.save) nor ONNX (.onnx){hint}"
